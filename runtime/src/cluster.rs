@@ -1,0 +1,324 @@
+//! Starting a cluster: configuration, the in-process [`LocalCluster`], and
+//! [`Config::run`], which picks local or MPI from the environment.
+//!
+//! | situation | call | ranks |
+//! |---|---|---|
+//! | a program that is a Tessera job | [`crate::run`] / [`Config::run`] | MPI world under `mpirun`/`srun`, else a local cluster |
+//! | an MPI application hands over a communicator | `tessera_runtime::mpi::run_on` (feature `mpi`) | the communicator's ranks |
+//! | a test or a laptop program | [`LocalCluster`] | threads of this process |
+//!
+//! On every transport rank 0 hosts the scheduler and the driver; the other
+//! ranks are workers. Rank 0 runs a worker too when it would otherwise leave
+//! cores idle (see [`SchedulerWorks`]).
+
+use std::fmt::Display;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::kernel::Registry;
+use crate::protocol::{Endpoint, Msg};
+use crate::scheduler::{Exit, Ready, Scheduler, SchedulerConfig};
+use crate::transport::local::LocalTransport;
+use crate::transport::{Mailboxes, Transport};
+use crate::worker::{run_worker, WorkerConfig, WorkerExit};
+
+/// How to start: from the environment, or forced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Launch {
+    /// MPI when launched by `mpirun`/`srun` (and built with `mpi`), else local.
+    #[default]
+    Auto,
+    /// Always an in-process cluster.
+    Local,
+    /// Always MPI; an error in a build without the `mpi` feature.
+    Mpi,
+}
+
+impl std::str::FromStr for Launch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Launch> {
+        match s {
+            "auto" => Ok(Launch::Auto),
+            "local" => Ok(Launch::Local),
+            "mpi" => Ok(Launch::Mpi),
+            other => Err(Error::Config(format!("launch `{other}`: expected auto, local or mpi"))),
+        }
+    }
+}
+
+/// Whether rank 0 (scheduler and driver) also runs a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SchedulerWorks {
+    /// Yes when it is the only rank, or when it has more than one core to
+    /// itself (then the worker gets all but one of them).
+    #[default]
+    Auto,
+    Yes,
+    No,
+}
+
+impl std::str::FromStr for SchedulerWorks {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<SchedulerWorks> {
+        match s {
+            "auto" => Ok(SchedulerWorks::Auto),
+            "yes" | "true" => Ok(SchedulerWorks::Yes),
+            "no" | "false" => Ok(SchedulerWorks::No),
+            other => Err(Error::Config(format!("scheduler-works `{other}`: expected auto, yes or no"))),
+        }
+    }
+}
+
+/// Everything a cluster is started with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub launch: Launch,
+    /// Local clusters: number of workers (default: usable cores).
+    pub workers: Option<usize>,
+    /// Compute threads per worker (local default 1; MPI default: the rank's
+    /// share of its host's cores).
+    pub threads: Option<usize>,
+    pub scheduler_works: SchedulerWorks,
+    /// Tasks queued on each worker beyond one per thread.
+    pub queue_extra: u32,
+    /// MPI: a worker silent this long is declared lost and the job aborted.
+    pub heartbeat_timeout: Duration,
+    pub registry: Registry,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            launch: Launch::Auto,
+            workers: None,
+            threads: None,
+            scheduler_works: SchedulerWorks::Auto,
+            queue_extra: 4,
+            heartbeat_timeout: Duration::from_secs(30),
+            registry: Registry::builtin(),
+        }
+    }
+}
+
+impl Config {
+    /// Resolves [`Launch::Auto`] from the environment.
+    pub fn resolve_launch(&self) -> Result<Launch> {
+        match self.launch {
+            Launch::Local => Ok(Launch::Local),
+            Launch::Mpi if !cfg!(feature = "mpi") => Err(Error::FeatureDisabled {
+                feature: "mpi",
+                what: "running on MPI (--launch mpi)".into(),
+            }),
+            Launch::Mpi => Ok(Launch::Mpi),
+            Launch::Auto => match crate::sys::mpi_launch_size() {
+                None => Ok(Launch::Local),
+                Some(_) if cfg!(feature = "mpi") => Ok(Launch::Mpi),
+                Some(1) => {
+                    tracing::warn!(
+                        "launched by an MPI launcher with one rank, but built without the `mpi` feature: running a local cluster"
+                    );
+                    Ok(Launch::Local)
+                }
+                Some(n) => Err(Error::FeatureDisabled {
+                    feature: "mpi",
+                    what: format!("running as {n} MPI ranks ({})", crate::sys::describe_mpi_launch()),
+                }),
+            },
+        }
+    }
+
+    /// Runs `driver` on a cluster chosen by [`Config::launch`].
+    ///
+    /// Local: starts a [`LocalCluster`], runs `driver`, shuts down, returns.
+    /// MPI: initialises MPI; rank 0 runs `driver` and returns its result
+    /// after every rank has stopped; **the other ranks never return**: they
+    /// serve as workers and exit the process when the driver is done (with
+    /// status 1 if it failed), like dask-mpi's workers.
+    ///
+    /// A driver that panics stops the cluster first; the panic then goes on.
+    pub fn run<R, E, F>(self, driver: F) -> Result<R, E>
+    where
+        F: FnOnce(&Client) -> Result<R, E> + Send,
+        R: Send,
+        E: From<Error> + Display + Send,
+    {
+        match self.resolve_launch()? {
+            Launch::Mpi => {
+                #[cfg(feature = "mpi")]
+                return crate::mpi::run_world(self, driver);
+                #[cfg(not(feature = "mpi"))]
+                unreachable!("resolve_launch refuses MPI without the feature");
+            }
+            _ => {
+                let cluster = LocalCluster::start_with(self)?;
+                drive(cluster.client(), driver, |failed, reason| cluster.client.shutdown(failed, reason))
+            }
+        }
+    }
+}
+
+/// Runs `driver`, then `stop` (told whether it failed), then returns or resumes the panic.
+pub(crate) fn drive<R, E, F>(client: &Client, driver: F, stop: impl FnOnce(bool, String)) -> Result<R, E>
+where
+    F: FnOnce(&Client) -> Result<R, E>,
+    E: Display,
+{
+    match catch_unwind(AssertUnwindSafe(|| driver(client))) {
+        Ok(Ok(r)) => {
+            stop(false, String::new());
+            Ok(r)
+        }
+        Ok(Err(e)) => {
+            stop(true, e.to_string());
+            Err(e)
+        }
+        Err(panic) => {
+            stop(true, format!("panicked: {}", crate::panic::message(&*panic)));
+            resume_unwind(panic)
+        }
+    }
+}
+
+pub(crate) fn spawn_scheduler(
+    registry: Arc<Registry>,
+    transport: Arc<dyn Transport>,
+    config: SchedulerConfig,
+    inbox: Receiver<Msg>,
+) -> (JoinHandle<Exit>, Receiver<Ready>) {
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let handle = std::thread::Builder::new()
+        .name("tessera-scheduler".into())
+        .spawn(move || Scheduler::new(registry, transport, config).run(inbox, ready_tx))
+        .expect("spawn the scheduler thread");
+    (handle, ready_rx)
+}
+
+pub(crate) fn spawn_worker(
+    config: WorkerConfig,
+    registry: Arc<Registry>,
+    transport: Arc<dyn Transport>,
+    inbox: Receiver<Msg>,
+) -> JoinHandle<WorkerExit> {
+    std::thread::Builder::new()
+        .name(format!("tessera-worker-{}", config.rank))
+        .spawn(move || run_worker(config, registry, transport, inbox))
+        .expect("spawn a worker thread")
+}
+
+/// A cluster of worker threads in this process: no MPI, no sockets, blocks
+/// shared by reference. The default when nothing else is launched.
+///
+/// Ranks: 0 is the scheduler and client, 1..=N the workers.
+pub struct LocalCluster {
+    client: Client,
+    scheduler: Option<JoinHandle<Exit>>,
+    workers: Vec<JoinHandle<WorkerExit>>,
+}
+
+/// Builds a [`LocalCluster`].
+#[derive(Clone, Debug, Default)]
+pub struct LocalClusterBuilder {
+    config: Config,
+}
+
+impl LocalClusterBuilder {
+    /// Number of workers (default: usable cores).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = Some(n);
+        self
+    }
+
+    /// Compute threads per worker (default 1).
+    pub fn threads_per_worker(mut self, n: usize) -> Self {
+        self.config.threads = Some(n);
+        self
+    }
+
+    /// Kernels the workers know (default: [`Registry::builtin`]).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.config.registry = registry;
+        self
+    }
+
+    /// Tasks queued per worker beyond one per thread.
+    pub fn queue_extra(mut self, n: u32) -> Self {
+        self.config.queue_extra = n;
+        self
+    }
+
+    pub fn start(self) -> Result<LocalCluster> {
+        LocalCluster::start_with(self.config)
+    }
+}
+
+impl LocalCluster {
+    pub fn builder() -> LocalClusterBuilder {
+        LocalClusterBuilder::default()
+    }
+
+    /// Starts a local cluster from a [`Config`] (its `launch` is ignored).
+    pub fn start_with(config: Config) -> Result<LocalCluster> {
+        let n = config.workers.unwrap_or_else(crate::sys::usable_cores);
+        if n == 0 {
+            return Err(Error::Config("a local cluster needs at least one worker".into()));
+        }
+        let threads = config.threads.unwrap_or(1).max(1);
+        let registry = Arc::new(config.registry);
+        let mut mailboxes = Mailboxes::new();
+        let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
+        let client_inbox = mailboxes.open(Endpoint::CLIENT);
+        let worker_inboxes: Vec<_> = (1..=n as u32).map(|r| mailboxes.open(Endpoint::worker(r))).collect();
+        let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(mailboxes, n as u32 + 1));
+
+        let sched_config = SchedulerConfig {
+            worker_ranks: (1..=n as u32).collect(),
+            queue_extra: config.queue_extra,
+            heartbeat_timeout: None,
+        };
+        let (scheduler, ready) =
+            spawn_scheduler(Arc::clone(&registry), Arc::clone(&transport), sched_config, sched_inbox);
+        let host = crate::sys::hostname();
+        let workers = worker_inboxes
+            .into_iter()
+            .zip(1u32..)
+            .map(|(inbox, rank)| {
+                let wc = WorkerConfig { rank, threads, host: host.clone(), heartbeat: None };
+                spawn_worker(wc, Arc::clone(&registry), Arc::clone(&transport), inbox)
+            })
+            .collect();
+        let infos = ready.recv().map_err(|_| Error::ShutDown)??;
+        tracing::info!(workers = n, threads_per_worker = threads, "local cluster started");
+        Ok(LocalCluster { client: Client::new(transport, client_inbox, infos), scheduler: Some(scheduler), workers })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stops workers and scheduler and waits for their threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.scheduler.take() {
+            self.client.shutdown(false, String::new());
+            let _ = s.join();
+            for w in self.workers.drain(..) {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

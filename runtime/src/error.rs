@@ -1,0 +1,123 @@
+//! The runtime's error type.
+
+use crate::graph::Key;
+
+/// Everything the runtime can report to a driver or an embedding application.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A submitted task names a kernel that no rank registered.
+    #[error("task {key} uses kernel `{kernel}`, which is not registered (known: {known})")]
+    UnknownKernel { key: Key, kernel: String, known: String },
+
+    /// A submitted task reads a key that is neither in the graph nor held by the cluster.
+    #[error("task {key} needs input {input}, which is neither in the graph nor held by the cluster")]
+    MissingInput { key: Key, input: Key },
+
+    /// The submitted graph has a cycle; `path` lists it from `key` back to `key`.
+    #[error("the graph has a cycle through {key}: {path}")]
+    Cycle { key: Key, path: String },
+
+    /// Two tasks of one graph claim the same key.
+    #[error("two tasks in the graph produce {key}")]
+    DuplicateKey { key: Key },
+
+    /// A task is pinned to a rank that runs no worker.
+    #[error("task {key} is pinned to rank {rank}, which runs no worker")]
+    NoSuchWorker { key: Key, rank: u32 },
+
+    /// An output asked for is not in the graph.
+    #[error("output {key} is not produced by the graph")]
+    UnknownOutput { key: Key },
+
+    /// A kernel returned an error or panicked. `key` is the task that failed,
+    /// which may be an ancestor of the output that was asked for.
+    #[error("task {key} (kernel `{kernel}`) failed on rank {rank}: {cause}")]
+    TaskFailed { key: Key, kernel: String, rank: u32, cause: String },
+
+    /// The handle was released or its result was lost.
+    #[error("no result for {key}: {reason}")]
+    Lost { key: Key, reason: String },
+
+    /// A worker rank stopped answering or disappeared.
+    #[error("worker rank {rank} was lost: {reason}")]
+    WorkerLost { rank: u32, reason: String },
+
+    /// Ranks built different kernel registries (different binaries or registration order).
+    #[error("rank {rank} registered different kernels than rank 0 ({detail}); every rank must build the same registry")]
+    RegistryMismatch { rank: u32, detail: String },
+
+    /// The driver on rank 0 failed; reported on the other ranks.
+    #[error("the driver on rank 0 failed: {reason}")]
+    DriverFailed { reason: String },
+
+    /// The driver closure panicked.
+    #[error("the driver panicked: {message}")]
+    DriverPanicked { message: String },
+
+    /// The cluster was shut down (or its scheduler stopped) before the call.
+    #[error("the cluster is shut down")]
+    ShutDown,
+
+    /// Something this build was not compiled with was asked for.
+    #[error("{what} needs the `{feature}` feature, and this build of tessera was compiled without it (rebuild with `--features {feature}`)")]
+    FeatureDisabled { feature: &'static str, what: String },
+
+    /// Invalid configuration (flag or environment variable).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// An MPI-level failure.
+    #[error("MPI on rank {rank}: {message}")]
+    Mpi { rank: u32, message: String },
+
+    /// A message could not be encoded or decoded.
+    #[error("malformed message from rank {rank}: {source}")]
+    Codec {
+        rank: u32,
+        #[source]
+        source: bincode::Error,
+    },
+}
+
+/// `Result` with the runtime's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a kernel returns when it fails: a message and, optionally, its cause.
+///
+/// Any `std::error::Error` converts into it with `?`.
+#[derive(Debug)]
+pub struct KernelError {
+    message: String,
+}
+
+impl KernelError {
+    pub fn msg(message: impl Into<String>) -> KernelError {
+        KernelError {
+            message: message.into(),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for KernelError {
+    fn from(e: E) -> KernelError {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        KernelError { message }
+    }
+}

@@ -1,0 +1,204 @@
+//! Task graphs: keys, tasks and the graph a driver submits.
+//!
+//! A [`Task`] names its output with a [`Key`] (a name plus a block index, as
+//! dask's `("name", i, j)` tuples), says which registered kernel computes it,
+//! carries the kernel's serialised parameters and lists the keys of its
+//! inputs. A [`Graph`] is a bag of tasks; the scheduler validates it as a
+//! whole (unknown kernels, missing inputs, cycles, duplicate keys) before any
+//! of it runs.
+//!
+//! ```
+//! use tessera_runtime::{Graph, Key, Task};
+//! let mut g = Graph::new();
+//! g.push(Task::new(Key::new("x", [0]), "const").param(&1.0f64));
+//! g.push(Task::new(Key::new("x", [1]), "const").param(&2.0f64));
+//! g.push(Task::new(Key::new("sum", []), "sum").inputs([Key::new("x", [0]), Key::new("x", [1])]));
+//! assert_eq!(g.len(), 3);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The name of a task's output: a name and a block index.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Key {
+    name: Arc<str>,
+    index: Vec<u32>,
+}
+
+impl Key {
+    pub fn new(name: impl Into<Arc<str>>, index: impl IntoIterator<Item = u32>) -> Key {
+        Key {
+            name: name.into(),
+            index: index.into_iter().collect(),
+        }
+    }
+
+    /// A key that shares `name`'s allocation (cheap for many blocks of one array).
+    pub fn with_shared_name(name: &Arc<str>, index: impl IntoIterator<Item = u32>) -> Key {
+        Key {
+            name: Arc::clone(name),
+            index: index.into_iter().collect(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn index(&self) -> &[u32] {
+        &self.index
+    }
+}
+
+impl fmt::Display for Key {
+    /// `name[i, j]`, or just `name` for an empty index.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if !self.index.is_empty() {
+            f.write_str("[")?;
+            for (n, i) in self.index.iter().enumerate() {
+                if n > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{i}")?;
+            }
+            f.write_str("]")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The scheduler's name for a task once submitted: dense, never reused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Serialised kernel parameters, shared without copying between the graph,
+/// the scheduler and (in-process) the workers.
+pub type Params = Arc<[u8]>;
+
+/// One unit of work: compute `key` with `kernel` from `inputs` and `params`.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub key: Key,
+    pub kernel: Arc<str>,
+    pub params: Params,
+    pub inputs: Vec<Key>,
+    /// Run only on the worker of this rank (benchmarks, tests, data that
+    /// lives on one rank's disk). Pinned tasks are never stolen.
+    pub pin: Option<u32>,
+}
+
+impl Task {
+    /// A task with no parameters and no inputs.
+    pub fn new(key: Key, kernel: impl Into<Arc<str>>) -> Task {
+        Task {
+            key,
+            kernel: kernel.into(),
+            params: Arc::from(Vec::new()),
+            inputs: Vec::new(),
+            pin: None,
+        }
+    }
+
+    /// Pins the task to the worker on `rank`.
+    pub fn on_rank(mut self, rank: u32) -> Task {
+        self.pin = Some(rank);
+        self
+    }
+
+    /// Sets the parameters to `value` serialised with the runtime's codec
+    /// (kernels registered with [`crate::Registry::register`] decode them).
+    pub fn param<T: Serialize + ?Sized>(mut self, value: &T) -> Task {
+        self.params = Arc::from(crate::protocol::encode_params(value));
+        self
+    }
+
+    /// Sets already-serialised parameters.
+    pub fn raw_params(mut self, params: impl Into<Params>) -> Task {
+        self.params = params.into();
+        self
+    }
+
+    /// Sets the input keys, in the order the kernel receives them.
+    pub fn inputs(mut self, inputs: impl IntoIterator<Item = Key>) -> Task {
+        self.inputs = inputs.into_iter().collect();
+        self
+    }
+}
+
+/// A set of tasks to submit together.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    tasks: Vec<Task>,
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    pub fn with_capacity(n: usize) -> Graph {
+        Graph {
+            tasks: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn push(&mut self, task: Task) {
+        self.tasks.push(task);
+    }
+
+    /// Adds every task of `other` (graphs of separate arrays merge this way).
+    pub fn extend(&mut self, other: Graph) {
+        self.tasks.extend(other.tasks);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn tasks(&self) -> &[Task] {
+        &self.tasks
+    }
+
+    pub(crate) fn into_tasks(self) -> Vec<Task> {
+        self.tasks
+    }
+}
+
+impl FromIterator<Task> for Graph {
+    fn from_iter<I: IntoIterator<Item = Task>>(iter: I) -> Graph {
+        Graph {
+            tasks: iter.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_print_like_block_indices() {
+        assert_eq!(Key::new("a", [1, 2]).to_string(), "a[1, 2]");
+        assert_eq!(Key::new("total", []).to_string(), "total");
+    }
+}

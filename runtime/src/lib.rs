@@ -1,0 +1,62 @@
+//! Tessera's runtime: ranks, transports, task graphs, the scheduler and workers.
+//!
+//! A job is a set of ranks. Rank 0 runs the **scheduler** and the **driver**
+//! (the user's code, holding a [`Client`]); the other ranks run **workers**.
+//! The driver builds a [`Graph`] of [`Task`]s, each naming a kernel from the
+//! [`Registry`] that every rank builds identically, and submits it. The
+//! scheduler hands ready tasks to workers, preferring the one that already
+//! holds most of a task's input bytes; workers fetch missing inputs directly
+//! from their peers, run kernels on their compute threads, keep the output
+//! [`Block`]s and report back. Blocks are released as soon as nothing needs
+//! them.
+//!
+//! Ranks talk through a [`transport::Transport`]: threads of one process
+//! ([`LocalCluster`], the default) or MPI ranks (feature `mpi`).
+//!
+//! ```
+//! use tessera_runtime::{Graph, Key, LocalCluster, Task};
+//!
+//! let cluster = LocalCluster::builder().workers(2).start()?;
+//! let mut g = Graph::new();
+//! g.push(Task::new(Key::new("a", []), "sum").param(&2.0f64));
+//! g.push(Task::new(Key::new("b", []), "sum").param(&1.0f64).inputs([Key::new("a", [])]));
+//! let b = cluster.client().compute(g, &[Key::new("b", [])])?;
+//! assert_eq!(b[0].to_scalar(), Some(3.0));
+//! # Ok::<(), tessera_runtime::Error>(())
+//! ```
+
+mod block;
+mod client;
+mod cluster;
+mod error;
+mod graph;
+mod kernel;
+mod panic;
+pub mod protocol;
+mod scheduler;
+pub mod sys;
+pub mod transport;
+mod worker;
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+pub use block::{Block, BlockHeader, Buffer, DType};
+pub use client::{Client, Persisted, WorkerInfo};
+pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks};
+pub use error::{Error, KernelError, Result};
+pub use graph::{Graph, Key, Params, Task, TaskId};
+pub use kernel::{builtin, KernelCtx, KernelFn, Registry};
+
+/// Runs `driver` on the cluster the environment calls for (see [`Config::run`]).
+pub fn run<R, E, F>(driver: F) -> std::result::Result<R, E>
+where
+    F: FnOnce(&Client) -> std::result::Result<R, E> + Send,
+    R: Send,
+    E: From<Error> + std::fmt::Display + Send,
+{
+    Config::default().run(driver)
+}
+
+/// Whether this build has the MPI transport.
+pub const HAS_MPI: bool = cfg!(feature = "mpi");

@@ -1,0 +1,230 @@
+//! Running on MPI ranks: launched by `mpirun`/`srun`, or on a communicator
+//! an application already owns.
+//!
+//! [`run_on`] is collective over the communicator it is given. It works on a
+//! private duplicate, so it never sees the application's messages, and
+//! frees it before returning, so the application's MPI goes on undisturbed:
+//!
+//! ```no_run
+//! //! let universe = mpi::initialize().unwrap();
+//! let world = universe.world();
+//! // ... the application's own MPI work ...
+//! let out = tessera_runtime::mpi::run_on(&world, Default::default(), |client| {
+//!     // only rank 0 runs this; the other ranks serve as workers meanwhile
+//!     Ok::<_, tessera_runtime::Error>(client.workers().len())
+//! })
+//! .unwrap();
+//! if world.rank() == 0 {
+//!     assert!(out.is_some());
+//! }
+//! world.barrier(); // MPI is still usable
+//! ```
+//!
+//! Threads per rank: the scheduler (rank 0), the driver (rank 0), a worker
+//! loop and its compute threads, and the calling thread, which becomes the
+//! progress thread and makes every MPI call (so `MPI_THREAD_FUNNELED` is
+//! enough when Tessera is called from the main thread).
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpi::environment::Threading;
+use mpi::topology::{Communicator, SimpleCommunicator};
+
+use crate::client::Client;
+use crate::cluster::{drive, spawn_scheduler, spawn_worker, Config, SchedulerWorks};
+use crate::error::Error;
+use crate::protocol::{Endpoint, Role};
+use crate::scheduler::{Exit, SchedulerConfig};
+use crate::transport::mpi::{progress, MpiTransport};
+use crate::transport::{Mailboxes, Transport};
+use crate::worker::{WorkerConfig, WorkerExit};
+
+/// Facts about the MPI library and this process's place in the world.
+#[derive(Clone, Debug)]
+pub struct MpiInfo {
+    pub library: String,
+    pub standard: (i32, i32),
+    pub world_size: usize,
+    pub rank: usize,
+    pub processor: String,
+}
+
+/// Version of the MPI library this build linked (callable without initialising MPI).
+pub fn library_version() -> String {
+    mpi::environment::library_version()
+        .map(|s| s.lines().next().unwrap_or("").trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Initialises MPI, reads [`MpiInfo`], finalises.
+pub fn info() -> Option<MpiInfo> {
+    let universe = mpi::initialize()?;
+    let world = universe.world();
+    Some(MpiInfo {
+        library: library_version(),
+        standard: mpi::environment::version(),
+        world_size: world.size() as usize,
+        rank: world.rank() as usize,
+        processor: mpi::environment::processor_name().unwrap_or_default(),
+    })
+}
+
+/// Decides threads and whether rank 0 works from the ranks sharing this host.
+struct Placement {
+    threads: usize,
+    rank0_works: bool,
+}
+
+fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, Error> {
+    let rank = world.rank();
+    let size = world.size();
+    let local = world.split_shared(rank);
+    let local_size = local.size() as usize;
+    let usable = crate::sys::usable_cores();
+    let host = crate::sys::host_cores();
+    // A launcher that bound us to a subset already gave us our share.
+    let share = if usable < host { usable } else { (host / local_size).max(1) };
+    let rank0_works = match config.scheduler_works {
+        SchedulerWorks::Yes => true,
+        SchedulerWorks::No if size == 1 => {
+            return Err(Error::Config(
+                "--scheduler-works no with a single MPI rank leaves no worker; start at least 2 ranks".into(),
+            ))
+        }
+        SchedulerWorks::No => false,
+        SchedulerWorks::Auto => size == 1 || share > 1,
+    };
+    let mut threads = config.threads.unwrap_or(share).max(1);
+    if rank == 0 && rank0_works && config.threads.is_none() && size > 1 && share > 1 {
+        threads = share - 1; // leave the scheduler a core
+    }
+    Ok(Placement { threads, rank0_works })
+}
+
+/// Runs Tessera on the ranks of `comm` (collective). Rank 0 of `comm` runs
+/// `driver` and gets `Ok(Some(result))`; the other ranks serve as workers
+/// and get `Ok(None)`, or `Err` with [`Error::DriverFailed`] if the driver
+/// failed. Every rank returns, and MPI stays initialised and usable.
+pub fn run_on<C, R, E, F>(comm: &C, config: Config, driver: F) -> Result<Option<R>, E>
+where
+    C: Communicator,
+    F: FnOnce(&Client) -> Result<R, E> + Send,
+    R: Send,
+    E: From<Error> + Display + Send,
+{
+    if mpi::environment::threading_support() == Threading::Single {
+        tracing::warn!("MPI was initialised with MPI_THREAD_SINGLE; Tessera runs threads that do not call MPI, but FUNNELED or more is correct");
+    }
+    let comm = comm.duplicate();
+    let rank = comm.rank() as u32;
+    let size = comm.size() as u32;
+    let place = match placement(&comm, &config) {
+        Ok(p) => p,
+        Err(e) => return Err(E::from(e)),
+    };
+    let works = rank != 0 || place.rank0_works;
+    let registry = Arc::new(config.registry.clone());
+
+    let mut mailboxes = Mailboxes::new();
+    let sched_inbox = (rank == 0).then(|| mailboxes.open(Endpoint::SCHEDULER));
+    let client_inbox = (rank == 0).then(|| mailboxes.open(Endpoint::CLIENT));
+    let worker_inbox = works.then(|| mailboxes.open(Endpoint { rank, role: Role::Worker }));
+    let (transport, outbox) = MpiTransport::new(rank, size, mailboxes);
+    let dyn_transport: Arc<dyn Transport> = transport.clone();
+
+    let worker = worker_inbox.map(|inbox| {
+        let wc = WorkerConfig {
+            rank,
+            threads: place.threads,
+            host: crate::sys::hostname(),
+            heartbeat: Some(Duration::from_secs(1)),
+        };
+        spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), inbox)
+    });
+
+    let outcome = std::thread::scope(|s| {
+        let mut scheduler = None;
+        let mut driver_thread = None;
+        if let (Some(sched_inbox), Some(client_inbox)) = (sched_inbox, client_inbox) {
+            let worker_ranks: Vec<u32> = (0..size).filter(|&r| r != 0 || place.rank0_works).collect();
+            let sc = SchedulerConfig {
+                worker_ranks,
+                queue_extra: config.queue_extra,
+                heartbeat_timeout: Some(config.heartbeat_timeout),
+            };
+            let (handle, ready) = spawn_scheduler(Arc::clone(&registry), Arc::clone(&dyn_transport), sc, sched_inbox);
+            let abort = transport.abort_flag();
+            let t = Arc::clone(&dyn_transport);
+            let sched = s.spawn(move || {
+                let exit = handle.join();
+                match &exit {
+                    Ok(Exit::WorkerLost { rank, reason }) => {
+                        abort.raise(format!("worker rank {rank} was lost: {reason}"))
+                    }
+                    Err(_) => abort.raise("the scheduler panicked".into()),
+                    Ok(Exit::Clean) => {}
+                }
+            });
+            scheduler = Some(sched);
+            driver_thread = Some(s.spawn(move || -> Result<R, E> {
+                let infos = match ready.recv() {
+                    Ok(Ok(infos)) => infos,
+                    Ok(Err(e)) => return Err(E::from(e)),
+                    Err(_) => return Err(E::from(Error::ShutDown)),
+                };
+                tracing::info!(ranks = size, workers = infos.len(), "MPI cluster ready");
+                let client = Client::new(t, client_inbox, infos);
+                drive(&client, driver, |failed, reason| client.shutdown(failed, reason))
+            }));
+        }
+        let stats = progress(&comm, &transport, outbox, || {
+            worker.as_ref().map_or(true, |w| w.is_finished())
+                && scheduler.as_ref().map_or(true, |t| t.is_finished())
+                && driver_thread.as_ref().map_or(true, |t| t.is_finished())
+        });
+        tracing::debug!(rank, ?stats, "progress loop ended");
+        driver_thread.map(|t| t.join())
+    });
+
+    let worker_exit = worker.map(|w| w.join().unwrap_or(WorkerExit::Disconnected));
+    drop(comm);
+    match outcome {
+        Some(Ok(result)) => result.map(Some),
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => match worker_exit {
+            Some(WorkerExit::Shutdown { failed: true, reason }) => Err(E::from(Error::DriverFailed { reason })),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// `Config::run` under MPI: initialise, run on the world, finalise. Worker
+/// ranks exit the process here.
+pub(crate) fn run_world<R, E, F>(config: Config, driver: F) -> Result<R, E>
+where
+    F: FnOnce(&Client) -> Result<R, E> + Send,
+    R: Send,
+    E: From<Error> + Display + Send,
+{
+    let Some((universe, _threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
+        return Err(E::from(Error::Mpi { rank: 0, message: "MPI was already initialised; use tessera::mpi::run_on with your communicator".into() }));
+    };
+    let world = universe.world();
+    let rank = world.rank();
+    let result = run_on(&world, config, driver);
+    if rank == 0 {
+        drop(universe);
+        return result.map(|r| r.expect("rank 0 runs the driver"));
+    }
+    let code = match &result {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::debug!(rank, error = %e, "worker rank ends after a failed driver");
+            1
+        }
+    };
+    drop(universe);
+    std::process::exit(code)
+}

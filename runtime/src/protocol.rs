@@ -1,0 +1,228 @@
+//! Messages between the scheduler, workers and the client, and their codec.
+//!
+//! Every message is addressed to an [`Endpoint`]: a rank and a role on that
+//! rank. Control messages are small and serialised with bincode (varint
+//! integers) behind a one-byte protocol version; a decoder refuses frames
+//! longer than [`MAX_FRAME`] or of another version. Block payloads never go
+//! through the codec: a [`Msg::Block`] carries a [`Payload`] whose header is
+//! encoded with the control part and whose bytes a transport moves
+//! separately (in-process: not at all, the `Arc` is handed over).
+//!
+//! Per computed task there are two messages: the scheduler's [`Msg::Run`]
+//! (batched per worker) and the worker's [`Msg::Done`]. A missing input
+//! costs a [`Msg::Fetch`] to the peer holding it and the [`Msg::Block`]
+//! reply, worker to worker.
+
+use std::fmt;
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::block::{Block, BlockHeader};
+use crate::client::ClientRequest;
+use crate::graph::{Key, Params, TaskId};
+
+/// Version of the wire format; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest control frame a rank accepts (block payloads are separate).
+pub const MAX_FRAME: u64 = 256 << 20;
+
+/// Which part of a rank a message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Scheduler,
+    Worker,
+    Client,
+}
+
+/// Address of a message: a rank and a role on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub rank: u32,
+    pub role: Role,
+}
+
+impl Endpoint {
+    pub const SCHEDULER: Endpoint = Endpoint { rank: 0, role: Role::Scheduler };
+    pub const CLIENT: Endpoint = Endpoint { rank: 0, role: Role::Client };
+
+    pub fn worker(rank: u32) -> Endpoint {
+        Endpoint { rank, role: Role::Worker }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}@{}", self.role, self.rank)
+    }
+}
+
+/// A task as the scheduler hands it to a worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunTask {
+    pub id: TaskId,
+    pub key: Key,
+    pub kernel: u32,
+    pub params: Params,
+    pub inputs: Vec<InputLoc>,
+}
+
+/// Where one input of a task can be fetched from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InputLoc {
+    pub id: TaskId,
+    pub holders: Vec<u32>,
+    pub nbytes: u64,
+}
+
+/// A block in a message: the block itself in-process, or (after decoding)
+/// the header of bytes that follow on the data channel.
+#[derive(Debug)]
+pub enum Payload {
+    Ready(Block),
+    Incoming(BlockHeader),
+}
+
+impl Payload {
+    pub fn header(&self) -> BlockHeader {
+        match self {
+            Payload::Ready(b) => b.header(),
+            Payload::Incoming(h) => h.clone(),
+        }
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.header().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
+        BlockHeader::deserialize(d).map(Payload::Incoming)
+    }
+}
+
+/// Everything that travels between endpoints.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Msg {
+    /// Worker -> scheduler, once at start.
+    Hello {
+        rank: u32,
+        threads: u32,
+        host: String,
+        registry: u64,
+        kernels: u32,
+    },
+    /// Scheduler -> worker: tasks to run, highest priority first.
+    Run(Vec<RunTask>),
+    /// Worker -> scheduler: a task finished in `micros` and its block is stored.
+    Done { id: TaskId, nbytes: u64, micros: u64 },
+    /// Worker -> scheduler: a task's kernel failed (error or panic).
+    Failed { id: TaskId, error: String },
+    /// Worker -> scheduler: the worker now holds a copy of a block it fetched.
+    Replica { id: TaskId, rank: u32 },
+    /// Scheduler -> worker: forget these blocks.
+    Release(Vec<TaskId>),
+    /// Scheduler -> worker: drop these tasks if not started.
+    Cancel(Vec<TaskId>),
+    /// Anyone -> worker: send block `id` to `reply_to`.
+    Fetch { id: TaskId, reply_to: Endpoint },
+    /// Worker -> anyone: the block asked for.
+    Block { id: TaskId, payload: Payload },
+    /// Worker -> anyone: the block asked for is not here.
+    Missing { id: TaskId, rank: u32 },
+    /// Worker -> scheduler: still alive (sent every second).
+    Heartbeat { rank: u32 },
+    /// Scheduler -> worker: stop. `failed` when the driver failed.
+    Shutdown { failed: bool, reason: String },
+    /// Worker -> scheduler: the worker has stopped and will send nothing more.
+    Bye { rank: u32 },
+    /// Client -> scheduler, in-process only (never on the wire).
+    #[serde(skip)]
+    Client(ClientRequest),
+}
+
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(MAX_FRAME)
+}
+
+/// Encodes a batch of messages for one rank: version byte, then bincode.
+pub fn encode_frame(msgs: &[(Role, Msg)]) -> Result<Vec<u8>, bincode::Error> {
+    let mut out = vec![PROTOCOL_VERSION];
+    codec().serialize_into(&mut out, msgs)?;
+    Ok(out)
+}
+
+/// Decodes a frame made by [`encode_frame`], checking version and length.
+pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(Role, Msg)>, bincode::Error> {
+    match bytes.split_first() {
+        Some((&PROTOCOL_VERSION, rest)) => codec().deserialize(rest),
+        Some((v, _)) => Err(Box::new(bincode::ErrorKind::Custom(format!(
+            "protocol version {v}, this build speaks {PROTOCOL_VERSION} (are all ranks the same binary?)"
+        )))),
+        None => Err(Box::new(bincode::ErrorKind::Custom("empty frame".into()))),
+    }
+}
+
+/// Serialises kernel parameters (the encoding [`crate::Task::param`] uses).
+pub fn encode_params<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    codec().serialize(value).expect("kernel parameters serialise")
+}
+
+/// Decodes kernel parameters.
+pub fn decode_params<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    codec().deserialize(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::Buffer;
+    use std::sync::Arc;
+
+    #[test]
+    fn frames_round_trip_and_blocks_travel_as_headers() {
+        let block = Block::new(vec![2], Buffer::F64(vec![1.0, 2.0]));
+        let msgs = vec![
+            (
+                Role::Worker,
+                Msg::Run(vec![RunTask {
+                    id: TaskId(7),
+                    key: Key::new("x", [1, 2]),
+                    kernel: 3,
+                    params: Arc::from(encode_params(&2.5f64)),
+                    inputs: vec![InputLoc { id: TaskId(5), holders: vec![1, 2], nbytes: 16 }],
+                }]),
+            ),
+            (Role::Client, Msg::Block { id: TaskId(7), payload: Payload::Ready(block) }),
+        ];
+        let frame = encode_frame(&msgs).unwrap();
+        let back = decode_frame(&frame).unwrap();
+        match &back[0].1 {
+            Msg::Run(tasks) => {
+                assert_eq!(tasks[0].key, Key::new("x", [1, 2]));
+                assert_eq!(decode_params::<f64>(&tasks[0].params).unwrap(), 2.5);
+                assert_eq!(tasks[0].inputs[0].holders, vec![1, 2]);
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        match &back[1].1 {
+            Msg::Block { payload: Payload::Incoming(h), .. } => assert_eq!(h.nbytes(), 16),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    #[test]
+    fn foreign_versions_and_garbage_are_refused() {
+        let mut frame = encode_frame(&[(Role::Scheduler, Msg::Heartbeat { rank: 1 })]).unwrap();
+        frame[0] = 99;
+        let err = decode_frame(&frame).unwrap_err().to_string();
+        assert!(err.contains("protocol version 99"), "{err}");
+        assert!(decode_frame(&[]).is_err());
+        assert!(decode_frame(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,970 @@
+//! The scheduler: task states, placement, priorities, reference counts.
+//!
+//! One thread on rank 0 owns all scheduling state and reacts to messages:
+//! graphs and releases from the client, `Done`/`Failed`/`Replica` from the
+//! workers. It never touches block bytes, only where blocks live and how big
+//! they are.
+//!
+//! * **Validation.** A submitted graph is checked whole (duplicate keys,
+//!   unknown kernels, missing inputs, cycles, unknown outputs) before any of
+//!   it is added; tasks not needed for the outputs are culled.
+//! * **Priorities.** Tasks are numbered in depth-first post-order from the
+//!   outputs (what `dask.order` approximates): finishing one branch of a
+//!   reduction before starting the next keeps few blocks alive at once.
+//!   Earlier submissions go first.
+//! * **Placement.** A ready task with inputs is bound to the worker holding
+//!   the most of its input bytes (ties: the least loaded). A task without
+//!   inputs stays unbound until some worker has room, so root tasks are not
+//!   over-produced.
+//! * **Queues.** Each worker gets up to `threads + queue_extra` tasks at a
+//!   time, so it always has the next task at hand; the rest wait here in
+//!   priority order. A worker with room and nothing of its own steals the
+//!   lowest-priority task queued for the most loaded worker.
+//! * **Memory.** Every task counts the dependents that still need it plus the
+//!   client's handles; at zero its blocks are released on every worker that
+//!   holds a copy, and a task nobody needs any more is cancelled.
+//!
+//! Messages per task: one `Run` entry out (batched per worker per loop turn)
+//! and one `Done` in; a fetched input adds one `Replica`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::client::{ClientRequest, WorkerInfo};
+use crate::error::{Error, Result};
+use crate::graph::{Key, Params, Task, TaskId};
+use crate::kernel::Registry;
+use crate::protocol::{Endpoint, InputLoc, Msg, RunTask};
+use crate::transport::Transport;
+
+/// Bytes per second assumed for a transfer when weighing a steal.
+const STEAL_BANDWIDTH: f64 = 1e9;
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Ranks that will run a worker; the scheduler waits for all of them.
+    pub worker_ranks: Vec<u32>,
+    /// Tasks queued on a worker beyond one per thread.
+    pub queue_extra: u32,
+    /// A worker silent for this long is declared lost (None: never).
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+/// Why a failed task failed, shared by everything that depends on it.
+#[derive(Debug)]
+struct Failure {
+    key: Key,
+    kernel: String,
+    rank: u32,
+    cause: String,
+}
+
+impl Failure {
+    fn to_error(&self) -> Error {
+        Error::TaskFailed {
+            key: self.key.clone(),
+            kernel: self.kernel.clone(),
+            rank: self.rank,
+            cause: self.cause.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Some inputs are not computed yet.
+    Waiting,
+    /// Ready, in a scheduler-side queue: bound to a worker or not.
+    Queued(Option<usize>),
+    /// Sent to a worker.
+    Running(usize),
+    /// Running, but nobody needs the result any more.
+    Cancelled(usize),
+    /// Computed; `who_has` holds the workers with a copy.
+    Memory,
+    Erred(Arc<Failure>),
+}
+
+struct TaskRec {
+    key: Key,
+    kernel: u32,
+    params: Params,
+    inputs: Vec<TaskId>,
+    dependents: Vec<TaskId>,
+    /// Inputs not yet in memory.
+    waiting: u32,
+    /// Dependents that still need this task, plus client handles.
+    refs: u32,
+    prio: u64,
+    /// Worker index the task must run on.
+    pin: Option<usize>,
+    state: State,
+    who_has: Vec<usize>,
+    nbytes: u64,
+    waiters: Vec<u64>,
+}
+
+struct WorkerRec {
+    rank: u32,
+    threads: u32,
+    host: String,
+    limit: u32,
+    in_flight: u32,
+    queue: BTreeSet<(u64, TaskId)>,
+    last_seen: Instant,
+    gone: bool,
+}
+
+struct Waiter {
+    ids: Vec<TaskId>,
+    remaining: usize,
+    reply: Sender<Result<Vec<Vec<u32>>>>,
+}
+
+/// What made the scheduler loop end.
+#[derive(Debug)]
+pub enum Exit {
+    /// The client asked for shutdown and every worker said goodbye.
+    Clean,
+    /// A worker was lost; the job cannot go on.
+    WorkerLost { rank: u32, reason: String },
+}
+
+pub(crate) struct Scheduler {
+    registry: Arc<Registry>,
+    transport: Arc<dyn Transport>,
+    config: SchedulerConfig,
+    tasks: FxHashMap<TaskId, TaskRec>,
+    keys: FxHashMap<Key, TaskId>,
+    next_id: u64,
+    submissions: u64,
+    workers: Vec<WorkerRec>,
+    worker_of_rank: FxHashMap<u32, usize>,
+    unbound: BTreeSet<(u64, TaskId)>,
+    queued: usize,
+    outbox: Vec<Vec<RunTask>>,
+    releases: Vec<Vec<TaskId>>,
+    waiters: FxHashMap<u64, Waiter>,
+    next_waiter: u64,
+    /// Running mean of each kernel's duration in microseconds (NaN: unknown).
+    durations: Vec<f64>,
+}
+
+/// Start-up result: the workers that said hello, or why they could not.
+pub(crate) type Ready = Result<Vec<WorkerInfo>>;
+
+impl Scheduler {
+    pub(crate) fn new(registry: Arc<Registry>, transport: Arc<dyn Transport>, config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            durations: vec![f64::NAN; registry.len()],
+            registry,
+            transport,
+            config,
+            tasks: FxHashMap::default(),
+            keys: FxHashMap::default(),
+            next_id: 0,
+            submissions: 0,
+            workers: Vec::new(),
+            worker_of_rank: FxHashMap::default(),
+            unbound: BTreeSet::new(),
+            queued: 0,
+            outbox: Vec::new(),
+            releases: Vec::new(),
+            waiters: FxHashMap::default(),
+            next_waiter: 0,
+        }
+    }
+
+    /// Runs until the client asks for shutdown (and all workers stopped) or
+    /// a worker is lost. `ready` gets the roll call once every worker said
+    /// hello (or the first registry mismatch).
+    pub(crate) fn run(mut self, inbox: Receiver<Msg>, ready: Sender<Ready>) -> Exit {
+        if let Err(e) = self.roll_call(&inbox) {
+            let lost = matches!(e, Error::WorkerLost { .. });
+            let _ = ready.send(Err(e));
+            self.broadcast_shutdown(true, "start-up failed".into());
+            return if lost {
+                Exit::WorkerLost { rank: u32::MAX, reason: "start-up".into() }
+            } else {
+                self.wait_for_byes(&inbox, Duration::from_secs(10));
+                Exit::Clean
+            };
+        }
+        let _ = ready.send(Ok(self.worker_infos()));
+        tracing::info!(workers = self.workers.len(), "scheduler ready");
+
+        let tick = Duration::from_millis(500);
+        loop {
+            let first = match inbox.recv_timeout(tick) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Exit::Clean,
+            };
+            if let Some(m) = first {
+                if let Some(exit) = self.handle(m, &inbox) {
+                    return exit;
+                }
+                // Drain what is already there before flushing, so replies batch.
+                for _ in 0..100_000 {
+                    match inbox.try_recv() {
+                        Ok(m) => {
+                            if let Some(exit) = self.handle(m, &inbox) {
+                                return exit;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.fill_all();
+            self.flush();
+            if let Some(exit) = self.check_liveness() {
+                return exit;
+            }
+        }
+    }
+
+    fn roll_call(&mut self, inbox: &Receiver<Msg>) -> Result<()> {
+        let expected: FxHashSet<u32> = self.config.worker_ranks.iter().copied().collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.workers.len() < expected.len() {
+            let msg = inbox
+                .recv_deadline(deadline)
+                .map_err(|_| Error::WorkerLost {
+                    rank: *expected.iter().find(|r| !self.worker_of_rank.contains_key(r)).unwrap_or(&0),
+                    reason: "did not start within 120 s".into(),
+                })?;
+            match msg {
+                Msg::Hello { rank, threads, host, registry, kernels } => {
+                    if registry != self.registry.digest() {
+                        return Err(Error::RegistryMismatch {
+                            rank,
+                            detail: format!("{kernels} kernels there, {} here", self.registry.len()),
+                        });
+                    }
+                    let threads = threads.max(1);
+                    self.worker_of_rank.insert(rank, self.workers.len());
+                    self.workers.push(WorkerRec {
+                        rank,
+                        threads,
+                        host,
+                        limit: threads + self.config.queue_extra,
+                        in_flight: 0,
+                        queue: BTreeSet::new(),
+                        last_seen: Instant::now(),
+                        gone: false,
+                    });
+                    self.outbox.push(Vec::new());
+                    self.releases.push(Vec::new());
+                }
+                Msg::Client(ClientRequest::Shutdown { reply, .. }) => {
+                    let _ = reply.send(());
+                    return Err(Error::ShutDown);
+                }
+                other => tracing::debug!(msg = ?other, "ignored before start-up"),
+            }
+        }
+        self.workers.sort_by_key(|w| w.rank);
+        for (i, w) in self.workers.iter().enumerate() {
+            self.worker_of_rank.insert(w.rank, i);
+        }
+        Ok(())
+    }
+
+    fn worker_infos(&self) -> Vec<WorkerInfo> {
+        self.workers
+            .iter()
+            .map(|w| WorkerInfo { rank: w.rank, threads: w.threads, host: w.host.clone() })
+            .collect()
+    }
+
+    /// Handles one message; returns `Some` when the loop must end.
+    fn handle(&mut self, msg: Msg, inbox: &Receiver<Msg>) -> Option<Exit> {
+        match msg {
+            Msg::Done { id, nbytes, micros } => self.on_done(id, nbytes, micros),
+            Msg::Failed { id, error } => self.on_failed(id, error),
+            Msg::Replica { id, rank } => {
+                self.seen(rank);
+                self.handle_replica(rank, id);
+            }
+            Msg::Heartbeat { rank } => self.seen(rank),
+            Msg::Client(req) => return self.on_client(req, inbox),
+            other => tracing::warn!(msg = ?other, "scheduler got an unexpected message"),
+        }
+        None
+    }
+
+    fn seen(&mut self, rank: u32) {
+        if let Some(&w) = self.worker_of_rank.get(&rank) {
+            self.workers[w].last_seen = Instant::now();
+        }
+    }
+
+    fn handle_replica(&mut self, rank: u32, id: TaskId) {
+        let Some(&w) = self.worker_of_rank.get(&rank) else { return };
+        match self.tasks.get_mut(&id) {
+            Some(rec) if matches!(rec.state, State::Memory) => {
+                if !rec.who_has.contains(&w) {
+                    rec.who_has.push(w);
+                }
+            }
+            // Released meanwhile: the copy is garbage.
+            _ => self.releases[w].push(id),
+        }
+    }
+
+    fn on_client(&mut self, req: ClientRequest, inbox: &Receiver<Msg>) -> Option<Exit> {
+        match req {
+            ClientRequest::Submit { tasks, outputs, reply } => {
+                let _ = reply.send(self.submit(tasks, outputs));
+            }
+            ClientRequest::Wait { ids, reply } => self.wait(ids, reply),
+            ClientRequest::Release { ids } => {
+                for id in ids {
+                    self.dec_ref(id);
+                }
+            }
+            ClientRequest::Workers { reply } => {
+                let _ = reply.send(self.worker_infos());
+            }
+            ClientRequest::Shutdown { failed, reason, reply } => {
+                self.flush();
+                self.broadcast_shutdown(failed, reason);
+                self.wait_for_byes(inbox, Duration::from_secs(30));
+                let _ = reply.send(());
+                return Some(Exit::Clean);
+            }
+        }
+        None
+    }
+
+    fn broadcast_shutdown(&self, failed: bool, reason: String) {
+        for w in &self.workers {
+            if !w.gone {
+                self.transport
+                    .send(Endpoint::worker(w.rank), Msg::Shutdown { failed, reason: reason.clone() });
+            }
+        }
+        // Workers that never said hello must stop too.
+        for &rank in &self.config.worker_ranks {
+            if !self.worker_of_rank.contains_key(&rank) {
+                self.transport
+                    .send(Endpoint::worker(rank), Msg::Shutdown { failed, reason: reason.clone() });
+            }
+        }
+    }
+
+    fn wait_for_byes(&self, inbox: &Receiver<Msg>, limit: Duration) {
+        let mut left: FxHashSet<u32> = self.config.worker_ranks.iter().copied().collect();
+        for w in &self.workers {
+            if w.gone {
+                left.remove(&w.rank);
+            }
+        }
+        let deadline = Instant::now() + limit;
+        while !left.is_empty() {
+            match inbox.recv_deadline(deadline) {
+                Ok(Msg::Bye { rank }) => {
+                    left.remove(&rank);
+                }
+                Ok(Msg::Client(ClientRequest::Shutdown { reply, .. })) => {
+                    let _ = reply.send(());
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(ranks = ?left, "workers did not confirm shutdown");
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- submission -------------------------------------------------------
+
+    fn submit(&mut self, tasks: Vec<Task>, outputs: Vec<Key>) -> Result<Vec<TaskId>> {
+        // Index the new tasks; existing keys are reused, not recomputed.
+        let mut local: FxHashMap<&Key, usize> = FxHashMap::default();
+        local.reserve(tasks.len());
+        for (i, t) in tasks.iter().enumerate() {
+            if local.insert(&t.key, i).is_some() {
+                return Err(Error::DuplicateKey { key: t.key.clone() });
+            }
+        }
+        let mut kernels = Vec::with_capacity(tasks.len());
+        let mut pins = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            pins.push(match t.pin {
+                None => None,
+                Some(rank) => match self.worker_of_rank.get(&rank) {
+                    Some(&w) => Some(w),
+                    None => return Err(Error::NoSuchWorker { key: t.key.clone(), rank }),
+                },
+            });
+            let k = self.registry.id(&t.kernel).ok_or_else(|| Error::UnknownKernel {
+                key: t.key.clone(),
+                kernel: t.kernel.to_string(),
+                known: self.registry.names().collect::<Vec<_>>().join(", "),
+            })?;
+            kernels.push(k);
+        }
+        // Resolve inputs: Ok(local index) or Err(existing id).
+        enum Src {
+            New(usize),
+            Old(TaskId),
+        }
+        let resolve = |key: &Key, local: &FxHashMap<&Key, usize>| -> Option<Src> {
+            if let Some(id) = self.keys.get(key) {
+                Some(Src::Old(*id))
+            } else {
+                local.get(key).map(|&i| Src::New(i))
+            }
+        };
+        let mut deps: Vec<Vec<Src>> = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            let mut d = Vec::with_capacity(t.inputs.len());
+            for input in &t.inputs {
+                match resolve(input, &local) {
+                    Some(Src::Old(id)) => {
+                        if let State::Erred(f) = &self.tasks[&id].state {
+                            return Err(f.to_error());
+                        }
+                        d.push(Src::Old(id));
+                    }
+                    Some(s) => d.push(s),
+                    None => return Err(Error::MissingInput { key: t.key.clone(), input: input.clone() }),
+                }
+            }
+            deps.push(d);
+        }
+        let mut out_src = Vec::with_capacity(outputs.len());
+        for key in &outputs {
+            match resolve(key, &local) {
+                Some(s) => out_src.push(s),
+                None => return Err(Error::UnknownOutput { key: key.clone() }),
+            }
+        }
+
+        // Depth-first post-order from the outputs: culls, orders, finds cycles.
+        const WHITE: u8 = 0;
+        const GREY: u8 = 1;
+        const BLACK: u8 = 2;
+        let mut color = vec![WHITE; tasks.len()];
+        let mut order: Vec<usize> = Vec::with_capacity(tasks.len());
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        for src in &out_src {
+            let Src::New(root) = *src else { continue };
+            if color[root] != WHITE {
+                continue;
+            }
+            color[root] = GREY;
+            stack.push((root, 0));
+            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                // Skip existing inputs, and new ones already finished.
+                let mut child = None;
+                while *next < deps[node].len() {
+                    let d = &deps[node][*next];
+                    *next += 1;
+                    if let Src::New(c) = *d {
+                        match color[c] {
+                            WHITE => {
+                                child = Some(c);
+                                break;
+                            }
+                            GREY => {
+                                let start = stack.iter().position(|&(n, _)| n == c).unwrap_or(0);
+                                let mut path: Vec<String> =
+                                    stack[start..].iter().map(|&(n, _)| tasks[n].key.to_string()).collect();
+                                path.push(tasks[c].key.to_string());
+                                return Err(Error::Cycle { key: tasks[c].key.clone(), path: path.join(" -> ") });
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                match child {
+                    Some(c) => {
+                        color[c] = GREY;
+                        stack.push((c, 0));
+                    }
+                    None => {
+                        color[node] = BLACK;
+                        order.push(node);
+                        stack.pop();
+                    }
+                }
+            }
+        }
+        if order.len() < tasks.len() {
+            tracing::debug!(culled = tasks.len() - order.len(), "tasks not needed for the outputs");
+        }
+
+        // Everything is valid: commit.
+        self.submissions += 1;
+        let base = self.submissions << 40;
+        let mut ids = vec![TaskId(u64::MAX); tasks.len()];
+        for &i in &order {
+            ids[i] = TaskId(self.next_id);
+            self.next_id += 1;
+        }
+        let mut tasks: Vec<Option<Task>> = tasks.into_iter().map(Some).collect();
+        let mut ready = Vec::new();
+        for (n, &i) in order.iter().enumerate() {
+            let t = tasks[i].take().expect("each task once");
+            let id = ids[i];
+            let mut inputs = Vec::with_capacity(deps[i].len());
+            let mut waiting = 0;
+            for d in &deps[i] {
+                let input = match *d {
+                    Src::New(j) => ids[j],
+                    Src::Old(old) => old,
+                };
+                let rec = self.tasks.get_mut(&input).expect("inputs are known");
+                rec.refs += 1;
+                rec.dependents.push(id);
+                if !matches!(rec.state, State::Memory) {
+                    waiting += 1;
+                }
+                inputs.push(input);
+            }
+            self.keys.insert(t.key.clone(), id);
+            self.tasks.insert(
+                id,
+                TaskRec {
+                    key: t.key,
+                    kernel: kernels[i],
+                    params: t.params,
+                    inputs,
+                    dependents: Vec::new(),
+                    waiting,
+                    refs: 0,
+                    prio: base | n as u64,
+                    pin: pins[i],
+                    state: State::Waiting,
+                    who_has: Vec::new(),
+                    nbytes: 0,
+                    waiters: Vec::new(),
+                },
+            );
+            if waiting == 0 {
+                ready.push(id);
+            }
+        }
+        let out_ids: Vec<TaskId> = out_src
+            .iter()
+            .map(|s| match *s {
+                Src::New(i) => ids[i],
+                Src::Old(id) => id,
+            })
+            .collect();
+        for id in &out_ids {
+            self.tasks.get_mut(id).expect("outputs are known").refs += 1;
+        }
+        for id in ready {
+            self.make_ready(id);
+        }
+        tracing::debug!(tasks = order.len(), outputs = out_ids.len(), "graph submitted");
+        Ok(out_ids)
+    }
+
+    fn wait(&mut self, ids: Vec<TaskId>, reply: Sender<Result<Vec<Vec<u32>>>>) {
+        let mut remaining = 0;
+        for id in &ids {
+            match self.tasks.get(id) {
+                None => {
+                    let _ = reply.send(Err(Error::Lost {
+                        key: Key::new(format!("task{}", id.0), []),
+                        reason: "it was released".into(),
+                    }));
+                    return;
+                }
+                Some(rec) => match &rec.state {
+                    State::Memory => {}
+                    State::Erred(f) => {
+                        let _ = reply.send(Err(f.to_error()));
+                        return;
+                    }
+                    _ => remaining += 1,
+                },
+            }
+        }
+        if remaining == 0 {
+            let _ = reply.send(Ok(self.locations(&ids)));
+            return;
+        }
+        let w = self.next_waiter;
+        self.next_waiter += 1;
+        for id in &ids {
+            let rec = self.tasks.get_mut(id).expect("checked above");
+            if !matches!(rec.state, State::Memory) {
+                rec.waiters.push(w);
+            }
+        }
+        self.waiters.insert(w, Waiter { ids, remaining, reply });
+    }
+
+    fn locations(&self, ids: &[TaskId]) -> Vec<Vec<u32>> {
+        ids.iter()
+            .map(|id| self.tasks[id].who_has.iter().map(|&w| self.workers[w].rank).collect())
+            .collect()
+    }
+
+    // ---- placement --------------------------------------------------------
+
+    fn make_ready(&mut self, id: TaskId) {
+        let rec = &self.tasks[&id];
+        let mut best: Option<(u64, usize)> = rec.pin.map(|w| (0, w));
+        if best.is_none() && !rec.inputs.is_empty() {
+            // Bytes of input each worker holds (few inputs, few holders: linear scans).
+            let mut held: Vec<(usize, u64)> = Vec::new();
+            for input in &rec.inputs {
+                let r = &self.tasks[input];
+                for &w in &r.who_has {
+                    match held.iter_mut().find(|(x, _)| *x == w) {
+                        Some((_, b)) => *b += r.nbytes.max(1),
+                        None => held.push((w, r.nbytes.max(1))),
+                    }
+                }
+            }
+            for (w, bytes) in held {
+                if self.workers[w].gone {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((b, bw)) => bytes > b || (bytes == b && self.load(w) < self.load(bw)),
+                };
+                if better {
+                    best = Some((bytes, w));
+                }
+            }
+        }
+        let prio = rec.prio;
+        let rec = self.tasks.get_mut(&id).expect("ready task exists");
+        match best {
+            Some((_, w)) => {
+                rec.state = State::Queued(Some(w));
+                self.workers[w].queue.insert((prio, id));
+            }
+            None => {
+                rec.state = State::Queued(None);
+                self.unbound.insert((prio, id));
+            }
+        }
+        self.queued += 1;
+    }
+
+    fn load(&self, w: usize) -> usize {
+        self.workers[w].in_flight as usize + self.workers[w].queue.len()
+    }
+
+    fn fill_all(&mut self) {
+        if self.queued == 0 {
+            return;
+        }
+        for w in 0..self.workers.len() {
+            self.fill(w);
+            if self.queued == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Sends worker `w` tasks until it has `limit` in flight.
+    fn fill(&mut self, w: usize) {
+        while self.queued > 0 && !self.workers[w].gone && self.workers[w].in_flight < self.workers[w].limit {
+            let own = self.workers[w].queue.first().copied();
+            let free = self.unbound.first().copied();
+            let pick = match (own, free) {
+                (Some(a), Some(b)) => {
+                    if a <= b {
+                        self.workers[w].queue.pop_first()
+                    } else {
+                        self.unbound.pop_first()
+                    }
+                }
+                (Some(_), None) => self.workers[w].queue.pop_first(),
+                (None, Some(_)) => self.unbound.pop_first(),
+                (None, None) => self.steal_for(w),
+            };
+            let Some((_, id)) = pick else { break };
+            self.assign(w, id);
+        }
+    }
+
+    /// Takes a queued task of the most loaded other worker, from the
+    /// low-priority end, if moving it costs less than running it: its input
+    /// bytes the thief lacks, at [`STEAL_BANDWIDTH`], against the kernel's
+    /// mean duration (unknown durations count as free to steal only for
+    /// inputs under 64 KiB).
+    fn steal_for(&mut self, thief: usize) -> Option<(u64, TaskId)> {
+        let victim = (0..self.workers.len())
+            .filter(|&v| v != thief && !self.workers[v].queue.is_empty())
+            .max_by_key(|&v| self.workers[v].queue.len())?;
+        let pick = self.workers[victim].queue.iter().rev().take(8).copied().find(|&(_, id)| {
+            let rec = &self.tasks[&id];
+            if rec.pin.is_some() {
+                return false;
+            }
+            let missing: u64 = rec
+                .inputs
+                .iter()
+                .map(|i| &self.tasks[i])
+                .filter(|r| !r.who_has.contains(&thief))
+                .map(|r| r.nbytes)
+                .sum();
+            let transfer_us = missing as f64 / STEAL_BANDWIDTH * 1e6;
+            let run_us = self.durations[rec.kernel as usize];
+            if run_us.is_nan() {
+                missing < 64 << 10
+            } else {
+                run_us >= 2.0 * transfer_us
+            }
+        })?;
+        self.workers[victim].queue.remove(&pick);
+        tracing::trace!(task = %pick.1, from = self.workers[victim].rank, to = self.workers[thief].rank, "stolen");
+        Some(pick)
+    }
+
+    fn assign(&mut self, w: usize, id: TaskId) {
+        self.queued -= 1;
+        self.workers[w].in_flight += 1;
+        let rec = self.tasks.get_mut(&id).expect("queued task exists");
+        rec.state = State::Running(w);
+        let rec = &self.tasks[&id];
+        let inputs = rec
+            .inputs
+            .iter()
+            .map(|i| {
+                let r = &self.tasks[i];
+                InputLoc {
+                    id: *i,
+                    holders: r.who_has.iter().map(|&h| self.workers[h].rank).collect(),
+                    nbytes: r.nbytes,
+                }
+            })
+            .collect();
+        self.outbox[w].push(RunTask {
+            id,
+            key: rec.key.clone(),
+            kernel: rec.kernel,
+            params: Arc::clone(&rec.params),
+            inputs,
+        });
+    }
+
+    fn flush(&mut self) {
+        for w in 0..self.workers.len() {
+            let rank = self.workers[w].rank;
+            if !self.outbox[w].is_empty() {
+                let batch = std::mem::take(&mut self.outbox[w]);
+                self.transport.send(Endpoint::worker(rank), Msg::Run(batch));
+            }
+            if !self.releases[w].is_empty() {
+                let batch = std::mem::take(&mut self.releases[w]);
+                self.transport.send(Endpoint::worker(rank), Msg::Release(batch));
+            }
+        }
+    }
+
+    // ---- completion -------------------------------------------------------
+
+    fn on_done(&mut self, id: TaskId, nbytes: u64, micros: u64) {
+        let Some(rec) = self.tasks.get_mut(&id) else {
+            tracing::warn!(task = %id, "Done for an unknown task");
+            return;
+        };
+        let w = match rec.state {
+            State::Running(w) => w,
+            State::Cancelled(w) => {
+                self.workers[w].in_flight -= 1;
+                self.releases[w].push(id);
+                let rec = self.tasks.remove(&id).expect("present");
+                for input in rec.inputs {
+                    self.dec_ref(input);
+                }
+                return;
+            }
+            ref other => {
+                tracing::warn!(task = %id, state = ?other, "Done for a task that was not running");
+                return;
+            }
+        };
+        self.workers[w].in_flight -= 1;
+        self.workers[w].last_seen = Instant::now();
+        let d = &mut self.durations[rec.kernel as usize];
+        *d = if d.is_nan() { micros as f64 } else { 0.8 * *d + 0.2 * micros as f64 };
+        rec.state = State::Memory;
+        rec.who_has.push(w);
+        rec.nbytes = nbytes;
+        let waiters = std::mem::take(&mut rec.waiters);
+        let inputs = std::mem::take(&mut rec.inputs);
+        let dependents = std::mem::take(&mut rec.dependents);
+        let unwanted = rec.refs == 0;
+        for waiter in waiters {
+            self.waiter_progress(waiter);
+        }
+        for dep in dependents {
+            let d = self.tasks.get_mut(&dep).expect("dependents are known");
+            d.waiting -= 1;
+            if d.waiting == 0 && matches!(d.state, State::Waiting) {
+                self.make_ready(dep);
+            }
+        }
+        for input in inputs {
+            self.dec_ref(input);
+        }
+        if unwanted {
+            self.forget(id);
+        }
+    }
+
+    fn waiter_progress(&mut self, waiter: u64) {
+        let Some(w) = self.waiters.get_mut(&waiter) else { return };
+        w.remaining -= 1;
+        if w.remaining == 0 {
+            let w = self.waiters.remove(&waiter).expect("present");
+            let _ = w.reply.send(Ok(self.locations(&w.ids)));
+        }
+    }
+
+    fn on_failed(&mut self, id: TaskId, error: String) {
+        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        let w = match rec.state {
+            State::Running(w) => w,
+            State::Cancelled(w) => {
+                self.workers[w].in_flight -= 1;
+                let rec = self.tasks.remove(&id).expect("present");
+                for input in rec.inputs {
+                    self.dec_ref(input);
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.workers[w].in_flight -= 1;
+        let failure = Arc::new(Failure {
+            key: rec.key.clone(),
+            kernel: self.registry.name(rec.kernel).map(|n| n.to_string()).unwrap_or_default(),
+            rank: self.workers[w].rank,
+            cause: error,
+        });
+        tracing::debug!(task = %failure.key, cause = %failure.cause, "task failed");
+        // Everything downstream fails with the same cause.
+        let mut erred = vec![id];
+        let mut seen: FxHashSet<TaskId> = FxHashSet::default();
+        seen.insert(id);
+        let mut i = 0;
+        while i < erred.len() {
+            let t = erred[i];
+            i += 1;
+            let rec = self.tasks.get_mut(&t).expect("erred tasks exist");
+            rec.state = State::Erred(Arc::clone(&failure));
+            for &d in &rec.dependents {
+                if seen.insert(d) {
+                    erred.push(d);
+                }
+            }
+        }
+        for &t in &erred {
+            let rec = self.tasks.get_mut(&t).expect("erred tasks exist");
+            let waiters = std::mem::take(&mut rec.waiters);
+            for waiter in waiters {
+                if let Some(wt) = self.waiters.remove(&waiter) {
+                    let _ = wt.reply.send(Err(failure.to_error()));
+                }
+            }
+        }
+        // An erred task no longer needs its inputs.
+        for &t in &erred {
+            let inputs = match self.tasks.get_mut(&t) {
+                Some(rec) => std::mem::take(&mut rec.inputs),
+                None => continue,
+            };
+            for input in inputs {
+                self.dec_ref(input);
+            }
+        }
+        for &t in &erred {
+            if self.tasks.get(&t).is_some_and(|r| r.refs == 0) {
+                self.forget(t);
+            }
+        }
+    }
+
+    fn dec_ref(&mut self, id: TaskId) {
+        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        debug_assert!(rec.refs > 0, "refcount underflow on {}", rec.key);
+        rec.refs = rec.refs.saturating_sub(1);
+        if rec.refs == 0 {
+            self.forget(id);
+        }
+    }
+
+    /// Nobody needs `id` any more: release its blocks or cancel it.
+    fn forget(&mut self, id: TaskId) {
+        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        match rec.state {
+            State::Running(w) => {
+                // Let it finish; its block is released when it reports.
+                rec.state = State::Cancelled(w);
+                if self.keys.get(&rec.key) == Some(&id) {
+                    self.keys.remove(&rec.key);
+                }
+                return;
+            }
+            State::Cancelled(_) => return,
+            State::Queued(bound) => {
+                let entry = (rec.prio, id);
+                match bound {
+                    Some(w) => self.workers[w].queue.remove(&entry),
+                    None => self.unbound.remove(&entry),
+                };
+                self.queued -= 1;
+            }
+            State::Memory => {
+                for &w in &rec.who_has {
+                    self.releases[w].push(id);
+                }
+            }
+            State::Waiting | State::Erred(_) => {}
+        }
+        let rec = self.tasks.remove(&id).expect("present");
+        if self.keys.get(&rec.key) == Some(&id) {
+            self.keys.remove(&rec.key);
+        }
+        for w in rec.waiters {
+            if let Some(wt) = self.waiters.remove(&w) {
+                let _ = wt.reply.send(Err(Error::Lost { key: rec.key.clone(), reason: "it was released".into() }));
+            }
+        }
+        if !matches!(rec.state, State::Memory) {
+            for input in rec.inputs {
+                self.dec_ref(input);
+            }
+        }
+    }
+
+    fn check_liveness(&mut self) -> Option<Exit> {
+        let timeout = self.config.heartbeat_timeout?;
+        for w in &self.workers {
+            if !w.gone && w.last_seen.elapsed() > timeout {
+                return Some(Exit::WorkerLost {
+                    rank: w.rank,
+                    reason: format!("no message for {:.1} s", w.last_seen.elapsed().as_secs_f64()),
+                });
+            }
+        }
+        None
+    }
+
+    /// Number of tasks the scheduler tracks (for tests of release).
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
+        self.tasks.len()
+    }
+}

@@ -1,0 +1,292 @@
+//! The MPI transport: ranks of a communicator, one progress thread per rank.
+//!
+//! Compute, worker, scheduler and driver threads never call MPI. They hand
+//! messages for other ranks to an outbox channel; the rank's **progress
+//! thread** (the thread that called into Tessera, so MPI may have been
+//! initialised with `MPI_THREAD_FUNNELED` or more) does every MPI call:
+//!
+//! * **Sends.** Each turn it drains the outbox, packs all messages for one
+//!   rank into one control frame (tag [`TAG_CONTROL`]) and posts it with
+//!   `MPI_Issend`; every block in the frame follows as its own `MPI_Issend`
+//!   of the block's bytes (tag [`TAG_DATA`]) straight from the block's
+//!   memory: no copy. Buffers live beside their requests until the requests
+//!   complete.
+//! * **Receives.** It polls `MPI_Improbe` for control frames from any rank,
+//!   receives each into a buffer of the probed size, decodes it and, for
+//!   every block it announces, receives the bytes from that rank with the
+//!   data tag straight into the new block's buffer (MPI's order between one
+//!   pair of ranks on one tag keeps frames and payloads matched).
+//! * **Termination** (NBX, Hoefler et al. 2010). When every local endpoint
+//!   has stopped and all of this rank's synchronous sends have completed
+//!   (each was matched by its receiver), the rank enters `MPI_Ibarrier` and
+//!   keeps receiving until the barrier completes. Then no message is in
+//!   flight anywhere and every rank can leave, so none hangs at exit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use mpi::collective::CommunicatorCollectives;
+use mpi::point_to_point::{Destination, Source};
+use mpi::request::{Request, StaticScope};
+use mpi::topology::{Communicator, SimpleCommunicator};
+use parking_lot::Mutex;
+
+use super::{Mailboxes, Transport};
+use crate::block::Block;
+use crate::protocol::{decode_frame, encode_frame, Endpoint, Msg, Payload, Role};
+
+/// Tag of control frames.
+pub const TAG_CONTROL: i32 = 7001;
+/// Tag of block payloads.
+pub const TAG_DATA: i32 = 7002;
+
+/// Sends to other ranks go through the progress thread; sends to this rank's
+/// own endpoints are delivered directly.
+pub struct MpiTransport {
+    rank: u32,
+    size: u32,
+    mailboxes: Mailboxes,
+    outbox: Sender<(u32, Role, Msg)>,
+    abort: Arc<AbortFlag>,
+}
+
+/// A request to end the whole job, raised by any thread, carried out by the
+/// progress thread with `MPI_Abort`.
+#[derive(Default)]
+pub struct AbortFlag {
+    raised: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl AbortFlag {
+    pub fn raise(&self, reason: String) {
+        let mut r = self.reason.lock();
+        if !self.raised.swap(true, Ordering::SeqCst) {
+            *r = reason;
+        }
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.raised.load(Ordering::SeqCst).then(|| self.reason.lock().clone())
+    }
+}
+
+impl MpiTransport {
+    /// A transport for `rank` of `size`, delivering locally into
+    /// `mailboxes`; the returned receiver is the progress thread's outbox.
+    pub fn new(rank: u32, size: u32, mailboxes: Mailboxes) -> (Arc<MpiTransport>, Receiver<(u32, Role, Msg)>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let t = MpiTransport { rank, size, mailboxes, outbox: tx, abort: Arc::default() };
+        (Arc::new(t), rx)
+    }
+
+    /// Asks the progress thread to abort the job with `reason`.
+    pub fn abort(&self, reason: String) {
+        self.abort.raise(reason);
+    }
+
+    pub(crate) fn abort_flag(&self) -> Arc<AbortFlag> {
+        Arc::clone(&self.abort)
+    }
+
+    pub(crate) fn mailboxes(&self) -> &Mailboxes {
+        &self.mailboxes
+    }
+}
+
+impl Transport for MpiTransport {
+    fn send(&self, to: Endpoint, msg: Msg) {
+        if to.rank == self.rank {
+            if let Err(msg) = self.mailboxes.deliver(to, msg) {
+                tracing::warn!(%to, ?msg, "no such endpoint on this rank; message dropped");
+            }
+        } else if self.outbox.send((to.rank, to.role, msg)).is_err() {
+            tracing::trace!(%to, "progress thread has stopped; message dropped");
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "mpi"
+    }
+
+    fn ranks(&self) -> u32 {
+        self.size
+    }
+}
+
+/// What a send request keeps alive until it completes.
+enum Keep {
+    Frame(#[allow(dead_code)] Box<[u8]>),
+    Block(#[allow(dead_code)] Block),
+}
+
+struct PendingSend {
+    request: Request<'static, [u8], StaticScope>,
+    _keep: Keep,
+}
+
+/// Extends a borrow of bytes owned by `keep` to `'static`.
+///
+/// # Safety
+/// The bytes must live on the heap, owned by `keep`, and `keep` must not be
+/// dropped or mutated before the request made from the returned slice has
+/// completed. [`PendingSend`] pairs them and is only dropped after `test`
+/// reports completion.
+unsafe fn static_bytes(bytes: &[u8]) -> &'static [u8] {
+    std::slice::from_raw_parts(bytes.as_ptr(), bytes.len())
+}
+
+/// Counters a progress loop reports when it ends.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProgressStats {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub payload_bytes_sent: u64,
+    pub payload_bytes_received: u64,
+}
+
+/// The progress loop. Runs on the calling thread until `local_done()` is true
+/// and the termination barrier has completed; returns early (with the
+/// reason) only when an abort was requested, after calling `MPI_Abort` on
+/// `comm`, which does not return.
+pub fn progress(
+    comm: &SimpleCommunicator,
+    transport: &MpiTransport,
+    outbox: Receiver<(u32, Role, Msg)>,
+    local_done: impl Fn() -> bool,
+) -> ProgressStats {
+    let rank = transport.rank;
+    let mut stats = ProgressStats::default();
+    let mut sends: Vec<PendingSend> = Vec::new();
+    let mut batches: Vec<Vec<(Role, Msg)>> = (0..transport.size).map(|_| Vec::new()).collect();
+    let mut barrier: Option<Request<'static, ()>> = None;
+    let mut idle: u32 = 0;
+    let abort = transport.abort_flag();
+
+    loop {
+        let mut busy = false;
+
+        if let Some(reason) = abort.reason() {
+            tracing::error!(rank, %reason, "aborting the job");
+            eprintln!("tessera: rank {rank}: aborting the job: {reason}");
+            comm.abort(1);
+        }
+
+        // Outgoing: one frame per destination rank per turn.
+        let mut first = if idle > 64 { outbox.recv_timeout(Duration::from_micros(200)).ok() } else { None };
+        loop {
+            let item = match first.take() {
+                Some(item) => item,
+                None => match outbox.try_recv() {
+                    Ok(item) => item,
+                    Err(_) => break,
+                },
+            };
+            let (to, role, msg) = item;
+            batches[to as usize].push((role, msg));
+            busy = true;
+        }
+        for (to, batch) in batches.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let msgs = std::mem::take(batch);
+            let frame = match encode_frame(&msgs) {
+                Ok(f) => f.into_boxed_slice(),
+                Err(e) => {
+                    abort.raise(format!("cannot encode a message for rank {to}: {e}"));
+                    continue;
+                }
+            };
+            let dest = comm.process_at_rank(to as i32);
+            // SAFETY: the frame's heap bytes are owned by the PendingSend
+            // beside the request and freed only after it completes.
+            let bytes = unsafe { static_bytes(&frame) };
+            let request = dest.immediate_synchronous_send_with_tag(StaticScope, bytes, TAG_CONTROL);
+            sends.push(PendingSend { request, _keep: Keep::Frame(frame) });
+            stats.frames_sent += 1;
+            for (_, msg) in msgs {
+                if let Msg::Block { payload: Payload::Ready(block), .. } = msg {
+                    // SAFETY: the block's buffer is kept alive by the clone
+                    // stored beside the request; blocks are immutable.
+                    let bytes = unsafe { static_bytes(block.as_bytes()) };
+                    stats.payload_bytes_sent += bytes.len() as u64;
+                    let request = dest.immediate_synchronous_send_with_tag(StaticScope, bytes, TAG_DATA);
+                    sends.push(PendingSend { request, _keep: Keep::Block(block) });
+                }
+            }
+        }
+
+        // Incoming control frames (and the payloads they announce).
+        while let Some((message, status)) = comm.any_process().immediate_matched_probe_with_tag(TAG_CONTROL) {
+            busy = true;
+            let from = status.source_rank();
+            let len = status.count(u8::equivalent_datatype()) as usize;
+            let mut frame = vec![0u8; len];
+            message.matched_receive_into(&mut frame[..]);
+            stats.frames_received += 1;
+            let msgs = match decode_frame(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    abort.raise(format!("malformed frame of {len} bytes from rank {from}: {e}"));
+                    break;
+                }
+            };
+            for (role, mut msg) in msgs {
+                if let Msg::Block { payload, .. } = &mut msg {
+                    let header = payload.header();
+                    let mut buffer = Block::receive_buffer(&header);
+                    comm.process_at_rank(from).receive_into_with_tag(buffer.as_bytes_mut(), TAG_DATA);
+                    stats.payload_bytes_received += header.nbytes() as u64;
+                    *payload = Payload::Ready(Block::from_parts(header, buffer));
+                }
+                let to = Endpoint { rank, role };
+                if let Err(msg) = transport.mailboxes().deliver(to, msg) {
+                    tracing::warn!(%to, from, ?msg, "message for an endpoint this rank does not have");
+                }
+            }
+        }
+
+        // Completed sends release their buffers.
+        if !sends.is_empty() {
+            let before = sends.len();
+            sends = sends
+                .into_iter()
+                .filter_map(|s| match s.request.test() {
+                    Ok(_) => None,
+                    Err(request) => Some(PendingSend { request, _keep: s._keep }),
+                })
+                .collect();
+            busy |= sends.len() != before;
+        }
+
+        // Termination.
+        match barrier.take() {
+            None => {
+                if sends.is_empty() && outbox.is_empty() && local_done() {
+                    tracing::debug!(rank, "entering the termination barrier");
+                    barrier = Some(comm.immediate_barrier());
+                }
+            }
+            Some(b) => match b.test() {
+                Ok(_) => break,
+                Err(b) => barrier = Some(b),
+            },
+        }
+
+        if busy {
+            idle = 0;
+        } else {
+            idle = idle.saturating_add(1);
+            if idle <= 64 {
+                std::thread::yield_now();
+            }
+        }
+    }
+    debug_assert!(sends.is_empty());
+    stats
+}
+
+use mpi::datatype::Equivalence;

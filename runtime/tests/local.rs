@@ -1,0 +1,222 @@
+//! The runtime on in-process clusters: results, errors, release, reuse.
+
+use std::time::{Duration, Instant};
+
+use tessera_runtime::{Block, Buffer, Error, Graph, Key, KernelError, LocalCluster, Registry, Task};
+
+fn k(name: &str, i: u32) -> Key {
+    Key::new(name, [i])
+}
+
+/// A binary reduction over `leaves` ones: the root must equal `leaves`.
+fn tree(leaves: u32) -> (Graph, Key) {
+    let mut g = Graph::new();
+    let mut level: Vec<Key> = (0..leaves).map(|i| k("leaf", i)).collect();
+    for key in &level {
+        g.push(Task::new(key.clone(), "sum").param(&1.0f64));
+    }
+    let mut depth = 0;
+    while level.len() > 1 {
+        depth += 1;
+        let next: Vec<Key> = level
+            .chunks(2)
+            .enumerate()
+            .map(|(i, pair)| {
+                let key = Key::new(format!("level{depth}"), [i as u32]);
+                g.push(Task::new(key.clone(), "sum").param(&0.0f64).inputs(pair.iter().cloned()));
+                key
+            })
+            .collect();
+        level = next;
+    }
+    (g, level.pop().unwrap())
+}
+
+#[test]
+fn reductions_give_exact_results_on_1_2_and_3_workers() {
+    for workers in 1..=3 {
+        let cluster = LocalCluster::builder().workers(workers).start().unwrap();
+        for leaves in [1, 2, 7, 64, 1000] {
+            let (g, root) = tree(leaves);
+            let out = cluster.client().compute(g, &[root]).unwrap();
+            assert_eq!(out[0].to_scalar(), Some(leaves as f64), "{workers} workers, {leaves} leaves");
+        }
+    }
+}
+
+#[test]
+fn a_chain_runs_in_order() {
+    let cluster = LocalCluster::builder().workers(2).start().unwrap();
+    let mut g = Graph::new();
+    g.push(Task::new(k("c", 0), "sum").param(&1.0f64));
+    for i in 1..500 {
+        g.push(Task::new(k("c", i), "sum").param(&1.0f64).inputs([k("c", i - 1)]));
+    }
+    let out = cluster.client().compute(g, &[k("c", 499)]).unwrap();
+    assert_eq!(out[0].to_scalar(), Some(500.0));
+}
+
+#[test]
+fn local_transfers_share_the_block_instead_of_copying() {
+    let cluster = LocalCluster::builder().workers(2).start().unwrap();
+    let mut g = Graph::new();
+    g.push(Task::new(k("v", 0), "fill").param(&(1000usize, 2.0f64)));
+    let held = cluster.client().persist(g, &[k("v", 0)]).unwrap();
+    let a = held.gather().unwrap();
+    let b = held.gather().unwrap();
+    assert_eq!(a[0].as_f64().unwrap().len(), 1000);
+    assert!(Block::ptr_eq(&a[0], &b[0]), "two gathers of one block must share it");
+}
+
+#[test]
+fn persisted_results_feed_later_graphs_and_are_released_on_drop() {
+    let cluster = LocalCluster::builder().workers(2).start().unwrap();
+    let client = cluster.client();
+    let mut g = Graph::new();
+    for i in 0..10 {
+        g.push(Task::new(k("p", i), "fill").param(&(4usize, i as f64)));
+    }
+    let keys: Vec<Key> = (0..10).map(|i| k("p", i)).collect();
+    let held = client.persist(g, &keys).unwrap();
+    held.wait().unwrap();
+    let mut g2 = Graph::new();
+    g2.push(Task::new(Key::new("s", []), "sum").param(&0.0f64).inputs(keys.clone()));
+    let s = client.compute(g2, &[Key::new("s", [])]).unwrap();
+    assert_eq!(s[0].to_scalar(), Some(4.0 * 45.0));
+    drop(held);
+    // Once released, the keys are no longer inputs anyone can name.
+    let mut g3 = Graph::new();
+    g3.push(Task::new(Key::new("s2", []), "sum").inputs([k("p", 3)]));
+    let err = client.persist(g3, &[Key::new("s2", [])]).err().expect("released keys are gone");
+    assert!(matches!(err, Error::MissingInput { .. }), "{err}");
+}
+
+#[test]
+fn bad_graphs_are_rejected_naming_the_key_and_nothing_runs() {
+    let mut registry = Registry::builtin();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = ran.clone();
+    registry.register_raw("count", move |_, _, _| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Block::empty())
+    });
+    let cluster = LocalCluster::builder().workers(2).registry(registry).start().unwrap();
+    let client = cluster.client();
+
+    let mut g = Graph::new();
+    g.push(Task::new(k("ok", 0), "count"));
+    g.push(Task::new(k("bad", 0), "no_such_kernel").inputs([k("ok", 0)]));
+    let err = client.persist(g, &[k("bad", 0)]).err().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("bad[0]") && msg.contains("no_such_kernel"), "{msg}");
+
+    let mut g = Graph::new();
+    g.push(Task::new(k("ok", 0), "count"));
+    g.push(Task::new(k("x", 0), "count").inputs([k("ghost", 7)]));
+    let msg = client.persist(g, &[k("x", 0)]).err().unwrap().to_string();
+    assert!(msg.contains("x[0]") && msg.contains("ghost[7]"), "{msg}");
+
+    let mut g = Graph::new();
+    g.push(Task::new(k("ok", 0), "count"));
+    g.push(Task::new(k("a", 0), "count").inputs([k("b", 0), k("ok", 0)]));
+    g.push(Task::new(k("b", 0), "count").inputs([k("c", 0)]));
+    g.push(Task::new(k("c", 0), "count").inputs([k("a", 0)]));
+    let err = client.persist(g, &[k("a", 0)]).err().unwrap();
+    assert!(matches!(err, Error::Cycle { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("a[0]") && msg.contains("b[0]") && msg.contains("c[0]"), "{msg}");
+
+    let mut g = Graph::new();
+    g.push(Task::new(k("d", 0), "count"));
+    g.push(Task::new(k("d", 0), "count"));
+    assert!(matches!(client.persist(g, &[k("d", 0)]).err().unwrap(), Error::DuplicateKey { .. }));
+
+    let mut g = Graph::new();
+    g.push(Task::new(k("d", 0), "count"));
+    assert!(matches!(client.persist(g, &[k("e", 0)]).err().unwrap(), Error::UnknownOutput { .. }));
+
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0, "no task of a rejected graph may run");
+}
+
+#[test]
+fn kernel_errors_and_panics_name_the_task_and_the_cluster_stays_usable() {
+    let cluster = LocalCluster::builder().workers(2).start().unwrap();
+    let client = cluster.client();
+    for (kernel, cause) in [("fail", "disk on fire"), ("panic", "index out of range")] {
+        let mut g = Graph::new();
+        g.push(Task::new(k("in", 0), "sum").param(&1.0f64));
+        g.push(Task::new(k("boom", 3), kernel).param(&cause.to_string()).inputs([k("in", 0)]));
+        g.push(Task::new(k("after", 0), "sum").param(&0.0f64).inputs([k("boom", 3)]));
+        let err = client.compute(g, &[k("after", 0)]).err().expect("the graph must fail");
+        match &err {
+            Error::TaskFailed { key, kernel: kn, cause: c, .. } => {
+                assert_eq!(key, &k("boom", 3));
+                assert_eq!(kn, kernel);
+                assert!(c.contains(cause), "{c}");
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        // The same cluster computes the next graph.
+        let (g, root) = tree(16);
+        assert_eq!(client.compute(g, &[root]).unwrap()[0].to_scalar(), Some(16.0));
+    }
+}
+
+#[test]
+fn user_kernels_receive_parameters_and_inputs_in_order() {
+    let mut registry = Registry::builtin();
+    registry.register("axpy", |_ctx, a: f64, inputs: &[Block]| {
+        let (x, y) = (inputs[0].as_f64().unwrap(), inputs[1].as_f64().unwrap());
+        if x.len() != y.len() {
+            return Err(KernelError::msg(format!("lengths {} and {}", x.len(), y.len())));
+        }
+        Ok(Block::new(vec![x.len()], Buffer::F64(x.iter().zip(y).map(|(x, y)| a * x + y).collect())))
+    });
+    let cluster = LocalCluster::builder().workers(3).registry(registry).start().unwrap();
+    let mut g = Graph::new();
+    g.push(Task::new(k("x", 0), "fill").param(&(5usize, 2.0f64)));
+    g.push(Task::new(k("y", 0), "fill").param(&(5usize, 1.0f64)));
+    g.push(Task::new(k("z", 0), "axpy").param(&3.0f64).inputs([k("x", 0), k("y", 0)]));
+    let z = cluster.client().compute(g, &[k("z", 0)]).unwrap();
+    assert_eq!(z[0].as_f64().unwrap(), &[7.0; 5]);
+}
+
+#[test]
+fn independent_work_spreads_over_all_workers() {
+    // 40 sleeps of 20 ms on 4 one-thread workers: about 200 ms if spread, 800 ms on one.
+    let cluster = LocalCluster::builder().workers(4).start().unwrap();
+    let mut g = Graph::new();
+    for i in 0..40 {
+        g.push(Task::new(k("s", i), "sleep").param(&20u64));
+    }
+    let keys: Vec<Key> = (0..40).map(|i| k("s", i)).collect();
+    let t = Instant::now();
+    let held = cluster.client().persist(g, &keys).unwrap();
+    let ranks = held.locations().unwrap();
+    let elapsed = t.elapsed();
+    let mut used: Vec<u32> = ranks.iter().map(|r| r[0]).collect();
+    used.sort();
+    used.dedup();
+    assert_eq!(used, vec![1, 2, 3, 4], "every worker must get work");
+    assert!(elapsed < Duration::from_millis(700), "took {elapsed:?}");
+}
+
+#[test]
+fn a_task_goes_to_the_worker_holding_its_inputs() {
+    let cluster = LocalCluster::builder().workers(3).start().unwrap();
+    let client = cluster.client();
+    let mut g = Graph::new();
+    g.push(Task::new(k("big", 0), "fill").param(&(1 << 16, 1.0f64)));
+    let big = client.persist(g, &[k("big", 0)]).unwrap();
+    let home = big.locations().unwrap()[0][0];
+    let mut g = Graph::new();
+    for i in 0..6 {
+        g.push(Task::new(k("use", i), "sum").param(&0.0f64).inputs([k("big", 0)]));
+    }
+    let keys: Vec<Key> = (0..6).map(|i| k("use", i)).collect();
+    let used = client.persist(g, &keys).unwrap();
+    for r in used.locations().unwrap() {
+        assert_eq!(r, vec![home], "tasks on a 512 KiB input must run where it is");
+    }
+}
