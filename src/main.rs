@@ -255,14 +255,22 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
         bail!("bench transfer needs at least 3 ranks (rank 0 schedules, ranks 1 and 2 exchange); got {}", world.size());
     }
     let bytes = mib << 20;
-    // The reference: a plain blocking send/recv of the same bytes, rank 1 -> rank 2.
+    // The reference: a plain blocking send/recv of the same bytes, rank 1 ->
+    // rank 2, into a buffer reused every time (the fastest case) and into a
+    // freshly allocated one (what a new block costs: its pages fault in).
     let mut plain = Vec::new();
+    let mut plain_fresh = Vec::new();
     let mut buf = vec![1.0f64; bytes / 8];
-    for _ in 0..repeat.max(1) {
+    for i in 0..2 * repeat.max(1) {
+        let fresh = i % 2 == 1;
         world.barrier();
         let t = std::time::Instant::now();
         match world.rank() {
             1 => world.process_at_rank(2).send(&buf[..]),
+            2 if fresh => {
+                let mut new = vec![0.0f64; bytes / 8];
+                world.process_at_rank(1).receive_into(&mut new[..]);
+            }
             2 => {
                 world.process_at_rank(1).receive_into(&mut buf[..]);
             }
@@ -275,7 +283,7 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
             world.process_at_rank(0).send(&dt);
         } else if world.rank() == 0 {
             world.process_at_rank(2).receive_into(&mut recv_time);
-            plain.push(recv_time);
+            if fresh { plain_fresh.push(recv_time) } else { plain.push(recv_time) }
         }
     }
     drop(buf);
@@ -293,19 +301,20 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
         }
         Err(e) => return Err(e),
     };
-    let (mut plain, mut times) = (plain, times);
+    let (mut plain, mut plain_fresh, mut times) = (plain, plain_fresh, times);
     let p = bench::median(&mut plain);
+    let pf = bench::median(&mut plain_fresh);
     let t = bench::median(&mut times);
     let gib = |s: f64| bytes as f64 / s / (1u64 << 30) as f64;
     println!(
-        "transfer {mib} MiB rank 1 -> rank 2: tessera {:.4} s ({:.2} GiB/s), plain MPI send/recv {:.4} s ({:.2} GiB/s); ratio {:.3} (median of {})",
-        t, gib(t), p, gib(p), p / t, times.len()
+        "transfer {mib} MiB rank 1 -> rank 2: tessera {:.4} s ({:.2} GiB/s); plain MPI send/recv {:.4} s ({:.2} GiB/s) into a reused buffer, {:.4} s into a fresh one; ratio {:.3} (reused), {:.3} (fresh) (median of {})",
+        t, gib(t), p, gib(p), pf, p / t, pf / t, times.len()
     );
     if json {
         println!(
             "{}",
             json!({"bytes": bytes, "seconds": t, "gib_per_s": gib(t), "plain_seconds": p, "plain_gib_per_s": gib(p),
-                   "ratio": p / t, "repeat": times.len(), "transport": "mpi"})
+                   "plain_fresh_seconds": pf, "ratio": p / t, "ratio_fresh": pf / t, "repeat": times.len(), "transport": "mpi"})
         );
     }
     Ok(())

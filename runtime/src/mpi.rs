@@ -54,7 +54,11 @@ pub struct MpiInfo {
 /// Version of the MPI library this build linked (callable without initialising MPI).
 pub fn library_version() -> String {
     mpi::environment::library_version()
-        .map(|s| s.lines().next().unwrap_or("").trim().to_owned())
+        .map(|s| {
+            let s = s.trim_end_matches(['\0', '\n', ' ']);
+            // Open MPI: "Open MPI v4.1.4, package: ..."; MPICH: "MPICH Version: 4.0 ..." (multi-line).
+            s.lines().next().unwrap_or("").split(", package").next().unwrap_or("").trim().to_owned()
+        })
         .unwrap_or_else(|_| "unknown".into())
 }
 

@@ -175,7 +175,10 @@ pub fn progress(
         }
 
         // Outgoing: one frame per destination rank per turn.
-        let mut first = if idle > 64 { outbox.recv_timeout(Duration::from_micros(200)).ok() } else { None };
+        // Nap on the outbox only when idle and no send is in flight: MPI
+        // moves a large message only while the sender keeps calling it.
+        let nap = idle > 64 && sends.is_empty();
+        let mut first = if nap { outbox.recv_timeout(Duration::from_micros(200)).ok() } else { None };
         loop {
             let item = match first.take() {
                 Some(item) => item,
@@ -237,8 +240,11 @@ pub fn progress(
             for (role, mut msg) in msgs {
                 if let Msg::Block { payload, .. } = &mut msg {
                     let header = payload.header();
+                    let t0 = std::time::Instant::now();
                     let mut buffer = Block::receive_buffer(&header);
+                    let t1 = std::time::Instant::now();
                     comm.process_at_rank(from).receive_into_with_tag(buffer.as_bytes_mut(), TAG_DATA);
+                    tracing::debug!(rank, from, bytes = header.nbytes(), alloc_us = (t1 - t0).as_micros() as u64, recv_us = t1.elapsed().as_micros() as u64, "payload received");
                     stats.payload_bytes_received += header.nbytes() as u64;
                     *payload = Payload::Ready(Block::from_parts(header, buffer));
                 }

@@ -1,0 +1,222 @@
+//! Real `mpirun` runs (feature `mpi`; a test without the libtest harness).
+//!
+//! Run with no arguments, this binary is the **parent**: it starts every case
+//! below as its own `mpirun -n N ...` child (MPI can be initialised once per
+//! process), with a hard timeout, and checks the exit status and output.
+//! Run as `--scenario NAME` (by mpirun), it is the **child**: one rank of
+//! that scenario.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tessera::{Config, Graph, Key, Task};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        let name = args.get(i + 1).expect("--scenario NAME");
+        std::process::exit(child(name));
+    }
+    std::process::exit(parent());
+}
+
+// ---- child: one rank of a scenario -------------------------------------------
+
+fn config() -> Config {
+    Config { registry: common::registry(), ..Config::default() }
+}
+
+fn child(name: &str) -> i32 {
+    let result: anyhow::Result<()> = match name {
+        "bodies" => config().run(|client| {
+            common::all(client);
+            println!("bodies ok on {} workers", client.workers().len());
+            Ok(())
+        }),
+        "driver_error" => config().run(|_| -> anyhow::Result<()> { anyhow::bail!("driver gave up on purpose") }),
+        "driver_panic" => config().run(|_| -> anyhow::Result<()> { panic!("driver bug on purpose") }),
+        "kill_worker" => config().run(|client| {
+            let victim = client.workers().iter().map(|w| w.rank).max().unwrap();
+            let mut g = Graph::new();
+            for i in 0..8 {
+                g.push(Task::new(Key::new("slow", [i]), "sleep").param(&300u64));
+            }
+            g.push(Task::new(Key::new("die", []), "die_on").param(&victim).on_rank(victim));
+            let keys: Vec<Key> = (0..8).map(|i| Key::new("slow", [i])).chain([Key::new("die", [])]).collect();
+            client.compute(g, &keys)?;
+            anyhow::bail!("the computation finished although rank {victim} was killed")
+        }),
+        "registry_mismatch" => {
+            let mut config = config();
+            let last = std::env::var("OMPI_COMM_WORLD_SIZE").or_else(|_| std::env::var("PMI_SIZE")).unwrap();
+            let me = std::env::var("OMPI_COMM_WORLD_RANK").or_else(|_| std::env::var("PMI_RANK")).unwrap();
+            if me.parse::<u32>().unwrap() + 1 == last.parse::<u32>().unwrap() {
+                config.registry.register_raw("only_here", |_, _, _| Ok(tessera::Block::empty()));
+            }
+            config.run(|_| Ok(()))
+        }
+        other => {
+            eprintln!("unknown scenario {other}");
+            return 2;
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+// ---- parent: start each case under mpirun ------------------------------------
+
+struct Case {
+    name: String,
+    ranks: u32,
+    program: String,
+    args: Vec<String>,
+    ok: bool,
+    contains: Vec<String>,
+    limit: Duration,
+}
+
+fn case(name: &str, ranks: u32, program: &str, args: &[&str], ok: bool, contains: &[&str]) -> Case {
+    Case {
+        name: name.into(),
+        ranks,
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ok,
+        contains: contains.iter().map(|s| s.to_string()).collect(),
+        limit: Duration::from_secs(90),
+    }
+}
+
+fn example(name: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    dir.to_string_lossy().into_owned()
+}
+
+fn parent() -> i32 {
+    let me = std::env::current_exe().unwrap().to_string_lossy().into_owned();
+    let tessera = env!("CARGO_BIN_EXE_tessera");
+    let s = |n: &str| vec!["--scenario".to_string(), n.to_string()];
+    let mut cases = Vec::new();
+    for n in 1..=4 {
+        let a = s("bodies");
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        cases.push(case(&format!("bodies -n {n}"), n, &me, &a, true, &["bodies ok"]));
+    }
+    let scen = |name: &str, n: u32, ok: bool, contains: &[&str]| {
+        let a = s(name);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        case(name, n, &me, &a, ok, contains)
+    };
+    cases.push(scen("driver_error", 3, false, &["driver gave up on purpose"]));
+    cases.push(scen("driver_panic", 3, false, &["driver bug on purpose"]));
+    cases.push(scen("kill_worker", 3, false, &["rank 2"]));
+    cases.push(scen("registry_mismatch", 3, false, &["rank 2 registered different kernels"]));
+    cases.push(case("example run -n 1", 1, &example("run"), &[], true, &["on 1 workers"]));
+    cases.push(case("example run -n 3", 3, &example("run"), &[], true, &["on 2 workers"]));
+    cases.push(case("example embed_mpi -n 3", 3, &example("embed_mpi"), &[], true, &["world: sum 1..=100 = 5050", "half 0", "half 1", "rank 2: MPI still usable"]));
+    cases.push(case("example embed_mpi -n 4", 4, &example("embed_mpi"), &[], true, &["world: sum 1..=100 = 5050", "rank 3: MPI still usable"]));
+    cases.push(case("tessera info -n 2", 2, tessera, &["info", "--json"], true, &["\"world_size\":2"]));
+    cases.push(case("tessera bench overhead -n 3", 3, tessera, &["bench", "overhead", "--tasks", "3000", "--shape", "tree", "--repeat", "1", "--json"], true, &["\"transport\":\"mpi\"", "\"us_per_task\""]));
+    cases.push(case("tessera demo -n 1", 1, tessera, &["demo"], true, &["mpi transport", "results checked"]));
+    cases.push(case("tessera bench transfer -n 3", 3, tessera, &["bench", "transfer", "--mib", "8", "--repeat", "2"], true, &["ratio"]));
+
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed) = (0, 0);
+    for c in &cases {
+        if !filter.is_empty() && !filter.iter().any(|f| c.name.contains(f.as_str())) {
+            continue;
+        }
+        match run_case(c) {
+            Ok(secs) => {
+                passed += 1;
+                println!("mpi case {:<32} ok ({secs:.1} s)", c.name);
+            }
+            Err(why) => {
+                failed += 1;
+                println!("mpi case {:<32} FAILED: {why}", c.name);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    i32::from(failed > 0)
+}
+
+fn mpirun_flags() -> Vec<String> {
+    let v = Command::new("mpirun").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if v.unwrap_or_default().contains("Open MPI") {
+        vec!["--oversubscribe".into(), "--bind-to".into(), "none".into()]
+    } else {
+        Vec::new()
+    }
+}
+
+fn run_case(c: &Case) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut child = Command::new("mpirun")
+        .args(mpirun_flags())
+        .arg("-n")
+        .arg(c.ranks.to_string())
+        .arg(&c.program)
+        .args(&c.args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start mpirun: {e}"))?;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(st);
+        }
+        if start.elapsed() > c.limit {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let text = format!("{}{}", t_out.join().unwrap(), t_err.join().unwrap());
+    let Some(status) = status else {
+        return Err(format!("hung: killed after {:?}\n{text}", c.limit));
+    };
+    if status.success() != c.ok {
+        return Err(format!("exit {status}, expected {}\n{text}", if c.ok { "success" } else { "failure" }));
+    }
+    for want in &c.contains {
+        if !text.contains(want.as_str()) {
+            return Err(format!("output lacks {want:?}\n{text}"));
+        }
+    }
+    if text.contains("RUST_BACKTRACE") && c.name != "driver_panic" {
+        return Err(format!("a panic escaped\n{text}"));
+    }
+    Ok(secs)
+}
