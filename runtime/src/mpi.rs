@@ -6,7 +6,8 @@
 //! frees it before returning, so the application's MPI goes on undisturbed:
 //!
 //! ```no_run
-//! //! let universe = mpi::initialize().unwrap();
+//! use mpi::traits::*;
+//! let universe = mpi::initialize().unwrap();
 //! let world = universe.world();
 //! // ... the application's own MPI work ...
 //! let out = tessera_runtime::mpi::run_on(&world, Default::default(), |client| {
