@@ -84,6 +84,8 @@ pub struct OverheadRun {
     pub us_per_task: f64,
     pub tasks_per_second: f64,
     pub build_seconds: f64,
+    /// Median time for the scheduler to validate, order and admit the graph.
+    pub submit_seconds: f64,
     pub repeat: usize,
     pub workers: usize,
     pub threads: usize,
@@ -94,6 +96,7 @@ pub struct OverheadRun {
 pub fn overhead(client: &Client, shape: Shape, n: usize, repeat: usize) -> tessera_runtime::Result<OverheadRun> {
     let mut times = Vec::with_capacity(repeat);
     let mut build = Vec::with_capacity(repeat);
+    let mut submit = Vec::with_capacity(repeat);
     let mut tasks = 0;
     for _ in 0..repeat.max(1) {
         let t0 = Instant::now();
@@ -102,6 +105,7 @@ pub fn overhead(client: &Client, shape: Shape, n: usize, repeat: usize) -> tesse
         build.push(t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
         let held = client.persist(g, &outputs)?;
+        submit.push(t1.elapsed().as_secs_f64());
         held.wait()?;
         times.push(t1.elapsed().as_secs_f64());
         if shape != Shape::Wide {
@@ -118,6 +122,7 @@ pub fn overhead(client: &Client, shape: Shape, n: usize, repeat: usize) -> tesse
         us_per_task: seconds * 1e6 / tasks as f64,
         tasks_per_second: tasks as f64 / seconds,
         build_seconds: median(&mut build),
+        submit_seconds: median(&mut submit),
         repeat: times.len(),
         workers: client.workers().len(),
         threads: client.total_threads(),

@@ -13,6 +13,11 @@ use serde_json::json;
 use tessera::bench::{self, Shape};
 use tessera::{Config, Launch, SchedulerWorks};
 
+/// The scheduler allocates and frees a few small objects per task; mimalloc
+/// does that in a fraction of glibc malloc's time (measured: docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about = "A Rust runtime for HPC clusters", propagate_version = true)]
 struct Cli {

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::kernel::Registry;
 use crate::protocol::{Endpoint, Msg};
 use crate::scheduler::{Exit, Ready, Scheduler, SchedulerConfig};
+use crate::store::BlockStore;
 use crate::transport::local::LocalTransport;
 use crate::transport::{Mailboxes, Transport};
 use crate::worker::{run_worker, WorkerConfig, WorkerExit};
@@ -203,11 +204,12 @@ pub(crate) fn spawn_worker(
     config: WorkerConfig,
     registry: Arc<Registry>,
     transport: Arc<dyn Transport>,
+    store: BlockStore,
     inbox: Receiver<Msg>,
 ) -> JoinHandle<WorkerExit> {
     std::thread::Builder::new()
         .name(format!("tessera-worker-{}", config.rank))
-        .spawn(move || run_worker(config, registry, transport, inbox))
+        .spawn(move || run_worker(config, registry, transport, store, inbox))
         .expect("spawn a worker thread")
 }
 
@@ -273,7 +275,13 @@ impl LocalCluster {
         let mut mailboxes = Mailboxes::new();
         let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
         let client_inbox = mailboxes.open(Endpoint::CLIENT);
-        let worker_inboxes: Vec<_> = (1..=n as u32).map(|r| mailboxes.open(Endpoint::worker(r))).collect();
+        let worker_inboxes: Vec<_> = (1..=n as u32)
+            .map(|r| {
+                let store = BlockStore::new();
+                mailboxes.attach_store(r, store.clone());
+                (mailboxes.open(Endpoint::worker(r)), store)
+            })
+            .collect();
         let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(mailboxes, n as u32 + 1));
 
         let sched_config = SchedulerConfig {
@@ -287,9 +295,9 @@ impl LocalCluster {
         let workers = worker_inboxes
             .into_iter()
             .zip(1u32..)
-            .map(|(inbox, rank)| {
-                let wc = WorkerConfig { rank, threads, host: host.clone(), heartbeat: None };
-                spawn_worker(wc, Arc::clone(&registry), Arc::clone(&transport), inbox)
+            .map(|((inbox, store), rank)| {
+                let wc = WorkerConfig { rank, threads, host: host.clone() };
+                spawn_worker(wc, Arc::clone(&registry), Arc::clone(&transport), store, inbox)
             })
             .collect();
         let infos = ready.recv().map_err(|_| Error::ShutDown)??;

@@ -34,6 +34,7 @@ mod kernel;
 mod panic;
 pub mod protocol;
 mod scheduler;
+mod store;
 pub mod sys;
 pub mod transport;
 mod worker;
@@ -47,6 +48,7 @@ pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWo
 pub use error::{Error, KernelError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use kernel::{builtin, KernelCtx, KernelFn, Registry};
+pub use store::BlockStore;
 
 /// Runs `driver` on the cluster the environment calls for (see [`Config::run`]).
 pub fn run<R, E, F>(driver: F) -> std::result::Result<R, E>

@@ -28,7 +28,6 @@
 
 use std::fmt::Display;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mpi::environment::Threading;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -38,6 +37,7 @@ use crate::cluster::{drive, spawn_scheduler, spawn_worker, Config, SchedulerWork
 use crate::error::Error;
 use crate::protocol::{Endpoint, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
+use crate::store::BlockStore;
 use crate::transport::mpi::{progress, MpiTransport};
 use crate::transport::{Mailboxes, Transport};
 use crate::worker::{WorkerConfig, WorkerExit};
@@ -135,18 +135,17 @@ where
     let mut mailboxes = Mailboxes::new();
     let sched_inbox = (rank == 0).then(|| mailboxes.open(Endpoint::SCHEDULER));
     let client_inbox = (rank == 0).then(|| mailboxes.open(Endpoint::CLIENT));
+    let store = BlockStore::new();
+    if works {
+        mailboxes.attach_store(rank, store.clone());
+    }
     let worker_inbox = works.then(|| mailboxes.open(Endpoint { rank, role: Role::Worker }));
     let (transport, outbox) = MpiTransport::new(rank, size, mailboxes);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
 
     let worker = worker_inbox.map(|inbox| {
-        let wc = WorkerConfig {
-            rank,
-            threads: place.threads,
-            host: crate::sys::hostname(),
-            heartbeat: Some(Duration::from_secs(1)),
-        };
-        spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), inbox)
+        let wc = WorkerConfig { rank, threads: place.threads, host: crate::sys::hostname() };
+        spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), store, inbox)
     });
 
     let outcome = std::thread::scope(|s| {

@@ -149,6 +149,7 @@ pub(crate) struct Scheduler {
     queued: usize,
     outbox: Vec<Vec<RunTask>>,
     releases: Vec<Vec<TaskId>>,
+    cancels: Vec<Vec<TaskId>>,
     waiters: FxHashMap<u64, Waiter>,
     next_waiter: u64,
     /// Running mean of each kernel's duration in microseconds (NaN: unknown).
@@ -175,6 +176,7 @@ impl Scheduler {
             queued: 0,
             outbox: Vec::new(),
             releases: Vec::new(),
+            cancels: Vec::new(),
             waiters: FxHashMap::default(),
             next_waiter: 0,
         }
@@ -261,6 +263,7 @@ impl Scheduler {
                     });
                     self.outbox.push(Vec::new());
                     self.releases.push(Vec::new());
+                    self.cancels.push(Vec::new());
                 }
                 Msg::Client(ClientRequest::Shutdown { reply, .. }) => {
                     let _ = reply.send(());
@@ -397,6 +400,7 @@ impl Scheduler {
         }
         let mut kernels = Vec::with_capacity(tasks.len());
         let mut pins = Vec::with_capacity(tasks.len());
+        let mut last_kernel: Option<(&str, u32)> = None;
         for t in &tasks {
             pins.push(match t.pin {
                 None => None,
@@ -405,11 +409,16 @@ impl Scheduler {
                     None => return Err(Error::NoSuchWorker { key: t.key.clone(), rank }),
                 },
             });
-            let k = self.registry.id(&t.kernel).ok_or_else(|| Error::UnknownKernel {
-                key: t.key.clone(),
-                kernel: t.kernel.to_string(),
-                known: self.registry.names().collect::<Vec<_>>().join(", "),
-            })?;
+            // Graphs name few kernels, usually in runs: skip the hash lookup.
+            let k = match last_kernel {
+                Some((name, id)) if name == &*t.kernel => id,
+                _ => self.registry.id(&t.kernel).ok_or_else(|| Error::UnknownKernel {
+                    key: t.key.clone(),
+                    kernel: t.kernel.to_string(),
+                    known: self.registry.names().collect::<Vec<_>>().join(", "),
+                })?,
+            };
+            last_kernel = Some((&t.kernel, k));
             kernels.push(k);
         }
         // Resolve inputs: Ok(local index) or Err(existing id).
@@ -417,11 +426,11 @@ impl Scheduler {
             New(usize),
             Old(TaskId),
         }
+        let existing = &self.keys;
         let resolve = |key: &Key, local: &FxHashMap<&Key, usize>| -> Option<Src> {
-            if let Some(id) = self.keys.get(key) {
-                Some(Src::Old(*id))
-            } else {
-                local.get(key).map(|&i| Src::New(i))
+            match (!existing.is_empty()).then(|| existing.get(key)).flatten() {
+                Some(id) => Some(Src::Old(*id)),
+                None => local.get(key).map(|&i| Src::New(i)),
             }
         };
         let mut deps: Vec<Vec<Src>> = Vec::with_capacity(tasks.len());
@@ -513,6 +522,8 @@ impl Scheduler {
         }
         let mut tasks: Vec<Option<Task>> = tasks.into_iter().map(Some).collect();
         let mut ready = Vec::new();
+        self.tasks.reserve(order.len());
+        self.keys.reserve(order.len());
         for (n, &i) in order.iter().enumerate() {
             let t = tasks[i].take().expect("each task once");
             let id = ids[i];
@@ -732,8 +743,14 @@ impl Scheduler {
 
     fn assign(&mut self, w: usize, id: TaskId) {
         self.queued -= 1;
+        self.start(w, id);
+        self.assign_ahead(w, id);
+    }
+
+    /// Sends `id` to worker `w`.
+    fn start(&mut self, w: usize, id: TaskId) {
         self.workers[w].in_flight += 1;
-        let rec = self.tasks.get_mut(&id).expect("queued task exists");
+        let rec = self.tasks.get_mut(&id).expect("started task exists");
         rec.state = State::Running(w);
         let rec = &self.tasks[&id];
         let inputs = rec
@@ -741,11 +758,11 @@ impl Scheduler {
             .iter()
             .map(|i| {
                 let r = &self.tasks[i];
-                InputLoc {
-                    id: *i,
-                    holders: r.who_has.iter().map(|&h| self.workers[h].rank).collect(),
-                    nbytes: r.nbytes,
-                }
+                let holders = match r.state {
+                    State::Running(x) => vec![self.workers[x].rank],
+                    _ => r.who_has.iter().map(|&h| self.workers[h].rank).collect(),
+                };
+                InputLoc { id: *i, holders, nbytes: r.nbytes }
             })
             .collect();
         self.outbox[w].push(RunTask {
@@ -755,6 +772,40 @@ impl Scheduler {
             params: Arc::clone(&rec.params),
             inputs,
         });
+    }
+
+    /// Sends `w` the dependents of `id` whose inputs are all on `w` or being
+    /// computed there, ahead of time: the worker starts each the moment its
+    /// last input is stored, without a round trip through the scheduler
+    /// (chains and local reductions run back to back). Bounded by the
+    /// worker's queue limit.
+    fn assign_ahead(&mut self, w: usize, id: TaskId) {
+        let mut stack = vec![id];
+        while let Some(t) = stack.pop() {
+            let mut i = 0;
+            while let Some(&d) = self.tasks.get(&t).and_then(|r| r.dependents.get(i)) {
+                i += 1;
+                if self.workers[w].in_flight >= self.workers[w].limit {
+                    return;
+                }
+                let rec = &self.tasks[&d];
+                if !matches!(rec.state, State::Waiting) || rec.pin.is_some_and(|p| p != w) {
+                    continue;
+                }
+                let local = rec.inputs.iter().all(|i| {
+                    let r = &self.tasks[i];
+                    match r.state {
+                        State::Running(x) => x == w,
+                        State::Memory => r.who_has.contains(&w),
+                        _ => false,
+                    }
+                });
+                if local {
+                    self.start(w, d);
+                    stack.push(d);
+                }
+            }
+        }
     }
 
     fn flush(&mut self) {
@@ -767,6 +818,10 @@ impl Scheduler {
             if !self.releases[w].is_empty() {
                 let batch = std::mem::take(&mut self.releases[w]);
                 self.transport.send(Endpoint::worker(rank), Msg::Release(batch));
+            }
+            if !self.cancels[w].is_empty() {
+                let batch = std::mem::take(&mut self.cancels[w]);
+                self.transport.send(Endpoint::worker(rank), Msg::Cancel(batch));
             }
         }
     }
@@ -863,6 +918,13 @@ impl Scheduler {
             let t = erred[i];
             i += 1;
             let rec = self.tasks.get_mut(&t).expect("erred tasks exist");
+            if let State::Running(x) | State::Cancelled(x) = rec.state {
+                // Assigned ahead, waiting on the worker for the failed input.
+                if t != id {
+                    self.workers[x].in_flight -= 1;
+                    self.cancels[x].push(t);
+                }
+            }
             rec.state = State::Erred(Arc::clone(&failure));
             for &d in &rec.dependents {
                 if seen.insert(d) {

@@ -1,27 +1,32 @@
-//! Workers: a message loop, a block store and a pool of compute threads.
+//! Workers: compute threads sharing one inbox, one task table and one store.
 //!
-//! The loop thread receives tasks from the scheduler, fetches inputs it lacks
-//! straight from the peers holding them (`Fetch` to the peer, `Block` back;
-//! the scheduler only says where blocks are), serves peers' fetches from the
-//! store, and hands tasks whose inputs are all local to the compute threads.
-//! A compute thread runs the kernel, stores the block and reports `Done`
-//! (or `Failed`, for an error or a panic) to the scheduler itself.
+//! Each of a worker's `threads` threads waits on two channels at once: the
+//! worker's inbox (tasks from the scheduler, fetched blocks, releases) and
+//! the queue of tasks whose inputs are all present. Whichever thread is free
+//! handles the next message or runs the next task, so with one thread there
+//! is no hand-off at all. Parallelism has one level: `threads` tasks at
+//! once, each kernel told to use one thread ([`crate::KernelCtx::threads`]).
 //!
-//! Parallelism has one level: `threads` tasks run at once, each kernel told
-//! to use one thread ([`crate::KernelCtx::threads`]).
+//! A task's missing inputs are fetched straight from a peer holding them
+//! (`Fetch` to the peer, whose transport answers from its store; `Block`
+//! back). An input the scheduler says this worker is computing itself (it
+//! assigns a chain's next task ahead) is awaited, not fetched: the thread
+//! finishing it starts the tasks waiting for it. A thread finishing a task
+//! stores the block and reports `Done` (or `Failed`, for an error or a
+//! panic) to the scheduler itself.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::block::Block;
 use crate::graph::TaskId;
 use crate::kernel::{KernelCtx, Registry};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
+use crate::store::BlockStore;
 use crate::transport::Transport;
 
 /// Worker settings.
@@ -30,8 +35,6 @@ pub struct WorkerConfig {
     pub rank: u32,
     pub threads: usize,
     pub host: String,
-    /// Send a heartbeat this often (None: never; in-process clusters).
-    pub heartbeat: Option<Duration>,
 }
 
 /// How a worker ended.
@@ -43,207 +46,219 @@ pub enum WorkerExit {
     Disconnected,
 }
 
-type Store = Arc<Mutex<FxHashMap<TaskId, Block>>>;
-
-struct Pending {
-    task: RunTask,
-    missing: usize,
+enum Job {
+    Run(RunTask),
+    Stop,
 }
 
-struct Job {
-    task: RunTask,
-    inputs: Vec<Block>,
+/// Tasks waiting for inputs.
+#[derive(Default)]
+struct Table {
+    /// Task -> (task, inputs still missing).
+    pending: FxHashMap<TaskId, (RunTask, usize)>,
+    /// Input -> tasks waiting for it.
+    waiting: FxHashMap<TaskId, Vec<TaskId>>,
 }
 
-/// Runs a worker until it is told to stop.
+struct Worker {
+    rank: u32,
+    registry: Arc<Registry>,
+    transport: Arc<dyn Transport>,
+    store: BlockStore,
+    table: Mutex<Table>,
+    jobs: Sender<Job>,
+    exit: Mutex<Option<WorkerExit>>,
+}
+
+/// Runs a worker until it is told to stop; returns after every thread ended
+/// and `Bye` went to the scheduler.
 pub fn run_worker(
     config: WorkerConfig,
     registry: Arc<Registry>,
     transport: Arc<dyn Transport>,
+    store: BlockStore,
     inbox: Receiver<Msg>,
 ) -> WorkerExit {
     crate::panic::install_quiet_hook();
     let rank = config.rank;
-    let store: Store = Arc::default();
-    let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
-    let pool: Vec<_> = (0..config.threads.max(1))
-        .map(|i| {
-            let jobs = jobs_rx.clone();
-            let store = Arc::clone(&store);
-            let registry = Arc::clone(&registry);
-            let transport = Arc::clone(&transport);
-            std::thread::Builder::new()
-                .name(format!("tessera-r{rank}-t{i}"))
-                .spawn(move || compute_loop(rank, jobs, store, registry, transport))
-                .expect("spawn a compute thread")
-        })
-        .collect();
-    drop(jobs_rx);
-
-    transport.send(
+    let threads = config.threads.max(1);
+    let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+    let worker = Arc::new(Worker {
+        rank,
+        registry,
+        transport,
+        store,
+        table: Mutex::default(),
+        jobs: jobs_tx,
+        exit: Mutex::new(None),
+    });
+    worker.transport.send(
         Endpoint::SCHEDULER,
         Msg::Hello {
             rank,
-            threads: config.threads.max(1) as u32,
+            threads: threads as u32,
             host: config.host.clone(),
-            registry: registry.digest(),
-            kernels: registry.len() as u32,
+            registry: worker.registry.digest(),
+            kernels: worker.registry.len() as u32,
         },
     );
-    tracing::debug!(rank, threads = config.threads, "worker started");
+    tracing::debug!(rank, threads, "worker started");
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (w, inbox, jobs) = (Arc::clone(&worker), inbox.clone(), jobs_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("tessera-r{rank}-t{i}"))
+                .spawn(move || w.thread_loop(&inbox, &jobs, threads))
+                .expect("spawn a worker thread")
+        })
+        .collect();
+    drop((inbox, jobs_rx));
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::debug!(rank, blocks_held = worker.store.len(), "worker stopped");
+    worker.transport.send(Endpoint::SCHEDULER, Msg::Bye { rank });
+    let exit = worker.exit.lock().take();
+    exit.unwrap_or(WorkerExit::Disconnected)
+}
 
-    let me = Endpoint::worker(rank);
-    let mut pending: FxHashMap<TaskId, Pending> = FxHashMap::default();
-    let mut fetching: FxHashMap<TaskId, Vec<TaskId>> = FxHashMap::default();
-    let beat = config.heartbeat.unwrap_or(Duration::from_secs(3600));
-    let mut last_beat = Instant::now();
-
-    let dispatch = |task: RunTask, store: &Store| -> Result<Job, (TaskId, String)> {
-        let s = store.lock();
-        let mut inputs = Vec::with_capacity(task.inputs.len());
-        for i in &task.inputs {
-            match s.get(&i.id) {
-                Some(b) => inputs.push(b.clone()),
-                None => return Err((task.id, format!("input {} vanished from rank {rank}", i.id))),
+impl Worker {
+    fn thread_loop(&self, inbox: &Receiver<Msg>, jobs: &Receiver<Job>, threads: usize) {
+        loop {
+            select! {
+                recv(jobs) -> job => match job {
+                    Ok(Job::Run(task)) => self.run(task),
+                    Ok(Job::Stop) | Err(_) => return,
+                },
+                recv(inbox) -> msg => match msg {
+                    Ok(Msg::Shutdown { failed, reason }) => {
+                        *self.exit.lock() = Some(WorkerExit::Shutdown { failed, reason });
+                        // One stop per thread, behind the tasks already queued.
+                        for _ in 0..threads {
+                            let _ = self.jobs.send(Job::Stop);
+                        }
+                    }
+                    Ok(m) => self.handle(m),
+                    Err(_) => {
+                        for _ in 0..threads {
+                            let _ = self.jobs.send(Job::Stop);
+                        }
+                    }
+                },
             }
         }
-        drop(s);
-        Ok(Job { task, inputs })
-    };
+    }
 
-    let exit = loop {
-        if config.heartbeat.is_some() && last_beat.elapsed() >= beat {
-            transport.send(Endpoint::SCHEDULER, Msg::Heartbeat { rank });
-            last_beat = Instant::now();
-        }
-        let msg = match inbox.recv_timeout(beat) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break WorkerExit::Disconnected,
-        };
+    fn handle(&self, msg: Msg) {
         match msg {
             Msg::Run(tasks) => {
+                let mut table = self.table.lock();
                 for task in tasks {
-                    let missing: Vec<(TaskId, u32)> = {
-                        let s = store.lock();
-                        task.inputs
-                            .iter()
-                            .filter(|i| !s.contains_key(&i.id))
-                            .map(|i| (i.id, pick_holder(&i.holders, rank)))
-                            .collect()
-                    };
-                    if missing.is_empty() {
-                        match dispatch(task, &store) {
-                            Ok(job) => jobs_tx.send(job).expect("compute threads outlive the loop"),
-                            Err((id, error)) => transport.send(Endpoint::SCHEDULER, Msg::Failed { id, error }),
-                        }
-                        continue;
-                    }
-                    for &(input, holder) in &missing {
-                        let waiting = fetching.entry(input).or_default();
-                        if waiting.is_empty() {
-                            tracing::trace!(rank, input = %input, from = holder, "fetch");
-                            transport.send(Endpoint::worker(holder), Msg::Fetch { id: input, reply_to: me });
-                        }
-                        waiting.push(task.id);
-                    }
-                    pending.insert(task.id, Pending { missing: missing.len(), task });
-                }
-            }
-            Msg::Fetch { id, reply_to } => {
-                let block = store.lock().get(&id).cloned();
-                match block {
-                    Some(b) => transport.send(reply_to, Msg::Block { id, payload: Payload::Ready(b) }),
-                    None => transport.send(reply_to, Msg::Missing { id, rank }),
+                    self.admit(&mut table, task);
                 }
             }
             Msg::Block { id, payload } => {
                 let Payload::Ready(block) = payload else {
-                    tracing::error!(rank, block = %id, "block arrived without its bytes");
-                    continue;
+                    tracing::error!(rank = self.rank, block = %id, "block arrived without its bytes");
+                    return;
                 };
-                store.lock().insert(id, block);
-                transport.send(Endpoint::SCHEDULER, Msg::Replica { id, rank });
-                for t in fetching.remove(&id).unwrap_or_default() {
-                    let Some(p) = pending.get_mut(&t) else { continue };
-                    p.missing -= 1;
-                    if p.missing == 0 {
-                        let p = pending.remove(&t).expect("present");
-                        match dispatch(p.task, &store) {
-                            Ok(job) => jobs_tx.send(job).expect("compute threads outlive the loop"),
-                            Err((id, error)) => transport.send(Endpoint::SCHEDULER, Msg::Failed { id, error }),
-                        }
-                    }
-                }
+                let mut table = self.table.lock();
+                self.store.insert(id, block);
+                self.input_arrived(&mut table, id);
+                drop(table);
+                self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id, rank: self.rank });
             }
             Msg::Missing { id, rank: holder } => {
-                for t in fetching.remove(&id).unwrap_or_default() {
-                    if let Some(p) = pending.remove(&t) {
-                        let error = format!("input {id} was not on rank {holder} when rank {rank} asked for it");
-                        transport.send(Endpoint::SCHEDULER, Msg::Failed { id: p.task.id, error });
+                let mut table = self.table.lock();
+                for t in table.waiting.remove(&id).unwrap_or_default() {
+                    if let Some((task, _)) = table.pending.remove(&t) {
+                        let error = format!("input {id} was not on rank {holder} when rank {} asked for it", self.rank);
+                        self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
                     }
                 }
             }
-            Msg::Release(ids) => {
-                let mut s = store.lock();
-                for id in ids {
-                    s.remove(&id);
-                }
-            }
+            Msg::Release(ids) => self.store.remove(ids),
             Msg::Cancel(ids) => {
+                let mut table = self.table.lock();
                 for id in ids {
-                    pending.remove(&id);
+                    table.pending.remove(&id);
                 }
             }
-            Msg::Shutdown { failed, reason } => break WorkerExit::Shutdown { failed, reason },
-            other => tracing::warn!(rank, msg = ?other, "worker got an unexpected message"),
+            other => tracing::warn!(rank = self.rank, msg = ?other, "worker got an unexpected message"),
         }
-    };
-
-    drop(jobs_tx);
-    for t in pool {
-        let _ = t.join();
     }
-    let held = store.lock().len();
-    tracing::debug!(rank, blocks_held = held, "worker stopped");
-    transport.send(Endpoint::SCHEDULER, Msg::Bye { rank });
-    exit
-}
 
-/// Spreads fetches of one block over its holders.
-fn pick_holder(holders: &[u32], me: u32) -> u32 {
-    debug_assert!(!holders.is_empty(), "an input without holders was scheduled");
-    holders[me as usize % holders.len().max(1)]
-}
+    /// Queues `task` to run, or records what it waits for (fetching inputs
+    /// held elsewhere, awaiting inputs this worker is computing).
+    fn admit(&self, table: &mut Table, task: RunTask) {
+        let mut missing = 0;
+        for input in &task.inputs {
+            if self.store.contains(input.id) {
+                continue;
+            }
+            missing += 1;
+            let waiters = table.waiting.entry(input.id).or_default();
+            let first = waiters.is_empty();
+            waiters.push(task.id);
+            if first && !input.holders.contains(&self.rank) {
+                let Some(&holder) = input.holders.get(self.rank as usize % input.holders.len().max(1)) else {
+                    tracing::error!(rank = self.rank, input = %input.id, "input without holders");
+                    continue;
+                };
+                tracing::trace!(rank = self.rank, input = %input.id, from = holder, "fetch");
+                let me = Endpoint::worker(self.rank);
+                self.transport.send(Endpoint::worker(holder), Msg::Fetch { id: input.id, reply_to: me });
+            }
+        }
+        if missing == 0 {
+            let _ = self.jobs.send(Job::Run(task));
+        } else {
+            table.pending.insert(task.id, (task, missing));
+        }
+    }
 
-fn compute_loop(
-    rank: u32,
-    jobs: Receiver<Job>,
-    store: Store,
-    registry: Arc<Registry>,
-    transport: Arc<dyn Transport>,
-) {
-    for Job { task, inputs } in jobs {
-        let Some(kernel) = registry.get(task.kernel) else {
-            let error = format!("kernel #{} is not registered on rank {rank}", task.kernel);
-            transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
-            continue;
+    /// Block `id` is now in the store: queue the tasks it completes.
+    fn input_arrived(&self, table: &mut Table, id: TaskId) {
+        for t in table.waiting.remove(&id).unwrap_or_default() {
+            let Some(entry) = table.pending.get_mut(&t) else { continue };
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                let (task, _) = table.pending.remove(&t).expect("present");
+                let _ = self.jobs.send(Job::Run(task));
+            }
+        }
+    }
+
+    fn run(&self, task: RunTask) {
+        let inputs = match self.store.get_all(task.inputs.iter().map(|i| i.id)) {
+            Ok(b) => b,
+            Err(id) => {
+                let error = format!("input {id} vanished from rank {}", self.rank);
+                self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
+                return;
+            }
         };
-        let ctx = KernelCtx { key: &task.key, rank, threads: 1 };
+        let Some(kernel) = self.registry.get(task.kernel) else {
+            let error = format!("kernel #{} is not registered on rank {}", task.kernel, self.rank);
+            self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
+            return;
+        };
+        let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1 };
         let start = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))));
         drop(inputs);
         let msg = match result {
             Ok(Ok(block)) => {
                 let nbytes = block.nbytes() as u64;
-                store.lock().insert(task.id, block);
+                let mut table = self.table.lock();
+                self.store.insert(task.id, block);
+                self.input_arrived(&mut table, task.id);
+                drop(table);
                 Msg::Done { id: task.id, nbytes, micros: start.elapsed().as_micros() as u64 }
             }
             Ok(Err(e)) => Msg::Failed { id: task.id, error: e.to_string() },
             Err(panic) => Msg::Failed { id: task.id, error: format!("panicked: {}", crate::panic::message(&*panic)) },
         };
-        transport.send(Endpoint::SCHEDULER, msg);
+        self.transport.send(Endpoint::SCHEDULER, msg);
     }
 }

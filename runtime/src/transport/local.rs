@@ -3,7 +3,7 @@
 //! A message is one channel send; a block moves as an `Arc` clone, so a
 //! "transfer" between local workers copies nothing.
 
-use super::{Mailboxes, Transport};
+use super::{Delivery, Mailboxes, Transport};
 use crate::protocol::{Endpoint, Msg};
 
 /// Channels between threads of one process.
@@ -22,8 +22,10 @@ impl LocalTransport {
 
 impl Transport for LocalTransport {
     fn send(&self, to: Endpoint, msg: Msg) {
-        if let Err(msg) = self.mailboxes.deliver(to, msg) {
-            tracing::warn!(%to, ?msg, "no such endpoint in the local cluster; message dropped");
+        match self.mailboxes.deliver(to, msg) {
+            Delivery::Delivered => {}
+            Delivery::Reply(to, reply) => self.send(to, reply),
+            Delivery::Unknown(msg) => tracing::warn!(%to, ?msg, "no such endpoint in the local cluster; message dropped"),
         }
     }
 

@@ -17,7 +17,8 @@
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
 
-use crate::protocol::{Endpoint, Msg};
+use crate::protocol::{Endpoint, Msg, Payload, Role};
+use crate::store::BlockStore;
 
 pub mod local;
 #[cfg(feature = "mpi")]
@@ -35,10 +36,23 @@ pub trait Transport: Send + Sync + 'static {
     fn ranks(&self) -> u32;
 }
 
-/// Inboxes of the endpoints that live in this process.
+/// Inboxes of the endpoints that live in this process, and the block stores
+/// of its workers (fetches are answered from those directly).
 #[derive(Clone, Default)]
 pub struct Mailboxes {
     routes: FxHashMap<Endpoint, Sender<Msg>>,
+    stores: FxHashMap<u32, BlockStore>,
+}
+
+/// What became of a message handed to [`Mailboxes::deliver`].
+#[derive(Debug)]
+pub enum Delivery {
+    /// In the endpoint's inbox (or dropped: the endpoint has stopped).
+    Delivered,
+    /// A fetch answered from a store: send this reply on.
+    Reply(Endpoint, Msg),
+    /// No such endpoint here.
+    Unknown(Msg),
 }
 
 impl Mailboxes {
@@ -54,17 +68,31 @@ impl Mailboxes {
         rx
     }
 
-    /// Delivers to a local endpoint. Returns the message back if there is no
-    /// such endpoint here.
-    pub fn deliver(&self, to: Endpoint, msg: Msg) -> Result<(), Msg> {
+    /// Registers the store of the worker on `rank`, to answer fetches from.
+    pub fn attach_store(&mut self, rank: u32, store: BlockStore) {
+        self.stores.insert(rank, store);
+    }
+
+    /// Delivers to a local endpoint. A fetch from a local worker's store is
+    /// answered here, without waking the worker.
+    pub fn deliver(&self, to: Endpoint, msg: Msg) -> Delivery {
+        if let (Msg::Fetch { id, reply_to }, Role::Worker) = (&msg, to.role) {
+            if let Some(store) = self.stores.get(&to.rank) {
+                let reply = match store.get(*id) {
+                    Some(block) => Msg::Block { id: *id, payload: Payload::Ready(block) },
+                    None => Msg::Missing { id: *id, rank: to.rank },
+                };
+                return Delivery::Reply(*reply_to, reply);
+            }
+        }
         match self.routes.get(&to) {
             Some(tx) => {
                 if let Err(e) = tx.send(msg) {
                     tracing::trace!(%to, msg = ?e.0, "endpoint has stopped; message dropped");
                 }
-                Ok(())
+                Delivery::Delivered
             }
-            None => Err(msg),
+            None => Delivery::Unknown(msg),
         }
     }
 

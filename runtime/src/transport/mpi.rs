@@ -33,7 +33,7 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use parking_lot::Mutex;
 
-use super::{Mailboxes, Transport};
+use super::{Delivery, Mailboxes, Transport};
 use crate::block::Block;
 use crate::protocol::{decode_frame, encode_frame, Endpoint, Msg, Payload, Role};
 
@@ -41,6 +41,9 @@ use crate::protocol::{decode_frame, encode_frame, Endpoint, Msg, Payload, Role};
 pub const TAG_CONTROL: i32 = 7001;
 /// Tag of block payloads.
 pub const TAG_DATA: i32 = 7002;
+
+/// How often a worker rank tells rank 0 it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Sends to other ranks go through the progress thread; sends to this rank's
 /// own endpoints are delivered directly.
@@ -99,8 +102,10 @@ impl MpiTransport {
 impl Transport for MpiTransport {
     fn send(&self, to: Endpoint, msg: Msg) {
         if to.rank == self.rank {
-            if let Err(msg) = self.mailboxes.deliver(to, msg) {
-                tracing::warn!(%to, ?msg, "no such endpoint on this rank; message dropped");
+            match self.mailboxes.deliver(to, msg) {
+                Delivery::Delivered => {}
+                Delivery::Reply(to, reply) => self.send(to, reply),
+                Delivery::Unknown(msg) => tracing::warn!(%to, ?msg, "no such endpoint on this rank; message dropped"),
             }
         } else if self.outbox.send((to.rank, to.role, msg)).is_err() {
             tracing::trace!(%to, "progress thread has stopped; message dropped");
@@ -164,6 +169,7 @@ pub fn progress(
     let mut barrier: Option<Request<'static, ()>> = None;
     let mut idle: u32 = 0;
     let abort = transport.abort_flag();
+    let mut last_beat = std::time::Instant::now();
 
     loop {
         let mut busy = false;
@@ -172,6 +178,12 @@ pub fn progress(
             tracing::error!(rank, %reason, "aborting the job");
             eprintln!("tessera: rank {rank}: aborting the job: {reason}");
             comm.abort(1);
+        }
+
+        // Liveness: the scheduler declares a rank lost after a long silence.
+        if rank != 0 && last_beat.elapsed() >= HEARTBEAT {
+            transport.send(Endpoint::SCHEDULER, Msg::Heartbeat { rank });
+            last_beat = std::time::Instant::now();
         }
 
         // Outgoing: one frame per destination rank per turn.
@@ -249,8 +261,13 @@ pub fn progress(
                     *payload = Payload::Ready(Block::from_parts(header, buffer));
                 }
                 let to = Endpoint { rank, role };
-                if let Err(msg) = transport.mailboxes().deliver(to, msg) {
-                    tracing::warn!(%to, from, ?msg, "message for an endpoint this rank does not have");
+                match transport.mailboxes().deliver(to, msg) {
+                    Delivery::Delivered => {}
+                    // A peer's fetch, answered from our store: goes out next turn.
+                    Delivery::Reply(to, reply) => transport.send(to, reply),
+                    Delivery::Unknown(msg) => {
+                        tracing::warn!(%to, from, ?msg, "message for an endpoint this rank does not have")
+                    }
                 }
             }
         }

@@ -1,0 +1,59 @@
+//! A worker's blocks, by task id.
+//!
+//! The store is shared: the worker's threads put results in it, and the
+//! transport serves peers' fetches from it directly (in-process: the
+//! requesting thread reads it; MPI: the progress thread does), so a fetch
+//! never waits for a worker thread busy in a kernel.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+
+use crate::block::Block;
+use crate::graph::TaskId;
+
+/// Blocks held by one worker. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct BlockStore {
+    blocks: Arc<Mutex<FxHashMap<TaskId, Block>>>,
+}
+
+impl BlockStore {
+    pub fn new() -> BlockStore {
+        BlockStore::default()
+    }
+
+    pub fn get(&self, id: TaskId) -> Option<Block> {
+        self.blocks.lock().get(&id).cloned()
+    }
+
+    pub fn contains(&self, id: TaskId) -> bool {
+        self.blocks.lock().contains_key(&id)
+    }
+
+    pub fn insert(&self, id: TaskId, block: Block) {
+        self.blocks.lock().insert(id, block);
+    }
+
+    pub fn remove(&self, ids: impl IntoIterator<Item = TaskId>) {
+        let mut b = self.blocks.lock();
+        for id in ids {
+            b.remove(&id);
+        }
+    }
+
+    /// The blocks for `ids`, or the first id that is missing.
+    pub fn get_all(&self, ids: impl IntoIterator<Item = TaskId>) -> Result<Vec<Block>, TaskId> {
+        let b = self.blocks.lock();
+        ids.into_iter().map(|id| b.get(&id).cloned().ok_or(id)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
