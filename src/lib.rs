@@ -30,7 +30,7 @@
 //! ```
 
 pub use tessera_runtime::{
-    builtin, run, Block, BlockHeader, Buffer, Client, Config, DType, Error, Graph, KernelCtx, KernelError, Key,
+    builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, DType, Error, Graph, KernelCtx, KernelError, Key,
     Launch, LocalCluster, LocalClusterBuilder, Persisted, Registry, Result, SchedulerWorks, Task, TaskId, WorkerInfo,
     HAS_MPI,
 };

@@ -40,6 +40,23 @@ pub struct WorkerInfo {
     pub host: String,
 }
 
+/// What the scheduler tracks at one moment (see [`Client::state`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    /// Tasks the scheduler knows: waiting, queued, running or computed.
+    pub tasks: usize,
+    /// Computed blocks still held on workers.
+    pub in_memory: usize,
+    /// Bytes of those blocks (one copy each).
+    pub bytes: u64,
+    /// Most bytes held at once since the cluster started (one copy each).
+    pub peak_bytes: u64,
+    /// Ready tasks waiting in the scheduler's queues.
+    pub queued: usize,
+    /// Tasks sent to each worker and not yet reported, by worker rank.
+    pub in_flight: Vec<(u32, u32)>,
+}
+
 /// Requests from the client to the scheduler (in-process only).
 #[derive(Debug)]
 pub enum ClientRequest {
@@ -48,6 +65,7 @@ pub enum ClientRequest {
     Wait { ids: Vec<TaskId>, reply: Sender<Result<Vec<Vec<u32>>>> },
     Release { ids: Vec<TaskId> },
     Workers { reply: Sender<Vec<WorkerInfo>> },
+    State { reply: Sender<ClusterState> },
     Shutdown { failed: bool, reason: String, reply: Sender<()> },
 }
 
@@ -84,6 +102,12 @@ impl Client {
     /// Compute threads over all workers.
     pub fn total_threads(&self) -> usize {
         self.inner.workers.iter().map(|w| w.threads as usize).sum()
+    }
+
+    /// What the scheduler tracks now: a diagnostic (and what tests use to
+    /// check that everything is released).
+    pub fn state(&self) -> Result<ClusterState> {
+        self.inner.request(|reply| ClientRequest::State { reply })
     }
 
     /// Name of the transport (`local`, `mpi`).

@@ -43,7 +43,7 @@ mod worker;
 pub mod mpi;
 
 pub use block::{Block, BlockHeader, Buffer, DType};
-pub use client::{Client, Persisted, WorkerInfo};
+pub use client::{Client, ClusterState, Persisted, WorkerInfo};
 pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks};
 pub use error::{Error, KernelError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};

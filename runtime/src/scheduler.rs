@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::client::{ClientRequest, WorkerInfo};
+use crate::client::{ClientRequest, ClusterState, WorkerInfo};
 use crate::error::{Error, Result};
 use crate::graph::{Key, Params, Task, TaskId};
 use crate::kernel::Registry;
@@ -152,6 +152,9 @@ pub(crate) struct Scheduler {
     cancels: Vec<Vec<TaskId>>,
     waiters: FxHashMap<u64, Waiter>,
     next_waiter: u64,
+    /// Bytes of computed blocks held now (one copy each), and the most ever.
+    mem_bytes: u64,
+    peak_bytes: u64,
     /// Running mean of each kernel's duration in microseconds (NaN: unknown).
     durations: Vec<f64>,
 }
@@ -179,6 +182,8 @@ impl Scheduler {
             cancels: Vec::new(),
             waiters: FxHashMap::default(),
             next_waiter: 0,
+            mem_bytes: 0,
+            peak_bytes: 0,
         }
     }
 
@@ -334,6 +339,18 @@ impl Scheduler {
             }
             ClientRequest::Workers { reply } => {
                 let _ = reply.send(self.worker_infos());
+            }
+            ClientRequest::State { reply } => {
+                let memory = self.tasks.values().filter(|r| matches!(r.state, State::Memory));
+                let (in_memory, bytes) = memory.fold((0, 0), |(n, b), r| (n + 1, b + r.nbytes));
+                let _ = reply.send(ClusterState {
+                    tasks: self.tasks.len(),
+                    in_memory,
+                    bytes,
+                    peak_bytes: self.peak_bytes,
+                    queued: self.queued,
+                    in_flight: self.workers.iter().map(|w| (w.rank, w.in_flight)).collect(),
+                });
             }
             ClientRequest::Shutdown { failed, reason, reply } => {
                 self.flush();
@@ -856,6 +873,8 @@ impl Scheduler {
         rec.state = State::Memory;
         rec.who_has.push(w);
         rec.nbytes = nbytes;
+        self.mem_bytes += nbytes;
+        self.peak_bytes = self.peak_bytes.max(self.mem_bytes);
         let waiters = std::mem::take(&mut rec.waiters);
         let inputs = std::mem::take(&mut rec.inputs);
         let dependents = std::mem::take(&mut rec.dependents);
@@ -989,6 +1008,7 @@ impl Scheduler {
                 self.queued -= 1;
             }
             State::Memory => {
+                self.mem_bytes -= rec.nbytes;
                 for &w in &rec.who_has {
                     self.releases[w].push(id);
                 }
@@ -1024,9 +1044,4 @@ impl Scheduler {
         None
     }
 
-    /// Number of tasks the scheduler tracks (for tests of release).
-    #[cfg(test)]
-    pub(crate) fn tracked(&self) -> usize {
-        self.tasks.len()
-    }
 }
