@@ -14,24 +14,12 @@ fn main() -> anyhow::Result<()> {
     let (workers, total) = tessera::run(|client| {
         // The sum of 1..=4096 as a binary reduction tree over 4096 tasks.
         let mut g = Graph::new();
-        let mut level: Vec<Key> = (1..=4096u32).map(|i| Key::new("x", [i])).collect();
-        for (i, key) in level.iter().enumerate() {
+        let leaves: Vec<Key> = (1..=4096u32).map(|i| Key::new("x", [i])).collect();
+        for (i, key) in leaves.iter().enumerate() {
             g.push(Task::new(key.clone(), "sum").param(&((i + 1) as f64)));
         }
-        let mut depth = 0;
-        while level.len() > 1 {
-            depth += 1;
-            level = level
-                .chunks(2)
-                .enumerate()
-                .map(|(i, pair)| {
-                    let key = Key::new(format!("level{depth}"), [i as u32]);
-                    g.push(Task::new(key.clone(), "sum").param(&0.0f64).inputs(pair.iter().cloned()));
-                    key
-                })
-                .collect();
-        }
-        let out = client.compute(g, &level)?;
+        let root = g.reduce("partial", leaves, 2, |key| Task::new(key, "sum").param(&0.0f64));
+        let out = client.compute(g, &[root])?;
         Ok::<_, anyhow::Error>((client.workers().len(), out[0].to_scalar().unwrap_or(f64::NAN)))
     })?;
     println!("sum of 1..=4096 = {total} on {workers} workers");

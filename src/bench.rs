@@ -50,25 +50,12 @@ pub fn graph(shape: Shape, n: usize) -> (Graph, Vec<Key>, f64) {
         }
         Shape::Tree => {
             let leaves = n.div_ceil(2);
-            let name: std::sync::Arc<str> = "t".into();
-            let mut level: Vec<Key> = (0..leaves as u32).map(|i| Key::with_shared_name(&name, [0, i])).collect();
-            for k in &level {
+            let keys: Vec<Key> = (0..leaves as u32).map(|i| Key::new("t", [0, i])).collect();
+            for k in &keys {
                 g.push(Task::new(k.clone(), "sum").param(&1.0f64));
             }
-            let mut depth = 0;
-            while level.len() > 1 {
-                depth += 1;
-                level = level
-                    .chunks(2)
-                    .enumerate()
-                    .map(|(i, pair)| {
-                        let k = Key::with_shared_name(&name, [depth, i as u32]);
-                        g.push(Task::new(k.clone(), "sum").param(&0.0f64).inputs(pair.iter().cloned()));
-                        k
-                    })
-                    .collect();
-            }
-            (g, level, leaves as f64)
+            let root = g.reduce("t", keys, 2, |k| Task::new(k, "sum").param(&0.0f64));
+            (g, vec![root], leaves as f64)
         }
     }
 }

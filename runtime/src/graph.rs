@@ -171,6 +171,34 @@ impl Graph {
         self.tasks.len()
     }
 
+    /// Adds a reduction tree over `inputs`: each node combines up to `arity`
+    /// keys of the level below with the task `node(key)` makes (its inputs
+    /// are set here), level by level, until one key is left, which is
+    /// returned. Node keys are `name[level, i]`. A single input is returned
+    /// as it is. This is how sums over blocks, the contraction of a matmul
+    /// and TSQR's R factors are combined: depth `log_arity(n)`, and with the
+    /// scheduler's depth-first order few partial results live at once.
+    pub fn reduce(&mut self, name: &str, inputs: Vec<Key>, arity: usize, mut node: impl FnMut(Key) -> Task) -> Key {
+        assert!(!inputs.is_empty(), "a reduction needs at least one input");
+        assert!(arity >= 2, "a reduction combines at least two keys at a time");
+        let name: Arc<str> = Arc::from(name);
+        let mut level = inputs;
+        let mut depth = 0u32;
+        while level.len() > 1 {
+            depth += 1;
+            level = level
+                .chunks(arity)
+                .enumerate()
+                .map(|(i, group)| {
+                    let key = Key::with_shared_name(&name, [depth, i as u32]);
+                    self.push(node(key.clone()).inputs(group.iter().cloned()));
+                    key
+                })
+                .collect();
+        }
+        level.pop().expect("one key is left")
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
@@ -195,6 +223,27 @@ impl FromIterator<Task> for Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reductions_combine_every_input_once() {
+        for (n, arity) in [(1, 2), (2, 2), (7, 2), (16, 4), (17, 3)] {
+            let mut g = Graph::new();
+            let leaves: Vec<Key> = (0..n).map(|i| Key::new("leaf", [i])).collect();
+            let root = g.reduce("r", leaves.clone(), arity, |k| Task::new(k, "sum"));
+            if n == 1 {
+                assert!(g.is_empty());
+                assert_eq!(root, leaves[0]);
+                continue;
+            }
+            let mut used: Vec<&Key> = g.tasks().iter().flat_map(|t| &t.inputs).collect();
+            used.sort();
+            let mut expect: Vec<&Key> = leaves.iter().collect();
+            expect.extend(g.tasks().iter().map(|t| &t.key).filter(|k| **k != root));
+            expect.sort();
+            assert_eq!(used, expect, "{n} leaves, arity {arity}");
+            assert!(g.tasks().iter().all(|t| t.inputs.len() <= arity));
+        }
+    }
 
     #[test]
     fn keys_print_like_block_indices() {

@@ -11,25 +11,12 @@ fn k(name: &str, i: u32) -> Key {
 /// A binary reduction over `leaves` ones: the root must equal `leaves`.
 fn tree(leaves: u32) -> (Graph, Key) {
     let mut g = Graph::new();
-    let mut level: Vec<Key> = (0..leaves).map(|i| k("leaf", i)).collect();
+    let level: Vec<Key> = (0..leaves).map(|i| k("leaf", i)).collect();
     for key in &level {
         g.push(Task::new(key.clone(), "sum").param(&1.0f64));
     }
-    let mut depth = 0;
-    while level.len() > 1 {
-        depth += 1;
-        let next: Vec<Key> = level
-            .chunks(2)
-            .enumerate()
-            .map(|(i, pair)| {
-                let key = Key::new(format!("level{depth}"), [i as u32]);
-                g.push(Task::new(key.clone(), "sum").param(&0.0f64).inputs(pair.iter().cloned()));
-                key
-            })
-            .collect();
-        level = next;
-    }
-    (g, level.pop().unwrap())
+    let root = g.reduce("level", level, 2, |key| Task::new(key, "sum").param(&0.0f64));
+    (g, root)
 }
 
 #[test]
@@ -311,24 +298,12 @@ fn reductions_hold_few_blocks_at_once() {
     let cluster = LocalCluster::builder().workers(2).start().unwrap();
     let block = 8192usize; // f64s: 64 KiB
     let mut g = Graph::new();
-    let mut level: Vec<Key> = (0..512).map(|i| k("big", i)).collect();
+    let level: Vec<Key> = (0..512).map(|i| k("big", i)).collect();
     for key in &level {
         g.push(Task::new(key.clone(), "fill").param(&(block, 1.0f64)));
     }
-    let mut d = 0;
-    while level.len() > 1 {
-        d += 1;
-        level = level
-            .chunks(2)
-            .enumerate()
-            .map(|(i, p)| {
-                let key = Key::new(format!("r{d}"), [i as u32]);
-                g.push(Task::new(key.clone(), "sum").param(&0.0f64).inputs(p.iter().cloned()));
-                key
-            })
-            .collect();
-    }
-    let out = cluster.client().compute(g, &level).unwrap();
+    let root = g.reduce("r", level, 2, |key| Task::new(key, "sum").param(&0.0f64));
+    let out = cluster.client().compute(g, &[root]).unwrap();
     assert_eq!(out[0].to_scalar(), Some(512.0 * block as f64));
     let state = cluster.client().state().unwrap();
     let peak_blocks = state.peak_bytes / (block as u64 * 8);

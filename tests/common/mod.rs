@@ -46,24 +46,12 @@ fn ramp_sum(len: usize, scale: f64) -> f64 {
 pub fn reductions(client: &Client) {
     for leaves in [1u32, 7, 300] {
         let mut g = Graph::new();
-        let mut level: Vec<Key> = (0..leaves).map(|i| k("leaf", i)).collect();
+        let level: Vec<Key> = (0..leaves).map(|i| k("leaf", i)).collect();
         for key in &level {
             g.push(Task::new(key.clone(), "sum").param(&1.0f64));
         }
-        let mut d = 0;
-        while level.len() > 1 {
-            d += 1;
-            level = level
-                .chunks(2)
-                .enumerate()
-                .map(|(i, p)| {
-                    let key = Key::new(format!("l{d}"), [i as u32]);
-                    g.push(Task::new(key.clone(), "sum").param(&0.0f64).inputs(p.iter().cloned()));
-                    key
-                })
-                .collect();
-        }
-        let out = client.compute(g, &level).expect("tree computes");
+        let root = g.reduce("tree", level, 2, |key| Task::new(key, "sum").param(&0.0f64));
+        let out = client.compute(g, &[root]).expect("tree computes");
         assert_eq!(out[0].to_scalar(), Some(leaves as f64), "tree of {leaves} leaves");
     }
     let mut g = Graph::new();
