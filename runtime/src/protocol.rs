@@ -94,15 +94,57 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// Whether the bytes travel inside the control frame (small blocks:
+    /// one message instead of two) rather than as a message of their own.
+    pub fn is_inline(&self) -> bool {
+        match self {
+            Payload::Ready(b) => b.nbytes() <= INLINE_MAX,
+            Payload::Incoming(_) => false,
+        }
+    }
+}
+
+/// Blocks up to this size travel inside the control frame.
+pub const INLINE_MAX: usize = 4096;
+
+/// How a payload is encoded in a frame.
+#[derive(Serialize, Deserialize)]
+enum WirePayload<'a> {
+    /// The bytes follow on the data channel.
+    Header(BlockHeader),
+    /// The bytes are right here.
+    Inline(BlockHeader, #[serde(borrow)] &'a [u8]),
+}
+
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.header().serialize(s)
+        match self {
+            Payload::Ready(b) if self.is_inline() => WirePayload::Inline(b.header(), b.as_bytes()).serialize(s),
+            _ => WirePayload::Header(self.header()).serialize(s),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
-        BlockHeader::deserialize(d).map(Payload::Incoming)
+        match WirePayload::deserialize(d)? {
+            WirePayload::Header(h) => Ok(Payload::Incoming(h)),
+            WirePayload::Inline(h, bytes) => {
+                let mut buffer = Block::receive_buffer(&h);
+                if buffer.as_bytes().len() != bytes.len() {
+                    return Err(serde::de::Error::custom(format!(
+                        "block of shape {:?} ({}) needs {} bytes, frame has {}",
+                        h.shape,
+                        h.dtype,
+                        buffer.as_bytes().len(),
+                        bytes.len()
+                    )));
+                }
+                buffer.as_bytes_mut().copy_from_slice(bytes);
+                Ok(Payload::Ready(Block::from_parts(h, buffer)))
+            }
+        }
     }
 }
 
@@ -187,6 +229,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_blocks_travel_as_headers() {
         let block = Block::new(vec![2], Buffer::F64(vec![1.0, 2.0]));
+        let big = Block::new(vec![1000], Buffer::F64(vec![0.5; 1000]));
         let msgs = vec![
             (
                 Role::Worker,
@@ -199,6 +242,7 @@ mod tests {
                 }]),
             ),
             (Role::Client, Msg::Block { id: TaskId(7), payload: Payload::Ready(block) }),
+            (Role::Worker, Msg::Block { id: TaskId(8), payload: Payload::Ready(big.clone()) }),
         ];
         let frame = encode_frame(&msgs).unwrap();
         let back = decode_frame(&frame).unwrap();
@@ -210,8 +254,13 @@ mod tests {
             }
             other => panic!("decoded {other:?}"),
         }
+        // Small blocks ride inside the frame; large ones announce their bytes.
         match &back[1].1 {
-            Msg::Block { payload: Payload::Incoming(h), .. } => assert_eq!(h.nbytes(), 16),
+            Msg::Block { payload: Payload::Ready(b), .. } => assert_eq!(b.as_f64(), Some(&[1.0, 2.0][..])),
+            other => panic!("decoded {other:?}"),
+        }
+        match &back[2].1 {
+            Msg::Block { payload: Payload::Incoming(h), .. } => assert_eq!(h.nbytes(), 8000),
             other => panic!("decoded {other:?}"),
         }
     }

@@ -41,6 +41,10 @@ use crate::kernel::Registry;
 use crate::protocol::{Endpoint, InputLoc, Msg, RunTask};
 use crate::transport::Transport;
 
+/// Tasks a worker may hold beyond its queue limit when they were sent ahead
+/// (their inputs are all being computed there; see `assign_ahead`).
+const AHEAD: u32 = 32;
+
 /// Bytes per second assumed for a transfer when weighing a steal.
 const STEAL_BANDWIDTH: f64 = 1e9;
 
@@ -802,7 +806,7 @@ impl Scheduler {
             let mut i = 0;
             while let Some(&d) = self.tasks.get(&t).and_then(|r| r.dependents.get(i)) {
                 i += 1;
-                if self.workers[w].in_flight >= self.workers[w].limit {
+                if self.workers[w].in_flight >= self.workers[w].limit + AHEAD {
                     return;
                 }
                 let rec = &self.tasks[&d];

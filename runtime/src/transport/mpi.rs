@@ -223,7 +223,11 @@ pub fn progress(
             sends.push(PendingSend { request, _keep: Keep::Frame(frame) });
             stats.frames_sent += 1;
             for (_, msg) in msgs {
-                if let Msg::Block { payload: Payload::Ready(block), .. } = msg {
+                if let Msg::Block { payload: payload @ Payload::Ready(_), .. } = msg {
+                    if payload.is_inline() {
+                        continue; // its bytes were in the frame
+                    }
+                    let Payload::Ready(block) = payload else { unreachable!() };
                     // SAFETY: the block's buffer is kept alive by the clone
                     // stored beside the request; blocks are immutable.
                     let bytes = unsafe { static_bytes(block.as_bytes()) };
@@ -250,7 +254,7 @@ pub fn progress(
                 }
             };
             for (role, mut msg) in msgs {
-                if let Msg::Block { payload, .. } = &mut msg {
+                if let Msg::Block { payload: payload @ Payload::Incoming(_), .. } = &mut msg {
                     let header = payload.header();
                     let t0 = std::time::Instant::now();
                     let mut buffer = Block::receive_buffer(&header);
