@@ -49,6 +49,17 @@ struct ClusterArgs {
     /// MPI: whether rank 0 (scheduler and driver) also runs a worker.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_works)]
     scheduler_works: SchedulerWorks,
+
+    /// MPI: seconds a worker rank may stay silent before the job is aborted.
+    #[arg(long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs)]
+    heartbeat_timeout: f64,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 2.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number of seconds >= 2 (workers report every second)")),
+    }
 }
 
 fn parse_launch(s: &str) -> Result<Launch, String> {
@@ -66,6 +77,7 @@ impl ClusterArgs {
             workers: self.workers,
             threads: self.threads,
             scheduler_works: self.scheduler_works,
+            heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
             ..Config::default()
         }
     }

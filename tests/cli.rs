@@ -71,6 +71,9 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
     let o = tessera(&["--launch", "cloud", "info"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cloud"), "{}", stderr(&o));
+    let o = tessera(&["--heartbeat-timeout", "0.5", "info"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("seconds >= 2"), "{}", stderr(&o));
     let o = tessera(&["--workers", "0", "bench", "overhead", "--tasks", "10"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("at least one worker"), "{}", stderr(&o));

@@ -49,6 +49,16 @@ fn child(name: &str) -> i32 {
             client.compute(g, &keys)?;
             anyhow::bail!("the computation finished although rank {victim} was killed")
         }),
+        "stop_worker" => {
+            let config = Config { heartbeat_timeout: std::time::Duration::from_secs(3), ..config() };
+            config.run(|client| {
+                let victim = client.workers().iter().map(|w| w.rank).max().unwrap();
+                let mut g = Graph::new();
+                g.push(Task::new(Key::new("hang", []), "stop_on").param(&victim).on_rank(victim));
+                client.compute(g, &[Key::new("hang", [])])?;
+                anyhow::bail!("the computation finished although rank {victim} was stopped")
+            })
+        }
         "registry_mismatch" => {
             let mut config = config();
             let last = std::env::var("OMPI_COMM_WORLD_SIZE").or_else(|_| std::env::var("PMI_SIZE")).unwrap();
@@ -120,7 +130,9 @@ fn parent() -> i32 {
     cases.push(scen("driver_error", 3, false, &["driver gave up on purpose"]));
     cases.push(scen("driver_panic", 3, false, &["driver bug on purpose"]));
     cases.push(scen("kill_worker", 3, false, &["rank 2"]));
+    cases.push(scen("stop_worker", 3, false, &["worker rank 2 was lost: no message for"]));
     cases.push(scen("registry_mismatch", 3, false, &["rank 2 registered different kernels"]));
+    cases.push(case("tessera --scheduler-works no -n 1", 1, tessera, &["--scheduler-works", "no", "demo"], false, &["start at least 2 ranks"]));
     cases.push(case("example run -n 1", 1, &example("run"), &[], true, &["on 1 workers"]));
     cases.push(case("example run -n 3", 3, &example("run"), &[], true, &["on 2 workers"]));
     cases.push(case("example embed_mpi -n 3", 3, &example("embed_mpi"), &[], true, &["world: sum 1..=100 = 5050", "half 0", "half 1", "rank 2: MPI still usable"]));

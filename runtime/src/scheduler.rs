@@ -1037,7 +1037,8 @@ impl Scheduler {
 
     fn check_liveness(&mut self) -> Option<Exit> {
         let timeout = self.config.heartbeat_timeout?;
-        for w in &self.workers {
+        // Rank 0's own worker shares this process: it cannot be lost alone.
+        for w in self.workers.iter().filter(|w| w.rank != 0) {
             if !w.gone && w.last_seen.elapsed() > timeout {
                 return Some(Exit::WorkerLost {
                     rank: w.rank,

@@ -24,6 +24,14 @@ pub fn registry() -> Registry {
         std::thread::sleep(Duration::from_millis(200));
         Ok(Block::empty())
     });
+    // Stops its own process (SIGSTOP) if run on `rank`: a rank that hangs.
+    r.register("stop_on", |ctx, rank: u32, _: &[Block]| {
+        if ctx.rank == rank {
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        }
+        Ok(Block::empty())
+    });
     r.register("checked_len", |_, len: usize, inputs: &[Block]| {
         let n = inputs[0].as_f64().map_or(0, <[f64]>::len);
         if n != len {
