@@ -317,7 +317,11 @@ impl LocalCluster {
     fn stop(&mut self) {
         if let Some(s) = self.scheduler.take() {
             self.client.shutdown(false, String::new());
-            let _ = s.join();
+            match s.join() {
+                Ok(Exit::WorkerLost { rank, reason }) => tracing::error!(rank, %reason, "worker lost"),
+                Ok(Exit::Clean) => {}
+                Err(_) => tracing::error!("the scheduler thread panicked"),
+            }
             for w in self.workers.drain(..) {
                 let _ = w.join();
             }

@@ -196,15 +196,16 @@ impl Scheduler {
     /// hello (or the first registry mismatch).
     pub(crate) fn run(mut self, inbox: Receiver<Msg>, ready: Sender<Ready>) -> Exit {
         if let Err(e) = self.roll_call(&inbox) {
-            let lost = matches!(e, Error::WorkerLost { .. });
+            let exit = match &e {
+                Error::WorkerLost { rank, reason } => Exit::WorkerLost { rank: *rank, reason: reason.clone() },
+                _ => Exit::Clean,
+            };
             let _ = ready.send(Err(e));
             self.broadcast_shutdown(true, "start-up failed".into());
-            return if lost {
-                Exit::WorkerLost { rank: u32::MAX, reason: "start-up".into() }
-            } else {
+            if matches!(exit, Exit::Clean) {
                 self.wait_for_byes(&inbox, Duration::from_secs(10));
-                Exit::Clean
-            };
+            }
+            return exit;
         }
         let _ = ready.send(Ok(self.worker_infos()));
         tracing::info!(workers = self.workers.len(), "scheduler ready");

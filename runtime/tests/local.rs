@@ -310,3 +310,29 @@ fn reductions_hold_few_blocks_at_once() {
     assert!(peak_blocks <= 48, "held up to {peak_blocks} of 512 leaf blocks at once");
     assert_eq!(state.tasks, 0);
 }
+
+/// Tasks bound to one worker (it holds their small input) are stolen by
+/// idle workers once that worker's queue backs up.
+#[test]
+fn idle_workers_steal_queued_tasks() {
+    let cluster = LocalCluster::builder().workers(4).start().unwrap();
+    let client = cluster.client();
+    let mut g = Graph::new();
+    g.push(Task::new(k("seed", 0), "sum").param(&1.0f64).on_rank(1));
+    let seed = client.persist(g, &[k("seed", 0)]).unwrap();
+    seed.wait().unwrap();
+    let mut g = Graph::new();
+    let keys: Vec<Key> = (0..24).map(|i| k("nap", i)).collect();
+    for key in &keys {
+        g.push(Task::new(key.clone(), "sleep").param(&40u64).inputs([k("seed", 0)]));
+    }
+    let t = Instant::now();
+    let locations = client.persist(g, &keys).unwrap().locations().unwrap();
+    let elapsed = t.elapsed();
+    let mut used: Vec<u32> = locations.iter().map(|l| l[0]).collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 3, "only ranks {used:?} ran the naps");
+    // On rank 1 alone: 24 x 40 ms = 960 ms.
+    assert!(elapsed < Duration::from_millis(700), "took {elapsed:?}");
+}

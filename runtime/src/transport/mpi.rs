@@ -42,6 +42,10 @@ pub const TAG_CONTROL: i32 = 7001;
 /// Tag of block payloads.
 pub const TAG_DATA: i32 = 7002;
 
+/// How long an idle progress thread waits on its outbox before polling MPI
+/// again: the latency an incoming message can wait, against CPU spent polling.
+const NAP: Duration = Duration::from_micros(50);
+
 /// How often a worker rank tells rank 0 it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -190,7 +194,7 @@ pub fn progress(
         // Nap on the outbox only when idle and no send is in flight: MPI
         // moves a large message only while the sender keeps calling it.
         let nap = idle > 64 && sends.is_empty();
-        let mut first = if nap { outbox.recv_timeout(Duration::from_micros(200)).ok() } else { None };
+        let mut first = if nap { outbox.recv_timeout(NAP).ok() } else { None };
         loop {
             let item = match first.take() {
                 Some(item) => item,
