@@ -26,6 +26,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "lints: cargo clippy (default and mpi builds)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features tessera/mpi -- -D warnings
+
 step "default build: cargo test --workspace"
 cargo test --workspace --locked
 

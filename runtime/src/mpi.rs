@@ -184,9 +184,9 @@ where
             }));
         }
         let stats = progress(&comm, &transport, outbox, || {
-            worker.as_ref().map_or(true, |w| w.is_finished())
-                && scheduler.as_ref().map_or(true, |t| t.is_finished())
-                && driver_thread.as_ref().map_or(true, |t| t.is_finished())
+            worker.as_ref().is_none_or(|w| w.is_finished())
+                && scheduler.as_ref().is_none_or(|t| t.is_finished())
+                && driver_thread.as_ref().is_none_or(|t| t.is_finished())
         });
         tracing::debug!(rank, ?stats, "progress loop ended");
         driver_thread.map(|t| t.join())

@@ -135,7 +135,7 @@ fn kernel_errors_and_panics_name_the_task_and_the_cluster_stays_usable() {
         g.push(Task::new(k("in", 0), "sum").param(&1.0f64));
         g.push(Task::new(k("boom", 3), kernel).param(&cause.to_string()).inputs([k("in", 0)]));
         g.push(Task::new(k("after", 0), "sum").param(&0.0f64).inputs([k("boom", 3)]));
-        let err = client.compute(g, &[k("after", 0)]).err().expect("the graph must fail");
+        let err = client.compute(g, &[k("after", 0)]).expect_err("the graph must fail");
         match &err {
             Error::TaskFailed { key, kernel: kn, cause: c, .. } => {
                 assert_eq!(key, &k("boom", 3));
@@ -274,7 +274,7 @@ fn a_failed_link_cancels_the_rest_of_its_chain() {
             };
             g.push(t.inputs([Key::new(name.clone(), [i - 1])]));
         }
-        let err = client.compute(g, &[Key::new(name.clone(), [29])]).err().expect("the chain fails");
+        let err = client.compute(g, &[Key::new(name.clone(), [29])]).expect_err("the chain fails");
         assert!(err.to_string().contains(&format!("{name}[10]")), "{err}");
     }
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
