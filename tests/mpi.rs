@@ -92,6 +92,7 @@ struct Case {
     ok: bool,
     contains: Vec<String>,
     limit: Duration,
+    env: Vec<(String, String)>,
 }
 
 fn case(name: &str, ranks: u32, program: &str, args: &[&str], ok: bool, contains: &[&str]) -> Case {
@@ -103,6 +104,7 @@ fn case(name: &str, ranks: u32, program: &str, args: &[&str], ok: bool, contains
         ok,
         contains: contains.iter().map(|s| s.to_string()).collect(),
         limit: Duration::from_secs(90),
+        env: Vec::new(),
     }
 }
 
@@ -141,6 +143,12 @@ fn parent() -> i32 {
     cases.push(case("tessera bench overhead -n 3", 3, tessera, &["bench", "overhead", "--tasks", "3000", "--shape", "tree", "--repeat", "1", "--json"], true, &["\"transport\":\"mpi\"", "\"us_per_task\""]));
     cases.push(case("tessera demo -n 1", 1, tessera, &["demo"], true, &["mpi transport", "results checked"]));
     cases.push(case("tessera bench transfer -n 3", 3, tessera, &["bench", "transfer", "--mib", "8", "--repeat", "2"], true, &["ratio"]));
+
+    // Blocks split into many MPI messages arrive whole.
+    let mut pieces = scen("bodies", 3, true, &["bodies ok"]);
+    pieces.name = "bodies -n 3, 64 KiB messages".into();
+    pieces.env.push(("TESSERA_MPI_MAX_MESSAGE".into(), "65536".into()));
+    cases.push(pieces);
 
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let (mut passed, mut failed) = (0, 0);
@@ -184,6 +192,7 @@ fn run_case(c: &Case) -> Result<f64, String> {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env_remove("RUST_LOG")
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -219,6 +228,12 @@ fn run_case(c: &Case) -> Result<f64, String> {
     let Some(status) = status else {
         return Err(format!("hung: killed after {:?}\n{text}", c.limit));
     };
+    if text.contains("compiled without it") && c.ok {
+        return Err(format!(
+            "{} was built without the `mpi` feature: build every target with it (`cargo test --features mpi`, as scripts/test.sh does)",
+            c.program
+        ));
+    }
     if status.success() != c.ok {
         return Err(format!("exit {status}, expected {}\n{text}", if c.ok { "success" } else { "failure" }));
     }

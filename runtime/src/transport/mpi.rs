@@ -8,8 +8,10 @@
 //! * **Sends.** Each turn it drains the outbox, packs all messages for one
 //!   rank into one control frame (tag [`TAG_CONTROL`]) and posts it with
 //!   `MPI_Issend`; every block in the frame follows as its own `MPI_Issend`
-//!   of the block's bytes (tag [`TAG_DATA`]) straight from the block's
-//!   memory: no copy. Buffers live beside their requests until the requests
+//!   of the block's bytes (tag [`TAG_DATA`], in pieces of at most 1 GiB as
+//!   MPI counts are `int`) straight from the block's memory: no copy.
+//!   Blocks of at most [`crate::protocol::INLINE_MAX`] bytes ride inside
+//!   the frame instead (one message, not two). Buffers live beside their requests until the requests
 //!   complete.
 //! * **Receives.** It polls `MPI_Improbe` for control frames from any rank,
 //!   receives each into a buffer of the probed size, decodes it and, for
@@ -45,6 +47,19 @@ pub const TAG_DATA: i32 = 7002;
 /// How long an idle progress thread waits on its outbox before polling MPI
 /// again: the latency an incoming message can wait, against CPU spent polling.
 const NAP: Duration = Duration::from_micros(50);
+
+/// Largest piece of a block payload in one MPI message: 1 GiB (MPI counts
+/// are `int`), or `TESSERA_MPI_MAX_MESSAGE` bytes (at least 4096) for MPI
+/// libraries or networks that want smaller messages.
+fn piece_size() -> usize {
+    static PIECE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PIECE.get_or_init(|| {
+        std::env::var("TESSERA_MPI_MAX_MESSAGE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(1 << 30, |n| n.clamp(4096, 1 << 30))
+    })
+}
 
 /// How often a worker rank tells rank 0 it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -232,12 +247,15 @@ pub fn progress(
                         continue; // its bytes were in the frame
                     }
                     let Payload::Ready(block) = payload else { unreachable!() };
-                    // SAFETY: the block's buffer is kept alive by the clone
-                    // stored beside the request; blocks are immutable.
-                    let bytes = unsafe { static_bytes(block.as_bytes()) };
-                    stats.payload_bytes_sent += bytes.len() as u64;
-                    let request = dest.immediate_synchronous_send_with_tag(StaticScope, bytes, TAG_DATA);
-                    sends.push(PendingSend { request, _keep: Keep::Block(block) });
+                    stats.payload_bytes_sent += block.nbytes() as u64;
+                    // MPI counts are ints: blocks over 1 GiB go in pieces.
+                    for piece in block.as_bytes().chunks(piece_size()) {
+                        // SAFETY: the block's buffer is kept alive by the
+                        // clone stored beside the request; blocks are immutable.
+                        let bytes = unsafe { static_bytes(piece) };
+                        let request = dest.immediate_synchronous_send_with_tag(StaticScope, bytes, TAG_DATA);
+                        sends.push(PendingSend { request, _keep: Keep::Block(block.clone()) });
+                    }
                 }
             }
         }
@@ -260,11 +278,13 @@ pub fn progress(
             for (role, mut msg) in msgs {
                 if let Msg::Block { payload: payload @ Payload::Incoming(_), .. } = &mut msg {
                     let header = payload.header();
-                    let t0 = std::time::Instant::now();
+                    let start = std::time::Instant::now();
                     let mut buffer = Block::receive_buffer(&header);
-                    let t1 = std::time::Instant::now();
-                    comm.process_at_rank(from).receive_into_with_tag(buffer.as_bytes_mut(), TAG_DATA);
-                    tracing::debug!(rank, from, bytes = header.nbytes(), alloc_us = (t1 - t0).as_micros() as u64, recv_us = t1.elapsed().as_micros() as u64, "payload received");
+                    for piece in buffer.as_bytes_mut().chunks_mut(piece_size()) {
+                        comm.process_at_rank(from).receive_into_with_tag(piece, TAG_DATA);
+                    }
+                    let micros = start.elapsed().as_micros() as u64;
+                    tracing::trace!(rank, from, bytes = header.nbytes(), micros, "payload received");
                     stats.payload_bytes_received += header.nbytes() as u64;
                     *payload = Payload::Ready(Block::from_parts(header, buffer));
                 }
