@@ -96,6 +96,8 @@ enum State {
 
 struct TaskRec {
     key: Key,
+    /// In `Scheduler::keys` (an output the client holds).
+    keyed: bool,
     kernel: u32,
     params: Params,
     inputs: Vec<TaskId>,
@@ -545,7 +547,6 @@ impl Scheduler {
         let mut tasks: Vec<Option<Task>> = tasks.into_iter().map(Some).collect();
         let mut ready = Vec::new();
         self.tasks.reserve(order.len());
-        self.keys.reserve(order.len());
         for (n, &i) in order.iter().enumerate() {
             let t = tasks[i].take().expect("each task once");
             let id = ids[i];
@@ -564,10 +565,10 @@ impl Scheduler {
                 }
                 inputs.push(input);
             }
-            self.keys.insert(t.key.clone(), id);
             self.tasks.insert(
                 id,
                 TaskRec {
+                    keyed: false,
                     key: t.key,
                     kernel: kernels[i],
                     params: t.params,
@@ -594,8 +595,15 @@ impl Scheduler {
                 Src::Old(id) => id,
             })
             .collect();
+        // Outputs are what the cluster holds for the client: later graphs
+        // name them by key. Intermediates are not looked up by key.
         for id in &out_ids {
-            self.tasks.get_mut(id).expect("outputs are known").refs += 1;
+            let rec = self.tasks.get_mut(id).expect("outputs are known");
+            rec.refs += 1;
+            if !rec.keyed {
+                rec.keyed = true;
+                self.keys.insert(rec.key.clone(), *id);
+            }
         }
         for id in ready {
             self.make_ready(id);
@@ -998,7 +1006,7 @@ impl Scheduler {
             State::Running(w) => {
                 // Let it finish; its block is released when it reports.
                 rec.state = State::Cancelled(w);
-                if self.keys.get(&rec.key) == Some(&id) {
+                if std::mem::take(&mut rec.keyed) {
                     self.keys.remove(&rec.key);
                 }
                 return;
@@ -1021,7 +1029,7 @@ impl Scheduler {
             State::Waiting | State::Erred(_) => {}
         }
         let rec = self.tasks.remove(&id).expect("present");
-        if self.keys.get(&rec.key) == Some(&id) {
+        if rec.keyed {
             self.keys.remove(&rec.key);
         }
         for w in rec.waiters {
