@@ -46,3 +46,8 @@ pub use tessera_linalg as linalg;
 pub use tessera_runtime::mpi;
 
 pub mod bench;
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
