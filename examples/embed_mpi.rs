@@ -28,8 +28,8 @@ fn tessera_sum<C: Communicator>(comm: &C, n: u32) -> anyhow::Result<Option<(usiz
 }
 
 fn main() -> anyhow::Result<()> {
-    let (universe, threading) =
-        mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or_else(|| anyhow::anyhow!("MPI already initialised"))?;
+    let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+        .ok_or_else(|| anyhow::anyhow!("MPI already initialised"))?;
     let world = universe.world();
     let rank = world.rank();
     let size = world.size();

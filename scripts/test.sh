@@ -26,7 +26,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "lints: cargo clippy (default and mpi builds)"
+step "lints: cargo fmt --check, cargo clippy (default and mpi builds)"
+cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features tessera/mpi -- -D warnings
 

@@ -30,9 +30,9 @@
 //! ```
 
 pub use tessera_runtime::{
-    builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, DType, Error, Graph, KernelCtx, KernelError, Key,
-    Launch, LocalCluster, LocalClusterBuilder, Persisted, Registry, Result, SchedulerWorks, Task, TaskId, WorkerInfo,
-    HAS_MPI,
+    builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, DType, Error, Graph, KernelCtx,
+    KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, Persisted, Registry, Result, SchedulerWorks, Task,
+    TaskId, WorkerInfo, HAS_MPI,
 };
 
 /// The runtime crate, for what the facade does not re-export.

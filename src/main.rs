@@ -198,19 +198,29 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         "kernels": registry.names().collect::<Vec<_>>(),
     });
     println!("tessera {}", env!("CARGO_PKG_VERSION"));
-    println!("  features:  {}", if features.is_empty() { "(none: local cluster only)".into() } else { features.join(", ") });
+    println!(
+        "  features:  {}",
+        if features.is_empty() { "(none: local cluster only)".into() } else { features.join(", ") }
+    );
     if !tessera::HAS_MPI {
         println!("  mpi:       not compiled in (rebuild with --features mpi)");
     }
     match &obj["mpi"] {
-        serde_json::Value::Null if tessera::HAS_MPI => println!("  mpi:       {} (not launched by mpirun/srun)", obj["mpi_library"].as_str().unwrap_or("available")),
+        serde_json::Value::Null if tessera::HAS_MPI => println!(
+            "  mpi:       {} (not launched by mpirun/srun)",
+            obj["mpi_library"].as_str().unwrap_or("available")
+        ),
         serde_json::Value::Null => {}
         m => println!("  mpi:       {}; world size {}", m["library"].as_str().unwrap_or("?"), m["world_size"]),
     }
     println!("  launch:    {}", obj["launch"].as_str().unwrap_or("?"));
     println!("  host:      {}", obj["host"].as_str().unwrap_or("?"));
     println!("  cores:     {} ({} usable by this process)", obj["cores"], obj["usable_cores"]);
-    println!("  memory:    {:.1} GiB ({:.1} GiB available)", mem_total as f64 / (1u64 << 30) as f64, mem_avail as f64 / (1u64 << 30) as f64);
+    println!(
+        "  memory:    {:.1} GiB ({:.1} GiB available)",
+        mem_total as f64 / (1u64 << 30) as f64,
+        mem_avail as f64 / (1u64 << 30) as f64
+    );
     println!("  kernels:   {}", registry.names().collect::<Vec<_>>().join(", "));
     if json {
         println!("{obj}");
@@ -300,7 +310,11 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
             world.process_at_rank(0).send(&dt);
         } else if world.rank() == 0 {
             world.process_at_rank(2).receive_into(&mut recv_time);
-            if fresh { plain_fresh.push(recv_time) } else { plain.push(recv_time) }
+            if fresh {
+                plain_fresh.push(recv_time)
+            } else {
+                plain.push(recv_time)
+            }
         }
     }
     drop(buf);

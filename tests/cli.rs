@@ -43,7 +43,19 @@ fn info_reports_features_cores_and_memory_as_json() {
 #[test]
 fn bench_overhead_prints_checked_figures_for_every_shape() {
     for shape in ["wide", "chain", "tree"] {
-        let o = tessera(&["--workers", "2", "bench", "overhead", "--tasks", "2000", "--shape", shape, "--repeat", "2", "--json"]);
+        let o = tessera(&[
+            "--workers",
+            "2",
+            "bench",
+            "overhead",
+            "--tasks",
+            "2000",
+            "--shape",
+            shape,
+            "--repeat",
+            "2",
+            "--json",
+        ]);
         assert!(o.status.success(), "{shape}: {}", stderr(&o));
         let j = last_json(&o);
         assert_eq!(j["shape"], shape);
@@ -110,7 +122,10 @@ fn asking_for_mpi_without_the_feature_names_the_feature() {
 fn the_examples_run_locally() {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples");
     for (name, want) in [("local_cluster", "sum of squares = 140000"), ("run", "sum of 1..=4096 = 8390656")] {
-        let o = Command::new(dir.join(name)).env_remove("OMPI_COMM_WORLD_SIZE").output().expect("examples are built by cargo test");
+        let o = Command::new(dir.join(name))
+            .env_remove("OMPI_COMM_WORLD_SIZE")
+            .output()
+            .expect("examples are built by cargo test");
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         assert!(stdout(&o).contains(want), "{name}: {}", stdout(&o));
     }

@@ -134,15 +134,50 @@ fn parent() -> i32 {
     cases.push(scen("kill_worker", 3, false, &["rank 2"]));
     cases.push(scen("stop_worker", 3, false, &["worker rank 2 was lost: no message for"]));
     cases.push(scen("registry_mismatch", 3, false, &["rank 2 registered different kernels"]));
-    cases.push(case("tessera --scheduler-works no -n 1", 1, tessera, &["--scheduler-works", "no", "demo"], false, &["start at least 2 ranks"]));
+    cases.push(case(
+        "tessera --scheduler-works no -n 1",
+        1,
+        tessera,
+        &["--scheduler-works", "no", "demo"],
+        false,
+        &["start at least 2 ranks"],
+    ));
     cases.push(case("example run -n 1", 1, &example("run"), &[], true, &["on 1 workers"]));
     cases.push(case("example run -n 3", 3, &example("run"), &[], true, &["on 2 workers"]));
-    cases.push(case("example embed_mpi -n 3", 3, &example("embed_mpi"), &[], true, &["world: sum 1..=100 = 5050", "half 0", "half 1", "rank 2: MPI still usable"]));
-    cases.push(case("example embed_mpi -n 4", 4, &example("embed_mpi"), &[], true, &["world: sum 1..=100 = 5050", "rank 3: MPI still usable"]));
+    cases.push(case(
+        "example embed_mpi -n 3",
+        3,
+        &example("embed_mpi"),
+        &[],
+        true,
+        &["world: sum 1..=100 = 5050", "half 0", "half 1", "rank 2: MPI still usable"],
+    ));
+    cases.push(case(
+        "example embed_mpi -n 4",
+        4,
+        &example("embed_mpi"),
+        &[],
+        true,
+        &["world: sum 1..=100 = 5050", "rank 3: MPI still usable"],
+    ));
     cases.push(case("tessera info -n 2", 2, tessera, &["info", "--json"], true, &["\"world_size\":2"]));
-    cases.push(case("tessera bench overhead -n 3", 3, tessera, &["bench", "overhead", "--tasks", "3000", "--shape", "tree", "--repeat", "1", "--json"], true, &["\"transport\":\"mpi\"", "\"us_per_task\""]));
+    cases.push(case(
+        "tessera bench overhead -n 3",
+        3,
+        tessera,
+        &["bench", "overhead", "--tasks", "3000", "--shape", "tree", "--repeat", "1", "--json"],
+        true,
+        &["\"transport\":\"mpi\"", "\"us_per_task\""],
+    ));
     cases.push(case("tessera demo -n 1", 1, tessera, &["demo"], true, &["mpi transport", "results checked"]));
-    cases.push(case("tessera bench transfer -n 3", 3, tessera, &["bench", "transfer", "--mib", "8", "--repeat", "2"], true, &["ratio"]));
+    cases.push(case(
+        "tessera bench transfer -n 3",
+        3,
+        tessera,
+        &["bench", "transfer", "--mib", "8", "--repeat", "2"],
+        true,
+        &["ratio"],
+    ));
 
     // Blocks split into many MPI messages arrive whole.
     let mut pieces = scen("bodies", 3, true, &["bodies ok"]);

@@ -268,10 +268,7 @@ impl Block {
     }
 
     pub fn header(&self) -> BlockHeader {
-        BlockHeader {
-            dtype: self.dtype(),
-            shape: self.0.shape.clone(),
-        }
+        BlockHeader { dtype: self.dtype(), shape: self.0.shape.clone() }
     }
 
     pub fn dtype(&self) -> DType {

@@ -60,13 +60,30 @@ pub struct ClusterState {
 /// Requests from the client to the scheduler (in-process only).
 #[derive(Debug)]
 pub enum ClientRequest {
-    Submit { tasks: Vec<Task>, outputs: Vec<Key>, reply: Sender<Result<Vec<TaskId>>> },
+    Submit {
+        tasks: Vec<Task>,
+        outputs: Vec<Key>,
+        reply: Sender<Result<Vec<TaskId>>>,
+    },
     /// Replies with the ranks holding each id once all are computed.
-    Wait { ids: Vec<TaskId>, reply: Sender<Result<Vec<Vec<u32>>>> },
-    Release { ids: Vec<TaskId> },
-    Workers { reply: Sender<Vec<WorkerInfo>> },
-    State { reply: Sender<ClusterState> },
-    Shutdown { failed: bool, reason: String, reply: Sender<()> },
+    Wait {
+        ids: Vec<TaskId>,
+        reply: Sender<Result<Vec<Vec<u32>>>>,
+    },
+    Release {
+        ids: Vec<TaskId>,
+    },
+    Workers {
+        reply: Sender<Vec<WorkerInfo>>,
+    },
+    State {
+        reply: Sender<ClusterState>,
+    },
+    Shutdown {
+        failed: bool,
+        reason: String,
+        reply: Sender<()>,
+    },
 }
 
 struct Inner {
@@ -150,9 +167,7 @@ impl Client {
                 return Err(Error::Lost { key: keys[i].clone(), reason: "no worker holds it".into() });
             };
             if want.insert(*id, i).is_none() {
-                self.inner
-                    .transport
-                    .send(Endpoint::worker(holder), Msg::Fetch { id: *id, reply_to: Endpoint::CLIENT });
+                self.inner.transport.send(Endpoint::worker(holder), Msg::Fetch { id: *id, reply_to: Endpoint::CLIENT });
             }
         }
         let mut out: Vec<Option<Block>> = vec![None; ids.len()];
@@ -226,10 +241,7 @@ impl Drop for Persisted {
     fn drop(&mut self) {
         if !self.ids.is_empty() {
             let ids = std::mem::take(&mut self.ids);
-            self.client
-                .inner
-                .transport
-                .send(Endpoint::SCHEDULER, Msg::Client(ClientRequest::Release { ids }));
+            self.client.inner.transport.send(Endpoint::SCHEDULER, Msg::Client(ClientRequest::Release { ids }));
         }
     }
 }

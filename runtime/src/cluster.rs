@@ -112,10 +112,9 @@ impl Config {
     pub fn resolve_launch(&self) -> Result<Launch> {
         match self.launch {
             Launch::Local => Ok(Launch::Local),
-            Launch::Mpi if !cfg!(feature = "mpi") => Err(Error::FeatureDisabled {
-                feature: "mpi",
-                what: "running on MPI (--launch mpi)".into(),
-            }),
+            Launch::Mpi if !cfg!(feature = "mpi") => {
+                Err(Error::FeatureDisabled { feature: "mpi", what: "running on MPI (--launch mpi)".into() })
+            }
             Launch::Mpi => Ok(Launch::Mpi),
             Launch::Auto => match crate::sys::mpi_launch_size() {
                 None => Ok(Launch::Local),

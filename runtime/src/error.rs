@@ -44,7 +44,9 @@ pub enum Error {
     WorkerLost { rank: u32, reason: String },
 
     /// Ranks built different kernel registries (different binaries or registration order).
-    #[error("rank {rank} registered different kernels than rank 0 ({detail}); every rank must build the same registry")]
+    #[error(
+        "rank {rank} registered different kernels than rank 0 ({detail}); every rank must build the same registry"
+    )]
     RegistryMismatch { rank: u32, detail: String },
 
     /// The driver on rank 0 failed; reported on the other ranks.
@@ -93,9 +95,7 @@ pub struct KernelError {
 
 impl KernelError {
     pub fn msg(message: impl Into<String>) -> KernelError {
-        KernelError {
-            message: message.into(),
-        }
+        KernelError { message: message.into() }
     }
 
     pub fn message(&self) -> &str {

@@ -30,18 +30,12 @@ pub struct Key {
 
 impl Key {
     pub fn new(name: impl Into<Arc<str>>, index: impl IntoIterator<Item = u32>) -> Key {
-        Key {
-            name: name.into(),
-            index: index.into_iter().collect(),
-        }
+        Key { name: name.into(), index: index.into_iter().collect() }
     }
 
     /// A key that shares `name`'s allocation (cheap for many blocks of one array).
     pub fn with_shared_name(name: &Arc<str>, index: impl IntoIterator<Item = u32>) -> Key {
-        Key {
-            name: Arc::clone(name),
-            index: index.into_iter().collect(),
-        }
+        Key { name: Arc::clone(name), index: index.into_iter().collect() }
     }
 
     pub fn name(&self) -> &str {
@@ -106,13 +100,7 @@ pub struct Task {
 impl Task {
     /// A task with no parameters and no inputs.
     pub fn new(key: Key, kernel: impl Into<Arc<str>>) -> Task {
-        Task {
-            key,
-            kernel: kernel.into(),
-            params: Arc::from(Vec::new()),
-            inputs: Vec::new(),
-            pin: None,
-        }
+        Task { key, kernel: kernel.into(), params: Arc::from(Vec::new()), inputs: Vec::new(), pin: None }
     }
 
     /// Pins the task to the worker on `rank`.
@@ -123,6 +111,10 @@ impl Task {
 
     /// Sets the parameters to `value` serialised with the runtime's codec
     /// (kernels registered with [`crate::Registry::register`] decode them).
+    ///
+    /// # Panics
+    /// If `value` cannot be serialised (a serde type whose length is not
+    /// known up front): a bug in the graph-building code, not bad data.
     pub fn param<T: Serialize + ?Sized>(mut self, value: &T) -> Task {
         self.params = Arc::from(crate::protocol::encode_params(value));
         self
@@ -153,9 +145,7 @@ impl Graph {
     }
 
     pub fn with_capacity(n: usize) -> Graph {
-        Graph {
-            tasks: Vec::with_capacity(n),
-        }
+        Graph { tasks: Vec::with_capacity(n) }
     }
 
     pub fn push(&mut self, task: Task) {
@@ -214,9 +204,7 @@ impl Graph {
 
 impl FromIterator<Task> for Graph {
     fn from_iter<I: IntoIterator<Item = Task>>(iter: I) -> Graph {
-        Graph {
-            tasks: iter.into_iter().collect(),
-        }
+        Graph { tasks: iter.into_iter().collect() }
     }
 }
 

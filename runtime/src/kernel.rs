@@ -160,9 +160,8 @@ pub mod builtin {
         r.register("sum", |_, offset: f64, inputs: &[Block]| {
             let mut total = offset;
             for (i, b) in inputs.iter().enumerate() {
-                let x = b
-                    .as_f64()
-                    .ok_or_else(|| KernelError::msg(format!("sum: input {i} is {}, not f64", b.dtype())))?;
+                let x =
+                    b.as_f64().ok_or_else(|| KernelError::msg(format!("sum: input {i} is {}, not f64", b.dtype())))?;
                 total += x.iter().sum::<f64>();
             }
             Ok(Block::scalar(total))
@@ -175,9 +174,7 @@ pub mod builtin {
             Ok(Block::empty())
         });
         r.register("fail", |_, message: String, _: &[Block]| Err(KernelError::msg(message)));
-        r.register("panic", |_, message: String, _: &[Block]| -> Result<Block, KernelError> {
-            panic!("{message}")
-        });
+        r.register("panic", |_, message: String, _: &[Block]| -> Result<Block, KernelError> { panic!("{message}") });
     }
 }
 

@@ -213,7 +213,10 @@ where
     E: From<Error> + Display + Send,
 {
     let Some((universe, _threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
-        return Err(E::from(Error::Mpi { rank: 0, message: "MPI was already initialised; use tessera::mpi::run_on with your communicator".into() }));
+        return Err(E::from(Error::Mpi {
+            rank: 0,
+            message: "MPI was already initialised; use tessera::mpi::run_on with your communicator".into(),
+        }));
     };
     let world = universe.world();
     let rank = world.rank();

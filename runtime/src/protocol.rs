@@ -152,13 +152,7 @@ impl<'de> Deserialize<'de> for Payload {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Msg {
     /// Worker -> scheduler, once at start.
-    Hello {
-        rank: u32,
-        threads: u32,
-        host: String,
-        registry: u64,
-        kernels: u32,
-    },
+    Hello { rank: u32, threads: u32, host: String, registry: u64, kernels: u32 },
     /// Scheduler -> worker: tasks to run, highest priority first.
     Run(Vec<RunTask>),
     /// Worker -> scheduler: a task finished in `micros` and its block is stored.

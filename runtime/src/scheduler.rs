@@ -247,12 +247,10 @@ impl Scheduler {
         let expected: FxHashSet<u32> = self.config.worker_ranks.iter().copied().collect();
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.workers.len() < expected.len() {
-            let msg = inbox
-                .recv_deadline(deadline)
-                .map_err(|_| Error::WorkerLost {
-                    rank: *expected.iter().find(|r| !self.worker_of_rank.contains_key(r)).unwrap_or(&0),
-                    reason: "did not start within 120 s".into(),
-                })?;
+            let msg = inbox.recv_deadline(deadline).map_err(|_| Error::WorkerLost {
+                rank: *expected.iter().find(|r| !self.worker_of_rank.contains_key(r)).unwrap_or(&0),
+                reason: "did not start within 120 s".into(),
+            })?;
             match msg {
                 Msg::Hello { rank, threads, host, registry, kernels } => {
                     if registry != self.registry.digest() {
@@ -292,10 +290,7 @@ impl Scheduler {
     }
 
     fn worker_infos(&self) -> Vec<WorkerInfo> {
-        self.workers
-            .iter()
-            .map(|w| WorkerInfo { rank: w.rank, threads: w.threads, host: w.host.clone() })
-            .collect()
+        self.workers.iter().map(|w| WorkerInfo { rank: w.rank, threads: w.threads, host: w.host.clone() }).collect()
     }
 
     /// Handles one message; returns `Some` when the loop must end.
@@ -373,15 +368,13 @@ impl Scheduler {
     fn broadcast_shutdown(&self, failed: bool, reason: String) {
         for w in &self.workers {
             if !w.gone {
-                self.transport
-                    .send(Endpoint::worker(w.rank), Msg::Shutdown { failed, reason: reason.clone() });
+                self.transport.send(Endpoint::worker(w.rank), Msg::Shutdown { failed, reason: reason.clone() });
             }
         }
         // Workers that never said hello must stop too.
         for &rank in &self.config.worker_ranks {
             if !self.worker_of_rank.contains_key(&rank) {
-                self.transport
-                    .send(Endpoint::worker(rank), Msg::Shutdown { failed, reason: reason.clone() });
+                self.transport.send(Endpoint::worker(rank), Msg::Shutdown { failed, reason: reason.clone() });
             }
         }
     }
@@ -649,9 +642,7 @@ impl Scheduler {
     }
 
     fn locations(&self, ids: &[TaskId]) -> Vec<Vec<u32>> {
-        ids.iter()
-            .map(|id| self.tasks[id].who_has.iter().map(|&w| self.workers[w].rank).collect())
-            .collect()
+        ids.iter().map(|id| self.tasks[id].who_has.iter().map(|&w| self.workers[w].rank).collect()).collect()
     }
 
     // ---- placement --------------------------------------------------------
@@ -1057,5 +1048,4 @@ impl Scheduler {
         }
         None
     }
-
 }

@@ -67,9 +67,5 @@ pub fn mpi_launch_size() -> Option<usize> {
 
 /// One-line description of how the launcher announced itself (for messages).
 pub fn describe_mpi_launch() -> String {
-    mpi_launch_vars()
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    mpi_launch_vars().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_runtime::{Block, Buffer, Error, Graph, Key, KernelError, LocalCluster, Registry, Task};
+use tessera_runtime::{Block, Buffer, Error, Graph, KernelError, Key, LocalCluster, Registry, Task};
 
 fn k(name: &str, i: u32) -> Key {
     Key::new(name, [i])

@@ -25,7 +25,9 @@ impl Transport for LocalTransport {
         match self.mailboxes.deliver(to, msg) {
             Delivery::Delivered => {}
             Delivery::Reply(to, reply) => self.send(to, reply),
-            Delivery::Unknown(msg) => tracing::warn!(%to, ?msg, "no such endpoint in the local cluster; message dropped"),
+            Delivery::Unknown(msg) => {
+                tracing::warn!(%to, ?msg, "no such endpoint in the local cluster; message dropped")
+            }
         }
     }
 
