@@ -139,7 +139,8 @@ impl Config {
     /// MPI: initialises MPI; rank 0 runs `driver` and returns its result
     /// after every rank has stopped; **the other ranks never return**: they
     /// serve as workers and exit the process when the driver is done (with
-    /// status 1 if it failed), like dask-mpi's workers.
+    /// status 0: rank 0 reports a failed driver and exits non-zero, which fails
+    /// the job), like dask-mpi's workers.
     ///
     /// A driver that panics stops the cluster first; the panic then goes on.
     pub fn run<R, E, F>(self, driver: F) -> Result<R, E>

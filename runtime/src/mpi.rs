@@ -205,7 +205,7 @@ where
 }
 
 /// `Config::run` under MPI: initialise, run on the world, finalise. Worker
-/// ranks exit the process here.
+/// ranks exit the process here (status 0; rank 0 carries a failure).
 pub(crate) fn run_world<R, E, F>(config: Config, driver: F) -> Result<R, E>
 where
     F: FnOnce(&Client) -> Result<R, E> + Send,
@@ -225,13 +225,13 @@ where
         drop(universe);
         return result.map(|r| r.expect("rank 0 runs the driver"));
     }
-    let code = match &result {
-        Ok(_) => 0,
-        Err(e) => {
-            tracing::debug!(rank, error = %e, "worker rank ends after a failed driver");
-            1
-        }
-    };
+    // Worker ranks exit 0 even when the driver failed: rank 0 reports the
+    // failure and exits non-zero itself, which fails the job. A worker that
+    // exited non-zero first would make the launcher kill rank 0 before it
+    // could print why.
+    if let Err(e) = &result {
+        tracing::debug!(rank, error = %e, "worker rank ends after a failed driver");
+    }
     drop(universe);
-    std::process::exit(code)
+    std::process::exit(0)
 }
