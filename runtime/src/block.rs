@@ -158,7 +158,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.buffer.len() * self.buffer.dtype().size() >= pool::MIN_BYTES {
+        if pool::enabled() && self.buffer.len() * self.buffer.dtype().size() >= pool::MIN_BYTES {
             pool::put(std::mem::replace(&mut self.buffer, Buffer::U8(Vec::new())));
         }
     }
@@ -171,14 +171,32 @@ impl Drop for Inner {
 /// a reused one. Blocked algorithms move many blocks of one size, so a
 /// released block's buffer is kept (up to [`LIMIT_BYTES`] per process) and
 /// handed to the next receive of the same dtype and length.
+///
+/// Only processes that receive blocks keep buffers: the MPI and TCP
+/// transports [`enable`] the pool when they start. In a local cluster blocks
+/// move by reference and nothing is received, so released memory goes back
+/// to the allocator at once instead of sitting in the pool.
 pub(crate) mod pool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::{Buffer, DType};
     use parking_lot::Mutex;
 
     /// Buffers smaller than this are not worth keeping.
     pub const MIN_BYTES: usize = 1 << 20;
     /// Bytes the pool holds at most.
-    pub const LIMIT_BYTES: usize = 512 << 20;
+    pub const LIMIT_BYTES: usize = 256 << 20;
+
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+
+    /// Keeps released buffers from now on (a transport that receives blocks).
+    pub fn enable() {
+        ENABLED.store(true, Ordering::Relaxed);
+    }
+
+    pub fn enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
 
     struct Pool {
         bytes: usize,
@@ -349,6 +367,7 @@ mod tests {
 
     #[test]
     fn large_released_buffers_are_reused_for_receives() {
+        pool::enable();
         let len = (pool::MIN_BYTES / 8) + 12345; // a length no other test uses
         let b = Block::new(vec![len], Buffer::F64(vec![3.0; len]));
         let ptr = b.as_bytes().as_ptr();

@@ -1,8 +1,11 @@
 //! The driver's handle on a running cluster.
 //!
-//! A [`Client`] submits graphs to the scheduler (in-process channel: the
-//! driver and the scheduler share rank 0), waits for results and gathers
-//! blocks straight from the workers that hold them. Results kept on the
+//! A [`Client`] submits graphs to the scheduler, waits for results and
+//! gathers blocks straight from the workers that hold them. In-process (the
+//! driver and the scheduler share rank 0) a request is one channel message;
+//! a remote client of an elastic cluster ([`crate::tcp::connect`]) sends the
+//! same request as a [`WireRequest`] over its TCP connection and gets one
+//! [`WireReply`] back: two messages per call, whatever the graph's size. Results kept on the
 //! workers are [`Persisted`]: they stay there, usable as inputs of later
 //! graphs by their keys, until the `Persisted` is dropped.
 //!
@@ -20,28 +23,36 @@
 //! assert_eq!(out[0].to_scalar(), Some(4.0));
 //! ```
 
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Key, Task, TaskId};
 use crate::protocol::{Endpoint, Msg, Payload};
-use crate::transport::Transport;
+use crate::transport::{ReplyRouter, Transport};
 
 /// A worker as the scheduler knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     pub rank: u32,
     pub threads: u32,
     pub host: String,
+    /// What the worker calls itself: for elastic workers its batch job's id
+    /// by default (`SLURM_JOB_ID`, `PBS_JOBID`, `JOB_ID`), so a job queue
+    /// can tell which job holds which rank; empty otherwise.
+    pub name: String,
 }
 
 /// What the scheduler tracks at one moment (see [`Client::state`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Tasks the scheduler knows: waiting, queued, running or computed.
     pub tasks: usize,
@@ -51,53 +62,181 @@ pub struct ClusterState {
     pub bytes: u64,
     /// Most bytes held at once since the cluster started (one copy each).
     pub peak_bytes: u64,
+    /// Tasks whose inputs are not all computed yet.
+    pub waiting: usize,
     /// Ready tasks waiting in the scheduler's queues.
     pub queued: usize,
     /// Tasks sent to each worker and not yet reported, by worker rank.
     pub in_flight: Vec<(u32, u32)>,
 }
 
-/// Requests from the client to the scheduler (in-process only).
+impl ClusterState {
+    /// Tasks not computed yet: waiting for inputs, queued, or sent to a
+    /// worker. What a job queue's `adapt` sizes the cluster by.
+    pub fn backlog(&self) -> usize {
+        self.waiting + self.queued + self.in_flight.iter().map(|&(_, n)| n as usize).sum::<usize>()
+    }
+}
+
+/// Where the scheduler's answer to a request goes: a channel of an
+/// in-process client, or a message back to a remote one.
+pub struct Reply<T>(Box<dyn FnOnce(T) + Send>);
+
+impl<T> Reply<T> {
+    pub fn new(f: impl FnOnce(T) + Send + 'static) -> Reply<T> {
+        Reply(Box::new(f))
+    }
+
+    pub fn send(self, value: T) {
+        (self.0)(value)
+    }
+}
+
+impl<T> fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+/// Requests from a client to the scheduler, as the scheduler handles them.
 #[derive(Debug)]
 pub enum ClientRequest {
     Submit {
         tasks: Vec<Task>,
         outputs: Vec<Key>,
-        reply: Sender<Result<Vec<TaskId>>>,
+        reply: Reply<Result<Vec<TaskId>>>,
     },
     /// Replies with the ranks holding each id once all are computed.
     Wait {
         ids: Vec<TaskId>,
-        reply: Sender<Result<Vec<Vec<u32>>>>,
+        reply: Reply<Result<Vec<Vec<u32>>>>,
     },
     Release {
         ids: Vec<TaskId>,
     },
     Workers {
-        reply: Sender<Vec<WorkerInfo>>,
+        reply: Reply<Vec<WorkerInfo>>,
     },
     State {
-        reply: Sender<ClusterState>,
+        reply: Reply<ClusterState>,
     },
+    /// Drains the workers of these ranks; replies once all have left.
+    Retire {
+        ranks: Vec<u32>,
+        reply: Reply<Result<Vec<u32>>>,
+    },
+    /// In-process only: stop the cluster.
     Shutdown {
         failed: bool,
         reason: String,
-        reply: Sender<()>,
+        reply: Reply<()>,
     },
+}
+
+/// A client request as it travels (remote clients) or is built (all clients).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireRequest {
+    Submit {
+        tasks: Vec<Task>,
+        outputs: Vec<Key>,
+    },
+    Wait {
+        ids: Vec<TaskId>,
+    },
+    /// No reply.
+    Release {
+        ids: Vec<TaskId>,
+    },
+    Workers,
+    State,
+    Retire {
+        ranks: Vec<u32>,
+    },
+}
+
+/// The scheduler's answer to a [`WireRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireReply {
+    Submit(Result<Vec<TaskId>>),
+    Wait(Result<Vec<Vec<u32>>>),
+    Workers(Vec<WorkerInfo>),
+    State(ClusterState),
+    Retire(Result<Vec<u32>>),
+}
+
+impl ClientRequest {
+    /// The request the scheduler handles for `req`, answering through `reply`.
+    pub(crate) fn from_wire(req: WireRequest, reply: impl FnOnce(WireReply) + Send + 'static) -> ClientRequest {
+        match req {
+            WireRequest::Submit { tasks, outputs } => {
+                ClientRequest::Submit { tasks, outputs, reply: Reply::new(move |r| reply(WireReply::Submit(r))) }
+            }
+            WireRequest::Wait { ids } => {
+                ClientRequest::Wait { ids, reply: Reply::new(move |r| reply(WireReply::Wait(r))) }
+            }
+            WireRequest::Release { ids } => ClientRequest::Release { ids },
+            WireRequest::Workers => ClientRequest::Workers { reply: Reply::new(move |r| reply(WireReply::Workers(r))) },
+            WireRequest::State => ClientRequest::State { reply: Reply::new(move |r| reply(WireReply::State(r))) },
+            WireRequest::Retire { ranks } => {
+                ClientRequest::Retire { ranks, reply: Reply::new(move |r| reply(WireReply::Retire(r))) }
+            }
+        }
+    }
+}
+
+/// How a client reaches its scheduler.
+enum Link {
+    /// Same process: requests are channel messages.
+    Local,
+    /// Another process: requests are messages on the wire, answers come
+    /// back through the transport's reply router.
+    Remote { replies: ReplyRouter, next: AtomicU64 },
 }
 
 struct Inner {
     transport: Arc<dyn Transport>,
     inbox: Mutex<Receiver<Msg>>,
-    workers: Vec<WorkerInfo>,
+    me: Endpoint,
+    /// Fixed clusters: the workers from start-up. Elastic ones: asked each time.
+    workers: Option<Vec<WorkerInfo>>,
+    link: Link,
 }
 
 impl Inner {
-    fn request<T>(&self, make: impl FnOnce(Sender<T>) -> ClientRequest) -> Result<T> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.transport.send(Endpoint::SCHEDULER, Msg::Client(make(tx)));
-        rx.recv().map_err(|_| Error::ShutDown)
+    /// Sends `req` and waits for the answer.
+    fn call(&self, req: WireRequest) -> Result<WireReply> {
+        match &self.link {
+            Link::Local => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let request = ClientRequest::from_wire(req, move |r| {
+                    let _ = tx.send(r);
+                });
+                self.transport.send(Endpoint::SCHEDULER, Msg::Client(request));
+                rx.recv().map_err(|_| Error::ShutDown)
+            }
+            Link::Remote { replies, next } => {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let rx = replies.expect(id);
+                self.transport.send(Endpoint::SCHEDULER, Msg::Request { id, from: self.me, req });
+                rx.recv().map_err(|_| replies.lost())
+            }
+        }
     }
+
+    /// Sends a request that has no answer.
+    fn notify(&self, req: WireRequest) {
+        match &self.link {
+            Link::Local => {
+                let request = ClientRequest::from_wire(req, |_| {});
+                self.transport.send(Endpoint::SCHEDULER, Msg::Client(request));
+            }
+            Link::Remote { .. } => self.transport.send(Endpoint::SCHEDULER, Msg::Request { id: 0, from: self.me, req }),
+        }
+    }
+}
+
+fn unexpected(reply: WireReply) -> Error {
+    Error::Connect { addr: "the scheduler".into(), reason: format!("it answered with {reply:?}") }
 }
 
 /// Submits work to the cluster. Cheap to clone; all clones talk to one scheduler.
@@ -107,29 +246,117 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on rank 0 of a cluster whose workers are fixed at start-up.
     pub(crate) fn new(transport: Arc<dyn Transport>, inbox: Receiver<Msg>, workers: Vec<WorkerInfo>) -> Client {
-        Client { inner: Arc::new(Inner { transport, inbox: Mutex::new(inbox), workers }) }
+        Client::build(transport, inbox, Endpoint::CLIENT, Some(workers), Link::Local)
     }
 
-    /// The workers of the cluster, by rank.
-    pub fn workers(&self) -> &[WorkerInfo] {
-        &self.inner.workers
+    /// A client in the scheduler's process of an elastic cluster.
+    pub(crate) fn elastic(transport: Arc<dyn Transport>, inbox: Receiver<Msg>) -> Client {
+        Client::build(transport, inbox, Endpoint::CLIENT, None, Link::Local)
+    }
+
+    /// A client in another process, reached over the wire as `me`.
+    pub(crate) fn remote(
+        transport: Arc<dyn Transport>,
+        inbox: Receiver<Msg>,
+        me: Endpoint,
+        replies: ReplyRouter,
+    ) -> Client {
+        Client::build(transport, inbox, me, None, Link::Remote { replies, next: AtomicU64::new(1) })
+    }
+
+    fn build(
+        transport: Arc<dyn Transport>,
+        inbox: Receiver<Msg>,
+        me: Endpoint,
+        workers: Option<Vec<WorkerInfo>>,
+        link: Link,
+    ) -> Client {
+        Client { inner: Arc::new(Inner { transport, inbox: Mutex::new(inbox), me, workers, link }) }
+    }
+
+    /// The workers of the cluster, by rank: fixed at start-up for local and
+    /// MPI clusters, asked of the scheduler (one round trip) for elastic ones,
+    /// whose workers come and go. Empty if the scheduler cannot be asked.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        match &self.inner.workers {
+            Some(w) => w.clone(),
+            None => self.try_workers().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot ask the scheduler for its workers");
+                Vec::new()
+            }),
+        }
+    }
+
+    /// The workers the scheduler has now.
+    pub fn try_workers(&self) -> Result<Vec<WorkerInfo>> {
+        match &self.inner.workers {
+            Some(w) => Ok(w.clone()),
+            None => match self.inner.call(WireRequest::Workers)? {
+                WireReply::Workers(w) => Ok(w),
+                other => Err(unexpected(other)),
+            },
+        }
+    }
+
+    /// Whether workers may join and leave (a TCP cluster).
+    pub fn is_elastic(&self) -> bool {
+        self.inner.workers.is_none()
+    }
+
+    /// Waits until the cluster has at least `n` workers, or fails after `timeout`.
+    pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<Vec<WorkerInfo>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let w = self.try_workers()?;
+            if w.len() >= n {
+                return Ok(w);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Config(format!(
+                    "{} of the {n} workers asked for joined within {:.0} s",
+                    w.len(),
+                    timeout.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Compute threads over all workers.
     pub fn total_threads(&self) -> usize {
-        self.inner.workers.iter().map(|w| w.threads as usize).sum()
+        self.workers().iter().map(|w| w.threads as usize).sum()
     }
 
     /// What the scheduler tracks now: a diagnostic (and what tests use to
     /// check that everything is released).
     pub fn state(&self) -> Result<ClusterState> {
-        self.inner.request(|reply| ClientRequest::State { reply })
+        match self.inner.call(WireRequest::State)? {
+            WireReply::State(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
     }
 
-    /// Name of the transport (`local`, `mpi`).
+    /// Name of the transport (`local`, `mpi`, `tcp`).
     pub fn transport(&self) -> &'static str {
         self.inner.transport.name()
+    }
+
+    /// Retires the workers of `ranks` gracefully (elastic clusters; what a
+    /// job queue's scale-down calls before cancelling their jobs): the
+    /// scheduler stops giving them tasks, lets the running ones finish, has
+    /// every block only they hold copied to another worker, then tells them
+    /// to exit. Returns the ranks once all have left.
+    ///
+    /// With no other worker left to take their blocks, they leave anyway and
+    /// their blocks are recomputed from their inputs when a worker joins
+    /// (or fail, naming the worker, when the inputs are gone).
+    pub fn retire_workers(&self, ranks: &[u32]) -> Result<Vec<u32>> {
+        match self.inner.call(WireRequest::Retire { ranks: ranks.to_vec() })? {
+            WireReply::Retire(r) => r,
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Submits `graph` and keeps `outputs` on the workers. Returns once the
@@ -138,9 +365,11 @@ impl Client {
     /// Errors (nothing runs): duplicate keys, unknown kernels, inputs that are
     /// neither in the graph nor held by the cluster, cycles, unknown outputs.
     pub fn persist(&self, graph: Graph, outputs: &[Key]) -> Result<Persisted> {
-        let outputs = outputs.to_vec();
-        let keys = outputs.clone();
-        let ids = self.inner.request(|reply| ClientRequest::Submit { tasks: graph.into_tasks(), outputs, reply })??;
+        let keys = outputs.to_vec();
+        let ids = match self.inner.call(WireRequest::Submit { tasks: graph.into_tasks(), outputs: keys.clone() })? {
+            WireReply::Submit(r) => r?,
+            other => return Err(unexpected(other)),
+        };
         Ok(Persisted { client: self.clone(), keys, ids })
     }
 
@@ -152,11 +381,27 @@ impl Client {
     /// Stops the cluster's workers and scheduler. Called by the cluster types
     /// when they finish; later calls on any clone fail with [`Error::ShutDown`].
     pub(crate) fn shutdown(&self, failed: bool, reason: String) {
-        let _ = self.inner.request(|reply| ClientRequest::Shutdown { failed, reason, reply });
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let reply = Reply::new(move |()| {
+            let _ = tx.send(());
+        });
+        self.inner.transport.send(Endpoint::SCHEDULER, Msg::Client(ClientRequest::Shutdown { failed, reason, reply }));
+        let _ = rx.recv();
+    }
+
+    /// Tells workers to stop without the scheduler (which is gone).
+    pub(crate) fn stop_workers(&self, ranks: impl IntoIterator<Item = u32>, reason: &str) {
+        for r in ranks {
+            let msg = Msg::Shutdown { failed: true, reason: reason.to_owned() };
+            self.inner.transport.send(Endpoint::worker(r), msg);
+        }
     }
 
     fn wait_ids(&self, ids: &[TaskId]) -> Result<Vec<Vec<u32>>> {
-        self.inner.request(|reply| ClientRequest::Wait { ids: ids.to_vec(), reply })?
+        match self.inner.call(WireRequest::Wait { ids: ids.to_vec() })? {
+            WireReply::Wait(r) => r,
+            other => Err(unexpected(other)),
+        }
     }
 
     fn fetch(&self, keys: &[Key], ids: &[TaskId], holders: &[Vec<u32>]) -> Result<Vec<Block>> {
@@ -167,7 +412,8 @@ impl Client {
                 return Err(Error::Lost { key: keys[i].clone(), reason: "no worker holds it".into() });
             };
             if want.insert(*id, i).is_none() {
-                self.inner.transport.send(Endpoint::worker(holder), Msg::Fetch { id: *id, reply_to: Endpoint::CLIENT });
+                let fetch = Msg::Fetch { id: *id, reply_to: self.inner.me };
+                self.inner.transport.send(Endpoint::worker(holder), fetch);
             }
         }
         let mut out: Vec<Option<Block>> = vec![None; ids.len()];
@@ -183,8 +429,14 @@ impl Client {
                     }
                 }
                 Msg::Missing { id, rank } => {
-                    let key = want.get(&id).map(|&i| keys[i].clone()).unwrap_or_else(|| Key::new("?", []));
-                    return Err(Error::Lost { key, reason: format!("rank {rank} no longer holds it") });
+                    if let Some(&i) = want.get(&id) {
+                        if out[i].is_none() {
+                            return Err(Error::Lost {
+                                key: keys[i].clone(),
+                                reason: format!("rank {rank} no longer holds it"),
+                            });
+                        }
+                    }
                 }
                 other => tracing::warn!(msg = ?other, "client got an unexpected message"),
             }
@@ -219,6 +471,15 @@ impl Persisted {
         self.keys.is_empty()
     }
 
+    /// Splits the handle in two: `self` keeps the first `at` results, the
+    /// returned handle the rest (each releases its own when dropped).
+    ///
+    /// # Panics
+    /// If `at > self.len()`.
+    pub fn split_off(&mut self, at: usize) -> Persisted {
+        Persisted { client: self.client.clone(), keys: self.keys.split_off(at), ids: self.ids.split_off(at) }
+    }
+
     /// Blocks until every result is computed (or one failed).
     pub fn wait(&self) -> Result<()> {
         self.client.wait_ids(&self.ids).map(drop)
@@ -231,9 +492,22 @@ impl Persisted {
 
     /// Waits for the results and brings their blocks to the driver, each
     /// fetched from a worker holding it.
+    ///
+    /// On an elastic cluster a holder may leave between the answer and the
+    /// fetch; the scheduler then knows other holders (or recomputes the
+    /// block), so the gather asks again, a few times.
     pub fn gather(&self) -> Result<Vec<Block>> {
-        let holders = self.client.wait_ids(&self.ids)?;
-        self.client.fetch(&self.keys, &self.ids, &holders)
+        let mut attempt = 0;
+        loop {
+            let holders = self.client.wait_ids(&self.ids)?;
+            match self.client.fetch(&self.keys, &self.ids, &holders) {
+                Err(Error::Lost { .. }) if self.client.is_elastic() && attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50 << attempt));
+                }
+                result => return result,
+            }
+        }
     }
 }
 
@@ -241,7 +515,7 @@ impl Drop for Persisted {
     fn drop(&mut self) {
         if !self.ids.is_empty() {
             let ids = std::mem::take(&mut self.ids);
-            self.client.inner.transport.send(Endpoint::SCHEDULER, Msg::Client(ClientRequest::Release { ids }));
+            self.client.inner.notify(WireRequest::Release { ids });
         }
     }
 }

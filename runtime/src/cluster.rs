@@ -6,6 +6,7 @@
 //! | a program that is a Tessera job | [`crate::run`] / [`Config::run`] | MPI world under `mpirun`/`srun`, else a local cluster |
 //! | an MPI application hands over a communicator | `tessera_runtime::mpi::run_on` (feature `mpi`) | the communicator's ranks |
 //! | a test or a laptop program | [`LocalCluster`] | threads of this process |
+//! | a driver of a running elastic cluster | [`Config::run`] with `scheduler` set, or [`crate::tcp::connect`] | the workers that joined that scheduler over TCP |
 //!
 //! On every transport rank 0 hosts the scheduler and the driver; the other
 //! ranks are workers. Rank 0 runs a worker too when it would otherwise leave
@@ -89,8 +90,15 @@ pub struct Config {
     /// Tasks queued on each worker beyond one per thread.
     pub queue_extra: u32,
     /// MPI: a worker silent this long is declared lost and the job aborted.
+    /// TCP: a peer silent this long is declared lost.
     pub heartbeat_timeout: Duration,
     pub registry: Registry,
+    /// Connect to the elastic scheduler at this address (`HOST:PORT`)
+    /// instead of starting a cluster; `launch` is then ignored.
+    pub scheduler: Option<String>,
+    /// The cluster's secret when connecting to a scheduler (default:
+    /// [`crate::secret::default_path`]).
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -103,6 +111,8 @@ impl Default for Config {
             queue_extra: 4,
             heartbeat_timeout: Duration::from_secs(30),
             registry: Registry::builtin(),
+            scheduler: None,
+            secret_file: None,
         }
     }
 }
@@ -142,6 +152,9 @@ impl Config {
     /// status 0: rank 0 reports a failed driver and exits non-zero, which fails
     /// the job), like dask-mpi's workers.
     ///
+    /// With `scheduler` set: connects to that elastic scheduler as a client,
+    /// runs `driver`, disconnects (the scheduler and its workers go on).
+    ///
     /// A driver that panics stops the cluster first; the panic then goes on.
     pub fn run<R, E, F>(self, driver: F) -> Result<R, E>
     where
@@ -149,6 +162,10 @@ impl Config {
         R: Send,
         E: From<Error> + Display + Send,
     {
+        if let Some(addr) = &self.scheduler {
+            let client = crate::tcp::connect(addr, self.tcp_options()?)?;
+            return drive(&client, driver, |_, _| {});
+        }
         match self.resolve_launch()? {
             Launch::Mpi => {
                 #[cfg(feature = "mpi")]
@@ -161,6 +178,17 @@ impl Config {
                 drive(cluster.client(), driver, |failed, reason| cluster.client.shutdown(failed, reason))
             }
         }
+    }
+}
+
+impl Config {
+    /// TCP settings from this configuration: the secret from `secret_file`
+    /// (or the default path), peers declared lost after `heartbeat_timeout`.
+    pub fn tcp_options(&self) -> Result<crate::transport::tcp::TcpOptions> {
+        let path = self.secret_file.clone().unwrap_or_else(crate::secret::default_path);
+        let mut tcp = crate::transport::tcp::TcpOptions::new(crate::secret::Secret::load(&path)?);
+        tcp.dead_after = self.heartbeat_timeout;
+        Ok(tcp)
     }
 }
 
@@ -288,6 +316,7 @@ impl LocalCluster {
             worker_ranks: (1..=n as u32).collect(),
             queue_extra: config.queue_extra,
             heartbeat_timeout: None,
+            elastic: false,
         };
         let (scheduler, ready) =
             spawn_scheduler(Arc::clone(&registry), Arc::clone(&transport), sched_config, sched_inbox);
@@ -296,7 +325,7 @@ impl LocalCluster {
             .into_iter()
             .zip(1u32..)
             .map(|((inbox, store), rank)| {
-                let wc = WorkerConfig { rank, threads, host: host.clone() };
+                let wc = WorkerConfig { rank, threads, host: host.clone(), name: String::new() };
                 spawn_worker(wc, Arc::clone(&registry), Arc::clone(&transport), store, inbox)
             })
             .collect();
@@ -320,7 +349,12 @@ impl LocalCluster {
             match s.join() {
                 Ok(Exit::WorkerLost { rank, reason }) => tracing::error!(rank, %reason, "worker lost"),
                 Ok(Exit::Clean) => {}
-                Err(_) => tracing::error!("the scheduler thread panicked"),
+                Err(_) => {
+                    // Nobody will tell the workers to stop: do it here, or
+                    // joining them would wait forever.
+                    tracing::error!("the scheduler thread panicked");
+                    self.client.stop_workers(1..=self.workers.len() as u32, "the scheduler panicked");
+                }
             }
             for w in self.workers.drain(..) {
                 let _ = w.join();

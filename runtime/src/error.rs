@@ -1,9 +1,15 @@
 //! The runtime's error type.
 
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
 use crate::graph::Key;
 
 /// Everything the runtime can report to a driver or an embedding application.
-#[derive(Debug, thiserror::Error)]
+///
+/// Errors cross the wire to remote clients (serde), so each keeps its fields.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// A submitted task names a kernel that no rank registered.
@@ -63,7 +69,12 @@ pub enum Error {
 
     /// Something this build was not compiled with was asked for.
     #[error("{what} needs the `{feature}` feature, and this build of tessera was compiled without it (rebuild with `--features {feature}`)")]
-    FeatureDisabled { feature: &'static str, what: String },
+    FeatureDisabled {
+        /// Not sent over the wire (a scheduler never reports it to a client).
+        #[serde(skip)]
+        feature: &'static str,
+        what: String,
+    },
 
     /// Invalid configuration (flag or environment variable).
     #[error("invalid configuration: {0}")]
@@ -78,8 +89,38 @@ pub enum Error {
     Codec {
         rank: u32,
         #[source]
+        #[serde(with = "wire::codec")]
         source: bincode::Error,
     },
+
+    /// A secret file is missing, unreadable, malformed or too widely readable.
+    #[error("secret file {}: {reason}", path.display())]
+    SecretFile { path: PathBuf, reason: String },
+
+    /// A TCP connection could not be made or was refused.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+
+    /// A worker rank that the cluster does not have (or that has left).
+    #[error("rank {rank} runs no worker of this cluster")]
+    UnknownWorker { rank: u32 },
+}
+
+/// How the few fields without a serde form of their own cross the wire.
+mod wire {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub mod codec {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(e: &bincode::Error, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&e.to_string())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bincode::Error, D::Error> {
+            Ok(Box::new(bincode::ErrorKind::Custom(String::deserialize(d)?)))
+        }
+    }
 }
 
 /// `Result` with the runtime's [`Error`].

@@ -86,7 +86,7 @@ impl fmt::Display for TaskId {
 pub type Params = Arc<[u8]>;
 
 /// One unit of work: compute `key` with `kernel` from `inputs` and `params`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Task {
     pub key: Key,
     pub kernel: Arc<str>,
@@ -168,19 +168,51 @@ impl Graph {
     /// as it is. This is how sums over blocks, the contraction of a matmul
     /// and TSQR's R factors are combined: depth `log_arity(n)`, and with the
     /// scheduler's depth-first order few partial results live at once.
-    pub fn reduce(&mut self, name: &str, inputs: Vec<Key>, arity: usize, mut node: impl FnMut(Key) -> Task) -> Key {
+    pub fn reduce(&mut self, name: &str, inputs: Vec<Key>, arity: usize, node: impl FnMut(Key) -> Task) -> Key {
+        self.reduce_tree(name, inputs, arity, None, node)
+    }
+
+    /// [`Graph::reduce`] whose last node is named `root` (a block of an
+    /// array, say) instead of `name[level, 0]`. A single input gets a
+    /// one-input node named `root`, so `root` always exists afterwards.
+    pub fn reduce_to(
+        &mut self,
+        root: Key,
+        name: &str,
+        inputs: Vec<Key>,
+        arity: usize,
+        node: impl FnMut(Key) -> Task,
+    ) -> Key {
+        self.reduce_tree(name, inputs, arity, Some(root), node)
+    }
+
+    fn reduce_tree(
+        &mut self,
+        name: &str,
+        inputs: Vec<Key>,
+        arity: usize,
+        mut root: Option<Key>,
+        mut node: impl FnMut(Key) -> Task,
+    ) -> Key {
         assert!(!inputs.is_empty(), "a reduction needs at least one input");
         assert!(arity >= 2, "a reduction combines at least two keys at a time");
         let name: Arc<str> = Arc::from(name);
         let mut level = inputs;
         let mut depth = 0u32;
-        while level.len() > 1 {
+        while level.len() > 1 || (depth == 0 && root.is_some()) {
             depth += 1;
+            let last = level.len() <= arity;
             level = level
                 .chunks(arity)
                 .enumerate()
                 .map(|(i, group)| {
-                    let key = Key::with_shared_name(&name, [depth, i as u32]);
+                    let key = match root.take() {
+                        Some(r) if last => r,
+                        other => {
+                            root = other;
+                            Key::with_shared_name(&name, [depth, i as u32])
+                        }
+                    };
                     self.push(node(key.clone()).inputs(group.iter().cloned()));
                     key
                 })
@@ -197,7 +229,8 @@ impl Graph {
         &self.tasks
     }
 
-    pub(crate) fn into_tasks(self) -> Vec<Task> {
+    /// The tasks, in the order they were added.
+    pub fn into_tasks(self) -> Vec<Task> {
         self.tasks
     }
 }
@@ -230,6 +263,21 @@ mod tests {
             expect.sort();
             assert_eq!(used, expect, "{n} leaves, arity {arity}");
             assert!(g.tasks().iter().all(|t| t.inputs.len() <= arity));
+        }
+    }
+
+    #[test]
+    fn reductions_to_a_root_key_end_there() {
+        for n in [1u32, 2, 5, 9] {
+            let mut g = Graph::new();
+            let leaves: Vec<Key> = (0..n).map(|i| Key::new("leaf", [i])).collect();
+            let root = g.reduce_to(Key::new("c", [3, 4]), "c.sum", leaves, 3, |k| Task::new(k, "sum"));
+            assert_eq!(root, Key::new("c", [3, 4]));
+            let last = g.tasks().last().unwrap();
+            assert_eq!(last.key, root, "{n} leaves");
+            assert_eq!(g.tasks().iter().filter(|t| t.key == root).count(), 1);
+            let consumed: usize = g.tasks().iter().map(|t| t.inputs.len()).sum();
+            assert_eq!(consumed, n as usize + g.len() - 1, "every input and node but the root used once");
         }
     }
 

@@ -44,6 +44,31 @@ pub struct KernelCtx<'a> {
     pub threads: usize,
 }
 
+/// Kernels a crate adds to every [`Registry::builtin`] of a program it is
+/// linked into (declared with [`kernel_set!`](crate::kernel_set)), so that
+/// clusters started with default settings know them on every rank.
+pub struct KernelSet {
+    /// Orders the sets; also what the set is called in messages.
+    pub name: &'static str,
+    pub register: fn(&mut Registry),
+}
+
+/// Every [`KernelSet`] linked into this program.
+#[linkme::distributed_slice]
+pub static KERNEL_SETS: [KernelSet];
+
+/// Declares a [`KernelSet`]: `kernel_set!("linalg", register_kernels);`
+/// adds the kernels `register_kernels` registers to every
+/// [`Registry::builtin`] of the programs this crate is linked into.
+#[macro_export]
+macro_rules! kernel_set {
+    ($name:literal, $register:path) => {
+        #[$crate::linkme::distributed_slice($crate::KERNEL_SETS)]
+        #[linkme(crate = $crate::linkme)]
+        static TESSERA_KERNEL_SET: $crate::KernelSet = $crate::KernelSet { name: $name, register: $register };
+    };
+}
+
 /// A kernel on raw parameter bytes.
 pub type KernelFn = dyn Fn(&KernelCtx<'_>, &[u8], &[Block]) -> Result<Block, KernelError> + Send + Sync;
 
@@ -61,10 +86,17 @@ impl Registry {
         Registry::default()
     }
 
-    /// The built-in kernels (see [`builtin`] for what each does).
+    /// The built-in kernels (see [`builtin`] for what each does), then every
+    /// [`KernelSet`] linked into this program, in the order of their names.
+    /// The same binary builds the same registry on every rank.
     pub fn builtin() -> Registry {
         let mut r = Registry::empty();
         builtin::register_all(&mut r);
+        let mut sets: Vec<&KernelSet> = KERNEL_SETS.iter().collect();
+        sets.sort_by_key(|s| s.name);
+        for set in sets {
+            (set.register)(&mut r);
+        }
         r
     }
 

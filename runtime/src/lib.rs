@@ -11,7 +11,9 @@
 //! them.
 //!
 //! Ranks talk through a [`transport::Transport`]: threads of one process
-//! ([`LocalCluster`], the default) or MPI ranks (feature `mpi`).
+//! ([`LocalCluster`], the default), MPI ranks (feature `mpi`), or the
+//! processes of an elastic cluster over authenticated TCP ([`tcp`]:
+//! a long-lived scheduler that workers join and leave, and drivers connect to).
 //!
 //! ```
 //! use tessera_runtime::{Graph, Key, LocalCluster, Task};
@@ -34,8 +36,10 @@ mod kernel;
 mod panic;
 pub mod protocol;
 mod scheduler;
+pub mod secret;
 mod store;
 pub mod sys;
+pub mod tcp;
 pub mod transport;
 mod worker;
 
@@ -47,8 +51,12 @@ pub use client::{Client, ClusterState, Persisted, WorkerInfo};
 pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks};
 pub use error::{Error, KernelError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};
-pub use kernel::{builtin, KernelCtx, KernelFn, Registry};
+pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};
+
+#[doc(hidden)]
+pub use linkme;
 pub use store::BlockStore;
+pub use worker::WorkerExit;
 
 /// Runs `driver` on the cluster the environment calls for (see [`Config::run`]).
 pub fn run<R, E, F>(driver: F) -> std::result::Result<R, E>

@@ -144,7 +144,7 @@ where
     let dyn_transport: Arc<dyn Transport> = transport.clone();
 
     let worker = worker_inbox.map(|inbox| {
-        let wc = WorkerConfig { rank, threads: place.threads, host: crate::sys::hostname() };
+        let wc = WorkerConfig { rank, threads: place.threads, host: crate::sys::hostname(), name: String::new() };
         spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), store, inbox)
     });
 
@@ -157,6 +157,7 @@ where
                 worker_ranks,
                 queue_extra: config.queue_extra,
                 heartbeat_timeout: Some(config.heartbeat_timeout),
+                elastic: false,
             };
             let (handle, ready) = spawn_scheduler(Arc::clone(&registry), Arc::clone(&dyn_transport), sc, sched_inbox);
             let abort = transport.abort_flag();

@@ -12,6 +12,10 @@
 //! (batched per worker) and the worker's [`Msg::Done`]. A missing input
 //! costs a [`Msg::Fetch`] to the peer holding it and the [`Msg::Block`]
 //! reply, worker to worker.
+//!
+//! Elastic clusters add membership ([`Msg::Drain`], [`Msg::Acquire`] for
+//! hand-offs, [`Msg::Peers`] for addresses, [`Msg::InputLost`] when a holder
+//! has gone) and remote clients ([`Msg::Request`], [`Msg::Reply`]).
 
 use std::fmt;
 
@@ -20,11 +24,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::block::{Block, BlockHeader};
-use crate::client::ClientRequest;
+use crate::client::{ClientRequest, WireReply, WireRequest};
 use crate::graph::{Key, Params, TaskId};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest control frame a rank accepts (block payloads are separate).
 pub const MAX_FRAME: u64 = 256 << 20;
@@ -152,7 +156,7 @@ impl<'de> Deserialize<'de> for Payload {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Msg {
     /// Worker -> scheduler, once at start.
-    Hello { rank: u32, threads: u32, host: String, registry: u64, kernels: u32 },
+    Hello { rank: u32, threads: u32, host: String, name: String, registry: u64, kernels: u32 },
     /// Scheduler -> worker: tasks to run, highest priority first.
     Run(Vec<RunTask>),
     /// Worker -> scheduler: a task finished in `micros` and its block is stored.
@@ -177,9 +181,31 @@ pub enum Msg {
     Shutdown { failed: bool, reason: String },
     /// Worker -> scheduler: the worker has stopped and will send nothing more.
     Bye { rank: u32 },
+    /// Worker -> scheduler: retire me (my lifetime is ending, or I was sent
+    /// SIGTERM). The scheduler stops sending tasks, has the blocks only this
+    /// worker holds copied elsewhere, then sends `Shutdown`.
+    Drain { rank: u32 },
+    /// Scheduler -> worker: fetch copies of these blocks (a draining peer
+    /// hands them off); each arrival is reported with `Replica`.
+    Acquire(Vec<InputLoc>),
+    /// Worker -> scheduler: task `id` could not get `input` from `rank`
+    /// (the peer has left or no longer holds it); the task is placed again.
+    InputLost { id: TaskId, input: TaskId, rank: u32 },
+    /// Remote client -> scheduler: a request; `from` is set by the
+    /// receiving transport to the connection's authenticated rank.
+    Request { id: u64, from: Endpoint, req: WireRequest },
+    /// Scheduler -> remote client: the answer to request `id`.
+    Reply { id: u64, reply: WireReply },
+    /// Scheduler -> every member of an elastic cluster: where ranks listen
+    /// (workers that joined) and which have left. Handled by the transport.
+    Peers { add: Vec<(u32, String)>, remove: Vec<u32> },
     /// Client -> scheduler, in-process only (never on the wire).
     #[serde(skip)]
     Client(ClientRequest),
+    /// Transport -> scheduler, in-process only: the connection to `rank`
+    /// broke without a `Bye` (process killed, host gone, network cut).
+    #[serde(skip)]
+    PeerLost { rank: u32, reason: String },
 }
 
 fn codec() -> impl Options {

@@ -24,6 +24,16 @@
 //!   client's handles; at zero its blocks are released on every worker that
 //!   holds a copy, and a task nobody needs any more is cancelled.
 //!
+//! * **Elastic clusters** (TCP). Workers join (`Hello`) and leave at any
+//!   time. A worker that leaves without notice (`PeerLost`): its running and
+//!   queued tasks are placed again; a block only it held is recomputed from
+//!   its inputs when they are still held (root tasks always are), else the
+//!   task fails naming the worker. A worker that drains (`Drain`, or
+//!   [`crate::Client::retire_workers`]) gets no new task, finishes what it
+//!   runs, has the blocks only it holds copied to other workers
+//!   (`Acquire`/`Replica`), and only then is told to stop: no task is lost
+//!   or run twice.
+//!
 //! Messages per task: one `Run` entry out (batched per worker per loop turn)
 //! and one `Done` in; a fetched input adds one `Replica`.
 
@@ -34,7 +44,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::client::{ClientRequest, ClusterState, WorkerInfo};
+use crate::client::{ClientRequest, ClusterState, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::error::{Error, Result};
 use crate::graph::{Key, Params, Task, TaskId};
 use crate::kernel::Registry;
@@ -57,6 +67,9 @@ pub struct SchedulerConfig {
     pub queue_extra: u32,
     /// A worker silent for this long is declared lost (None: never).
     pub heartbeat_timeout: Option<Duration>,
+    /// Workers join and leave while the scheduler runs (TCP): no roll call,
+    /// and a lost worker is removed instead of ending the job.
+    pub elastic: bool,
 }
 
 /// Why a failed task failed, shared by everything that depends on it.
@@ -113,23 +126,66 @@ struct TaskRec {
     who_has: Vec<usize>,
     nbytes: u64,
     waiters: Vec<u64>,
+    /// Times the task was placed again because an input could not be fetched.
+    retries: u8,
 }
+
+/// Placements a task gets when its inputs cannot be fetched, before it fails.
+const MAX_RETRIES: u8 = 5;
 
 struct WorkerRec {
     rank: u32,
     threads: u32,
     host: String,
+    name: String,
     limit: u32,
     in_flight: u32,
     queue: BTreeSet<(u64, TaskId)>,
     last_seen: Instant,
     gone: bool,
+    /// Takes no new task; leaves once it runs none and holds no block alone.
+    draining: bool,
+    /// Blocks only this draining worker held, being copied elsewhere.
+    handoff: FxHashSet<TaskId>,
+    /// Told to stop; gone at its `Bye` (or when its connection drops).
+    leaving: bool,
+}
+
+impl WorkerRec {
+    fn new(rank: u32, threads: u32, host: String, name: String, queue_extra: u32) -> WorkerRec {
+        let threads = threads.max(1);
+        WorkerRec {
+            rank,
+            threads,
+            host,
+            name,
+            limit: threads + queue_extra,
+            in_flight: 0,
+            queue: BTreeSet::new(),
+            last_seen: Instant::now(),
+            gone: false,
+            draining: false,
+            handoff: FxHashSet::default(),
+            leaving: false,
+        }
+    }
+
+    /// Whether new tasks and handed-off blocks may go here.
+    fn open(&self) -> bool {
+        !self.gone && !self.draining
+    }
 }
 
 struct Waiter {
     ids: Vec<TaskId>,
     remaining: usize,
-    reply: Sender<Result<Vec<Vec<u32>>>>,
+    reply: Reply<Result<Vec<Vec<u32>>>>,
+}
+
+/// A `retire_workers` call waiting for its workers to leave.
+struct Retirement {
+    ranks: Vec<u32>,
+    reply: Reply<Result<Vec<u32>>>,
 }
 
 /// What made the scheduler loop end.
@@ -163,6 +219,10 @@ pub(crate) struct Scheduler {
     peak_bytes: u64,
     /// Running mean of each kernel's duration in microseconds (NaN: unknown).
     durations: Vec<f64>,
+    retirements: Vec<Retirement>,
+    /// Results each remote client holds (by rank, with multiplicity):
+    /// released if the client goes away without releasing them.
+    held_by: FxHashMap<u32, FxHashMap<TaskId, u32>>,
 }
 
 /// Start-up result: the workers that said hello, or why they could not.
@@ -190,6 +250,8 @@ impl Scheduler {
             next_waiter: 0,
             mem_bytes: 0,
             peak_bytes: 0,
+            retirements: Vec::new(),
+            held_by: FxHashMap::default(),
         }
     }
 
@@ -197,6 +259,11 @@ impl Scheduler {
     /// a worker is lost. `ready` gets the roll call once every worker said
     /// hello (or the first registry mismatch).
     pub(crate) fn run(mut self, inbox: Receiver<Msg>, ready: Sender<Ready>) -> Exit {
+        if self.config.elastic {
+            let _ = ready.send(Ok(Vec::new()));
+            tracing::info!("scheduler ready; workers may join");
+            return self.serve(&inbox);
+        }
         if let Err(e) = self.roll_call(&inbox) {
             let exit = match &e {
                 Error::WorkerLost { rank, reason } => Exit::WorkerLost { rank: *rank, reason: reason.clone() },
@@ -211,7 +278,10 @@ impl Scheduler {
         }
         let _ = ready.send(Ok(self.worker_infos()));
         tracing::info!(workers = self.workers.len(), "scheduler ready");
+        self.serve(&inbox)
+    }
 
+    fn serve(&mut self, inbox: &Receiver<Msg>) -> Exit {
         let tick = Duration::from_millis(500);
         loop {
             let first = match inbox.recv_timeout(tick) {
@@ -220,14 +290,14 @@ impl Scheduler {
                 Err(RecvTimeoutError::Disconnected) => return Exit::Clean,
             };
             if let Some(m) = first {
-                if let Some(exit) = self.handle(m, &inbox) {
+                if let Some(exit) = self.handle(m, inbox) {
                     return exit;
                 }
                 // Drain what is already there before flushing, so replies batch.
                 for _ in 0..100_000 {
                     match inbox.try_recv() {
                         Ok(m) => {
-                            if let Some(exit) = self.handle(m, &inbox) {
+                            if let Some(exit) = self.handle(m, inbox) {
                                 return exit;
                             }
                         }
@@ -252,31 +322,17 @@ impl Scheduler {
                 reason: "did not start within 120 s".into(),
             })?;
             match msg {
-                Msg::Hello { rank, threads, host, registry, kernels } => {
+                Msg::Hello { rank, threads, host, name, registry, kernels } => {
                     if registry != self.registry.digest() {
                         return Err(Error::RegistryMismatch {
                             rank,
                             detail: format!("{kernels} kernels there, {} here", self.registry.len()),
                         });
                     }
-                    let threads = threads.max(1);
-                    self.worker_of_rank.insert(rank, self.workers.len());
-                    self.workers.push(WorkerRec {
-                        rank,
-                        threads,
-                        host,
-                        limit: threads + self.config.queue_extra,
-                        in_flight: 0,
-                        queue: BTreeSet::new(),
-                        last_seen: Instant::now(),
-                        gone: false,
-                    });
-                    self.outbox.push(Vec::new());
-                    self.releases.push(Vec::new());
-                    self.cancels.push(Vec::new());
+                    self.add_worker(WorkerRec::new(rank, threads, host, name, self.config.queue_extra));
                 }
                 Msg::Client(ClientRequest::Shutdown { reply, .. }) => {
-                    let _ = reply.send(());
+                    reply.send(());
                     return Err(Error::ShutDown);
                 }
                 other => tracing::debug!(msg = ?other, "ignored before start-up"),
@@ -289,8 +345,44 @@ impl Scheduler {
         Ok(())
     }
 
+    fn add_worker(&mut self, rec: WorkerRec) {
+        self.worker_of_rank.insert(rec.rank, self.workers.len());
+        self.workers.push(rec);
+        self.outbox.push(Vec::new());
+        self.releases.push(Vec::new());
+        self.cancels.push(Vec::new());
+    }
+
+    /// The workers that take tasks now (draining ones are leaving).
     fn worker_infos(&self) -> Vec<WorkerInfo> {
-        self.workers.iter().map(|w| WorkerInfo { rank: w.rank, threads: w.threads, host: w.host.clone() }).collect()
+        let mut infos: Vec<WorkerInfo> = self
+            .workers
+            .iter()
+            .filter(|w| w.open())
+            .map(|w| WorkerInfo { rank: w.rank, threads: w.threads, host: w.host.clone(), name: w.name.clone() })
+            .collect();
+        infos.sort_by_key(|w| w.rank);
+        infos
+    }
+
+    /// A worker said hello to an elastic cluster.
+    fn on_hello(&mut self, rec: WorkerRec, registry: u64, kernels: u32) {
+        let rank = rec.rank;
+        if registry != self.registry.digest() {
+            let err = Error::RegistryMismatch {
+                rank,
+                detail: format!("{kernels} kernels there, {} here", self.registry.len()),
+            };
+            tracing::error!(rank, host = %rec.host, "refused a worker: {err}");
+            self.transport.send(Endpoint::worker(rank), Msg::Shutdown { failed: true, reason: err.to_string() });
+            return;
+        }
+        if self.worker_of_rank.get(&rank).is_some_and(|&w| !self.workers[w].gone) {
+            tracing::warn!(rank, "a second hello from a worker; ignored");
+            return;
+        }
+        tracing::info!(rank, threads = rec.threads, host = %rec.host, name = %rec.name, "worker joined");
+        self.add_worker(rec);
     }
 
     /// Handles one message; returns `Some` when the loop must end.
@@ -304,6 +396,81 @@ impl Scheduler {
             }
             Msg::Heartbeat { rank } => self.seen(rank),
             Msg::Client(req) => return self.on_client(req, inbox),
+            Msg::Request { id, from, req } => {
+                // What a remote client holds is tracked, to release it if
+                // the client disappears.
+                let req = match req {
+                    WireRequest::Submit { tasks, outputs } => {
+                        let result = self.submit(tasks, outputs);
+                        if let Ok(ids) = &result {
+                            let held = self.held_by.entry(from.rank).or_default();
+                            for &t in ids {
+                                *held.entry(t).or_insert(0) += 1;
+                            }
+                        }
+                        self.transport.send(from, Msg::Reply { id, reply: WireReply::Submit(result) });
+                        return None;
+                    }
+                    WireRequest::Release { ids } => {
+                        if let Some(held) = self.held_by.get_mut(&from.rank) {
+                            for t in &ids {
+                                if let Some(n) = held.get_mut(t) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        held.remove(t);
+                                    }
+                                }
+                            }
+                        }
+                        WireRequest::Release { ids }
+                    }
+                    other => other,
+                };
+                let transport = Arc::clone(&self.transport);
+                let req = ClientRequest::from_wire(req, move |reply| transport.send(from, Msg::Reply { id, reply }));
+                return self.on_client(req, inbox);
+            }
+            Msg::Hello { rank, threads, host, name, registry, kernels } if self.config.elastic => {
+                self.on_hello(WorkerRec::new(rank, threads, host, name, self.config.queue_extra), registry, kernels)
+            }
+            Msg::Drain { rank } => match self.worker_of_rank.get(&rank) {
+                Some(&w) if !self.workers[w].gone => {
+                    tracing::info!(rank, "worker asks to leave; draining it");
+                    self.start_drain(w);
+                }
+                _ => tracing::debug!(rank, "drain asked for by an unknown worker"),
+            },
+            Msg::InputLost { id, input, rank } => self.on_input_lost(id, input, rank),
+            Msg::Bye { rank } if self.config.elastic => {
+                if let Some(&w) = self.worker_of_rank.get(&rank) {
+                    if !self.workers[w].gone {
+                        let reason = if self.workers[w].leaving { "retired" } else { "stopped" };
+                        self.remove_worker(w, reason.into());
+                    }
+                }
+            }
+            Msg::PeerLost { rank, reason } => {
+                if let Some(&w) = self.worker_of_rank.get(&rank) {
+                    if !self.workers[w].gone {
+                        if self.workers[w].leaving {
+                            self.remove_worker(w, "retired".into());
+                        } else {
+                            tracing::warn!(rank, %reason, "worker lost");
+                            self.remove_worker(w, reason);
+                        }
+                    }
+                } else if let Some(held) = self.held_by.remove(&rank) {
+                    let n: u32 = held.values().sum();
+                    tracing::info!(rank, results = n, %reason, "a client left; releasing what it held");
+                    for (t, k) in held {
+                        for _ in 0..k {
+                            self.dec_ref(t);
+                        }
+                    }
+                } else {
+                    tracing::debug!(rank, %reason, "a client or a worker that never said hello left");
+                }
+            }
             other => tracing::warn!(msg = ?other, "scheduler got an unexpected message"),
         }
         None
@@ -318,9 +485,13 @@ impl Scheduler {
     fn handle_replica(&mut self, rank: u32, id: TaskId) {
         let Some(&w) = self.worker_of_rank.get(&rank) else { return };
         match self.tasks.get_mut(&id) {
-            Some(rec) if matches!(rec.state, State::Memory) => {
+            Some(rec) if matches!(rec.state, State::Memory) && !self.workers[w].gone => {
                 if !rec.who_has.contains(&w) {
                     rec.who_has.push(w);
+                }
+                // A copy on a worker that is leaving too saves nothing.
+                if self.workers[w].open() {
+                    self.handed_off(id);
                 }
             }
             // Released meanwhile: the copy is garbage.
@@ -331,7 +502,7 @@ impl Scheduler {
     fn on_client(&mut self, req: ClientRequest, inbox: &Receiver<Msg>) -> Option<Exit> {
         match req {
             ClientRequest::Submit { tasks, outputs, reply } => {
-                let _ = reply.send(self.submit(tasks, outputs));
+                reply.send(self.submit(tasks, outputs));
             }
             ClientRequest::Wait { ids, reply } => self.wait(ids, reply),
             ClientRequest::Release { ids } => {
@@ -340,25 +511,27 @@ impl Scheduler {
                 }
             }
             ClientRequest::Workers { reply } => {
-                let _ = reply.send(self.worker_infos());
+                reply.send(self.worker_infos());
             }
+            ClientRequest::Retire { ranks, reply } => self.retire(ranks, reply),
             ClientRequest::State { reply } => {
                 let memory = self.tasks.values().filter(|r| matches!(r.state, State::Memory));
                 let (in_memory, bytes) = memory.fold((0, 0), |(n, b), r| (n + 1, b + r.nbytes));
-                let _ = reply.send(ClusterState {
+                reply.send(ClusterState {
                     tasks: self.tasks.len(),
                     in_memory,
                     bytes,
                     peak_bytes: self.peak_bytes,
+                    waiting: self.tasks.values().filter(|r| matches!(r.state, State::Waiting)).count(),
                     queued: self.queued,
-                    in_flight: self.workers.iter().map(|w| (w.rank, w.in_flight)).collect(),
+                    in_flight: self.workers.iter().filter(|w| !w.gone).map(|w| (w.rank, w.in_flight)).collect(),
                 });
             }
             ClientRequest::Shutdown { failed, reason, reply } => {
                 self.flush();
                 self.broadcast_shutdown(failed, reason);
                 self.wait_for_byes(inbox, Duration::from_secs(30));
-                let _ = reply.send(());
+                reply.send(());
                 return Some(Exit::Clean);
             }
         }
@@ -384,16 +557,18 @@ impl Scheduler {
         for w in &self.workers {
             if w.gone {
                 left.remove(&w.rank);
+            } else {
+                left.insert(w.rank);
             }
         }
         let deadline = Instant::now() + limit;
         while !left.is_empty() {
             match inbox.recv_deadline(deadline) {
-                Ok(Msg::Bye { rank }) => {
+                Ok(Msg::Bye { rank }) | Ok(Msg::PeerLost { rank, .. }) => {
                     left.remove(&rank);
                 }
                 Ok(Msg::Client(ClientRequest::Shutdown { reply, .. })) => {
-                    let _ = reply.send(());
+                    reply.send(());
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -422,8 +597,8 @@ impl Scheduler {
             pins.push(match t.pin {
                 None => None,
                 Some(rank) => match self.worker_of_rank.get(&rank) {
-                    Some(&w) => Some(w),
-                    None => return Err(Error::NoSuchWorker { key: t.key.clone(), rank }),
+                    Some(&w) if !self.workers[w].gone => Some(w),
+                    _ => return Err(Error::NoSuchWorker { key: t.key.clone(), rank }),
                 },
             });
             // Graphs name few kernels, usually in runs: skip the hash lookup.
@@ -575,6 +750,7 @@ impl Scheduler {
                     who_has: Vec::new(),
                     nbytes: 0,
                     waiters: Vec::new(),
+                    retries: 0,
                 },
             );
             if waiting == 0 {
@@ -605,12 +781,12 @@ impl Scheduler {
         Ok(out_ids)
     }
 
-    fn wait(&mut self, ids: Vec<TaskId>, reply: Sender<Result<Vec<Vec<u32>>>>) {
+    fn wait(&mut self, ids: Vec<TaskId>, reply: Reply<Result<Vec<Vec<u32>>>>) {
         let mut remaining = 0;
         for id in &ids {
             match self.tasks.get(id) {
                 None => {
-                    let _ = reply.send(Err(Error::Lost {
+                    reply.send(Err(Error::Lost {
                         key: Key::new(format!("task{}", id.0), []),
                         reason: "it was released".into(),
                     }));
@@ -619,7 +795,7 @@ impl Scheduler {
                 Some(rec) => match &rec.state {
                     State::Memory => {}
                     State::Erred(f) => {
-                        let _ = reply.send(Err(f.to_error()));
+                        reply.send(Err(f.to_error()));
                         return;
                     }
                     _ => remaining += 1,
@@ -627,7 +803,7 @@ impl Scheduler {
             }
         }
         if remaining == 0 {
-            let _ = reply.send(Ok(self.locations(&ids)));
+            reply.send(Ok(self.locations(&ids)));
             return;
         }
         let w = self.next_waiter;
@@ -663,7 +839,7 @@ impl Scheduler {
                 }
             }
             for (w, bytes) in held {
-                if self.workers[w].gone {
+                if !self.workers[w].open() {
                     continue;
                 }
                 let better = match best {
@@ -710,6 +886,13 @@ impl Scheduler {
     fn fill(&mut self, w: usize) {
         while self.queued > 0 && !self.workers[w].gone && self.workers[w].in_flight < self.workers[w].limit {
             let own = self.workers[w].queue.first().copied();
+            if self.workers[w].draining {
+                // Only what is pinned here (the rest was moved off).
+                let Some(pick) = self.workers[w].queue.pop_first() else { break };
+                self.queued -= 1;
+                self.start(w, pick.1);
+                continue;
+            }
             let free = self.unbound.first().copied();
             let pick = match (own, free) {
                 (Some(a), Some(b)) => {
@@ -801,6 +984,9 @@ impl Scheduler {
     /// (chains and local reductions run back to back). Bounded by the
     /// worker's queue limit.
     fn assign_ahead(&mut self, w: usize, id: TaskId) {
+        if self.workers[w].draining {
+            return;
+        }
         let mut stack = vec![id];
         while let Some(t) = stack.pop() {
             let mut i = 0;
@@ -880,24 +1066,36 @@ impl Scheduler {
         self.mem_bytes += nbytes;
         self.peak_bytes = self.peak_bytes.max(self.mem_bytes);
         let waiters = std::mem::take(&mut rec.waiters);
+        // Inputs and dependents stay on record: a block lost with its
+        // worker is recomputed from them.
         let inputs = std::mem::take(&mut rec.inputs);
         let dependents = std::mem::take(&mut rec.dependents);
         let unwanted = rec.refs == 0;
         for waiter in waiters {
             self.waiter_progress(waiter);
         }
-        for dep in dependents {
-            let d = self.tasks.get_mut(&dep).expect("dependents are known");
-            d.waiting -= 1;
+        for &dep in &dependents {
+            let Some(d) = self.tasks.get_mut(&dep) else { continue };
+            if matches!(d.state, State::Memory | State::Erred(_)) {
+                continue;
+            }
+            d.waiting = d.waiting.saturating_sub(1);
             if d.waiting == 0 && matches!(d.state, State::Waiting) {
                 self.make_ready(dep);
             }
         }
-        for input in inputs {
+        for &input in &inputs {
             self.dec_ref(input);
+        }
+        if let Some(rec) = self.tasks.get_mut(&id) {
+            rec.inputs = inputs;
+            rec.dependents = dependents;
         }
         if unwanted {
             self.forget(id);
+        }
+        if self.workers[w].draining {
+            self.check_drain(w);
         }
     }
 
@@ -906,13 +1104,15 @@ impl Scheduler {
         w.remaining -= 1;
         if w.remaining == 0 {
             let w = self.waiters.remove(&waiter).expect("present");
-            let _ = w.reply.send(Ok(self.locations(&w.ids)));
+            w.reply.send(Ok(self.locations(&w.ids)));
         }
     }
 
-    fn on_failed(&mut self, id: TaskId, error: String) {
-        let Some(rec) = self.tasks.get_mut(&id) else { return };
-        let w = match rec.state {
+    /// A worker reports that task `id` did not complete: returns the worker
+    /// it ran on, or `None` if the task was cancelled meanwhile (then it is
+    /// dropped here) or is not running.
+    fn unfinished(&mut self, id: TaskId) -> Option<usize> {
+        let w = match self.tasks.get(&id)?.state {
             State::Running(w) => w,
             State::Cancelled(w) => {
                 self.workers[w].in_flight -= 1;
@@ -920,18 +1120,37 @@ impl Scheduler {
                 for input in rec.inputs {
                     self.dec_ref(input);
                 }
-                return;
+                return None;
             }
-            _ => return,
+            _ => return None,
         };
         self.workers[w].in_flight -= 1;
-        let failure = Arc::new(Failure {
+        Some(w)
+    }
+
+    /// Why task `id` failed, on worker rank `rank`.
+    fn failure(&self, id: TaskId, rank: u32, cause: String) -> Arc<Failure> {
+        let rec = &self.tasks[&id];
+        Arc::new(Failure {
             key: rec.key.clone(),
             kernel: self.registry.name(rec.kernel).map(|n| n.to_string()).unwrap_or_default(),
-            rank: self.workers[w].rank,
-            cause: error,
-        });
+            rank,
+            cause,
+        })
+    }
+
+    fn on_failed(&mut self, id: TaskId, error: String) {
+        let Some(w) = self.unfinished(id) else { return };
+        let failure = self.failure(id, self.workers[w].rank, error);
         tracing::debug!(task = %failure.key, cause = %failure.cause, "task failed");
+        self.fail(id, failure);
+        if self.workers[w].draining {
+            self.check_drain(w);
+        }
+    }
+
+    /// Fails `id` and everything downstream of it with `failure`.
+    fn fail(&mut self, id: TaskId, failure: Arc<Failure>) {
         // Everything downstream fails with the same cause.
         let mut erred = vec![id];
         let mut seen: FxHashSet<TaskId> = FxHashSet::default();
@@ -940,13 +1159,23 @@ impl Scheduler {
         while i < erred.len() {
             let t = erred[i];
             i += 1;
-            let rec = self.tasks.get_mut(&t).expect("erred tasks exist");
-            if let State::Running(x) | State::Cancelled(x) = rec.state {
+            // Dependents released after an earlier failure are gone.
+            let Some(rec) = self.tasks.get_mut(&t) else { continue };
+            match rec.state {
                 // Assigned ahead, waiting on the worker for the failed input.
-                if t != id {
+                State::Running(x) | State::Cancelled(x) if t != id => {
                     self.workers[x].in_flight -= 1;
                     self.cancels[x].push(t);
                 }
+                State::Queued(bound) => {
+                    let entry = (rec.prio, t);
+                    match bound {
+                        Some(x) => self.workers[x].queue.remove(&entry),
+                        None => self.unbound.remove(&entry),
+                    };
+                    self.queued -= 1;
+                }
+                _ => {}
             }
             rec.state = State::Erred(Arc::clone(&failure));
             for &d in &rec.dependents {
@@ -956,11 +1185,11 @@ impl Scheduler {
             }
         }
         for &t in &erred {
-            let rec = self.tasks.get_mut(&t).expect("erred tasks exist");
+            let Some(rec) = self.tasks.get_mut(&t) else { continue };
             let waiters = std::mem::take(&mut rec.waiters);
             for waiter in waiters {
                 if let Some(wt) = self.waiters.remove(&waiter) {
-                    let _ = wt.reply.send(Err(failure.to_error()));
+                    wt.reply.send(Err(failure.to_error()));
                 }
             }
         }
@@ -1023,9 +1252,12 @@ impl Scheduler {
         if rec.keyed {
             self.keys.remove(&rec.key);
         }
+        if matches!(rec.state, State::Memory) {
+            self.handed_off(id);
+        }
         for w in rec.waiters {
             if let Some(wt) = self.waiters.remove(&w) {
-                let _ = wt.reply.send(Err(Error::Lost { key: rec.key.clone(), reason: "it was released".into() }));
+                wt.reply.send(Err(Error::Lost { key: rec.key.clone(), reason: "it was released".into() }));
             }
         }
         if !matches!(rec.state, State::Memory) {
@@ -1038,14 +1270,346 @@ impl Scheduler {
     fn check_liveness(&mut self) -> Option<Exit> {
         let timeout = self.config.heartbeat_timeout?;
         // Rank 0's own worker shares this process: it cannot be lost alone.
-        for w in self.workers.iter().filter(|w| w.rank != 0) {
-            if !w.gone && w.last_seen.elapsed() > timeout {
-                return Some(Exit::WorkerLost {
-                    rank: w.rank,
-                    reason: format!("no message for {:.1} s", w.last_seen.elapsed().as_secs_f64()),
-                });
+        let silent = self.workers.iter().position(|w| w.rank != 0 && !w.gone && w.last_seen.elapsed() > timeout)?;
+        let w = &self.workers[silent];
+        let reason = format!("no message for {:.1} s", w.last_seen.elapsed().as_secs_f64());
+        if self.config.elastic {
+            tracing::warn!(rank = w.rank, %reason, "worker lost");
+            self.remove_worker(silent, reason);
+            return None;
+        }
+        Some(Exit::WorkerLost { rank: w.rank, reason })
+    }
+
+    // ---- elastic membership -----------------------------------------------
+
+    /// `retire_workers`: drains each rank; the reply waits for all to leave.
+    fn retire(&mut self, ranks: Vec<u32>, reply: Reply<Result<Vec<u32>>>) {
+        for &rank in &ranks {
+            if self.worker_of_rank.get(&rank).is_none_or(|&w| self.workers[w].gone) {
+                reply.send(Err(Error::UnknownWorker { rank }));
+                return;
             }
         }
-        None
+        tracing::info!(?ranks, "retiring workers");
+        self.retirements.push(Retirement { ranks: ranks.clone(), reply });
+        // All are marked first, so none hands its blocks to another leaver.
+        let ws: Vec<usize> = ranks.iter().map(|r| self.worker_of_rank[r]).collect();
+        for &w in &ws {
+            self.mark_draining(w);
+        }
+        for w in ws {
+            self.check_drain(w);
+        }
+        self.settle_retirements();
+    }
+
+    fn settle_retirements(&mut self) {
+        let workers = &self.workers;
+        let worker_of_rank = &self.worker_of_rank;
+        let (done, waiting): (Vec<Retirement>, Vec<Retirement>) = std::mem::take(&mut self.retirements)
+            .into_iter()
+            .partition(|r| r.ranks.iter().all(|rank| worker_of_rank.get(rank).is_none_or(|&w| workers[w].gone)));
+        self.retirements = waiting;
+        for r in done {
+            r.reply.send(Ok(r.ranks));
+        }
+    }
+
+    /// Worker `w` takes no new task and leaves once its blocks are safe.
+    fn start_drain(&mut self, w: usize) {
+        if self.workers[w].draining || self.workers[w].gone {
+            return;
+        }
+        self.mark_draining(w);
+        self.check_drain(w);
+    }
+
+    /// Worker `w` takes no new task; its queue goes back to the others.
+    /// Other drains that were handing blocks to it start over.
+    fn mark_draining(&mut self, w: usize) {
+        if self.workers[w].draining || self.workers[w].gone {
+            return;
+        }
+        self.workers[w].draining = true;
+        let queue = std::mem::take(&mut self.workers[w].queue);
+        for (prio, id) in queue {
+            if self.tasks[&id].pin == Some(w) {
+                self.workers[w].queue.insert((prio, id));
+            } else {
+                self.tasks.get_mut(&id).expect("queued tasks exist").state = State::Queued(None);
+                self.unbound.insert((prio, id));
+            }
+        }
+        for d in 0..self.workers.len() {
+            if d != w && self.workers[d].draining && !self.workers[d].handoff.is_empty() {
+                self.workers[d].handoff.clear();
+                self.check_drain(d);
+            }
+        }
+    }
+
+    /// Once draining worker `w` runs nothing, copies the blocks only it
+    /// holds to open workers; once none is left, tells it to stop.
+    fn check_drain(&mut self, w: usize) {
+        let rec = &self.workers[w];
+        if !rec.draining || rec.leaving || rec.gone || rec.in_flight > 0 || !rec.queue.is_empty() {
+            return;
+        }
+        if rec.handoff.is_empty() {
+            // Blocks here that no open worker holds (other holders may be
+            // draining too, and leave first).
+            let workers = &self.workers;
+            let alone: Vec<TaskId> = self
+                .tasks
+                .iter()
+                .filter(|(_, r)| {
+                    matches!(r.state, State::Memory)
+                        && r.who_has.contains(&w)
+                        && !r.who_has.iter().any(|&h| workers[h].open())
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            if !alone.is_empty() && !self.hand_off(w, alone) {
+                return; // copies under way
+            }
+        }
+        if self.workers[w].handoff.is_empty() {
+            self.finish_drain(w);
+        }
+    }
+
+    /// Sends `ids` (held only by `w`) to open workers, spread by bytes.
+    /// Returns false if copies are now under way, true if there is nowhere
+    /// to put them (the worker then leaves with them).
+    fn hand_off(&mut self, w: usize, ids: Vec<TaskId>) -> bool {
+        let mut targets: Vec<(u64, usize)> =
+            (0..self.workers.len()).filter(|&t| t != w && self.workers[t].open()).map(|t| (0u64, t)).collect();
+        if targets.is_empty() {
+            tracing::warn!(
+                rank = self.workers[w].rank,
+                blocks = ids.len(),
+                "no other worker to hand blocks to; they will be recomputed when a worker joins, where their inputs are still held"
+            );
+            return true;
+        }
+        let from = self.workers[w].rank;
+        let mut batches: FxHashMap<usize, Vec<InputLoc>> = FxHashMap::default();
+        for id in ids {
+            let nbytes = self.tasks[&id].nbytes;
+            let slot = targets.iter_mut().min_by_key(|(b, _)| *b).expect("targets is not empty");
+            slot.0 += nbytes.max(1);
+            batches.entry(slot.1).or_default().push(InputLoc { id, holders: vec![from], nbytes });
+            self.workers[w].handoff.insert(id);
+        }
+        for (t, locs) in batches {
+            tracing::debug!(from, to = self.workers[t].rank, blocks = locs.len(), "handing blocks off");
+            self.transport.send(Endpoint::worker(self.workers[t].rank), Msg::Acquire(locs));
+        }
+        false
+    }
+
+    /// Block `id` has a new copy (or is gone): a draining worker waiting to
+    /// hand it off may be done.
+    fn handed_off(&mut self, id: TaskId) {
+        let waiting: Vec<usize> = (0..self.workers.len()).filter(|&w| self.workers[w].handoff.remove(&id)).collect();
+        for w in waiting {
+            if self.workers[w].handoff.is_empty() {
+                self.check_drain(w);
+            }
+        }
+    }
+
+    fn finish_drain(&mut self, w: usize) {
+        let rec = &mut self.workers[w];
+        rec.leaving = true;
+        tracing::info!(rank = rec.rank, "worker drained; telling it to stop");
+        let rank = rec.rank;
+        self.flush();
+        self.transport.send(Endpoint::worker(rank), Msg::Shutdown { failed: false, reason: "retired".into() });
+    }
+
+    /// Worker `w` has left (`reason`): its copies are forgotten, blocks only
+    /// it held are recomputed (or fail), its tasks are placed again.
+    fn remove_worker(&mut self, w: usize, reason: String) {
+        let rank = self.workers[w].rank;
+        let graceful = self.workers[w].leaving;
+        {
+            let rec = &mut self.workers[w];
+            rec.gone = true;
+            rec.draining = false;
+            rec.in_flight = 0;
+            rec.handoff.clear();
+        }
+        self.outbox[w].clear();
+        self.releases[w].clear();
+        self.cancels[w].clear();
+        let mut lost: Vec<(u64, TaskId)> = Vec::new();
+        let mut rerun: Vec<TaskId> = Vec::new();
+        let mut dropped: Vec<TaskId> = Vec::new();
+        let mut orphaned: Vec<TaskId> = Vec::new();
+        for (&id, rec) in self.tasks.iter_mut() {
+            match rec.state {
+                State::Memory => {
+                    if let Some(i) = rec.who_has.iter().position(|&x| x == w) {
+                        rec.who_has.swap_remove(i);
+                        if rec.who_has.is_empty() {
+                            lost.push((rec.prio, id));
+                        }
+                    }
+                }
+                State::Running(x) if x == w => rerun.push(id),
+                State::Cancelled(x) if x == w => dropped.push(id),
+                State::Queued(Some(x)) if x == w => {
+                    self.workers[w].queue.remove(&(rec.prio, id));
+                    rec.state = State::Queued(None);
+                    self.unbound.insert((rec.prio, id));
+                }
+                _ => {}
+            }
+            if rec.pin == Some(w) && !matches!(rec.state, State::Memory | State::Erred(_)) {
+                orphaned.push(id);
+            }
+        }
+        self.workers[w].queue.clear();
+        if graceful && !lost.is_empty() {
+            tracing::warn!(rank, blocks = lost.len(), "a retired worker left blocks no one else holds");
+        } else if !graceful {
+            tracing::warn!(rank, %reason, lost_blocks = lost.len(), rerun = rerun.len(), "worker left without draining");
+        }
+        for id in dropped {
+            if let Some(rec) = self.tasks.remove(&id) {
+                for input in rec.inputs {
+                    self.dec_ref(input);
+                }
+            }
+        }
+        // Lost blocks first, inputs before dependents (priority order).
+        lost.sort_unstable();
+        for (_, id) in lost {
+            self.recompute(id, rank, &reason);
+        }
+        for id in rerun {
+            if let Some(rec) = self.tasks.get_mut(&id) {
+                if matches!(rec.state, State::Running(_)) {
+                    rec.state = State::Waiting;
+                    self.replace(id);
+                }
+            }
+        }
+        for id in orphaned {
+            if self.tasks.get(&id).is_some_and(|r| !matches!(r.state, State::Memory | State::Erred(_))) {
+                let failure =
+                    self.failure(id, rank, format!("it is pinned to worker rank {rank}, which left ({reason})"));
+                let rec = &self.tasks[&id];
+                if let State::Queued(b) = rec.state {
+                    let entry = (rec.prio, id);
+                    match b {
+                        Some(x) => self.workers[x].queue.remove(&entry),
+                        None => self.unbound.remove(&entry),
+                    };
+                    self.queued -= 1;
+                    self.tasks.get_mut(&id).expect("present").state = State::Waiting;
+                }
+                self.fail(id, failure);
+            }
+        }
+        // Draining workers may have been handing blocks to this one.
+        for d in 0..self.workers.len() {
+            if self.workers[d].draining && !self.workers[d].handoff.is_empty() {
+                self.workers[d].handoff.clear();
+                self.check_drain(d);
+            }
+        }
+        self.settle_retirements();
+        tracing::info!(rank, %reason, workers = self.worker_infos().len(), "worker left");
+    }
+
+    /// A block only a departed worker held: compute it again if its inputs
+    /// are still held or being computed, else fail it naming the worker.
+    fn recompute(&mut self, id: TaskId, rank: u32, reason: &str) {
+        let rec = &self.tasks[&id];
+        let pinned_away = rec.pin.is_some_and(|p| self.workers[p].gone);
+        let recomputable = !pinned_away
+            && rec.inputs.iter().all(|i| self.tasks.get(i).is_some_and(|r| !matches!(r.state, State::Erred(_))));
+        let nbytes = rec.nbytes;
+        self.mem_bytes = self.mem_bytes.saturating_sub(nbytes);
+        // Dependents that counted on the block wait for it again.
+        let dependents = rec.dependents.clone();
+        for d in dependents {
+            let Some(dr) = self.tasks.get_mut(&d) else { continue };
+            match dr.state {
+                State::Waiting => dr.waiting += 1,
+                State::Queued(b) => {
+                    let entry = (dr.prio, d);
+                    dr.state = State::Waiting;
+                    dr.waiting = 1;
+                    match b {
+                        Some(x) => self.workers[x].queue.remove(&entry),
+                        None => self.unbound.remove(&entry),
+                    };
+                    self.queued -= 1;
+                }
+                _ => {}
+            }
+        }
+        if !recomputable {
+            let why = if pinned_away { "it is pinned to that worker" } else { "its inputs were released" };
+            let cause =
+                format!("its block was lost with worker rank {rank} ({reason}) and cannot be recomputed: {why}");
+            let failure = self.failure(id, rank, cause);
+            tracing::warn!(task = %failure.key, rank, "block lost and not recomputable");
+            let rec = self.tasks.get_mut(&id).expect("present");
+            rec.state = State::Waiting;
+            rec.inputs.clear();
+            self.fail(id, failure);
+            return;
+        }
+        tracing::debug!(task = %self.tasks[&id].key, rank, "recomputing a lost block");
+        let inputs = self.tasks[&id].inputs.clone();
+        for &i in &inputs {
+            let r = self.tasks.get_mut(&i).expect("checked above");
+            r.refs += 1;
+            if !r.dependents.contains(&id) {
+                r.dependents.push(id);
+            }
+        }
+        let rec = self.tasks.get_mut(&id).expect("present");
+        rec.state = State::Waiting;
+        self.replace(id);
+    }
+
+    /// Task `id` (state `Waiting`) runs again: counts the inputs it waits
+    /// for and becomes ready if none.
+    fn replace(&mut self, id: TaskId) {
+        let inputs = std::mem::take(&mut self.tasks.get_mut(&id).expect("present").inputs);
+        let waiting =
+            inputs.iter().filter(|i| !self.tasks.get(i).is_some_and(|r| matches!(r.state, State::Memory))).count()
+                as u32;
+        let rec = self.tasks.get_mut(&id).expect("present");
+        rec.inputs = inputs;
+        rec.waiting = waiting;
+        if waiting == 0 {
+            self.make_ready(id);
+        }
+    }
+
+    /// A worker could not fetch `input` of task `id` from `rank`.
+    fn on_input_lost(&mut self, id: TaskId, input: TaskId, rank: u32) {
+        let Some(w) = self.unfinished(id) else { return };
+        let rec = self.tasks.get_mut(&id).expect("unfinished tasks exist");
+        rec.retries += 1;
+        if rec.retries > MAX_RETRIES {
+            let cause = format!("input {input} could not be fetched from rank {rank} ({MAX_RETRIES} tries)");
+            let failure = self.failure(id, self.workers[w].rank, cause);
+            self.fail(id, failure);
+        } else {
+            tracing::debug!(task = %rec.key, %input, from = rank, "input unreachable; placing the task again");
+            rec.state = State::Waiting;
+            self.replace(id);
+        }
+        if self.workers[w].draining {
+            self.check_drain(w);
+        }
     }
 }

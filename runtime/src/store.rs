@@ -2,7 +2,8 @@
 //!
 //! The store is shared: the worker's threads put results in it, and the
 //! transport serves peers' fetches from it directly (in-process: the
-//! requesting thread reads it; MPI: the progress thread does), so a fetch
+//! requesting thread reads it; MPI: the progress thread does; TCP: the
+//! connection's reader thread does), so a fetch
 //! never waits for a worker thread busy in a kernel.
 
 use std::sync::Arc;

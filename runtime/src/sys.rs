@@ -69,3 +69,89 @@ pub fn mpi_launch_size() -> Option<usize> {
 pub fn describe_mpi_launch() -> String {
     mpi_launch_vars().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
+
+/// The most resident memory this process has used so far, in bytes
+/// (`getrusage`'s `ru_maxrss`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    (rc == 0).then(|| usage.ru_maxrss as u64 * 1024)
+}
+
+/// The IPv4 addresses of this host's network interfaces that are up:
+/// `(interface name, address, is loopback)`.
+pub fn interfaces() -> Vec<(String, std::net::Ipv4Addr, bool)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; we only
+    // read entries while the list is alive.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
+                continue;
+            }
+            if ifa.ifa_flags & libc::IFF_UP as u32 == 0 {
+                continue;
+            }
+            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+            out.push((name, ip, ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0));
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// The address other hosts can reach this one at: the IPv4 address of
+/// `interface` if named (an error lists the interfaces there are), else of
+/// the first interface that is up and not loopback, else 127.0.0.1.
+pub fn routable_address(interface: Option<&str>) -> Result<std::net::IpAddr, String> {
+    let all = interfaces();
+    if let Some(name) = interface {
+        return all.iter().find(|(n, _, _)| n == name).map(|(_, ip, _)| std::net::IpAddr::V4(*ip)).ok_or_else(|| {
+            let names: Vec<String> = all.iter().map(|(n, ip, _)| format!("{n} ({ip})")).collect();
+            format!("no interface `{name}` with an IPv4 address here; there are: {}", names.join(", "))
+        });
+    }
+    Ok(match all.iter().find(|(_, _, lo)| !lo) {
+        Some((_, ip, _)) => std::net::IpAddr::V4(*ip),
+        None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    })
+}
+
+/// Installs (once) handlers for SIGTERM and SIGINT that raise the returned
+/// flag; a second signal ends the process at once (status 143). A batch
+/// system sends SIGTERM some time before it kills a job at its walltime:
+/// an elastic worker drains on it.
+pub fn termination_flag() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn on_signal(_: libc::c_int) {
+        if FLAG.swap(true, Ordering::SeqCst) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(143) };
+        }
+    }
+    ONCE.call_once(|| {
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: the handler only touches an atomic and calls _exit,
+            // both async-signal-safe; the sigaction struct is zeroed first.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+    });
+    &FLAG
+}

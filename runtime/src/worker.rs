@@ -35,6 +35,8 @@ pub struct WorkerConfig {
     pub rank: u32,
     pub threads: usize,
     pub host: String,
+    /// Reported to the scheduler (elastic workers: the batch job's id).
+    pub name: String,
 }
 
 /// How a worker ended.
@@ -98,6 +100,7 @@ pub fn run_worker(
             rank,
             threads: threads as u32,
             host: config.host.clone(),
+            name: config.name.clone(),
             registry: worker.registry.digest(),
             kernels: worker.registry.len() as u32,
         },
@@ -132,7 +135,9 @@ impl Worker {
                 },
                 recv(inbox) -> msg => match msg {
                     Ok(Msg::Shutdown { failed, reason }) => {
-                        *self.exit.lock() = Some(WorkerExit::Shutdown { failed, reason });
+                        // The first reason stands (a dropped connection after
+                        // a clean shutdown is no failure).
+                        self.exit.lock().get_or_insert(WorkerExit::Shutdown { failed, reason });
                         // One stop per thread, behind the tasks already queued.
                         for _ in 0..threads {
                             let _ = self.jobs.send(Job::Stop);
@@ -169,11 +174,25 @@ impl Worker {
                 self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id, rank: self.rank });
             }
             Msg::Missing { id, rank: holder } => {
+                // The scheduler places these tasks again (the holder may have
+                // left; it knows where other copies are).
                 let mut table = self.table.lock();
                 for t in table.waiting.remove(&id).unwrap_or_default() {
                     if let Some((task, _)) = table.pending.remove(&t) {
-                        let error = format!("input {id} was not on rank {holder} when rank {} asked for it", self.rank);
-                        self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
+                        tracing::debug!(rank = self.rank, task = %task.id, input = %id, holder, "input unreachable");
+                        self.transport
+                            .send(Endpoint::SCHEDULER, Msg::InputLost { id: task.id, input: id, rank: holder });
+                    }
+                }
+            }
+            Msg::Acquire(blocks) => {
+                // A draining peer hands these off: fetch a copy of each.
+                let me = Endpoint::worker(self.rank);
+                for b in blocks {
+                    if self.store.contains(b.id) {
+                        self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id: b.id, rank: self.rank });
+                    } else if let Some(&holder) = b.holders.first() {
+                        self.transport.send(Endpoint::worker(holder), Msg::Fetch { id: b.id, reply_to: me });
                     }
                 }
             }
@@ -247,6 +266,11 @@ impl Worker {
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))));
         drop(inputs);
+        let micros = start.elapsed().as_micros() as u64;
+        match &result {
+            Ok(Ok(_)) => tracing::debug!(rank = self.rank, task = %task.key, micros, "ran"),
+            _ => tracing::debug!(rank = self.rank, task = %task.key, micros, "failed"),
+        }
         let msg = match result {
             Ok(Ok(block)) => {
                 let nbytes = block.nbytes() as u64;
@@ -254,7 +278,7 @@ impl Worker {
                 self.store.insert(task.id, block);
                 self.input_arrived(&mut table, task.id);
                 drop(table);
-                Msg::Done { id: task.id, nbytes, micros: start.elapsed().as_micros() as u64 }
+                Msg::Done { id: task.id, nbytes, micros }
             }
             Ok(Err(e)) => Msg::Failed { id: task.id, error: e.to_string() },
             Err(panic) => Msg::Failed { id: task.id, error: format!("panicked: {}", crate::panic::message(&*panic)) },

@@ -316,3 +316,52 @@ fn idle_workers_steal_queued_tasks() {
     // On rank 1 alone: 24 x 40 ms = 960 ms.
     assert!(elapsed < Duration::from_millis(700), "took {elapsed:?}");
 }
+
+#[test]
+fn a_failure_whose_siblings_still_run_leaves_the_cluster_usable() {
+    // `mid` fails with `bad` and is forgotten at once (nothing else needs
+    // it) while its other input `slow` still runs for `side`; `slow` then
+    // finishes with a dependent the scheduler no longer knows.
+    let cluster = LocalCluster::builder().workers(3).start().unwrap();
+    let client = cluster.client();
+    for _ in 0..3 {
+        let mut g = Graph::new();
+        g.push(Task::new(k("bad", 0), "fail").param(&"first".to_string()));
+        g.push(Task::new(k("slow", 0), "sleep").param(&150u64));
+        g.push(Task::new(k("mid", 0), "noop").inputs([k("bad", 0), k("slow", 0)]));
+        g.push(Task::new(k("top", 0), "noop").inputs([k("mid", 0)]));
+        g.push(Task::new(k("side", 0), "noop").inputs([k("slow", 0)]));
+        g.push(Task::new(k("late", 0), "sleep").param(&100u64));
+        g.push(Task::new(k("bad", 1), "fail").param(&"second".to_string()).inputs([k("late", 0), k("slow", 0)]));
+        g.push(Task::new(k("top", 1), "noop").inputs([k("bad", 1)]));
+        let held = client.persist(g, &[k("top", 0), k("side", 0), k("top", 1)]).unwrap();
+        let e = held.wait().unwrap_err();
+        assert!(e.to_string().contains("first"), "{e}");
+        drop(held);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (g, root) = tree(50);
+    assert_eq!(client.compute(g, &[root]).unwrap()[0].to_scalar(), Some(50.0));
+    assert_eq!(client.state().unwrap().in_memory, 0);
+}
+
+/// The backlog a job queue sizes an elastic cluster by: tasks waiting for
+/// inputs, queued in the scheduler, or sent to a worker; zero once done.
+#[test]
+fn the_backlog_counts_every_task_not_yet_computed() {
+    let cluster = LocalCluster::builder().workers(1).start().unwrap();
+    let client = cluster.client();
+    let mut g = Graph::new();
+    // 20 sleeping roots (1 thread: most wait in the queues), each with a dependent.
+    for i in 0..20 {
+        g.push(Task::new(k("nap", i), "sleep").param(&50u64));
+        g.push(Task::new(k("after", i), "noop").inputs([k("nap", i)]));
+    }
+    let held = client.persist(g, &(0..20).map(|i| k("after", i)).collect::<Vec<_>>()).unwrap();
+    let s = client.state().unwrap();
+    assert_eq!(s.backlog(), 40 - s.in_memory, "{s:?}");
+    assert!(s.waiting >= 15 && s.queued >= 10, "dependents wait, roots queue: {s:?}");
+    held.wait().unwrap();
+    let s = client.state().unwrap();
+    assert_eq!((s.backlog(), s.waiting, s.queued), (0, 0, 0), "{s:?}");
+}

@@ -9,20 +9,27 @@
 //! |---|---|---|
 //! | [`local::LocalTransport`] | threads of one process | the `Arc` is handed over, no copy |
 //! | `mpi::MpiTransport` (feature `mpi`) | MPI ranks of a communicator | raw bytes on a data tag, control on another; one progress thread does all MPI calls |
+//! | [`tcp::TcpTransport`] | processes that joined an elastic cluster over TCP, each connection authenticated with a shared secret | raw bytes after the frame that announces them, worker to worker |
 //!
 //! `send` never blocks on the network and never fails loudly: a message to an
 //! endpoint that has already stopped is dropped (and traced), which only
 //! happens during shutdown.
 
+use std::sync::Arc;
+
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
+use crate::client::WireReply;
+use crate::error::Error;
 use crate::protocol::{Endpoint, Msg, Payload, Role};
 use crate::store::BlockStore;
 
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod tcp;
 
 /// Moves messages between endpoints.
 pub trait Transport: Send + Sync + 'static {
@@ -42,6 +49,52 @@ pub trait Transport: Send + Sync + 'static {
 pub struct Mailboxes {
     routes: FxHashMap<Endpoint, Sender<Msg>>,
     stores: FxHashMap<u32, BlockStore>,
+    replies: Option<ReplyRouter>,
+}
+
+/// Where the answers to a remote client's requests go: one waiting
+/// channel per request id.
+#[derive(Clone, Default)]
+pub struct ReplyRouter {
+    state: Arc<Mutex<RouterState>>,
+}
+
+#[derive(Default)]
+struct RouterState {
+    pending: FxHashMap<u64, Sender<WireReply>>,
+    closed: Option<String>,
+}
+
+impl ReplyRouter {
+    /// The channel the answer to request `id` will arrive on (closed at
+    /// once if the scheduler is already gone).
+    pub fn expect(&self, id: u64) -> Receiver<WireReply> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut s = self.state.lock();
+        if s.closed.is_none() {
+            s.pending.insert(id, tx);
+        }
+        rx
+    }
+
+    fn route(&self, id: u64, reply: WireReply) {
+        if let Some(tx) = self.state.lock().pending.remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// The scheduler is gone: every waiting request fails with `reason`.
+    pub fn close(&self, reason: String) {
+        let mut s = self.state.lock();
+        s.closed.get_or_insert(reason);
+        s.pending.clear();
+    }
+
+    /// The error for a request whose answer will never come.
+    pub fn lost(&self) -> Error {
+        let reason = self.state.lock().closed.clone().unwrap_or_else(|| "it stopped answering".into());
+        Error::Connect { addr: "the scheduler".into(), reason }
+    }
 }
 
 /// What became of a message handed to [`Mailboxes::deliver`].
@@ -73,9 +126,26 @@ impl Mailboxes {
         self.stores.insert(rank, store);
     }
 
+    /// Routes answers to a remote client's requests to `router`.
+    pub fn attach_replies(&mut self, router: ReplyRouter) {
+        self.replies = Some(router);
+    }
+
+    /// The reply router, if this process hosts a remote client.
+    pub fn replies(&self) -> Option<&ReplyRouter> {
+        self.replies.as_ref()
+    }
+
     /// Delivers to a local endpoint. A fetch from a local worker's store is
     /// answered here, without waking the worker.
     pub fn deliver(&self, to: Endpoint, msg: Msg) -> Delivery {
+        if let Msg::Reply { id, reply } = msg {
+            match &self.replies {
+                Some(router) => router.route(id, reply),
+                None => tracing::warn!(%to, id, "a reply for a client this process does not host"),
+            }
+            return Delivery::Delivered;
+        }
         if let (Msg::Fetch { id, reply_to }, Role::Worker) = (&msg, to.role) {
             if let Some(store) = self.stores.get(&to.rank) {
                 let reply = match store.get(*id) {

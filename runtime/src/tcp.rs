@@ -1,0 +1,367 @@
+//! Elastic clusters over TCP: a long-lived scheduler, workers that join and
+//! leave while it runs, and drivers that connect as clients (the shape of
+//! dask.distributed: `dask scheduler`, `dask worker ADDR`, `Client(ADDR)`).
+//!
+//! | role | call | `tessera` command |
+//! |---|---|---|
+//! | scheduler (rank 0) | [`Scheduler::start`] | `tessera scheduler [--listen ADDR] [--interface NAME]` |
+//! | worker (ranks 1, 2, ...) | [`run_worker`] | `tessera worker --scheduler ADDR [--lifetime S]` |
+//! | driver | [`connect`], or [`crate::Config`] with `scheduler` set | `tessera demo --scheduler ADDR` |
+//!
+//! Every connection is authenticated with the cluster's [`Secret`] (see
+//! [`crate::transport::tcp`] for the handshake). Workers draining at the end
+//! of their lifetime (batch walltime minus a margin, staggered by a random
+//! amount so a batch of workers does not leave at once) or on SIGTERM hand
+//! their blocks to the others before exiting; [`crate::Client::retire_workers`]
+//! does the same on the scheduler's initiative.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tessera_runtime::secret::Secret;
+//! use tessera_runtime::tcp::{self, SchedulerOptions, WorkerOptions};
+//! use tessera_runtime::transport::tcp::TcpOptions;
+//! use tessera_runtime::{Graph, Key, Task};
+//!
+//! let opts = TcpOptions::new(Secret::generate()?);
+//! let scheduler = tcp::Scheduler::start(SchedulerOptions { listen: "127.0.0.1:0".into(), ..SchedulerOptions::new(opts.clone()) })?;
+//! let addr = scheduler.address().to_string();
+//! let worker = std::thread::spawn({
+//!     let opts = WorkerOptions::new(&addr, opts.clone());
+//!     move || tcp::run_worker(opts)
+//! });
+//! let client = tcp::connect(&addr, opts)?;
+//! client.wait_for_workers(1, Duration::from_secs(30))?;
+//! let mut g = Graph::new();
+//! g.push(Task::new(Key::new("x", []), "sum").param(&41.0f64));
+//! g.push(Task::new(Key::new("y", []), "sum").param(&1.0f64).inputs([Key::new("x", [])]));
+//! assert_eq!(client.compute(g, &[Key::new("y", [])])?[0].to_scalar(), Some(42.0));
+//! drop(client);
+//! scheduler.shutdown();
+//! assert!(worker.join().unwrap()?.exit_ok());
+//! # Ok::<(), tessera_runtime::Error>(())
+//! ```
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::ops::Deref;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::cluster::{spawn_scheduler, spawn_worker};
+use crate::error::{Error, Result};
+use crate::kernel::Registry;
+use crate::protocol::{Endpoint, Msg, Role};
+use crate::scheduler::{Exit, SchedulerConfig};
+pub use crate::secret::Secret;
+use crate::store::BlockStore;
+use crate::transport::tcp::{connect as dial, Intro, TcpOptions, TcpTransport, Welcome};
+use crate::transport::{Mailboxes, ReplyRouter, Transport};
+use crate::worker::{WorkerConfig, WorkerExit};
+
+/// How to start an elastic scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    /// Where to listen: `HOST:PORT`, `:PORT` or `""` (this host's routable
+    /// address, see [`crate::sys::routable_address`]; port 0 lets the system
+    /// choose). `0.0.0.0:PORT` listens everywhere and advertises the
+    /// routable address.
+    pub listen: String,
+    /// Take the routable address from this interface (e.g. `ib0`).
+    pub interface: Option<String>,
+    /// Kernels the workers must have registered identically.
+    pub registry: Registry,
+    /// Tasks queued on each worker beyond one per thread.
+    pub queue_extra: u32,
+    pub tcp: TcpOptions,
+}
+
+impl SchedulerOptions {
+    pub fn new(tcp: TcpOptions) -> SchedulerOptions {
+        SchedulerOptions { listen: String::new(), interface: None, registry: Registry::builtin(), queue_extra: 4, tcp }
+    }
+}
+
+/// Resolves a `--listen` value to the address to bind and the address to
+/// advertise (what workers connect to).
+pub fn resolve_listen(listen: &str, interface: Option<&str>) -> Result<(SocketAddr, SocketAddr)> {
+    let bad = |reason: String| Error::Config(format!("--listen `{listen}`: {reason}"));
+    let routable = || crate::sys::routable_address(interface).map_err(|e| Error::Config(format!("--interface: {e}")));
+    let listen = listen.trim();
+    let bind = if listen.is_empty() {
+        SocketAddr::new(routable()?, 0)
+    } else if let Some(port) = listen.strip_prefix(':') {
+        let port = port.parse::<u16>().map_err(|_| bad("expected HOST:PORT or :PORT".into()))?;
+        SocketAddr::new(routable()?, port)
+    } else {
+        listen
+            .to_socket_addrs()
+            .map_err(|e| bad(format!("expected HOST:PORT or :PORT ({e})")))?
+            .next()
+            .ok_or_else(|| bad("the name resolves to no address".into()))?
+    };
+    let advertise = if bind.ip().is_unspecified() { SocketAddr::new(routable()?, bind.port()) } else { bind };
+    Ok((bind, advertise))
+}
+
+/// A running elastic scheduler: listens for workers and clients, and hosts
+/// an in-process [`Client`] as well.
+pub struct Scheduler {
+    address: String,
+    client: Client,
+    transport: Arc<TcpTransport>,
+    thread: Option<JoinHandle<Exit>>,
+}
+
+impl Scheduler {
+    /// Binds, starts the scheduler thread and accepts connections.
+    pub fn start(opts: SchedulerOptions) -> Result<Scheduler> {
+        if opts.tcp.secret.is_none() {
+            return Err(Error::Config("a scheduler needs a secret".into()));
+        }
+        let (bind, advertise) = resolve_listen(&opts.listen, opts.interface.as_deref())?;
+        let listener = TcpListener::bind(bind).map_err(|e| Error::Config(format!("cannot listen on {bind}: {e}")))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(bind.port());
+        let address = SocketAddr::new(advertise.ip(), port).to_string();
+        let mut mailboxes = Mailboxes::new();
+        let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
+        let client_inbox = mailboxes.open(Endpoint::CLIENT);
+        let transport = TcpTransport::new(0, true, mailboxes, opts.tcp, Some(listener));
+        let dyn_transport: Arc<dyn Transport> = transport.clone();
+        let config = SchedulerConfig {
+            worker_ranks: Vec::new(),
+            queue_extra: opts.queue_extra,
+            heartbeat_timeout: None, // the transport's keep-alives find silent workers
+            elastic: true,
+        };
+        let (thread, ready) = spawn_scheduler(Arc::new(opts.registry), Arc::clone(&dyn_transport), config, sched_inbox);
+        ready.recv().map_err(|_| Error::ShutDown)??;
+        tracing::info!(%address, %bind, "elastic scheduler listening");
+        let client = Client::elastic(dyn_transport, client_inbox);
+        Ok(Scheduler { address, client, transport, thread: Some(thread) })
+    }
+
+    /// The address workers and clients connect to (`IP:PORT`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A client in this process.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Tells every worker to stop, waits for them (up to 30 s), closes.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.client.shutdown(false, String::new());
+            let _ = t.join();
+            self.transport.flush(Duration::from_secs(5));
+            self.transport.close();
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How to run an elastic worker.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The scheduler's address (`HOST:PORT`).
+    pub scheduler: String,
+    /// Compute threads (default: usable cores).
+    pub threads: usize,
+    pub registry: Registry,
+    /// Drain and leave after this long (the job's walltime minus a margin).
+    pub lifetime: Option<Duration>,
+    /// The lifetime moves by a random amount in `[-stagger, +stagger]`.
+    pub lifetime_stagger: Duration,
+    /// Leave anyway if the drain has not finished after this long.
+    pub drain_timeout: Duration,
+    /// Listen for peers on this interface (default: the one the scheduler
+    /// was reached through).
+    pub interface: Option<String>,
+    /// Drain on SIGTERM or SIGINT (installs handlers; command-line workers).
+    pub drain_on_signal: bool,
+    /// What the worker calls itself ([`crate::WorkerInfo::name`]); default:
+    /// the batch job's id from the environment, if any.
+    pub name: String,
+    pub tcp: TcpOptions,
+}
+
+/// The batch job this process runs in, from the variables Slurm, PBS and
+/// SGE set (empty outside a job).
+pub fn batch_job_id() -> String {
+    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| std::env::var(v).ok()).unwrap_or_default()
+}
+
+impl WorkerOptions {
+    pub fn new(scheduler: &str, tcp: TcpOptions) -> WorkerOptions {
+        WorkerOptions {
+            scheduler: scheduler.to_owned(),
+            threads: crate::sys::usable_cores(),
+            registry: Registry::builtin(),
+            lifetime: None,
+            lifetime_stagger: Duration::ZERO,
+            drain_timeout: Duration::from_secs(120),
+            interface: None,
+            drain_on_signal: false,
+            name: batch_job_id(),
+            tcp,
+        }
+    }
+}
+
+/// How an elastic worker ended.
+#[derive(Debug)]
+pub struct WorkerReport {
+    pub rank: u32,
+    pub exit: WorkerExit,
+    /// It asked to leave (lifetime or signal) before it was told to stop.
+    pub drained: bool,
+    /// Why it asked: `lifetime` or `signal`.
+    pub drain_cause: Option<&'static str>,
+}
+
+impl WorkerReport {
+    /// Whether the worker stopped as told (retired, or the cluster shut down cleanly).
+    pub fn exit_ok(&self) -> bool {
+        matches!(self.exit, WorkerExit::Shutdown { failed: false, .. })
+    }
+}
+
+/// The lifetime after stagger: `lifetime + u * stagger`, `u` uniform in [-1, 1].
+fn staggered(lifetime: Duration, stagger: Duration) -> Duration {
+    let r = crate::secret::random_bytes::<8>().map(u64::from_le_bytes).unwrap_or(0);
+    let u = (r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+    Duration::from_secs_f64((lifetime.as_secs_f64() + u * stagger.as_secs_f64()).max(0.0))
+}
+
+/// Joins the scheduler at `opts.scheduler`, runs tasks until told to stop
+/// (or until its lifetime ends or a signal comes, then drains first), and
+/// returns how it ended. An error means it never joined (address, secret,
+/// refused) or lost the scheduler.
+pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
+    let mut listener = None;
+    let interface = opts.interface.clone();
+    let (stream, welcome) = dial(&opts.scheduler, &opts.tcp, |local| {
+        // Listen where the scheduler reached us: that interface routes.
+        let ip = match &interface {
+            Some(name) => {
+                crate::sys::routable_address(Some(name)).map_err(|e| Error::Config(format!("--interface: {e}")))?
+            }
+            None => local.ip(),
+        };
+        let l = TcpListener::bind((ip, 0)).map_err(|e| Error::Config(format!("cannot listen on {ip}: {e}")))?;
+        let listen = l.local_addr().map_err(|e| Error::Config(e.to_string()))?.to_string();
+        listener = Some(l);
+        Ok(Intro::Worker { listen })
+    })?;
+    let Welcome::Joined { rank, peers } = welcome else { unreachable!("refusals are errors") };
+    let threads = opts.threads.max(1);
+    tracing::info!(rank, scheduler = %opts.scheduler, threads, "joined the cluster");
+
+    let mut mailboxes = Mailboxes::new();
+    let store = BlockStore::new();
+    mailboxes.attach_store(rank, store.clone());
+    let inbox = mailboxes.open(Endpoint::worker(rank));
+    let transport = TcpTransport::new(rank, false, mailboxes, opts.tcp.clone(), listener);
+    transport.learn(peers);
+    transport.adopt(0, opts.scheduler.clone(), stream);
+    let dyn_transport: Arc<dyn Transport> = transport.clone();
+    let wc = WorkerConfig { rank, threads, host: crate::sys::hostname(), name: opts.name.clone() };
+    let handle = spawn_worker(wc, Arc::new(opts.registry.clone()), Arc::clone(&dyn_transport), store, inbox);
+
+    let signal = opts.drain_on_signal.then(crate::sys::termination_flag);
+    let started = Instant::now();
+    let lifetime = opts.lifetime.map(|l| staggered(l, opts.lifetime_stagger));
+    if let Some(l) = lifetime {
+        tracing::info!(rank, seconds = l.as_secs_f64(), "will drain after its lifetime");
+    }
+    let mut drain: Option<(Instant, &'static str)> = None;
+    let mut gave_up = false;
+    while !handle.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        if drain.is_none() {
+            let cause = if signal.is_some_and(|f| f.load(Ordering::SeqCst)) {
+                Some("signal")
+            } else if lifetime.is_some_and(|l| started.elapsed() >= l) {
+                Some("lifetime")
+            } else {
+                None
+            };
+            if let Some(cause) = cause {
+                tracing::info!(rank, cause, "draining: asking the scheduler to retire this worker");
+                dyn_transport.send(Endpoint::SCHEDULER, Msg::Drain { rank });
+                drain = Some((Instant::now(), cause));
+            }
+        } else if let Some((since, _)) = drain {
+            if !gave_up && since.elapsed() >= opts.drain_timeout {
+                tracing::warn!(rank, "the drain did not finish in time; leaving anyway");
+                let stop = Msg::Shutdown { failed: false, reason: "drain timed out".into() };
+                dyn_transport.send(Endpoint { rank, role: Role::Worker }, stop);
+                gave_up = true;
+            }
+        }
+    }
+    let exit = handle.join().unwrap_or(WorkerExit::Disconnected);
+    transport.stopping();
+    transport.flush(Duration::from_secs(5));
+    transport.close();
+    tracing::info!(rank, ?exit, "worker left the cluster");
+    if let WorkerExit::Shutdown { failed: true, reason } = &exit {
+        if reason.starts_with("lost the connection") {
+            return Err(Error::Connect { addr: opts.scheduler.clone(), reason: reason.clone() });
+        }
+    }
+    Ok(WorkerReport { rank, exit, drained: drain.is_some(), drain_cause: drain.map(|d| d.1) })
+}
+
+/// A driver's connection to an elastic scheduler. Derefs to [`Client`].
+pub struct RemoteClient {
+    client: Client,
+    rank: u32,
+}
+
+impl RemoteClient {
+    /// The rank the scheduler gave this client.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Deref for RemoteClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Connects to the elastic scheduler at `addr` as a client.
+pub fn connect(addr: &str, tcp: TcpOptions) -> Result<RemoteClient> {
+    let (stream, welcome) = dial(addr, &tcp, |_| Ok(Intro::Client))?;
+    let Welcome::Joined { rank, peers } = welcome else { unreachable!("refusals are errors") };
+    let me = Endpoint { rank, role: Role::Client };
+    let mut mailboxes = Mailboxes::new();
+    let inbox = mailboxes.open(me);
+    let router = ReplyRouter::default();
+    mailboxes.attach_replies(router.clone());
+    let transport = TcpTransport::new(rank, false, mailboxes, tcp, None);
+    transport.learn(peers);
+    transport.adopt(0, addr.to_owned(), stream);
+    tracing::info!(rank, scheduler = addr, "connected as a client");
+    Ok(RemoteClient { client: Client::remote(transport, inbox, me, router), rank })
+}
