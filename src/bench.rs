@@ -155,3 +155,417 @@ pub fn transfer(client: &Client, from: u32, to: u32, bytes: usize, repeat: usize
     }
     Ok(times)
 }
+
+/// One faer matrix product `m x k @ k x n` on `threads` cores (rayon), the
+/// ceiling a blocked product on the same cores is measured against.
+#[derive(Clone, Debug, Serialize)]
+pub struct GemmRun {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub threads: usize,
+    pub seconds: f64,
+    pub gflops: f64,
+    pub repeat: usize,
+}
+
+/// Times [`GemmRun`]: median of `repeat` products after one warm-up.
+pub fn gemm(m: usize, k: usize, n: usize, threads: usize, repeat: usize) -> GemmRun {
+    use tessera_linalg::faer::{linalg::matmul::matmul, Accum, Mat, Par};
+    let a = Mat::<f64>::from_fn(m, k, |i, j| ((i * 31 + j * 17) % 97) as f64 / 97.0);
+    let b = Mat::<f64>::from_fn(k, n, |i, j| ((i * 13 + j * 7) % 89) as f64 / 89.0);
+    let mut c = Mat::<f64>::zeros(m, n);
+    let par = if threads > 1 { Par::rayon(threads) } else { Par::Seq };
+    let mut times = Vec::with_capacity(repeat);
+    for i in 0..=repeat.max(1) {
+        let t = Instant::now();
+        matmul(c.as_mut(), Accum::Replace, a.as_ref(), b.as_ref(), 1.0, par);
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let seconds = median(&mut times);
+    GemmRun { m, k, n, threads, seconds, gflops: 2.0 * (m * k * n) as f64 / seconds / 1e9, repeat: times.len() }
+}
+
+/// One run of the elastic benchmark (medians over the repeats).
+#[derive(Debug, Clone, Serialize)]
+pub struct ElasticRun {
+    pub workers: usize,
+    /// From starting the worker processes to the first / the last one joined.
+    pub join_first_seconds: f64,
+    pub join_all_seconds: f64,
+    /// `retire_workers` of all workers but one, which receives their blocks.
+    pub drain_seconds: f64,
+    /// From the retire call until those worker processes had exited.
+    pub exit_seconds: f64,
+    /// MiB of blocks the drained workers handed off.
+    pub handed_off_mib: f64,
+    /// Blocks computed per repeat, all verified after the drain.
+    pub tasks: usize,
+    /// One block of `mib` MiB fetched by a task on another worker
+    /// ([`transfer`]: scheduling, fetch, bytes, report), in GiB/s ...
+    pub transfer_gib_per_s: f64,
+    /// ... against the same bytes over a plain loopback TCP socket between
+    /// two threads, into a reused buffer.
+    pub plain_tcp_gib_per_s: f64,
+    pub repeat: usize,
+    pub transport: &'static str,
+}
+
+/// Scale-up and drain of an elastic cluster on this host: starts a
+/// scheduler on 127.0.0.1, starts `n` `exe worker` processes and times
+/// until all have joined; fills each with blocks of `mib` MiB in all;
+/// retires all but one (timing until the call returns and until their
+/// processes are gone); checks every block arrived intact and no task ran
+/// twice.
+pub fn elastic(
+    exe: &std::path::Path,
+    n: usize,
+    mib: usize,
+    repeat: usize,
+    dead_after: std::time::Duration,
+) -> anyhow::Result<ElasticRun> {
+    use anyhow::{ensure, Context};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    use tessera_runtime::secret::Secret;
+    use tessera_runtime::tcp::{self, SchedulerOptions};
+    use tessera_runtime::transport::tcp::TcpOptions;
+
+    ensure!(n >= 2, "bench elastic needs at least 2 workers (one receives the others' blocks)");
+    let dir = std::env::temp_dir().join(format!("tessera-bench-elastic-{}", std::process::id()));
+    let secret_path = dir.join("secret");
+    let _ = std::fs::remove_dir_all(&dir);
+    let secret = Secret::load_or_create(&secret_path)?;
+    let mut tcp_opts = TcpOptions::new(secret);
+    tcp_opts.dead_after = dead_after;
+    let (mut first, mut all, mut drain, mut exit) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut moves = Vec::new();
+    let blocks_per_worker = 4usize;
+    let len = (mib << 20) / 8 / blocks_per_worker;
+    let mut tasks = 0;
+    for r in 0..repeat.max(1) {
+        let opts = SchedulerOptions { listen: "127.0.0.1:0".into(), ..SchedulerOptions::new(tcp_opts.clone()) };
+        let server = tcp::Scheduler::start(opts)?;
+        let client = server.client().clone();
+        let t0 = Instant::now();
+        let mut children = Vec::new();
+        for _ in 0..n {
+            let child = Command::new(exe)
+                .args(["worker", "--scheduler", server.address(), "--threads", "1", "--log", "warn"])
+                .arg("--secret-file")
+                .arg(&secret_path)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))?;
+            children.push(child);
+        }
+        let mut t_first = None;
+        loop {
+            let k = client.workers().len();
+            if k >= 1 && t_first.is_none() {
+                t_first = Some(t0.elapsed().as_secs_f64());
+            }
+            if k >= n {
+                break;
+            }
+            ensure!(t0.elapsed() < Duration::from_secs(60), "only {k} of {n} workers joined within 60 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        all.push(t0.elapsed().as_secs_f64());
+        first.push(t_first.unwrap_or(f64::NAN));
+
+        // Every worker computes blocks of its own.
+        let ranks: Vec<u32> = client.workers().iter().map(|w| w.rank).collect();
+        moves.extend(transfer(&client, ranks[0], ranks[1], mib << 20, 3)?);
+        let mut g = Graph::new();
+        let keys: Vec<Key> = (0..(n * blocks_per_worker) as u32).map(|i| Key::new(format!("e{r}"), [i])).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let rank = ranks[i % ranks.len()];
+            g.push(Task::new(k.clone(), "fill").param(&(len, i as f64)).on_rank(rank));
+        }
+        tasks = keys.len();
+        let held = client.persist(g, &keys)?;
+        held.wait()?;
+        let keep = ranks[0];
+        let leaving: Vec<u32> = ranks[1..].to_vec();
+        let t1 = Instant::now();
+        client.retire_workers(&leaving)?;
+        drain.push(t1.elapsed().as_secs_f64());
+        // Which process got which rank is not known here: wait until all
+        // but one have exited, each with status 0.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut exited = vec![false; children.len()];
+        while exited.iter().filter(|&&e| e).count() < leaving.len() {
+            for (c, done) in children.iter_mut().zip(exited.iter_mut()) {
+                if !*done {
+                    if let Some(st) = c.try_wait()? {
+                        ensure!(st.success(), "a drained worker exited with {st}");
+                        *done = true;
+                    }
+                }
+            }
+            ensure!(Instant::now() < deadline, "drained workers did not exit within 60 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        exit.push(t1.elapsed().as_secs_f64());
+        let workers_now: Vec<u32> = client.workers().iter().map(|w| w.rank).collect();
+        ensure!(workers_now == [keep], "after the drain the workers are {workers_now:?}, expected [{keep}]");
+        let out = held.gather()?;
+        for (i, b) in out.iter().enumerate() {
+            let v = b.as_f64().context("fill makes f64 blocks")?;
+            ensure!(v.len() == len && v.iter().all(|&x| x == i as f64), "block {i} arrived damaged after the drain");
+        }
+        let locs = held.locations()?;
+        ensure!(locs.iter().all(|l| l == &[keep]), "blocks are not all on the remaining worker: {locs:?}");
+        drop(held);
+        server.shutdown();
+        for mut c in children {
+            let _ = c.wait();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let handed_off_mib = ((n - 1) * blocks_per_worker * len * 8) as f64 / (1u64 << 20) as f64;
+    let gib = |s: f64| (mib << 20) as f64 / s / (1u64 << 30) as f64;
+    let mut plain = plain_tcp(mib << 20, 3 * repeat.max(1))?;
+    Ok(ElasticRun {
+        workers: n,
+        join_first_seconds: median(&mut first),
+        join_all_seconds: median(&mut all),
+        drain_seconds: median(&mut drain),
+        exit_seconds: median(&mut exit),
+        handed_off_mib,
+        tasks,
+        transfer_gib_per_s: gib(median(&mut moves)),
+        plain_tcp_gib_per_s: gib(median(&mut plain)),
+        repeat: repeat.max(1),
+        transport: "tcp",
+    })
+}
+
+/// Seconds to move `bytes` over a loopback TCP connection between two
+/// threads (write from one buffer, read into a reused one), `repeat` times.
+fn plain_tcp(bytes: usize, repeat: usize) -> anyhow::Result<Vec<f64>> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let data = vec![1u8; bytes];
+        let mut go = [0u8; 1];
+        for _ in 0..repeat {
+            s.read_exact(&mut go)?;
+            s.write_all(&data)?;
+        }
+        Ok(())
+    });
+    let (mut r, _) = listener.accept()?;
+    r.set_nodelay(true)?;
+    let mut buf = vec![0u8; bytes];
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        r.write_all(&[1])?;
+        r.read_exact(&mut buf)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    sender.join().map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
+    Ok(times)
+}
+
+/// Figures of `tessera bench scale`: elastic workers through the job queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleRun {
+    pub workers: u32,
+    /// Tasks of each run's graph, every one counted exactly once in the workers' logs.
+    pub tasks: usize,
+    /// From starting `tessera jobqueue scale N` (0 workers, the graph
+    /// waiting) until the scheduler lists all N workers: median, min, max.
+    pub up_seconds: [f64; 3],
+    /// From starting `scale 1` in the middle of the graph until the other
+    /// workers have left the scheduler (blocks handed off) ...
+    pub down_left_seconds: [f64; 3],
+    /// ... and until their jobs have ended (the command returns: it polls
+    /// the batch system every 0.1 s).
+    pub down_gone_seconds: [f64; 3],
+    /// `scale 0` once the graph is done: until the last job has ended.
+    pub zero_gone_seconds: [f64; 3],
+    pub repeat: usize,
+}
+
+fn spread(xs: &mut [f64]) -> [f64; 3] {
+    let m = median(xs);
+    [m, xs.first().copied().unwrap_or(f64::NAN), xs.last().copied().unwrap_or(f64::NAN)]
+}
+
+/// Elastic scale-up and scale-down through `tessera jobqueue scale`, with a
+/// computation running across both, on a batch system (the local Slurm in
+/// `benches/elastic_slurm.sh`).
+///
+/// `client` is connected to a running scheduler with no workers; `tessera`
+/// runs `exe <cluster flags> jobqueue --json scale N <jobqueue flags>
+/// --log-dir DIR/runR`. Each run submits a graph of `tasks` sleeps of `ms`
+/// (each feeding a one-element block, all summed) before any worker exists,
+/// scales to `n` (timed until all joined), scales to 1 once a quarter of the
+/// graph is done (timed until the others left and their jobs ended), checks
+/// the result, scales to 0 (timed until the job ended), and counts in the
+/// jobs' output (the workers log every task they run at debug) that every
+/// task ran exactly once.
+#[allow(clippy::too_many_arguments)]
+pub fn scale(
+    client: &Client,
+    exe: &std::path::Path,
+    cluster: &[String],
+    jobqueue: &[String],
+    log_dir: &std::path::Path,
+    n: u32,
+    tasks: u32,
+    ms: u64,
+    repeat: usize,
+) -> anyhow::Result<ScaleRun> {
+    use anyhow::{bail, ensure, Context};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    ensure!(n >= 2, "bench scale needs at least 2 workers (it scales down to 1)");
+    ensure!(tasks >= 4, "bench scale needs at least 4 tasks");
+    ensure!(
+        client.try_workers()?.is_empty(),
+        "bench scale needs a scheduler without workers (it counts the ones it starts)"
+    );
+    let scale_cmd = |target: u32, dir: &std::path::Path| {
+        let mut c = Command::new(exe);
+        c.args(cluster).args(["jobqueue", "--json", "scale", &target.to_string()]).args(jobqueue);
+        c.arg("--log-dir").arg(dir).args(["--env", "RUST_LOG=info,tessera_runtime::worker=debug"]);
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    let finish = |c: std::process::Child, what: &str| -> anyhow::Result<serde_json::Value> {
+        let o = c.wait_with_output()?;
+        if !o.status.success() {
+            bail!("{what} failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr));
+        }
+        serde_json::from_slice(&o.stdout).with_context(|| format!("{what} printed no JSON"))
+    };
+    let wait_for = |what: &str, pred: &dyn Fn(usize) -> bool| -> anyhow::Result<()> {
+        let t = Instant::now();
+        while !pred(client.try_workers()?.len()) {
+            ensure!(t.elapsed() < Duration::from_secs(300), "{what}: not within 300 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    let (mut up, mut left, mut gone, mut zero) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut total_tasks = 0;
+    for r in 0..repeat.max(1) {
+        let dir = log_dir.join(format!("run{r}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (g, tot, want) = naps(&r.to_string(), tasks, ms);
+        total_tasks = g.len();
+        let held = client.persist(g, std::slice::from_ref(&tot))?;
+
+        let t0 = Instant::now();
+        let c = scale_cmd(n, &dir).spawn().context("cannot start tessera jobqueue scale")?;
+        wait_for("scale-up", &|k| k >= n as usize)?;
+        up.push(t0.elapsed().as_secs_f64());
+        finish(c, &format!("scale {n}"))?;
+
+        let backlog0 = total_tasks;
+        let t = Instant::now();
+        while client.state()?.backlog() * 4 > backlog0 * 3 {
+            ensure!(t.elapsed() < Duration::from_secs(300), "the graph made no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t1 = Instant::now();
+        let c = scale_cmd(1, &dir).spawn()?;
+        wait_for("scale-down", &|k| k == 1)?;
+        left.push(t1.elapsed().as_secs_f64());
+        let down = finish(c, "scale 1")?;
+        gone.push(t1.elapsed().as_secs_f64());
+        ensure!(
+            down["retired"].as_array().map_or(0, Vec::len) == n as usize - 1,
+            "scale 1 did not retire {} workers: {down}",
+            n - 1
+        );
+        ensure!(client.state()?.backlog() > 0, "the graph ended before the scale-down finished; use more --tasks");
+
+        let out = held.gather()?;
+        ensure!(out[0].to_scalar() == Some(want), "{tot} = {:?}, expected {want}", out[0].to_scalar());
+        drop(held);
+
+        let t2 = Instant::now();
+        let z = finish(scale_cmd(0, &dir).spawn()?, "scale 0")?;
+        zero.push(t2.elapsed().as_secs_f64());
+        ensure!(z["jobs"].as_array().is_some_and(Vec::is_empty), "jobs left after scale 0: {z}");
+
+        // Every task ran once, in whichever job's worker it ran.
+        naps_ran_once(&task_runs(&dir)?, &r.to_string(), tasks).map_err(anyhow::Error::msg)?;
+    }
+    Ok(ScaleRun {
+        workers: n,
+        tasks: total_tasks,
+        up_seconds: spread(&mut up),
+        down_left_seconds: spread(&mut left),
+        down_gone_seconds: spread(&mut gone),
+        zero_gone_seconds: spread(&mut zero),
+        repeat: repeat.max(1),
+    })
+}
+
+/// A graph of `n` tasks `nap<s>[i]` sleeping `ms` each, each feeding
+/// `one<s>[i]` (a one-element block holding `i`; `fill` ignores its input),
+/// and their sum `tot<s>`: the graph, the sum's key, and its value.
+pub fn naps(s: &str, n: u32, ms: u64) -> (Graph, Key, f64) {
+    let (nap, one) = (format!("nap{s}"), format!("one{s}"));
+    let mut g = Graph::new();
+    for i in 0..n {
+        g.push(Task::new(Key::new(nap.as_str(), [i]), "sleep").param(&ms));
+        g.push(
+            Task::new(Key::new(one.as_str(), [i]), "fill")
+                .param(&(1usize, f64::from(i)))
+                .inputs([Key::new(nap.as_str(), [i])]),
+        );
+    }
+    let tot = Key::new(format!("tot{s}"), []);
+    g.push(Task::new(tot.clone(), "sum").param(&0.0f64).inputs((0..n).map(|i| Key::new(one.as_str(), [i]))));
+    (g, tot, f64::from(n) * f64::from(n.saturating_sub(1)) / 2.0)
+}
+
+/// How often each task ran, by key, from the `ran` events elastic workers
+/// log at debug level (`RUST_LOG=info,tessera_runtime::worker=debug`), in
+/// every `*.out` file of `dir` (the batch jobs' output).
+pub fn task_runs(dir: &std::path::Path) -> std::io::Result<std::collections::BTreeMap<String, usize>> {
+    let mut runs = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "out") {
+            for line in std::fs::read_to_string(e.path())?.lines() {
+                if let Some(task) = line.split(" ran ").nth(1).and_then(|r| r.split("task=").nth(1)) {
+                    *runs.entry(task.split_whitespace().next().unwrap_or("").to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Whether every task of [`naps`]`(s, n, _)` ran exactly once, and nothing else ran.
+pub fn naps_ran_once(runs: &std::collections::BTreeMap<String, usize>, s: &str, n: u32) -> Result<(), String> {
+    let mut want: Vec<String> = (0..n).flat_map(|i| [format!("nap{s}[{i}]"), format!("one{s}[{i}]")]).collect();
+    want.push(format!("tot{s}"));
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|k| runs.get(*k) != Some(&1))
+        .map(|k| format!("{k} ran {} times", runs.get(k).copied().unwrap_or(0)))
+        .collect();
+    if !wrong.is_empty() || runs.len() != want.len() {
+        return Err(format!(
+            "{} of {} tasks did not run exactly once: {wrong:?} ({} keys ran)",
+            wrong.len(),
+            want.len(),
+            runs.len()
+        ));
+    }
+    Ok(())
+}

@@ -46,6 +46,7 @@ pub use tessera_linalg as linalg;
 pub use tessera_runtime::mpi;
 
 pub mod bench;
+pub mod elastic;
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

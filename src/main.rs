@@ -2,16 +2,28 @@
 //!
 //! Every subcommand runs the same way on a laptop (an in-process local
 //! cluster) and under `mpirun`/`srun` (rank 0 is scheduler and driver, the
-//! other ranks are workers), detected from the environment.
+//! other ranks are workers), detected from the environment. With
+//! `--scheduler ADDR` (or `--scheduler-file F`) the computing commands run
+//! as clients of a running elastic cluster (`tessera scheduler`, `tessera
+//! worker`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+mod arrays_cmd;
 
 #[allow(unused_imports)]
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tessera::bench::{self, Shape};
+use tessera::elastic::SchedulerFile;
+use tessera::runtime::secret::{self, Secret};
+use tessera::runtime::tcp;
 use tessera::{Config, Launch, SchedulerWorks};
+
+mod jobqueue_cmd;
 
 /// The scheduler allocates and frees a few small objects per task; mimalloc
 /// does that in a fraction of glibc malloc's time (measured: docs/benchmarks.md).
@@ -51,8 +63,24 @@ struct ClusterArgs {
     scheduler_works: SchedulerWorks,
 
     /// MPI: seconds a worker rank may stay silent before the job is aborted.
+    /// TCP: seconds a peer may stay silent before it is declared lost.
     #[arg(long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs)]
     heartbeat_timeout: f64,
+
+    /// Elastic cluster: the scheduler's address (HOST:PORT). `worker` joins it;
+    /// `demo`, `bench`, `workers`, `retire` and `jobqueue scale`/`adapt` use it.
+    #[arg(long, global = true, env = "TESSERA_SCHEDULER", value_name = "ADDR")]
+    scheduler: Option<String>,
+
+    /// Elastic cluster: the file `tessera scheduler` writes its address to
+    /// (and where its secret is) [default: ~/.config/tessera/scheduler.json].
+    #[arg(long, global = true, env = "TESSERA_SCHEDULER_FILE", value_name = "FILE")]
+    scheduler_file: Option<PathBuf>,
+
+    /// Elastic cluster: the shared secret (created mode 0600 by `tessera scheduler`;
+    /// refused if group or others can read it) [default: ~/.config/tessera/secret].
+    #[arg(long, global = true, env = "TESSERA_SECRET_FILE", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -71,15 +99,46 @@ fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
 }
 
 impl ClusterArgs {
-    fn config(&self) -> Config {
-        Config {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = Config {
             launch: self.launch,
             workers: self.workers,
             threads: self.threads,
             scheduler_works: self.scheduler_works,
             heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
+            secret_file: self.secret_file.clone(),
             ..Config::default()
+        };
+        // A client only when asked: a scheduler address or an explicit file.
+        if self.scheduler.is_some() || self.scheduler_file.is_some() {
+            let (addr, secret_file) = self.scheduler_address()?;
+            config.scheduler = Some(addr);
+            config.secret_file = Some(secret_file);
         }
+        Ok(config)
+    }
+
+    /// The scheduler to join and the secret to use: `--scheduler` (secret
+    /// from `--secret-file` or the default), else the scheduler file's.
+    fn scheduler_address(&self) -> anyhow::Result<(String, PathBuf)> {
+        if let Some(addr) = &self.scheduler {
+            return Ok((addr.clone(), self.secret_file.clone().unwrap_or_else(secret::default_path)));
+        }
+        let path = self.scheduler_file_path();
+        let file = SchedulerFile::read(&path)
+            .context("no --scheduler ADDR given, so the address comes from the scheduler file")?;
+        Ok((file.address, self.secret_file.clone().unwrap_or(file.secret_file)))
+    }
+
+    /// The scheduler file: `--scheduler-file`, else the default one.
+    fn scheduler_file_path(&self) -> PathBuf {
+        self.scheduler_file.clone().unwrap_or_else(SchedulerFile::default_path)
+    }
+
+    fn tcp_options(&self, secret: Secret) -> tessera::runtime::transport::tcp::TcpOptions {
+        let mut tcp = tessera::runtime::transport::tcp::TcpOptions::new(secret);
+        tcp.dead_after = Duration::from_secs_f64(self.heartbeat_timeout);
+        tcp
     }
 }
 
@@ -91,11 +150,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Runs a few small computations on the cluster and prints what they took.
+    /// Runs a small randomized SVD and a matmul on the cluster, checks them and prints what they took.
     Demo,
+    /// Singular value decomposition: exact (TSQR) or randomized; writes /U, /S, /VT.
+    Svd(arrays_cmd::SvdArgs),
+    /// QR decomposition of a tall-and-skinny (or short-and-fat) matrix; writes /Q, /R.
+    Qr(arrays_cmd::QrArgs),
+    /// Blocked matrix product C = A @ B; writes C.
+    Matmul(arrays_cmd::MatmulArgs),
+    /// Runs the scheduler of an elastic cluster: listens for workers
+    /// (`tessera worker`) and clients (`tessera demo --scheduler ADDR`) until
+    /// SIGTERM or Ctrl-C, then stops its workers.
+    Scheduler {
+        /// Where to listen: HOST:PORT, :PORT, or 0.0.0.0:PORT (every interface).
+        /// [default: this host's routable address, a free port]
+        #[arg(long, value_name = "ADDR", default_value = "")]
+        listen: String,
+        /// Take the address workers use from this network interface (e.g. ib0, eth0).
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
+    },
+    /// Joins an elastic cluster as a worker and runs its tasks until the
+    /// scheduler stops it; drains first (hands its blocks to other workers)
+    /// at the end of --lifetime or on SIGTERM, then exits 0.
+    Worker {
+        /// Seconds after which to drain and leave (a batch job's walltime minus a margin).
+        #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+        lifetime: Option<f64>,
+        /// Move the lifetime by a random amount up to this many seconds either
+        /// way, so the workers of one batch do not all leave at once.
+        #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_duration)]
+        lifetime_stagger: f64,
+        /// Seconds a drain may take before the worker leaves anyway.
+        #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_duration)]
+        drain_timeout: f64,
+        /// Listen for peer workers on this interface [default: the one that reaches the scheduler].
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
+        /// What the worker calls itself in `tessera workers` [default: the batch job's id
+        /// from SLURM_JOB_ID, PBS_JOBID or JOB_ID].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Lists the workers of a running elastic cluster (--scheduler or --scheduler-file).
+    Workers {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retires workers of a running elastic cluster gracefully: they finish their
+    /// tasks, hand their blocks to the others and exit 0. Returns once they have left.
+    Retire {
+        /// Worker ranks, or worker names (batch job ids) as `tessera workers` shows them.
+        #[arg(required = true, value_name = "RANK|NAME")]
+        which: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Batch jobs: scripts, submit, status, wait, cancel, list (Slurm, PBS, Torque, SGE).
+    Jobqueue(Box<jobqueue_cmd::JobqueueArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,11 +244,80 @@ enum BenchCommand {
     },
     /// MPI start-up reference: initialise, barrier, finalise (needs `mpi`).
     MpiHello,
+    /// One faer matrix product on this process's cores: the ceiling for blocked products.
+    Gemm {
+        #[arg(long, default_value_t = 4096)]
+        m: usize,
+        #[arg(long, default_value_t = 4096)]
+        k: usize,
+        #[arg(long, default_value_t = 4096)]
+        n: usize,
+        /// Threads [default: usable cores].
+        #[arg(long)]
+        cores: Option<usize>,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Elastic workers through the job queue (a running scheduler without
+    /// workers: --scheduler or --scheduler-file): 0 -> N workers while a graph
+    /// waits (time until all joined), N -> 1 in the middle of it (time until
+    /// the others left and their jobs ended), 1 -> 0; every task counted once.
+    Scale {
+        /// Workers to scale up to.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Sleep tasks in each run's graph (plus as many small ones and a sum).
+        #[arg(long, default_value_t = 400)]
+        tasks: u32,
+        /// Milliseconds each sleep task takes.
+        #[arg(long, default_value_t = 20)]
+        ms: u64,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Where the worker jobs' scripts and output go (a directory per run).
+        #[arg(long, value_name = "DIR", default_value = "tessera-bench-scale")]
+        log_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Flags for `tessera jobqueue scale` (the worker jobs), after `--`:
+        /// e.g. -- --system slurm --cores-per-task 1 --walltime 00:10:00.
+        #[arg(last = true, value_name = "JOBQUEUE FLAGS")]
+        jobqueue: Vec<String>,
+    },
+    /// Elastic scale-up and drain on this host: N `tessera worker` processes
+    /// join a scheduler on 127.0.0.1 (time until all have joined), then all
+    /// but one drain, handing their blocks to the last (time until they left).
+    Elastic {
+        /// Workers to start.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// MiB of blocks each worker holds when the drain starts.
+        #[arg(long, default_value_t = 16)]
+        mib: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number of seconds >= 0")),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    // The long-running roles log their lifecycle (joins, drains) by default.
+    let quiet = if matches!(cli.command, Command::Scheduler { .. } | Command::Worker { .. }) { "info" } else { "warn" };
+    init_logging(cli.log.as_deref(), quiet);
+    if let Command::Jobqueue(args) = cli.command {
+        return jobqueue_cmd::main(*args, &cli.cluster);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -142,25 +327,57 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).unwrap_or_else(|e| {
             eprintln!("tessera: warning: bad --log `{l}` ({e}); using warn");
             EnvFilter::new("warn")
         }),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.cluster.config();
+    let args = cli.cluster.clone();
+    match cli.command {
+        Command::Scheduler { listen, interface } => return scheduler(&args, &listen, interface),
+        Command::Worker { lifetime, lifetime_stagger, drain_timeout, interface, name } => {
+            return worker(&args, lifetime, lifetime_stagger, drain_timeout, interface, name)
+        }
+        Command::Workers { json } => return list_workers(&args, json),
+        Command::Retire { which, json } => return retire(&args, &which, json),
+        Command::Bench(BenchCommand::Elastic { workers, mib, repeat, json }) => {
+            return elastic_bench(&args, workers, mib, repeat, json)
+        }
+        Command::Bench(BenchCommand::Scale { workers, tasks, ms, repeat, log_dir, json, jobqueue }) => {
+            return scale_bench(&args, workers, tasks, ms, repeat, &log_dir, json, &jobqueue)
+        }
+        _ => {}
+    }
+    let config = if matches!(cli.command, Command::Info { .. }) {
+        args.config().unwrap_or_else(|_| Config { launch: args.launch, ..Config::default() })
+    } else {
+        args.config()?
+    };
     match cli.command {
         Command::Info { json } => info(&config, json),
-        Command::Demo => demo(config),
+        Command::Demo => arrays_cmd::demo(config),
+        Command::Svd(args) => arrays_cmd::svd(config, args),
+        Command::Qr(args) => arrays_cmd::qr(config, args),
+        Command::Matmul(args) => arrays_cmd::matmul(config, args),
         Command::Bench(BenchCommand::Overhead { tasks, shape, repeat, json }) => {
-            let r = config.run(|client| bench::overhead(client, shape, tasks, repeat).map_err(anyhow::Error::from))?;
+            let r = config.run(|client| {
+                arrays_cmd::wait_for_a_worker(client)?;
+                bench::overhead(client, shape, tasks, repeat).map_err(anyhow::Error::from)
+            })?;
             println!(
                 "overhead {:?}: {} tasks in {:.4} s (median of {}; min {:.4} s): {:.2} us/task, {:.0} tasks/s; {} workers x {} threads total, {} transport",
                 r.shape, r.tasks, r.seconds, r.repeat, r.seconds_min, r.us_per_task, r.tasks_per_second, r.workers, r.threads, r.transport
@@ -172,11 +389,196 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Transfer { mib, repeat, json }) => transfer(config, mib, repeat, json),
         Command::Bench(BenchCommand::MpiHello) => mpi_hello(),
+        Command::Bench(BenchCommand::Gemm { m, k, n, cores, repeat, json }) => {
+            let r = bench::gemm(m, k, n, cores.unwrap_or_else(tessera::runtime::sys::usable_cores), repeat);
+            println!(
+                "gemm {} x {} @ {} x {} (faer, {} threads): {:.4} s, {:.1} GFLOP/s (median of {})",
+                r.m, r.k, r.k, r.n, r.threads, r.seconds, r.gflops, r.repeat
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+        Command::Scheduler { .. }
+        | Command::Worker { .. }
+        | Command::Workers { .. }
+        | Command::Retire { .. }
+        | Command::Bench(BenchCommand::Elastic { .. })
+        | Command::Bench(BenchCommand::Scale { .. }) => unreachable!("handled above"),
+        Command::Jobqueue(_) => unreachable!("handled in main"),
     }
 }
 
+/// `tessera scheduler`: listen, write the scheduler file, serve until a signal.
+fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>) -> anyhow::Result<()> {
+    let secret_path = args.secret_file.clone().unwrap_or_else(secret::default_path);
+    let secret = Secret::load_or_create(&secret_path)?;
+    let file_path = args.scheduler_file.clone().unwrap_or_else(SchedulerFile::default_path);
+    let stop = tessera::runtime::sys::termination_flag();
+    let opts = tcp::SchedulerOptions {
+        listen: listen.to_owned(),
+        interface,
+        ..tcp::SchedulerOptions::new(args.tcp_options(secret))
+    };
+    let server = tcp::Scheduler::start(opts)?;
+    let addr = server.address().to_owned();
+    SchedulerFile::new(&addr, &secret_path).write(&file_path)?;
+    println!("tessera scheduler listening on {addr}");
+    println!("  secret file:    {} (mode 0600; workers and clients need to read it)", secret_path.display());
+    println!("  scheduler file: {}", file_path.display());
+    println!("  workers join:   tessera worker --scheduler {addr} --secret-file {}", secret_path.display());
+    println!("  clients run:    tessera demo --scheduler {addr} --secret-file {}", secret_path.display());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping: telling the workers to stop");
+    server.shutdown();
+    SchedulerFile::remove_if_mine(&file_path);
+    println!("tessera scheduler stopped");
+    Ok(())
+}
+
+/// `tessera worker`: join, work, drain on lifetime or SIGTERM, exit.
+fn worker(
+    args: &ClusterArgs,
+    lifetime: Option<f64>,
+    stagger: f64,
+    drain_timeout: f64,
+    interface: Option<String>,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let (addr, secret_path) = args.scheduler_address()?;
+    let secret = Secret::load(&secret_path)?;
+    let mut opts = tcp::WorkerOptions::new(&addr, args.tcp_options(secret));
+    if let Some(t) = args.threads {
+        opts.threads = t;
+    }
+    opts.lifetime = lifetime.map(Duration::from_secs_f64);
+    opts.lifetime_stagger = Duration::from_secs_f64(stagger);
+    opts.drain_timeout = Duration::from_secs_f64(drain_timeout);
+    opts.interface = interface;
+    opts.drain_on_signal = true;
+    if let Some(n) = name {
+        opts.name = n;
+    }
+    let report = tcp::run_worker(opts)?;
+    match report.exit {
+        tessera::runtime::WorkerExit::Shutdown { failed: false, ref reason } => {
+            tracing::info!(rank = report.rank, drained = report.drained, cause = ?report.drain_cause, %reason, "done");
+            Ok(())
+        }
+        tessera::runtime::WorkerExit::Shutdown { failed: true, reason } => {
+            bail!("the scheduler at {addr} stopped this worker (rank {}): {reason}", report.rank)
+        }
+        tessera::runtime::WorkerExit::Disconnected => bail!("worker rank {} lost its inbox", report.rank),
+    }
+}
+
+/// A client of the elastic cluster the flags name.
+fn connect(args: &ClusterArgs) -> anyhow::Result<tcp::RemoteClient> {
+    let (addr, secret_path) = args.scheduler_address()?;
+    Ok(tcp::connect(&addr, args.tcp_options(Secret::load(&secret_path)?))?)
+}
+
+fn worker_json(w: &tessera::WorkerInfo) -> serde_json::Value {
+    json!({"rank": w.rank, "name": w.name, "host": w.host, "threads": w.threads})
+}
+
+/// `tessera workers`: the workers that take tasks now.
+fn list_workers(args: &ClusterArgs, json: bool) -> anyhow::Result<()> {
+    let client = connect(args)?;
+    let workers = client.try_workers()?;
+    println!("{} workers", workers.len());
+    for w in &workers {
+        println!("  rank {:>4}  {:<16} {} threads on {}", w.rank, w.name, w.threads, w.host);
+    }
+    if json {
+        println!("{}", json!({"workers": workers.iter().map(worker_json).collect::<Vec<_>>()}));
+    }
+    Ok(())
+}
+
+/// `tessera retire`: drains the workers named by rank or name.
+fn retire(args: &ClusterArgs, which: &[String], json: bool) -> anyhow::Result<()> {
+    let client = connect(args)?;
+    let workers = client.try_workers()?;
+    let mut ranks = Vec::new();
+    for w in which {
+        let found: Vec<u32> =
+            workers.iter().filter(|x| x.name == *w || x.rank.to_string() == *w).map(|x| x.rank).collect();
+        if found.is_empty() {
+            let known: Vec<String> = workers.iter().map(|x| format!("{} ({})", x.rank, x.name)).collect();
+            bail!("no worker with rank or name `{w}`; the workers are: {}", known.join(", "));
+        }
+        ranks.extend(found);
+    }
+    ranks.sort_unstable();
+    ranks.dedup();
+    let start = std::time::Instant::now();
+    let left = client.retire_workers(&ranks)?;
+    println!("retired {} workers in {:.3} s: ranks {left:?}", left.len(), start.elapsed().as_secs_f64());
+    if json {
+        println!("{}", json!({"retired": left, "seconds": start.elapsed().as_secs_f64()}));
+    }
+    Ok(())
+}
+
+fn elastic_bench(args: &ClusterArgs, workers: usize, mib: usize, repeat: usize, json: bool) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the tessera executable to start workers")?;
+    let r = bench::elastic(&exe, workers, mib, repeat, Duration::from_secs_f64(args.heartbeat_timeout))?;
+    println!(
+        "elastic, {} workers on this host: all joined {:.3} s after they were started (first {:.3} s); {} drained {} MiB of blocks to the last in {:.3} s, processes gone after {:.3} s (median of {}); all {} blocks intact on the last worker; a {mib} MiB block between workers {:.2} GiB/s (plain loopback TCP {:.2} GiB/s)",
+        r.workers, r.join_all_seconds, r.join_first_seconds, r.workers - 1, r.handed_off_mib, r.drain_seconds, r.exit_seconds, r.repeat, r.tasks, r.transfer_gib_per_s, r.plain_tcp_gib_per_s
+    );
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scale_bench(
+    args: &ClusterArgs,
+    workers: usize,
+    tasks: u32,
+    ms: u64,
+    repeat: usize,
+    log_dir: &std::path::Path,
+    json: bool,
+    jobqueue: &[String],
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the tessera executable")?;
+    let client = connect(args)?;
+    let mut cluster = Vec::new();
+    if let Some(s) = &args.scheduler {
+        cluster.extend(["--scheduler".to_string(), s.clone()]);
+    }
+    if let Some(f) = &args.scheduler_file {
+        cluster.extend(["--scheduler-file".to_string(), f.to_string_lossy().into_owned()]);
+    }
+    if let Some(f) = &args.secret_file {
+        cluster.extend(["--secret-file".to_string(), f.to_string_lossy().into_owned()]);
+    }
+    let log_dir = std::env::current_dir()?.join(log_dir);
+    let workers = u32::try_from(workers).context("--workers: too many")?;
+    let r = bench::scale(&client, &exe, &cluster, jobqueue, &log_dir, workers, tasks, ms, repeat)?;
+    let f = |x: [f64; 3]| format!("{:.3} s ({:.3}-{:.3})", x[0], x[1], x[2]);
+    println!(
+        "scale 0 -> {n}: all {n} workers joined {}; {n} -> 1 in the middle of the graph: workers left {}, jobs ended {}; 1 -> 0: job ended {} (median, min-max of {}); every one of the {} tasks of each run ran exactly once",
+        f(r.up_seconds), f(r.down_left_seconds), f(r.down_gone_seconds), f(r.zero_gone_seconds), r.repeat, r.tasks, n = r.workers
+    );
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
 fn info(config: &Config, json: bool) -> anyhow::Result<()> {
-    let features: Vec<&str> = [("mpi", tessera::HAS_MPI)].iter().filter(|f| f.1).map(|f| f.0).collect();
+    let features: Vec<&str> =
+        [("mpi", tessera::HAS_MPI), ("hdf5", tessera::linalg::HAS_HDF5)].iter().filter(|f| f.1).map(|f| f.0).collect();
     let (mem_total, mem_avail) = tessera::runtime::sys::memory().unwrap_or((0, 0));
     let launch = config.resolve_launch()?;
     let mpi = mpi_info(launch)?;
@@ -184,9 +586,21 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(()); // rank 0 speaks for the job
     }
     let registry = tessera::Registry::builtin();
+    let mut transports = vec!["local", "tcp"];
+    if tessera::HAS_MPI {
+        transports.push("mpi");
+    }
+    let interfaces: Vec<serde_json::Value> = tessera::runtime::sys::interfaces()
+        .into_iter()
+        .map(|(name, ip, lo)| json!({"name": name, "ipv4": ip.to_string(), "loopback": lo}))
+        .collect();
+    let routable = tessera::runtime::sys::routable_address(None).map(|a| a.to_string()).unwrap_or_default();
     let obj = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "features": features,
+        "transports": transports,
+        "tcp": {"routable_address": routable, "interfaces": interfaces,
+                "secret_file": secret::default_path(), "scheduler_file": SchedulerFile::default_path()},
         "launch": format!("{launch:?}").to_lowercase(),
         "mpi": mpi,
         "launched_by": tessera::runtime::sys::describe_mpi_launch(),
@@ -200,10 +614,13 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     println!("tessera {}", env!("CARGO_PKG_VERSION"));
     println!(
         "  features:  {}",
-        if features.is_empty() { "(none: local cluster only)".into() } else { features.join(", ") }
+        if features.is_empty() { "(none: local and TCP clusters)".into() } else { features.join(", ") }
     );
     if !tessera::HAS_MPI {
         println!("  mpi:       not compiled in (rebuild with --features mpi)");
+    }
+    if !tessera::linalg::HAS_HDF5 {
+        println!("  hdf5:      not compiled in (rebuild with --features hdf5)");
     }
     match &obj["mpi"] {
         serde_json::Value::Null if tessera::HAS_MPI => println!(
@@ -213,6 +630,11 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         serde_json::Value::Null => {}
         m => println!("  mpi:       {}; world size {}", m["library"].as_str().unwrap_or("?"), m["world_size"]),
     }
+    println!("  transports: {} (tcp: elastic workers, `tessera scheduler` / `tessera worker`)", transports.join(", "));
+    println!(
+        "  tcp:       workers would reach this host at {routable}; interfaces: {}",
+        tessera::runtime::sys::interfaces().iter().map(|(n, ip, _)| format!("{n} {ip}")).collect::<Vec<_>>().join(", ")
+    );
     println!("  launch:    {}", obj["launch"].as_str().unwrap_or("?"));
     println!("  host:      {}", obj["host"].as_str().unwrap_or("?"));
     println!("  cores:     {} ({} usable by this process)", obj["cores"], obj["usable_cores"]);
@@ -245,28 +667,6 @@ fn mpi_info(launch: Launch) -> anyhow::Result<Option<serde_json::Value>> {
 #[cfg(not(feature = "mpi"))]
 fn mpi_info(_: Launch) -> anyhow::Result<Option<serde_json::Value>> {
     Ok(None)
-}
-
-fn demo(config: Config) -> anyhow::Result<()> {
-    config.run(|client| -> anyhow::Result<()> {
-        println!(
-            "tessera demo: {} workers ({} threads) over the {} transport",
-            client.workers().len(),
-            client.total_threads(),
-            client.transport()
-        );
-        for shape in [Shape::Wide, Shape::Chain, Shape::Tree] {
-            let r = bench::overhead(client, shape, 20_000, 1)?;
-            println!(
-                "  {:<5} graph of {:>6} tasks: {:.3} s, {:.2} us/task (results checked)",
-                format!("{:?}", r.shape).to_lowercase(),
-                r.tasks,
-                r.seconds,
-                r.us_per_task
-            );
-        }
-        Ok(())
-    })
 }
 
 #[cfg(feature = "mpi")]

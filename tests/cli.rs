@@ -1,18 +1,11 @@
 //! The `tessera` command as a user runs it: output, JSON, exit codes, and
 //! clear errors for bad input. Runs in every build; MPI runs are in `tests/mpi.rs`.
 
+mod common;
+
 use std::process::{Command, Output};
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("OMPI_COMM_WORLD_SIZE")
-        .env_remove("PMI_SIZE")
-        .env_remove("PMIX_RANK")
-        .output()
-        .expect("run tessera")
-}
+use common::tessera;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -38,6 +31,8 @@ fn info_reports_features_cores_and_memory_as_json() {
     assert!(j["memory_bytes"].as_u64().unwrap() > 0);
     assert_eq!(j["features"].as_array().unwrap().iter().any(|f| f == "mpi"), tessera::HAS_MPI);
     assert_eq!(j["launch"], "local");
+    assert!(j["transports"].as_array().unwrap().iter().any(|t| t == "tcp"), "{j}");
+    assert!(!j["tcp"]["routable_address"].as_str().unwrap().is_empty());
 }
 
 #[test]
@@ -72,7 +67,10 @@ fn demo_runs_on_the_local_cluster() {
     let o = tessera(&["--workers", "2", "demo"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("local transport") && out.matches("results checked").count() == 3, "{out}");
+    assert!(
+        out.contains("local transport") && out.contains("randomized SVD") && out.contains("result checked"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -129,4 +127,257 @@ fn the_examples_run_locally() {
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         assert!(stdout(&o).contains(want), "{name}: {}", stdout(&o));
     }
+}
+
+// ---- elastic clusters: `tessera scheduler` and `tessera worker` -------------
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A temporary HOME-like directory, so no test touches ~/.config.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tessera_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.env_remove("RUST_LOG")
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .env("HOME", dir)
+        .env_remove("XDG_CONFIG_HOME")
+        .env("TESSERA_SECRET_FILE", dir.join("secret"))
+        .env("TESSERA_SCHEDULER_FILE", dir.join("scheduler.json"))
+        .stdin(Stdio::null());
+    c
+}
+
+/// `tessera scheduler` on 127.0.0.1; returns it, its address, and its stderr (read on a thread).
+fn start_scheduler(dir: &Path) -> (Child, String, std::thread::JoinHandle<String>) {
+    let mut child = tessera_cmd(dir)
+        .args(["scheduler", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(first.contains("listening on 127.0.0.1:"), "{first}");
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+    });
+    let mut err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    (child, addr, log)
+}
+
+/// Child processes that are killed if the test fails before they exit.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: signalling a child process of ours.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+#[test]
+fn demo_and_bench_run_on_workers_that_joined_a_scheduler() {
+    let dir = temp_dir("elastic");
+    let (sched, addr, log) = start_scheduler(&dir);
+    let mut procs = Procs(vec![sched]);
+    let mode = std::fs::metadata(dir.join("secret")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600, "the scheduler creates its secret owner-only");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("scheduler.json")).unwrap()).unwrap();
+    assert_eq!(file["address"], addr.as_str());
+
+    for i in 0..3 {
+        let name = format!("job{i}");
+        let mut w = tessera_cmd(&dir);
+        w.args(["worker", "--threads", "1", "--name", &name]).stdout(Stdio::null()).stderr(Stdio::null());
+        procs.0.push(w.spawn().unwrap());
+    }
+    let start = Instant::now();
+    loop {
+        let o = tessera_cmd(&dir).args(["workers", "--json"]).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut names: Vec<String> = last_json(&o)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        if names.len() == 3 {
+            assert_eq!(names, ["job0", "job1", "job2"]);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "workers did not join: {names:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = tessera_cmd(&dir).args(["--scheduler-file"]).arg(dir.join("scheduler.json")).arg("demo").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("over the tcp transport") && out.contains("randomized SVD") && out.contains("result checked"),
+        "{out}"
+    );
+    assert!(out.contains("3 workers"), "{out}");
+
+    let o = tessera_cmd(&dir)
+        .args(["--scheduler", &addr, "bench", "overhead", "--tasks", "2000", "--repeat", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    assert_eq!(j["transport"], "tcp");
+    assert_eq!(j["workers"], 3);
+
+    // Retired by name (what a job queue's scale-down does), drained by
+    // SIGTERM (what Slurm sends at the walltime), stopped with the scheduler.
+    let o = tessera_cmd(&dir).args(["retire", "job1", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(last_json(&o)["retired"].as_array().unwrap().len(), 1);
+    assert_eq!(wait_child(&mut procs.0[2], Duration::from_secs(30)), Some(0));
+    let o = tessera_cmd(&dir).args(["retire", "nosuchjob"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no worker with rank or name `nosuchjob`") && stderr(&o).contains("job0"),
+        "{}",
+        stderr(&o)
+    );
+    sigterm(&procs.0[1]);
+    assert_eq!(wait_child(&mut procs.0[1], Duration::from_secs(30)), Some(0));
+    sigterm(&procs.0[0]);
+    assert_eq!(wait_child(&mut procs.0[0], Duration::from_secs(30)), Some(0));
+    assert_eq!(wait_child(&mut procs.0[3], Duration::from_secs(30)), Some(0));
+    assert!(!dir.join("scheduler.json").exists(), "the scheduler file is removed");
+    let log = log.join().unwrap();
+    assert!(log.contains("worker joined") && log.contains("worker asks to leave"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wrong_missing_and_loose_secrets_are_refused_and_logged() {
+    let dir = temp_dir("secrets");
+    let (sched, addr, log) = start_scheduler(&dir);
+    let mut procs = Procs(vec![sched]);
+    // A worker holding another cluster's secret.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let o = tessera_cmd(&other).args(["worker", "--scheduler", &addr]).output().unwrap_or_else(|e| panic!("{e}"));
+    // (its HOME has no secret yet: the worker does not create one)
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("secret file") && stderr(&o).contains("cannot read it"), "{}", stderr(&o));
+    let wrong = other.join("secret");
+    std::fs::write(&wrong, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = tessera_cmd(&other).args(["worker", "--scheduler", &addr]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("readable by group or others") && err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = tessera_cmd(&other).args(["worker", "--scheduler", &addr]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("wrong secret") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+
+    // A peer that presents no secret, and one that is no Tessera peer at all.
+    let mut raw = std::net::TcpStream::connect(&addr).unwrap();
+    let mut hello = b"TESSERA".to_vec();
+    hello.push(tessera::runtime::protocol::PROTOCOL_VERSION);
+    hello.push(0);
+    hello.extend_from_slice(&[0u8; 32]);
+    raw.write_all(&hello).unwrap();
+    let mut junk = std::net::TcpStream::connect(&addr).unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Nothing of it became a worker.
+    let o = tessera_cmd(&dir).args(["--scheduler", &addr, "info"]).output().unwrap();
+    assert!(o.status.success());
+    sigterm(&procs.0[0]);
+    assert_eq!(wait_child(&mut procs.0[0], Duration::from_secs(30)), Some(0));
+    let log = log.join().unwrap();
+    assert!(log.contains("refused a connection: wrong secret"), "{log}");
+    assert!(log.contains("refused a connection: no secret presented"), "{log}");
+    assert!(log.contains("not a Tessera peer"), "{log}");
+    assert!(log.contains("peer=127.0.0.1:"), "refusals name the peer's address: {log}");
+    assert!(!log.contains("worker joined"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_elastic_flags_name_the_address_file_or_interface() {
+    let dir = temp_dir("badflags");
+    std::fs::write(dir.join("secret"), "00112233445566778899aabbccddeeff\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = tessera_cmd(&dir).args(["worker", "--scheduler", "127.0.0.1:1"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot connect to 127.0.0.1:1"), "{}", stderr(&o));
+    let o = tessera_cmd(&dir).args(["worker", "--scheduler-file", "/nonexistent/sched.json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/sched.json"), "{}", stderr(&o));
+    let o = tessera_cmd(&dir).args(["scheduler", "--interface", "nosuch0"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no interface `nosuch0`") && stderr(&o).contains("there are: "), "{}", stderr(&o));
+    let o = tessera_cmd(&dir).args(["scheduler", "--listen", "not-an-address"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--listen `not-an-address`"), "{}", stderr(&o));
+    let o = tessera_cmd(&dir).args(["worker", "--lifetime", "-3"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("-3"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_elastic_prints_join_and_drain_figures() {
+    let dir = temp_dir("benchelastic");
+    let o = tessera_cmd(&dir)
+        .args(["bench", "elastic", "--workers", "2", "--mib", "1", "--repeat", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    assert_eq!(j["workers"], 2);
+    assert!(j["join_all_seconds"].as_f64().unwrap() > 0.0);
+    assert!(j["drain_seconds"].as_f64().unwrap() > 0.0);
+    assert!(j["exit_seconds"].as_f64().unwrap() >= j["drain_seconds"].as_f64().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
 }

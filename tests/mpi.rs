@@ -36,6 +36,13 @@ fn child(name: &str) -> i32 {
             println!("bodies ok on {} workers", client.workers().len());
             Ok(())
         }),
+        "arrays" => config().run(|client| {
+            common::arrays::all(client);
+            #[cfg(feature = "hdf5")]
+            common::arrays::hdf5_files(client);
+            println!("arrays ok on {} workers", client.workers().len());
+            Ok(())
+        }),
         "driver_error" => config().run(|_| -> anyhow::Result<()> { anyhow::bail!("driver gave up on purpose") }),
         "driver_panic" => config().run(|_| -> anyhow::Result<()> { panic!("driver bug on purpose") }),
         "kill_worker" => config().run(|client| {
@@ -93,6 +100,8 @@ struct Case {
     contains: Vec<String>,
     limit: Duration,
     env: Vec<(String, String)>,
+    /// Checks what the run left behind (files), after it succeeded.
+    post: Option<Box<dyn Fn() -> Result<(), String>>>,
 }
 
 fn case(name: &str, ranks: u32, program: &str, args: &[&str], ok: bool, contains: &[&str]) -> Case {
@@ -105,6 +114,7 @@ fn case(name: &str, ranks: u32, program: &str, args: &[&str], ok: bool, contains
         contains: contains.iter().map(|s| s.to_string()).collect(),
         limit: Duration::from_secs(90),
         env: Vec::new(),
+        post: None,
     }
 }
 
@@ -169,7 +179,7 @@ fn parent() -> i32 {
         true,
         &["\"transport\":\"mpi\"", "\"us_per_task\""],
     ));
-    cases.push(case("tessera demo -n 1", 1, tessera, &["demo"], true, &["mpi transport", "results checked"]));
+    cases.push(case("tessera demo -n 1", 1, tessera, &["demo"], true, &["mpi transport", "result checked"]));
     cases.push(case(
         "tessera bench transfer -n 3",
         3,
@@ -178,6 +188,15 @@ fn parent() -> i32 {
         true,
         &["ratio"],
     ));
+
+    // Distributed arrays: the shared bodies on 1 and 2 worker ranks.
+    for n in [1, 3] {
+        let mut c = scen("arrays", n, true, &["arrays ok"]);
+        c.name = format!("arrays -n {n}");
+        c.limit = Duration::from_secs(240);
+        cases.push(c);
+    }
+    arrays_commands(&mut cases, tessera);
 
     // Blocks split into many MPI messages arrive whole.
     let mut pieces = scen("bodies", 3, true, &["bodies ok"]);
@@ -191,7 +210,7 @@ fn parent() -> i32 {
         if !filter.is_empty() && !filter.iter().any(|f| c.name.contains(f.as_str())) {
             continue;
         }
-        match run_case(c) {
+        match run_case(c).and_then(|secs| c.post.as_ref().map_or(Ok(()), |p| p()).map(|()| secs)) {
             Ok(secs) => {
                 passed += 1;
                 println!("mpi case {:<32} ok ({secs:.1} s)", c.name);
@@ -204,6 +223,119 @@ fn parent() -> i32 {
     }
     println!("{passed} passed, {failed} failed");
     i32::from(failed > 0)
+}
+
+/// `tessera svd`, `qr` and `matmul` under mpirun: results written by the
+/// workers of 3 ranks, checked afterwards; bad input fails fast and clearly.
+fn arrays_commands(cases: &mut Vec<Case>, tessera: &str) {
+    let dir = std::env::temp_dir().join(format!("tessera-mpi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let random = ["--random", "20000x24", "--chunk-rows", "1500", "--json"];
+    let svd_out = out("svd.h5");
+    let mut args: Vec<&str> = vec!["svd"];
+    args.extend(random);
+    if cfg!(feature = "hdf5") {
+        args.extend(["-o", &svd_out]);
+    }
+    #[cfg_attr(not(feature = "hdf5"), allow(unused_mut))]
+    let mut c = case("tessera svd -n 3", 3, tessera, &args, true, &["\"transport\":\"mpi\"", "\"method\":\"tsqr\""]);
+    #[cfg(feature = "hdf5")]
+    {
+        let path = svd_out.clone();
+        c.post = Some(Box::new(move || check_svd_file(&path, 20000, 24)));
+    }
+    cases.push(c);
+    cases.push(case(
+        "tessera svd randomized -n 3",
+        3,
+        tessera,
+        &["svd", "--random", "3000x1200", "--k", "4", "--chunks", "1000x600", "--json"],
+        true,
+        &["\"method\":\"randomized\"", "\"k\":4"],
+    ));
+    cases.push(case(
+        "tessera matmul -n 3",
+        3,
+        tessera,
+        &["matmul", "--random", "600x400x300", "--chunks", "200x150", "--json"],
+        true,
+        &["\"transport\":\"mpi\"", "\"norm\":"],
+    ));
+    cases.push(case(
+        "tessera svd tsqr on 2-D blocks -n 3",
+        3,
+        tessera,
+        &["svd", "--random", "1000x40", "--chunks", "100x20", "--method", "tsqr"],
+        false,
+        &["rechunk", "--chunk-rows 100"],
+    ));
+    if cfg!(feature = "hdf5") {
+        let missing = out("missing.h5");
+        let spec = format!("{missing}:/X");
+        cases.push(case(
+            "tessera svd missing file -n 3",
+            3,
+            tessera,
+            &["svd", &spec],
+            false,
+            &[&missing, "no such file"],
+        ));
+        let spec = format!("{svd_out}:/U");
+        let qr_out = out("qr.h5");
+        #[cfg_attr(not(feature = "hdf5"), allow(unused_mut))]
+        let mut c = case("tessera qr of U -n 2", 2, tessera, &["qr", &spec, "-o", &qr_out], true, &["wrote"]);
+        #[cfg(feature = "hdf5")]
+        {
+            let path = qr_out.clone();
+            c.post = Some(Box::new(move || check_qr_of_orthonormal(&path)));
+        }
+        cases.push(c);
+    }
+}
+
+/// The SVD file holds orthonormal U (m x k), non-increasing S, orthonormal Vᵀ.
+#[cfg(feature = "hdf5")]
+fn check_svd_file(path: &str, m: usize, n: usize) -> Result<(), String> {
+    use tessera::linalg::hdf5::Hdf5Dataset;
+    let cluster = tessera::LocalCluster::builder().workers(1).start().map_err(|e| e.to_string())?;
+    let read = |d: &str| -> Result<tessera::linalg::ndarray::ArrayD<f64>, String> {
+        let ds = Hdf5Dataset::open(path, d).map_err(|e| e.to_string())?;
+        ds.read(None).and_then(|a| a.to_ndarray::<f64>(cluster.client())).map_err(|e| e.to_string())
+    };
+    let u = read("/U")?.into_dimensionality::<tessera::linalg::ndarray::Ix2>().map_err(|e| e.to_string())?;
+    let s = read("/S")?;
+    let vt = read("/VT")?.into_dimensionality::<tessera::linalg::ndarray::Ix2>().map_err(|e| e.to_string())?;
+    if u.dim() != (m, n) || s.len() != n || vt.dim() != (n, n) {
+        return Err(format!("shapes {:?} {:?} {:?}", u.dim(), s.shape(), vt.dim()));
+    }
+    let tol = 100.0 * f64::EPSILON * (m as f64).sqrt();
+    for (name, q) in [("U", u.view()), ("V", vt.t())] {
+        let g = q.t().dot(&q) - tessera::linalg::ndarray::Array2::<f64>::eye(n);
+        let worst = g.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        if worst > tol {
+            return Err(format!("{name} is not orthonormal: {worst:e}"));
+        }
+    }
+    if !s.iter().zip(s.iter().skip(1)).all(|(a, b)| a >= b) || s[n - 1] <= 0.0 {
+        return Err(format!("S is not positive and non-increasing: {s}"));
+    }
+    Ok(())
+}
+
+/// QR of an orthonormal matrix: R is the identity up to rounding.
+#[cfg(feature = "hdf5")]
+fn check_qr_of_orthonormal(path: &str) -> Result<(), String> {
+    use tessera::linalg::hdf5::Hdf5Dataset;
+    let cluster = tessera::LocalCluster::builder().workers(1).start().map_err(|e| e.to_string())?;
+    let ds = Hdf5Dataset::open(path, "/R").map_err(|e| e.to_string())?;
+    let r = ds.read(None).and_then(|a| a.to_array2::<f64>(cluster.client())).map_err(|e| e.to_string())?;
+    let n = r.nrows();
+    let worst = (r - tessera::linalg::ndarray::Array2::<f64>::eye(n)).iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    if worst > 1e-12 {
+        return Err(format!("R of an orthonormal U is not I: {worst:e}"));
+    }
+    Ok(())
 }
 
 fn mpirun_flags() -> Vec<String> {

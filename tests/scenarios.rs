@@ -23,6 +23,27 @@ macro_rules! per_size {
 
 per_size!(reductions, transfers, failures, bad_graphs, reuse, spread);
 
+macro_rules! arrays_per_size {
+    ($($name:ident),*) => {$(
+        #[test]
+        fn $name() {
+            for workers in 1..=3 {
+                on_local(workers, common::arrays::$name);
+            }
+        }
+    )*};
+}
+
+arrays_per_size!(
+    qr_factors,
+    svd_factors,
+    randomized,
+    products,
+    elementwise_and_reductions,
+    random_and_persist,
+    bad_input
+);
+
 #[test]
 fn config_run_uses_a_local_cluster_and_returns_the_driver_result() {
     let config = Config { launch: Launch::Local, workers: Some(2), registry: common::registry(), ..Config::default() };
@@ -45,3 +66,6 @@ fn a_failing_driver_returns_its_error_and_a_panicking_one_panics() {
     }));
     assert!(panicked.is_err());
 }
+
+#[cfg(feature = "hdf5")]
+arrays_per_size!(hdf5_files);

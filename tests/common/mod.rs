@@ -4,9 +4,25 @@
 
 #![allow(dead_code)]
 
+pub mod arrays;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use tessera::{Block, Buffer, Client, Error, Graph, KernelError, Key, Registry, Task};
+
+/// Runs the `tessera` binary as a user would, with no MPI launcher or log
+/// settings inherited from the test's environment.
+pub fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .env_remove("PMI_SIZE")
+        .env_remove("PMIX_RANK")
+        .output()
+        .expect("run tessera")
+}
 
 /// The kernels every rank registers in these tests.
 pub fn registry() -> Registry {
@@ -31,6 +47,16 @@ pub fn registry() -> Registry {
             unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
         }
         Ok(Block::empty())
+    });
+    // record: (dir, ms) -> sleeps, then leaves a file named after the task
+    // in `dir`: counting a key's files counts its runs, across processes.
+    r.register("record", |ctx, (dir, ms): (String, u64), _: &[Block]| {
+        std::thread::sleep(Duration::from_millis(ms));
+        static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}_{:?}.{}.{}.{n}", ctx.key.name(), ctx.key.index(), ctx.rank, std::process::id());
+        std::fs::write(std::path::Path::new(&dir).join(name), b"")?;
+        Ok(Block::scalar(1.0))
     });
     r.register("checked_len", |_, len: usize, inputs: &[Block]| {
         let n = inputs[0].as_f64().map_or(0, <[f64]>::len);
@@ -201,4 +227,17 @@ pub fn all(client: &Client) {
     bad_graphs(client);
     reuse(client);
     spread(client);
+}
+
+/// How often each task of `name` ran, from the files `record` left in `dir`.
+pub fn runs(dir: &std::path::Path, name: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).expect("record dir") {
+        let file = e.unwrap().file_name().to_string_lossy().into_owned();
+        let key = file.split('.').next().unwrap_or_default().to_owned();
+        if key.starts_with(&format!("{name}_")) {
+            *out.entry(key).or_insert(0) += 1;
+        }
+    }
+    out
 }

@@ -1,0 +1,597 @@
+//! The array commands: `tessera svd`, `qr`, `matmul` and `demo`.
+//!
+//! Each runs on whatever cluster the environment gives (a local cluster, or
+//! the ranks of `mpirun`/`srun`), reads its input from HDF5 or generates it
+//! (`--random`), writes its results with the workers holding them, prints a
+//! one-line summary and, with `--json`, one JSON object as the last line.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use tessera::linalg::{self, compute, DArray, Distribution, RandomizedSvd, Svd};
+use tessera::{Client, Config, DType};
+
+/// Where an array comes from.
+#[derive(Args, Debug, Clone)]
+pub struct InputArgs {
+    /// Input dataset as FILE.h5:/DATASET.
+    #[arg(value_name = "FILE.h5:/DATASET", required_unless_present = "random", conflicts_with = "random")]
+    pub input: Option<String>,
+
+    /// A seeded random input of M x N instead of a file (uniform on [0, 1)).
+    #[arg(long, value_name = "MxN", value_parser = parse_dims::<2>)]
+    pub random: Option<[usize; 2]>,
+
+    /// Seed of the random input and of the randomized SVD's test matrix.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Element type of a random input.
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: Elem,
+
+    /// Rows per block (whole rows per block; what TSQR needs).
+    #[arg(long, value_name = "R", conflicts_with = "chunks")]
+    pub chunk_rows: Option<usize>,
+
+    /// Block shape, rows x columns (0 = the whole axis).
+    #[arg(long, value_name = "RxC", value_parser = parse_dims::<2>)]
+    pub chunks: Option<[usize; 2]>,
+
+    /// Compute the input first and keep it on the workers, timing the
+    /// operation on its own (as benchmarks on persisted arrays do).
+    #[arg(long)]
+    pub persist_input: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Elem {
+    F64,
+    F32,
+}
+
+impl Elem {
+    fn dtype(self) -> DType {
+        match self {
+            Elem::F64 => DType::F64,
+            Elem::F32 => DType::F32,
+        }
+    }
+}
+
+/// Options every array command shares.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Exact (TSQR) for tall-and-skinny or short-and-fat arrays, randomized
+    /// with --k for arrays large in both dimensions.
+    Auto,
+    Tsqr,
+    Randomized,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SvdArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Singular triplets to keep [default: all, the exact thin SVD].
+    #[arg(long)]
+    pub k: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub method: Method,
+    /// Randomized SVD: extra columns of the test matrix.
+    #[arg(long, default_value_t = 10)]
+    pub oversample: usize,
+    /// Randomized SVD: power iterations.
+    #[arg(long, default_value_t = 2)]
+    pub power_iters: usize,
+    /// Output file (datasets /U, /S, /VT).
+    #[arg(short, long, value_name = "OUT.h5")]
+    pub output: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QrArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Output file (datasets /Q, /R).
+    #[arg(short, long, value_name = "OUT.h5")]
+    pub output: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MatmulArgs {
+    /// Left operand, FILE.h5:/DATASET.
+    #[arg(value_name = "A.h5:/A", required_unless_present = "random", conflicts_with = "random")]
+    pub a: Option<String>,
+    /// Right operand, FILE.h5:/DATASET.
+    #[arg(value_name = "B.h5:/B", required_unless_present = "random")]
+    pub b: Option<String>,
+    /// Seeded random operands of M x K and K x N instead of files.
+    #[arg(long, value_name = "MxKxN", value_parser = parse_dims::<3>)]
+    pub random: Option<[usize; 3]>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: Elem,
+    /// Blocks of A, R x C (B gets C x C); one number means square blocks.
+    #[arg(long, value_name = "RxC", value_parser = parse_chunks)]
+    pub chunks: Option<[usize; 2]>,
+    /// Compute the operands first and keep them on the workers.
+    #[arg(long)]
+    pub persist_input: bool,
+    /// Output dataset, C.h5:/C [default: computed, checked by its norm, not kept].
+    #[arg(short, long, value_name = "C.h5:/C")]
+    pub output: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+fn parse_dims<const N: usize>(s: &str) -> Result<[usize; N], String> {
+    let parts: Vec<&str> = s.split(['x', 'X']).collect();
+    let bad = || format!("`{s}` is not {} positive integers joined by x (for example {})", N, ["1000"; N].join("x"));
+    if parts.len() != N {
+        return Err(bad());
+    }
+    let mut out = [0; N];
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = p.trim().parse().map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn parse_chunks(s: &str) -> Result<[usize; 2], String> {
+    match s.parse::<usize>() {
+        Ok(n) => Ok([n, n]),
+        Err(_) => parse_dims::<2>(s),
+    }
+}
+
+/// Per-block sizes from the flags, for an array of `shape`; `whole_rows`
+/// asks for one column block unless --chunks says otherwise.
+fn block_sizes(a: &InputArgs, shape: [usize; 2], whole_rows: bool) -> Option<[usize; 2]> {
+    if let Some(c) = a.chunks {
+        return Some(c);
+    }
+    if let Some(r) = a.chunk_rows {
+        return Some([r, 0]);
+    }
+    whole_rows.then(|| {
+        // About 64 MiB per block, whole rows, at least 4 blocks when there
+        // are rows enough: every worker gets work.
+        let row_bytes = shape[1].max(1) * 8;
+        let rows = ((64usize << 20) / row_bytes).clamp(shape[1].max(1), shape[0].max(1));
+        let rows = rows.min(shape[0].div_ceil(4).max(shape[1].max(1)));
+        [rows, 0]
+    })
+}
+
+/// The input array, as asked for, and a description of where it came from.
+/// `whole_rows` asks a file to be read in whole rows (as TSQR needs) rather
+/// than in its own chunks; random arrays always come in whole rows.
+fn input_array(a: &InputArgs, whole_rows: bool) -> anyhow::Result<(DArray, String)> {
+    if let Some(shape) = a.random {
+        if shape[0] == 0 || shape[1] == 0 {
+            bail!("--random {}x{}: both dimensions must be positive", shape[0], shape[1]);
+        }
+        let sizes = block_sizes(a, shape, true).expect("whole rows always give sizes");
+        let dist = Distribution::Uniform { low: 0.0, high: 1.0 };
+        let arr = DArray::random(&shape, &sizes, dist, a.seed, a.dtype.dtype())?;
+        return Ok((arr, format!("random {}x{} (seed {})", shape[0], shape[1], a.seed)));
+    }
+    let spec = a.input.as_deref().expect("clap requires an input");
+    Ok((read_input(spec, a, whole_rows)?, spec.to_owned()))
+}
+
+#[cfg(feature = "hdf5")]
+fn read_input(spec: &str, a: &InputArgs, whole_rows: bool) -> anyhow::Result<DArray> {
+    let (file, dataset) = linalg::hdf5::parse_spec(spec)?;
+    let ds = linalg::hdf5::Hdf5Dataset::open(&file, &dataset)?;
+    let [m, n] = match ds.shape[..] {
+        [m, n] => [m, n],
+        _ => bail!("{spec}: the dataset has shape {:?}; this command needs a matrix (2-D)", ds.shape),
+    };
+    let sizes = block_sizes(a, [m, n], whole_rows);
+    let chunks = sizes.map(|s| linalg::Chunks::regular(&ds.shape, &s)).transpose()?;
+    Ok(ds.read(chunks)?)
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn read_input(spec: &str, _: &InputArgs, _: bool) -> anyhow::Result<DArray> {
+    Err(linalg::LinalgError::FeatureDisabled { feature: "hdf5", what: format!("reading {spec}") }.into())
+}
+
+/// Writes `datasets` to a new file at `path` with the workers, gathering
+/// `gather` in the same graph; the file appears only when complete.
+#[cfg(feature = "hdf5")]
+fn store(
+    client: &Client,
+    path: &str,
+    datasets: &[(&str, &DArray)],
+    gather: &[&DArray],
+) -> anyhow::Result<Vec<linalg::Gathered>> {
+    let mut w = linalg::hdf5::Hdf5Writer::create(path)?;
+    let got = w.store(client, datasets, gather)?;
+    w.commit()?;
+    Ok(got)
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn store(_: &Client, path: &str, _: &[(&str, &DArray)], _: &[&DArray]) -> anyhow::Result<Vec<linalg::Gathered>> {
+    Err(linalg::LinalgError::FeatureDisabled { feature: "hdf5", what: format!("writing {path}") }.into())
+}
+
+/// Checks early that `path` can be written (before any work).
+#[cfg(feature = "hdf5")]
+fn check_output(path: &str) -> anyhow::Result<()> {
+    linalg::hdf5::Hdf5Writer::create(path)?;
+    Ok(())
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn check_output(path: &str) -> anyhow::Result<()> {
+    Err(linalg::LinalgError::FeatureDisabled { feature: "hdf5", what: format!("writing {path}") }.into())
+}
+
+/// A client of an elastic cluster may arrive before any worker has joined.
+pub fn wait_for_a_worker(client: &tessera::Client) -> anyhow::Result<()> {
+    if client.is_elastic() {
+        client
+            .wait_for_workers(1, std::time::Duration::from_secs(60))
+            .context("the scheduler has no worker (start some with `tessera worker --scheduler ADDR`)")?;
+    }
+    Ok(())
+}
+
+/// Peak resident memory of every rank: the driver's process, and each
+/// worker's (one tiny task pinned to each worker rank).
+pub fn peak_memory(client: &Client) -> anyhow::Result<Vec<(u32, u64)>> {
+    let own = tessera::runtime::sys::peak_rss_bytes().unwrap_or(0);
+    if client.transport() == "local" {
+        return Ok(vec![(0, own)]);
+    }
+    let mut g = tessera::Graph::new();
+    let keys: Vec<tessera::Key> = client.workers().iter().map(|w| tessera::Key::new("peak_memory", [w.rank])).collect();
+    for (k, w) in keys.iter().zip(client.workers()) {
+        g.push(tessera::Task::new(k.clone(), "linalg.peak_memory").on_rank(w.rank));
+    }
+    let got = client.compute(g, &keys)?;
+    let mut out = vec![(0, own)];
+    for (w, b) in client.workers().iter().zip(got) {
+        if w.rank != 0 {
+            out.push((w.rank, b.to_scalar().unwrap_or(0.0) as u64));
+        }
+    }
+    Ok(out)
+}
+
+fn persist_if(client: &Client, a: DArray, yes: bool) -> anyhow::Result<(DArray, Option<f64>)> {
+    if !yes {
+        return Ok((a, None));
+    }
+    let t = Instant::now();
+    let kept = a.persist(client)?;
+    Ok((kept, Some(t.elapsed().as_secs_f64())))
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// What a command measured, printed as one line (and JSON).
+struct Report {
+    what: &'static str,
+    summary: String,
+    seconds: f64,
+    /// Floating-point operations the algorithm performs (see docs/benchmarks.md).
+    flops: f64,
+    input_seconds: Option<f64>,
+    /// Command-specific JSON fields.
+    extra: serde_json::Value,
+}
+
+impl Report {
+    fn print(self, client: &Client, json_out: bool) -> anyhow::Result<()> {
+        let Report { what, summary, seconds, flops, input_seconds, mut extra } = self;
+        let peaks = peak_memory(client)?;
+        let peak_text = peaks.iter().map(|(r, b)| format!("r{r} {:.2}", gib(*b))).collect::<Vec<_>>().join(", ");
+        let gflops = flops / seconds / 1e9;
+        println!(
+        "{what}: {summary}; {seconds:.3} s, {gflops:.1} GFLOP/s{}; {} workers ({} threads, {}); peak GiB {peak_text}",
+        input_seconds.map(|s| format!(" (input {s:.3} s before)")).unwrap_or_default(),
+        client.workers().len(),
+        client.total_threads(),
+        client.transport(),
+    );
+        if json_out {
+            let obj = extra.as_object_mut().expect("an object");
+            obj.insert("command".into(), json!(what));
+            obj.insert("seconds".into(), json!(seconds));
+            obj.insert("gflops".into(), json!(gflops));
+            obj.insert("input_seconds".into(), json!(input_seconds));
+            obj.insert("workers".into(), json!(client.workers().len()));
+            obj.insert("threads".into(), json!(client.total_threads()));
+            obj.insert("transport".into(), json!(client.transport()));
+            obj.insert(
+                "peak_rss_bytes".into(),
+                json!(peaks.iter().map(|(r, b)| json!({"rank": r, "bytes": b})).collect::<Vec<_>>()),
+            );
+            println!("{extra}");
+        }
+        Ok(())
+    }
+}
+
+pub fn svd(config: Config, args: SvdArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        check_output(out)?;
+    }
+    config.run(|client| -> anyhow::Result<()> {
+        wait_for_a_worker(client)?;
+        let shape = shape_of(&args.input)?;
+        let [m, n] = shape;
+        let method = match (args.method, args.k) {
+            (Method::Randomized, None) => bail!("--method randomized needs --k (how many singular triplets)"),
+            // Large in both dimensions and few triplets wanted: sketch.
+            (Method::Auto, Some(k))
+                if m.min(n) >= 1000 && 4 * (k + args.oversample).max(RandomizedSvd::MIN_SUBSPACE) <= m.min(n) =>
+            {
+                Method::Randomized
+            }
+            (Method::Auto, _) => Method::Tsqr,
+            (m, _) => m,
+        };
+        let tall = m >= n;
+        let whole_rows = method == Method::Tsqr && tall;
+        let (a, from) = input_array(&args.input, whole_rows)?;
+        let a = if method == Method::Tsqr && !tall && args.input.chunks.is_none() && args.input.chunk_rows.is_none() {
+            // Short and fat: whole columns instead.
+            let cols = (n.div_ceil(4)).max(m);
+            a.rechunk(&[0, cols])?
+        } else {
+            a
+        };
+        let (a, input_seconds) = persist_if(client, a, args.input.persist_input)?;
+        let t = Instant::now();
+        let f: Svd = match method {
+            Method::Randomized => {
+                let k = args.k.expect("checked above");
+                let p = RandomizedSvd {
+                    k,
+                    oversample: args.oversample,
+                    power_iters: args.power_iters,
+                    seed: args.input.seed,
+                };
+                linalg::randomized_svd(&a, &p)?
+            }
+            _ => linalg::svd_truncated(&a, args.k.unwrap_or(m.min(n)))?,
+        };
+        let gathered = match &args.output {
+            Some(path) => store(client, path, &[("/U", &f.u), ("/S", &f.s), ("/VT", &f.vt)], &[&f.s])?,
+            None => {
+                // Everything computed; U and Vᵀ kept on the workers until done.
+                let (_, got) = compute(client, &[&f.u, &f.vt], &[&f.s])?;
+                got
+            }
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let s = gathered.into_iter().next().context("singular values")?.to_f64();
+        let s: Vec<f64> = s.iter().copied().collect();
+        let k = s.len();
+        let (big, small) = (m.max(n) as f64, m.min(n) as f64);
+        let flops = match method {
+            // Householder QR and forming U: 4 m n^2 for tall arrays.
+            Method::Tsqr | Method::Auto => 4.0 * big * small * small,
+            Method::Randomized => {
+                let l = RandomizedSvd { k, oversample: args.oversample, ..RandomizedSvd::new(k) }.subspace(m, n) as f64;
+                2.0 * (m * n) as f64 * l * (2 * args.power_iters + 2) as f64
+            }
+        };
+        let method_name = if method == Method::Randomized { "randomized" } else { "tsqr" };
+        let shown: Vec<String> = s.iter().take(4).map(|x| format!("{x:.6e}")).collect();
+        let summary = format!(
+            "{m} x {n} {} from {from}, chunks {}, {method_name}, k = {k}: s = [{}{}]{}",
+            a.dtype(),
+            a.chunks(),
+            shown.join(", "),
+            if k > 4 { ", ..." } else { "" },
+            args.output.as_ref().map(|o| format!("; wrote {o} (/U /S /VT)")).unwrap_or_default()
+        );
+        let extra = json!({"shape": [m, n], "dtype": a.dtype().to_string(), "chunks": a.chunks().to_string(),
+            "method": method_name, "k": k, "s": s, "output": args.output});
+        Report { what: "svd", summary, seconds, flops, input_seconds, extra }.print(client, args.out.json)
+    })
+}
+
+fn shape_of(a: &InputArgs) -> anyhow::Result<[usize; 2]> {
+    if let Some(s) = a.random {
+        return Ok(s);
+    }
+    let spec = a.input.as_deref().expect("clap requires an input");
+    #[cfg(feature = "hdf5")]
+    {
+        let (file, dataset) = linalg::hdf5::parse_spec(spec)?;
+        let ds = linalg::hdf5::Hdf5Dataset::open(&file, &dataset)?;
+        match ds.shape[..] {
+            [m, n] => Ok([m, n]),
+            _ => bail!("{spec}: the dataset has shape {:?}; this command needs a matrix (2-D)", ds.shape),
+        }
+    }
+    #[cfg(not(feature = "hdf5"))]
+    Err(linalg::LinalgError::FeatureDisabled { feature: "hdf5", what: format!("reading {spec}") }.into())
+}
+
+pub fn qr(config: Config, args: QrArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        check_output(out)?;
+    }
+    config.run(|client| -> anyhow::Result<()> {
+        wait_for_a_worker(client)?;
+        let [m, n] = shape_of(&args.input)?;
+        let (a, from) = input_array(&args.input, true)?;
+        let (a, input_seconds) = persist_if(client, a, args.input.persist_input)?;
+        let t = Instant::now();
+        let f = linalg::qr(&a)?;
+        let r = match &args.output {
+            Some(path) => store(client, path, &[("/Q", &f.q), ("/R", &f.r)], &[&f.r])?,
+            None => compute(client, &[&f.q], &[&f.r])?.1,
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let r = r.into_iter().next().context("R")?.to_f64();
+        let diag: Vec<f64> = (0..r.shape()[0].min(r.shape()[1])).map(|i| r[[i, i]]).collect();
+        let flops = 4.0 * (m.max(n) * m.min(n) * m.min(n)) as f64;
+        let summary = format!(
+            "{m} x {n} {} from {from}, chunks {}: R[0,0] = {:.6e}, R[k-1,k-1] = {:.6e}{}",
+            a.dtype(),
+            a.chunks(),
+            diag.first().copied().unwrap_or(0.0),
+            diag.last().copied().unwrap_or(0.0),
+            args.output.as_ref().map(|o| format!("; wrote {o} (/Q /R)")).unwrap_or_default()
+        );
+        let extra = json!({"shape": [m, n], "dtype": a.dtype().to_string(), "chunks": a.chunks().to_string(),
+            "r_diagonal": diag, "output": args.output});
+        Report { what: "qr", summary, seconds, flops, input_seconds, extra }.print(client, args.out.json)
+    })
+}
+
+pub fn matmul(config: Config, args: MatmulArgs) -> anyhow::Result<()> {
+    let output = args.output.as_deref().map(linalg_spec).transpose()?;
+    if let Some((path, _)) = &output {
+        check_output(path)?;
+    }
+    config.run(|client| -> anyhow::Result<()> {
+        wait_for_a_worker(client)?;
+        let (a, b, from) = match args.random {
+            Some([m, k, n]) => {
+                if m == 0 || k == 0 || n == 0 {
+                    bail!("--random {m}x{k}x{n}: every dimension must be positive");
+                }
+                let [r, c] = args.chunks.unwrap_or([m.div_ceil(4).max(1), k]);
+                let dist = Distribution::Uniform { low: 0.0, high: 1.0 };
+                let dt = args.dtype.dtype();
+                let a = DArray::random(&[m, k], &[r, c], dist, args.seed, dt)?;
+                let b = DArray::random(&[k, n], &[c, c], dist, args.seed.wrapping_add(1), dt)?;
+                (a, b, format!("random (seed {})", args.seed))
+            }
+            None => {
+                let (sa, sb) = (args.a.as_deref().expect("clap"), args.b.as_deref().expect("clap"));
+                let a = matmul_operand(sa, args.chunks)?;
+                let b = matmul_operand(sb, args.chunks.map(|[_, c]| [c, c]))?;
+                (a, b, format!("{sa} @ {sb}"))
+            }
+        };
+        let (a, a_secs) = persist_if(client, a, args.persist_input)?;
+        let (b, b_secs) = persist_if(client, b, args.persist_input)?;
+        let input_seconds = a_secs.zip(b_secs).map(|(x, y)| x + y);
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+        let norm = match &output {
+            Some((path, dataset)) => {
+                store(client, path, &[(dataset.as_str(), &c)], &[])?;
+                None
+            }
+            None => {
+                let (_, got) = compute(client, &[&c], &[&c.norm(None)?])?;
+                Some(got[0].to_f64().sum())
+            }
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let flops = 2.0 * (m * k) as f64 * n as f64;
+        let summary = format!(
+            "{m} x {k} @ {k} x {n} {} from {from}, chunks {} @ {}{}",
+            a.dtype(),
+            a.chunks(),
+            b.chunks(),
+            match (&output, norm) {
+                (Some((p, d)), _) => format!("; wrote {p}:{d}"),
+                (None, Some(x)) => format!("; |C|_F = {x:.6e}"),
+                _ => String::new(),
+            }
+        );
+        let extra = json!({"shape": [m, n], "inner": k, "dtype": a.dtype().to_string(), "chunks": a.chunks().to_string(),
+            "norm": norm, "output": args.output});
+        Report { what: "matmul", summary, seconds, flops, input_seconds, extra }.print(client, args.out.json)
+    })
+}
+
+fn linalg_spec(spec: &str) -> anyhow::Result<(String, String)> {
+    match spec.rsplit_once(':') {
+        Some((f, d)) if !f.is_empty() && d.starts_with('/') && d.len() > 1 => Ok((f.to_owned(), d.to_owned())),
+        _ => bail!("-o `{spec}`: expected FILE.h5:/DATASET (for example C.h5:/C)"),
+    }
+}
+
+#[cfg(feature = "hdf5")]
+fn matmul_operand(spec: &str, sizes: Option<[usize; 2]>) -> anyhow::Result<DArray> {
+    Ok(linalg::hdf5::from_hdf5(spec, sizes.as_ref().map(|s| &s[..]))?)
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn matmul_operand(spec: &str, _: Option<[usize; 2]>) -> anyhow::Result<DArray> {
+    Err(linalg::LinalgError::FeatureDisabled { feature: "hdf5", what: format!("reading {spec}") }.into())
+}
+
+/// `tessera demo`: a randomized SVD of a matrix with known singular values
+/// and a blocked matmul, both checked, with their timings.
+pub fn demo(config: Config) -> anyhow::Result<()> {
+    config.run(|client| -> anyhow::Result<()> {
+        wait_for_a_worker(client)?;
+        println!(
+            "tessera demo: {} workers ({} threads) over the {} transport",
+            client.workers().len(),
+            client.total_threads(),
+            client.transport()
+        );
+        // A = G diag(w) with G Gaussian: singular values close to w's.
+        let (m, n, k) = (20_000, 400, 5);
+        let t = Instant::now();
+        let g = DArray::random_normal(&[m, n], &[2_500, 0], 7)?;
+        let weights: Vec<f64> = (0..n).map(|j| if j < k { 10.0 * (k - j) as f64 } else { 0.01 }).collect();
+        let w = DArray::from_ndarray(linalg::ndarray::Array2::from_diag(&linalg::ndarray::Array1::from(weights)).view(), &[n, n])?;
+        let a = g.matmul(&w)?;
+        let f = linalg::randomized_svd(&a, &RandomizedSvd { seed: 1, ..RandomizedSvd::new(k) })?;
+        let s = f.s.to_ndarray::<f64>(client)?;
+        let scale = (m as f64).sqrt();
+        let shown: Vec<String> = s.iter().map(|x| format!("{:.2}", x / scale)).collect();
+        println!(
+            "  randomized SVD of {m} x {n} (k = {k}, 2 power iterations): s / sqrt(m) = [{}] (expected about [50, 40, 30, 20, 10]), {:.3} s",
+            shown.join(", "),
+            t.elapsed().as_secs_f64()
+        );
+        let ok = s.iter().enumerate().all(|(j, x)| (x / scale - 10.0 * (k - j) as f64).abs() < 0.05 * 10.0 * (k - j) as f64);
+        if !ok {
+            bail!("the randomized SVD's singular values are off: {shown:?}");
+        }
+        let size = 2_000;
+        let x = DArray::random_uniform(&[size, size], &[500, 500], 3)?;
+        let t = Instant::now();
+        let c = x.matmul(&x.t())?;
+        let (_, got) = compute(client, &[&c], &[&c.sum(None)?, &x.sum(Some(0))?])?;
+        let secs = t.elapsed().as_secs_f64();
+        // sum(X Xᵀ) = |column sums of X|^2.
+        let total = got[0].to_f64().sum();
+        let colsums = got[1].to_f64();
+        let want: f64 = colsums.iter().map(|v| v * v).sum();
+        if (total - want).abs() > 1e-9 * want {
+            bail!("matmul check failed: sum(X Xt) = {total}, expected {want}");
+        }
+        println!(
+            "  matmul {size} x {size} @ {size} x {size} in blocks of 500: {secs:.3} s, {:.1} GFLOP/s (result checked)",
+            2.0 * (size as f64).powi(3) / secs / 1e9
+        );
+        Ok(())
+    })
+}
