@@ -7,10 +7,18 @@
 #    or sudo the first time, a no-op afterwards.
 # 2. The default build (nothing but Rust): unit, integration and doc tests of
 #    every crate, the `tessera` command and the examples on a local cluster.
-# 3. The `mpi` build: the same suites again, plus tests/mpi.rs, which starts
-#    every multi-rank case as its own `mpirun -n 1..4` child with a hard
-#    timeout (the same test bodies as the in-process runs, the failure cases,
-#    the examples and the `tessera` command under MPI).
+# 3. The `full` build (`mpi` and `hdf5`): the same suites again, the HDF5
+#    tests, plus tests/mpi.rs, which starts every multi-rank case as its own
+#    `mpirun -n 1..4` child with a hard timeout (the same test bodies as the
+#    in-process runs, the failure cases, the examples and the `tessera`
+#    command under MPI).
+#
+# As root it first brings up a local Slurm (3 nodes on this host, with
+# accounting) and SGE (scripts/local-slurm.sh, scripts/local-sge.sh) and sets
+# TESSERA_TEST_SLURM=1 TESSERA_TEST_SGE=1 for the full build, so tests/batch.rs submits, waits
+# for and cancels real jobs, MPI jobs included, and scales elastic workers
+# (`tessera jobqueue scale`, `adapt`). Without root (or with
+# TESSERA_NO_BATCH=1) those cases print why they skip.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,15 +34,26 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "lints: cargo fmt --check, cargo clippy (default and mpi builds)"
+step "lints: cargo fmt --check, cargo clippy (default and full builds)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo clippy --workspace --all-targets --locked --features tessera/mpi -- -D warnings
+cargo clippy --workspace --all-targets --locked --features tessera/full -- -D warnings
 
+batch_env=()
+if [[ $(id -u) -eq 0 && -z ${TESSERA_NO_BATCH:-} ]]; then
+  step "batch systems: local Slurm (3 nodes) and SGE"
+  TESSERA_SLURM_NODES=3 scripts/local-slurm.sh start
+  scripts/local-sge.sh start
+  batch_env=(TESSERA_TEST_SLURM=1 TESSERA_TEST_SGE=1)
+else
+  step "batch systems: not started (needs root; TESSERA_NO_BATCH unset): tests/batch.rs will skip"
+fi
+
+# The real batch jobs run once, in the full build (which also has MPI).
 step "default build: cargo test --workspace"
 cargo test --workspace --locked
 
-step "mpi build: cargo test --workspace --features mpi (real mpirun runs)"
-cargo test --workspace --locked --features tessera/mpi
+step "full build (mpi, hdf5): cargo test --workspace --features full (real mpirun runs)"
+env "${batch_env[@]}" cargo test --workspace --locked --features tessera/full
 
 step "all tests passed"
