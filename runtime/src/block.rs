@@ -154,11 +154,14 @@ impl BlockHeader {
 struct Inner {
     shape: Vec<usize>,
     buffer: Buffer,
+    /// Received from a peer: the buffer goes back to the pool for the next
+    /// receive.
+    received: bool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if pool::enabled() && self.buffer.len() * self.buffer.dtype().size() >= pool::MIN_BYTES {
+        if self.received && self.buffer.len() * self.buffer.dtype().size() >= pool::MIN_BYTES {
             pool::put(std::mem::replace(&mut self.buffer, Buffer::U8(Vec::new())));
         }
     }
@@ -168,17 +171,15 @@ impl Drop for Inner {
 ///
 /// Fresh memory costs a page fault per 4 KiB the first time it is written:
 /// receiving 64 MiB into a new allocation takes about twice as long as into
-/// a reused one. Blocked algorithms move many blocks of one size, so a
-/// released block's buffer is kept (up to [`LIMIT_BYTES`] per process) and
-/// handed to the next receive of the same dtype and length.
+/// a reused one. Blocked algorithms move many blocks of one size, so the
+/// buffer of a released block that was itself received is kept (up to
+/// [`LIMIT_BYTES`] per process) and handed to the next receive of the same
+/// dtype and length.
 ///
-/// Only processes that receive blocks keep buffers: the MPI and TCP
-/// transports [`enable`] the pool when they start. In a local cluster blocks
-/// move by reference and nothing is received, so released memory goes back
-/// to the allocator at once instead of sitting in the pool.
+/// Blocks made by kernels go back to the allocator: a worker that only
+/// computes (reading its own input, say) keeps nothing in the pool, and in a
+/// local cluster nothing is ever received.
 pub(crate) mod pool {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     use super::{Buffer, DType};
     use parking_lot::Mutex;
 
@@ -186,17 +187,6 @@ pub(crate) mod pool {
     pub const MIN_BYTES: usize = 1 << 20;
     /// Bytes the pool holds at most.
     pub const LIMIT_BYTES: usize = 256 << 20;
-
-    static ENABLED: AtomicBool = AtomicBool::new(false);
-
-    /// Keeps released buffers from now on (a transport that receives blocks).
-    pub fn enable() {
-        ENABLED.store(true, Ordering::Relaxed);
-    }
-
-    pub fn enabled() -> bool {
-        ENABLED.load(Ordering::Relaxed)
-    }
 
     struct Pool {
         bytes: usize,
@@ -221,6 +211,12 @@ pub(crate) mod pool {
         }
         pool.bytes += n;
         pool.free.push(buffer);
+    }
+
+    /// Bytes kept now.
+    #[cfg(test)]
+    pub fn held_bytes() -> usize {
+        POOL.lock().bytes
     }
 
     /// A kept buffer of exactly `len` elements of `dtype`, if there is one.
@@ -248,6 +244,10 @@ impl Block {
     /// A block from a buffer and a shape. Panics if they disagree in length:
     /// that is a bug in the kernel that built it.
     pub fn new(shape: Vec<usize>, buffer: Buffer) -> Block {
+        Block::build(shape, buffer, false)
+    }
+
+    fn build(shape: Vec<usize>, buffer: Buffer, received: bool) -> Block {
         let expected: usize = shape.iter().product();
         assert_eq!(
             expected,
@@ -255,7 +255,7 @@ impl Block {
             "block shape {shape:?} needs {expected} elements, buffer has {}",
             buffer.len()
         );
-        Block(Arc::new(Inner { shape, buffer }))
+        Block(Arc::new(Inner { shape, buffer, received }))
     }
 
     /// A block holding one f64.
@@ -274,8 +274,9 @@ impl Block {
     }
 
     /// A block from a header and a buffer filled by a receive.
+    /// Its buffer is recycled for later receives once the block is released.
     pub fn from_parts(header: BlockHeader, buffer: Buffer) -> Block {
-        Block::new(header.shape, buffer)
+        Block::build(header.shape, buffer, true)
     }
 
     /// A buffer of the right size to receive a block described by `header`
@@ -366,16 +367,20 @@ mod tests {
     }
 
     #[test]
-    fn large_released_buffers_are_reused_for_receives() {
-        pool::enable();
+    fn large_received_buffers_are_reused_for_receives() {
         let len = (pool::MIN_BYTES / 8) + 12345; // a length no other test uses
-        let b = Block::new(vec![len], Buffer::F64(vec![3.0; len]));
+        let header = BlockHeader { dtype: DType::F64, shape: vec![len] };
+        let computed = Block::new(vec![len], Buffer::F64(vec![3.0; len]));
+        let held = pool::held_bytes();
+        drop(computed);
+        assert_eq!(pool::held_bytes(), held, "a computed block's buffer goes back to the allocator");
+
+        let b = Block::from_parts(header.clone(), Buffer::F64(vec![3.0; len]));
         let ptr = b.as_bytes().as_ptr();
-        let header = b.header();
         drop(b);
         let again = Block::receive_buffer(&header);
         assert_eq!(again.len(), len);
-        assert_eq!(again.as_bytes().as_ptr(), ptr, "the released allocation is handed out again");
+        assert_eq!(again.as_bytes().as_ptr(), ptr, "the released received allocation is handed out again");
         let small = BlockHeader { dtype: DType::F64, shape: vec![10] };
         assert_eq!(Block::receive_buffer(&small).len(), 10);
     }

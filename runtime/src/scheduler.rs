@@ -15,7 +15,11 @@
 //! * **Placement.** A ready task with inputs is bound to the worker holding
 //!   the most of its input bytes (ties: the least loaded). A task without
 //!   inputs stays unbound until some worker has room, so root tasks are not
-//!   over-produced.
+//!   over-produced. Roots whose kernel makes big blocks (a mean of
+//!   `BIG_ROOT_BYTES`, 1 MiB, or more, or not yet known) go only to a worker with
+//!   a thread free of other work: the blocks they read or generate are
+//!   consumed before more are made (dask's root-task queuing), which keeps
+//!   an out-of-core pass near one input block per thread.
 //! * **Queues.** Each worker gets up to `threads + queue_extra` tasks at a
 //!   time, so it always has the next task at hand; the rest wait here in
 //!   priority order. A worker with room and nothing of its own steals the
@@ -57,6 +61,14 @@ const AHEAD: u32 = 32;
 
 /// Bytes per second assumed for a transfer when weighing a steal.
 const STEAL_BANDWIDTH: f64 = 1e9;
+
+/// Root tasks whose kernel's mean output is at least this big are not queued
+/// ahead on busy workers.
+const BIG_ROOT_BYTES: f64 = (1 << 20) as f64;
+
+fn running_mean(mean: &mut f64, x: f64) {
+    *mean = if mean.is_nan() { x } else { 0.8 * *mean + 0.2 * x };
+}
 
 /// Scheduler settings.
 #[derive(Clone, Debug)]
@@ -219,6 +231,8 @@ pub(crate) struct Scheduler {
     peak_bytes: u64,
     /// Running mean of each kernel's duration in microseconds (NaN: unknown).
     durations: Vec<f64>,
+    /// Running mean of each kernel's output size in bytes (NaN: unknown).
+    out_bytes: Vec<f64>,
     retirements: Vec<Retirement>,
     /// Results each remote client holds (by rank, with multiplicity):
     /// released if the client goes away without releasing them.
@@ -232,6 +246,7 @@ impl Scheduler {
     pub(crate) fn new(registry: Arc<Registry>, transport: Arc<dyn Transport>, config: SchedulerConfig) -> Scheduler {
         Scheduler {
             durations: vec![f64::NAN; registry.len()],
+            out_bytes: vec![f64::NAN; registry.len()],
             registry,
             transport,
             config,
@@ -893,7 +908,7 @@ impl Scheduler {
                 self.start(w, pick.1);
                 continue;
             }
-            let free = self.unbound.first().copied();
+            let free = self.unbound.first().copied().filter(|&(_, id)| !self.withheld(w, id));
             let pick = match (own, free) {
                 (Some(a), Some(b)) => {
                     if a <= b {
@@ -909,6 +924,18 @@ impl Scheduler {
             let Some((_, id)) = pick else { break };
             self.assign(w, id);
         }
+    }
+
+    /// Whether root task `id` waits for worker `w` to have a thread free: it
+    /// makes a big block (or one of unknown size) and `w` is busy.
+    fn withheld(&self, w: usize, id: TaskId) -> bool {
+        let rec = &self.tasks[&id];
+        let worker = &self.workers[w];
+        if !rec.inputs.is_empty() || worker.in_flight < worker.threads {
+            return false;
+        }
+        let mean = self.out_bytes[rec.kernel as usize];
+        mean.is_nan() || mean >= BIG_ROOT_BYTES
     }
 
     /// Takes a queued task of the most loaded other worker, from the
@@ -1058,8 +1085,8 @@ impl Scheduler {
         };
         self.workers[w].in_flight -= 1;
         self.workers[w].last_seen = Instant::now();
-        let d = &mut self.durations[rec.kernel as usize];
-        *d = if d.is_nan() { micros as f64 } else { 0.8 * *d + 0.2 * micros as f64 };
+        running_mean(&mut self.durations[rec.kernel as usize], micros as f64);
+        running_mean(&mut self.out_bytes[rec.kernel as usize], nbytes as f64);
         rec.state = State::Memory;
         rec.who_has.push(w);
         rec.nbytes = nbytes;

@@ -291,6 +291,28 @@ fn reductions_hold_few_blocks_at_once() {
     assert_eq!(state.tasks, 0);
 }
 
+/// Root tasks making big blocks are not queued ahead on busy workers: each
+/// block is consumed before the next is made, as in an out-of-core pass
+/// (queued ahead, each worker would hold up to `1 + queue_extra` of them).
+#[test]
+fn big_root_blocks_are_consumed_before_more_are_made() {
+    let cluster = LocalCluster::builder().workers(2).start().unwrap();
+    let block = 1usize << 18; // f64s: 2 MiB
+    let mut g = Graph::new();
+    let mut sums = Vec::new();
+    for i in 0..64 {
+        g.push(Task::new(k("read", i), "fill").param(&(block, 1.0f64)));
+        g.push(Task::new(k("use", i), "sum").param(&0.0f64).inputs([k("read", i)]));
+        sums.push(k("use", i));
+    }
+    let root = g.reduce("total", sums, 8, |key| Task::new(key, "sum").param(&0.0f64));
+    let out = cluster.client().compute(g, &[root]).unwrap();
+    assert_eq!(out[0].to_scalar(), Some(64.0 * block as f64));
+    let state = cluster.client().state().unwrap();
+    let peak_blocks = state.peak_bytes / (block as u64 * 8);
+    assert!(peak_blocks <= 3, "held up to {peak_blocks} big root blocks at once on 2 one-thread workers");
+}
+
 /// Tasks bound to one worker (it holds their small input) are stolen by
 /// idle workers once that worker's queue backs up.
 #[test]

@@ -100,7 +100,6 @@ impl MpiTransport {
     /// `mailboxes`; the returned receiver is the progress thread's outbox.
     pub fn new(rank: u32, size: u32, mailboxes: Mailboxes) -> (Arc<MpiTransport>, Receiver<(u32, Role, Msg)>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        crate::block::pool::enable();
         let t = MpiTransport { rank, size, mailboxes, outbox: tx, abort: Arc::default() };
         (Arc::new(t), rx)
     }

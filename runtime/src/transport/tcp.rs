@@ -369,7 +369,6 @@ impl TcpTransport {
         opts: TcpOptions,
         listener: Option<TcpListener>,
     ) -> Arc<TcpTransport> {
-        crate::block::pool::enable();
         let shared = Arc::new(Shared {
             rank,
             scheduler,
