@@ -28,29 +28,36 @@ def peak_rss(children=False):
     return resource.getrusage(who).ru_maxrss * 1024
 
 
+def settle(*xs):
+    """Persists and waits: with dask.distributed, persist returns at once."""
+    ys = dask.persist(*xs)
+    if dask.config.get("scheduler", None) != "threads":
+        from distributed import wait
+
+        wait(ys)
+    return ys if len(ys) > 1 else ys[0]
+
+
 def run(case, scheduler, args):
     if case == "matmul":
         m, k, n, c = args.matmul
-        a = da.random.random((m, k), chunks=c).persist()
-        b = da.random.random((k, n), chunks=c).persist()
+        a, b = settle(da.random.random((m, k), chunks=c), da.random.random((k, n), chunks=c))
         t = time.perf_counter()
-        (a @ b).persist()
+        settle(a @ b)
         secs = time.perf_counter() - t
         flops = 2.0 * m * k * n
     elif case == "tsqr":
         m, n, r = args.tsqr
-        x = da.random.random((m, n), chunks=(r, n)).persist()
+        x = settle(da.random.random((m, n), chunks=(r, n)))
         t = time.perf_counter()
-        u, s, v = da.linalg.svd(x)
-        dask.persist(u, s, v)
+        settle(*da.linalg.svd(x))
         secs = time.perf_counter() - t
         flops = 4.0 * m * n * n
     elif case == "rsvd":
         m, n, k, q, r = args.rsvd
-        x = da.random.random((m, n), chunks=(r, n)).persist()
+        x = settle(da.random.random((m, n), chunks=(r, n)))
         t = time.perf_counter()
-        u, s, v = da.linalg.svd_compressed(x, k=k, n_power_iter=q, seed=1)
-        dask.persist(u, s, v)
+        settle(*da.linalg.svd_compressed(x, k=k, n_power_iter=q, seed=1))
         secs = time.perf_counter() - t
         l = max(k + 10, 20)
         flops = 2.0 * m * n * l * (2 * q + 2)
