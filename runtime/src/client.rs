@@ -24,7 +24,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
 use crate::error::{Error, Result};
+use crate::events::EventLog;
 use crate::graph::{Graph, Key, Task, TaskId};
+use crate::progress::{Baseline, Monitor, Progress};
 use crate::protocol::{Endpoint, Msg, Payload};
 use crate::transport::{ReplyRouter, Transport};
 
@@ -68,6 +70,12 @@ pub struct ClusterState {
     pub queued: usize,
     /// Tasks sent to each worker and not yet reported, by worker rank.
     pub in_flight: Vec<(u32, u32)>,
+    /// Tasks completed since the cluster started (what progress bars count).
+    pub completed: u64,
+    /// Bytes copied between workers since the cluster started.
+    pub moved_bytes: u64,
+    /// The first error each worker rank reported ([`crate::log`]), by rank.
+    pub errors: Vec<(u32, String)>,
 }
 
 impl ClusterState {
@@ -125,6 +133,11 @@ pub enum ClientRequest {
         ranks: Vec<u32>,
         reply: Reply<Result<Vec<u32>>>,
     },
+    /// Gathers the workers' recorded events.
+    Events {
+        clear: bool,
+        reply: Reply<EventLog>,
+    },
     /// In-process only: stop the cluster.
     Shutdown {
         failed: bool,
@@ -152,6 +165,9 @@ pub enum WireRequest {
     Retire {
         ranks: Vec<u32>,
     },
+    Events {
+        clear: bool,
+    },
 }
 
 /// The scheduler's answer to a [`WireRequest`].
@@ -162,6 +178,7 @@ pub enum WireReply {
     Workers(Vec<WorkerInfo>),
     State(ClusterState),
     Retire(Result<Vec<u32>>),
+    Events(EventLog),
 }
 
 impl ClientRequest {
@@ -179,6 +196,9 @@ impl ClientRequest {
             WireRequest::State => ClientRequest::State { reply: Reply::new(move |r| reply(WireReply::State(r))) },
             WireRequest::Retire { ranks } => {
                 ClientRequest::Retire { ranks, reply: Reply::new(move |r| reply(WireReply::Retire(r))) }
+            }
+            WireRequest::Events { clear } => {
+                ClientRequest::Events { clear, reply: Reply::new(move |r| reply(WireReply::Events(r))) }
             }
         }
     }
@@ -200,6 +220,8 @@ struct Inner {
     /// Fixed clusters: the workers from start-up. Elastic ones: asked each time.
     workers: Option<Vec<WorkerInfo>>,
     link: Link,
+    /// How waits show progress ([`Progress`] as a byte).
+    progress: AtomicU8,
 }
 
 impl Inner {
@@ -273,7 +295,8 @@ impl Client {
         workers: Option<Vec<WorkerInfo>>,
         link: Link,
     ) -> Client {
-        Client { inner: Arc::new(Inner { transport, inbox: Mutex::new(inbox), me, workers, link }) }
+        let progress = AtomicU8::new(Progress::Off.to_u8());
+        Client { inner: Arc::new(Inner { transport, inbox: Mutex::new(inbox), me, workers, link, progress }) }
     }
 
     /// The workers of the cluster, by rank: fixed at start-up for local and
@@ -338,6 +361,36 @@ impl Client {
         }
     }
 
+    /// How waits for results show progress (default [`Progress::Off`]; see
+    /// [`crate::progress`]). Applies to every clone.
+    pub fn set_progress(&self, mode: Progress) {
+        self.inner.progress.store(mode.to_u8(), Ordering::Relaxed);
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress::from_u8(self.inner.progress.load(Ordering::Relaxed))
+    }
+
+    /// Gathers the events every worker recorded since it started (or since
+    /// the last [`Client::take_events`]): what ran where, when, and how
+    /// blocks moved. Turn it into a report with [`crate::report`].
+    pub fn events(&self) -> Result<EventLog> {
+        self.collect_events(false)
+    }
+
+    /// Like [`Client::events`], and empties the workers' buffers, so the
+    /// next call sees only what runs after this one.
+    pub fn take_events(&self) -> Result<EventLog> {
+        self.collect_events(true)
+    }
+
+    fn collect_events(&self, clear: bool) -> Result<EventLog> {
+        match self.inner.call(WireRequest::Events { clear })? {
+            WireReply::Events(log) => Ok(log),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Name of the transport (`local`, `mpi`, `tcp`).
     pub fn transport(&self) -> &'static str {
         self.inner.transport.name()
@@ -366,11 +419,18 @@ impl Client {
     /// neither in the graph nor held by the cluster, cycles, unknown outputs.
     pub fn persist(&self, graph: Graph, outputs: &[Key]) -> Result<Persisted> {
         let keys = outputs.to_vec();
+        let baseline = match self.progress() {
+            Progress::Off => None,
+            mode => {
+                let total = graph.len() as u64;
+                Some(Baseline { mode, total, state: self.state()?, started: Instant::now() })
+            }
+        };
         let ids = match self.inner.call(WireRequest::Submit { tasks: graph.into_tasks(), outputs: keys.clone() })? {
             WireReply::Submit(r) => r?,
             other => return Err(unexpected(other)),
         };
-        Ok(Persisted { client: self.clone(), keys, ids })
+        Ok(Persisted { client: self.clone(), keys, ids, baseline })
     }
 
     /// Computes `outputs` of `graph` and brings their blocks to the driver.
@@ -397,7 +457,8 @@ impl Client {
         }
     }
 
-    fn wait_ids(&self, ids: &[TaskId]) -> Result<Vec<Vec<u32>>> {
+    fn wait_ids(&self, ids: &[TaskId], baseline: Option<&Baseline>) -> Result<Vec<Vec<u32>>> {
+        let _monitor = baseline.map(|b| Monitor::start(self.clone(), b.clone()));
         match self.inner.call(WireRequest::Wait { ids: ids.to_vec() })? {
             WireReply::Wait(r) => r,
             other => Err(unexpected(other)),
@@ -456,6 +517,8 @@ pub struct Persisted {
     client: Client,
     keys: Vec<Key>,
     ids: Vec<TaskId>,
+    /// What progress is measured against (when the client shows it).
+    baseline: Option<Baseline>,
 }
 
 impl Persisted {
@@ -477,17 +540,22 @@ impl Persisted {
     /// # Panics
     /// If `at > self.len()`.
     pub fn split_off(&mut self, at: usize) -> Persisted {
-        Persisted { client: self.client.clone(), keys: self.keys.split_off(at), ids: self.ids.split_off(at) }
+        Persisted {
+            client: self.client.clone(),
+            keys: self.keys.split_off(at),
+            ids: self.ids.split_off(at),
+            baseline: self.baseline.clone(),
+        }
     }
 
     /// Blocks until every result is computed (or one failed).
     pub fn wait(&self) -> Result<()> {
-        self.client.wait_ids(&self.ids).map(drop)
+        self.client.wait_ids(&self.ids, self.baseline.as_ref()).map(drop)
     }
 
     /// Ranks holding each result, once computed.
     pub fn locations(&self) -> Result<Vec<Vec<u32>>> {
-        self.client.wait_ids(&self.ids)
+        self.client.wait_ids(&self.ids, self.baseline.as_ref())
     }
 
     /// Waits for the results and brings their blocks to the driver, each
@@ -499,7 +567,7 @@ impl Persisted {
     pub fn gather(&self) -> Result<Vec<Block>> {
         let mut attempt = 0;
         loop {
-            let holders = self.client.wait_ids(&self.ids)?;
+            let holders = self.client.wait_ids(&self.ids, self.baseline.as_ref())?;
             match self.client.fetch(&self.keys, &self.ids, &holders) {
                 Err(Error::Lost { .. }) if self.client.is_elastic() && attempt < 5 => {
                     attempt += 1;

@@ -23,9 +23,11 @@ use crossbeam_channel::Receiver;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::Registry;
+use crate::progress::Progress;
 use crate::protocol::{Endpoint, Msg};
 use crate::scheduler::{Exit, Ready, Scheduler, SchedulerConfig};
 use crate::store::BlockStore;
+use crate::topology::Bind;
 use crate::transport::local::LocalTransport;
 use crate::transport::{Mailboxes, Transport};
 use crate::worker::{run_worker, WorkerConfig, WorkerExit};
@@ -99,6 +101,15 @@ pub struct Config {
     /// The cluster's secret when connecting to a scheduler (default:
     /// [`crate::secret::default_path`]).
     pub secret_file: Option<std::path::PathBuf>,
+    /// Workers record what they run, for reports and traces (default on;
+    /// see [`crate::events`]).
+    pub events: bool,
+    /// How worker threads are bound to cores ([`crate::topology::plan`]).
+    /// `Auto` binds MPI ranks that share a host (with the `hwloc` feature)
+    /// and leaves local clusters unbound.
+    pub bind: Bind,
+    /// How the driver shows progress while it waits (default off).
+    pub progress: Progress,
 }
 
 impl Default for Config {
@@ -113,6 +124,9 @@ impl Default for Config {
             registry: Registry::builtin(),
             scheduler: None,
             secret_file: None,
+            events: true,
+            bind: Bind::Auto,
+            progress: Progress::Off,
         }
     }
 }
@@ -164,6 +178,7 @@ impl Config {
     {
         if let Some(addr) = &self.scheduler {
             let client = crate::tcp::connect(addr, self.tcp_options()?)?;
+            client.set_progress(self.progress);
             return drive(&client, driver, |_, _| {});
         }
         match self.resolve_launch()? {
@@ -174,7 +189,9 @@ impl Config {
                 unreachable!("resolve_launch refuses MPI without the feature");
             }
             _ => {
+                let progress = self.progress;
                 let cluster = LocalCluster::start_with(self)?;
+                cluster.client().set_progress(progress);
                 drive(cluster.client(), driver, |failed, reason| cluster.client.shutdown(failed, reason))
             }
         }
@@ -282,6 +299,18 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Whether workers record events (default: yes).
+    pub fn events(mut self, on: bool) -> Self {
+        self.config.events = on;
+        self
+    }
+
+    /// How worker threads are bound to cores (default: not at all).
+    pub fn bind(mut self, bind: Bind) -> Self {
+        self.config.bind = bind;
+        self
+    }
+
     pub fn start(self) -> Result<LocalCluster> {
         LocalCluster::start_with(self.config)
     }
@@ -299,6 +328,11 @@ impl LocalCluster {
             return Err(Error::Config("a local cluster needs at least one worker".into()));
         }
         let threads = config.threads.unwrap_or(1).max(1);
+        // The workers share this process: bind only when asked.
+        let plans = match config.bind {
+            Bind::Auto => vec![Vec::new(); n],
+            bind => (0..n).map(|i| crate::topology::plan(bind, i, n, threads)).collect::<Result<_>>()?,
+        };
         let registry = Arc::new(config.registry);
         let mut mailboxes = Mailboxes::new();
         let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
@@ -324,8 +358,9 @@ impl LocalCluster {
         let workers = worker_inboxes
             .into_iter()
             .zip(1u32..)
-            .map(|((inbox, store), rank)| {
-                let wc = WorkerConfig { rank, threads, host: host.clone(), name: String::new() };
+            .zip(plans)
+            .map(|(((inbox, store), rank), cpus)| {
+                let wc = WorkerConfig { events: config.events, cpus, ..WorkerConfig::new(rank, threads, host.clone()) };
                 spawn_worker(wc, Arc::clone(&registry), Arc::clone(&transport), store, inbox)
             })
             .collect();

@@ -104,6 +104,10 @@ pub enum Error {
     /// A worker rank that the cluster does not have (or that has left).
     #[error("rank {rank} runs no worker of this cluster")]
     UnknownWorker { rank: u32 },
+
+    /// An output file (report, trace) could not be written; nothing was left at `path`.
+    #[error("cannot write {}: {reason}", path.display())]
+    Write { path: PathBuf, reason: String },
 }
 
 /// How the few fields without a serde form of their own cross the wire.

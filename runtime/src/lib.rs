@@ -31,15 +31,20 @@ mod block;
 mod client;
 mod cluster;
 mod error;
+pub mod events;
 mod graph;
 mod kernel;
+pub mod log;
 mod panic;
+pub mod progress;
 pub mod protocol;
+pub mod report;
 mod scheduler;
 pub mod secret;
 mod store;
 pub mod sys;
 pub mod tcp;
+pub mod topology;
 pub mod transport;
 mod worker;
 
@@ -50,8 +55,10 @@ pub use block::{Block, BlockHeader, Buffer, DType};
 pub use client::{Client, ClusterState, Persisted, WorkerInfo};
 pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks};
 pub use error::{Error, KernelError, Result};
+pub use events::EventLog;
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};
+pub use progress::Progress;
 
 #[doc(hidden)]
 pub use linkme;
@@ -70,3 +77,6 @@ where
 
 /// Whether this build has the MPI transport.
 pub const HAS_MPI: bool = cfg!(feature = "mpi");
+
+/// Whether this build reads the hardware topology and binds threads (hwloc).
+pub const HAS_HWLOC: bool = cfg!(feature = "hwloc");

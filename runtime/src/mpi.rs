@@ -50,6 +50,11 @@ pub struct MpiInfo {
     pub world_size: usize,
     pub rank: usize,
     pub processor: String,
+    /// Each rank's host, by rank.
+    pub hosts: Vec<String>,
+    /// The hardware of each host (one entry per host; empty without the
+    /// `hwloc` feature).
+    pub topologies: Vec<crate::topology::HostTopology>,
 }
 
 /// Version of the MPI library this build linked (callable without initialising MPI).
@@ -63,23 +68,58 @@ pub fn library_version() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Initialises MPI, reads [`MpiInfo`], finalises.
+/// Initialises MPI, reads [`MpiInfo`] (every rank tells its host and
+/// topology: collective), finalises.
 pub fn info() -> Option<MpiInfo> {
     let universe = mpi::initialize()?;
     let world = universe.world();
+    let mine = (crate::sys::hostname(), crate::topology::detect().ok());
+    let all: Vec<(String, Option<crate::topology::HostTopology>)> = all_gather_json(&world, &mine);
+    let mut topologies: Vec<crate::topology::HostTopology> = Vec::new();
+    for t in all.iter().filter_map(|(_, t)| t.clone()) {
+        if !topologies.iter().any(|x| x.host == t.host) {
+            topologies.push(t);
+        }
+    }
     Some(MpiInfo {
         library: library_version(),
         standard: mpi::environment::version(),
         world_size: world.size() as usize,
         rank: world.rank() as usize,
         processor: mpi::environment::processor_name().unwrap_or_default(),
+        hosts: all.into_iter().map(|(h, _)| h).collect(),
+        topologies,
     })
+}
+
+/// Every rank's `value`, by rank (collective over `comm`).
+fn all_gather_json<C, T>(comm: &C, value: &T) -> Vec<T>
+where
+    C: Communicator,
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    use mpi::collective::CommunicatorCollectives;
+    use mpi::datatype::PartitionMut;
+    let bytes = serde_json::to_vec(value).expect("plain data serialises");
+    let mut counts = vec![0i32; comm.size() as usize];
+    comm.all_gather_into(&(bytes.len() as i32), &mut counts[..]);
+    let displs: Vec<i32> = counts.iter().scan(0, |at, &c| Some(std::mem::replace(at, *at + c))).collect();
+    let mut all = vec![0u8; counts.iter().map(|&c| c as usize).sum()];
+    comm.all_gather_varcount_into(&bytes[..], &mut PartitionMut::new(&mut all[..], &counts[..], &displs[..]));
+    displs
+        .iter()
+        .zip(&counts)
+        .map(|(&d, &c)| serde_json::from_slice(&all[d as usize..(d + c) as usize]).expect("every rank sent JSON"))
+        .collect()
 }
 
 /// Decides threads and whether rank 0 works from the ranks sharing this host.
 struct Placement {
     threads: usize,
     rank0_works: bool,
+    /// This rank among the ranks of its host, and how many there are.
+    local_rank: usize,
+    local_size: usize,
 }
 
 fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, Error> {
@@ -105,7 +145,7 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
     if rank == 0 && rank0_works && config.threads.is_none() && size > 1 && share > 1 {
         threads = share - 1; // leave the scheduler a core
     }
-    Ok(Placement { threads, rank0_works })
+    Ok(Placement { threads, rank0_works, local_rank: local.rank() as usize, local_size })
 }
 
 /// Runs Tessera on the ranks of `comm` (collective). Rank 0 of `comm` runs
@@ -130,6 +170,10 @@ where
         Err(e) => return Err(E::from(e)),
     };
     let works = rank != 0 || place.rank0_works;
+    let cpus = match crate::topology::plan(config.bind, place.local_rank, place.local_size, place.threads) {
+        Ok(c) => c,
+        Err(e) => return Err(E::from(e)),
+    };
     let registry = Arc::new(config.registry.clone());
 
     let mut mailboxes = Mailboxes::new();
@@ -142,9 +186,16 @@ where
     let worker_inbox = works.then(|| mailboxes.open(Endpoint { rank, role: Role::Worker }));
     let (transport, outbox) = MpiTransport::new(rank, size, mailboxes);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
+    if rank != 0 {
+        crate::log::forward_errors_to(&dyn_transport, rank);
+    }
 
     let worker = worker_inbox.map(|inbox| {
-        let wc = WorkerConfig { rank, threads: place.threads, host: crate::sys::hostname(), name: String::new() };
+        let wc = WorkerConfig {
+            events: config.events,
+            cpus,
+            ..WorkerConfig::new(rank, place.threads, crate::sys::hostname())
+        };
         spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), store, inbox)
     });
 
@@ -181,6 +232,7 @@ where
                 };
                 tracing::info!(ranks = size, workers = infos.len(), "MPI cluster ready");
                 let client = Client::new(t, client_inbox, infos);
+                client.set_progress(config.progress);
                 drive(&client, driver, |failed, reason| client.shutdown(failed, reason))
             }));
         }
@@ -221,6 +273,7 @@ where
     };
     let world = universe.world();
     let rank = world.rank();
+    crate::log::set_rank(rank as u32);
     let result = run_on(&world, config, driver);
     if rank == 0 {
         drop(universe);

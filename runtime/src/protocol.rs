@@ -25,10 +25,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::block::{Block, BlockHeader};
 use crate::client::{ClientRequest, WireReply, WireRequest};
+use crate::events::WorkerEvents;
 use crate::graph::{Key, Params, TaskId};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Largest control frame a rank accepts (block payloads are separate).
 pub const MAX_FRAME: u64 = 256 << 20;
@@ -196,6 +197,14 @@ pub enum Msg {
     Request { id: u64, from: Endpoint, req: WireRequest },
     /// Scheduler -> remote client: the answer to request `id`.
     Reply { id: u64, reply: WireReply },
+    /// Scheduler -> worker: send what you recorded ([`crate::events`]),
+    /// emptying the buffers when `clear`; answered with `Events`.
+    CollectEvents { req: u64, clear: bool },
+    /// Worker -> scheduler: the answer to `CollectEvents` `req`.
+    Events { req: u64, events: Box<WorkerEvents> },
+    /// Worker -> scheduler: the first error logged on a worker rank (the
+    /// driver shows it with the rank; see [`crate::log`]).
+    Log { rank: u32, line: String },
     /// Scheduler -> every member of an elastic cluster: where ranks listen
     /// (workers that joined) and which have left. Handled by the transport.
     Peers { add: Vec<(u32, String)>, remove: Vec<u32> },

@@ -50,6 +50,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::client::{ClientRequest, ClusterState, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::error::{Error, Result};
+use crate::events::{EventLog, WorkerEvents};
 use crate::graph::{Key, Params, Task, TaskId};
 use crate::kernel::Registry;
 use crate::protocol::{Endpoint, InputLoc, Msg, RunTask};
@@ -237,6 +238,22 @@ pub(crate) struct Scheduler {
     /// Results each remote client holds (by rank, with multiplicity):
     /// released if the client goes away without releasing them.
     held_by: FxHashMap<u32, FxHashMap<TaskId, u32>>,
+    /// Tasks completed and bytes copied between workers, since start.
+    completed: u64,
+    moved_bytes: u64,
+    /// Event collections waiting for workers' answers.
+    collections: Vec<Collection>,
+    next_collection: u64,
+    /// The first error each worker rank logged (`Msg::Log`).
+    remote_errors: Vec<(u32, String)>,
+}
+
+/// A driver's request for the workers' events, until all have answered.
+struct Collection {
+    req: u64,
+    reply: Reply<EventLog>,
+    waiting: FxHashSet<u32>,
+    got: Vec<WorkerEvents>,
 }
 
 /// Start-up result: the workers that said hello, or why they could not.
@@ -267,6 +284,11 @@ impl Scheduler {
             peak_bytes: 0,
             retirements: Vec::new(),
             held_by: FxHashMap::default(),
+            completed: 0,
+            moved_bytes: 0,
+            collections: Vec::new(),
+            next_collection: 1,
+            remote_errors: Vec::new(),
         }
     }
 
@@ -410,6 +432,11 @@ impl Scheduler {
                 self.handle_replica(rank, id);
             }
             Msg::Heartbeat { rank } => self.seen(rank),
+            Msg::Events { req, events } => {
+                let rank = events.rank;
+                self.on_events(req, Some(*events), rank)
+            }
+            Msg::Log { rank, line } => self.on_remote_error(rank, line),
             Msg::Client(req) => return self.on_client(req, inbox),
             Msg::Request { id, from, req } => {
                 // What a remote client holds is tracked, to release it if
@@ -503,6 +530,7 @@ impl Scheduler {
             Some(rec) if matches!(rec.state, State::Memory) && !self.workers[w].gone => {
                 if !rec.who_has.contains(&w) {
                     rec.who_has.push(w);
+                    self.moved_bytes += rec.nbytes;
                 }
                 // A copy on a worker that is leaving too saves nothing.
                 if self.workers[w].open() {
@@ -540,8 +568,12 @@ impl Scheduler {
                     waiting: self.tasks.values().filter(|r| matches!(r.state, State::Waiting)).count(),
                     queued: self.queued,
                     in_flight: self.workers.iter().filter(|w| !w.gone).map(|w| (w.rank, w.in_flight)).collect(),
+                    completed: self.completed,
+                    moved_bytes: self.moved_bytes,
+                    errors: self.remote_errors.clone(),
                 });
             }
+            ClientRequest::Events { clear, reply } => self.collect_events(clear, reply),
             ClientRequest::Shutdown { failed, reason, reply } => {
                 self.flush();
                 self.broadcast_shutdown(failed, reason);
@@ -1085,6 +1117,7 @@ impl Scheduler {
         };
         self.workers[w].in_flight -= 1;
         self.workers[w].last_seen = Instant::now();
+        self.completed += 1;
         running_mean(&mut self.durations[rec.kernel as usize], micros as f64);
         running_mean(&mut self.out_bytes[rec.kernel as usize], nbytes as f64);
         rec.state = State::Memory;
@@ -1299,7 +1332,10 @@ impl Scheduler {
         // Rank 0's own worker shares this process: it cannot be lost alone.
         let silent = self.workers.iter().position(|w| w.rank != 0 && !w.gone && w.last_seen.elapsed() > timeout)?;
         let w = &self.workers[silent];
-        let reason = format!("no message for {:.1} s", w.last_seen.elapsed().as_secs_f64());
+        let mut reason = format!("no message for {:.1} s", w.last_seen.elapsed().as_secs_f64());
+        if let Some((_, line)) = self.remote_errors.iter().find(|(r, _)| *r == w.rank) {
+            reason = format!("{reason}; its first error: {line}");
+        }
         if self.config.elastic {
             tracing::warn!(rank = w.rank, %reason, "worker lost");
             self.remove_worker(silent, reason);
@@ -1460,6 +1496,11 @@ impl Scheduler {
     /// it held are recomputed (or fail), its tasks are placed again.
     fn remove_worker(&mut self, w: usize, reason: String) {
         let rank = self.workers[w].rank;
+        // Whatever it recorded is gone with it.
+        let reqs: Vec<u64> = self.collections.iter().map(|c| c.req).collect();
+        for req in reqs {
+            self.on_events(req, None, rank);
+        }
         let graceful = self.workers[w].leaving;
         {
             let rec = &mut self.workers[w];
@@ -1638,5 +1679,47 @@ impl Scheduler {
         if self.workers[w].draining {
             self.check_drain(w);
         }
+    }
+}
+
+/// Events and remote errors.
+impl Scheduler {
+    /// Asks every live worker for its events; answers once all did (or left).
+    fn collect_events(&mut self, clear: bool, reply: Reply<EventLog>) {
+        let req = self.next_collection;
+        self.next_collection += 1;
+        let waiting: FxHashSet<u32> = self.workers.iter().filter(|w| !w.gone).map(|w| w.rank).collect();
+        for &rank in &waiting {
+            self.transport.send(Endpoint::worker(rank), Msg::CollectEvents { req, clear });
+        }
+        self.collections.push(Collection { req, reply, waiting, got: Vec::new() });
+        self.on_events(req, None, u32::MAX); // answers at once when there is no worker
+    }
+
+    /// Worker `rank` answered collection `req` (`None`: it left without answering).
+    fn on_events(&mut self, req: u64, events: Option<WorkerEvents>, rank: u32) {
+        let Some(i) = self.collections.iter().position(|c| c.req == req) else { return };
+        let c = &mut self.collections[i];
+        if c.waiting.remove(&rank) {
+            c.got.extend(events);
+        }
+        if c.waiting.is_empty() {
+            let mut c = self.collections.swap_remove(i);
+            c.got.sort_by_key(|w| w.rank);
+            let kernels = self.registry.names().map(str::to_owned).collect();
+            let transport = self.transport.name().to_owned();
+            c.reply.send(EventLog { kernels, workers: c.got, transport });
+        }
+    }
+
+    /// A worker rank logged an error: show it here, on the driver's rank,
+    /// once per rank.
+    fn on_remote_error(&mut self, rank: u32, line: String) {
+        if self.remote_errors.iter().any(|(r, _)| *r == rank) {
+            return;
+        }
+        let host = self.worker_of_rank.get(&rank).map(|&w| self.workers[w].host.clone()).unwrap_or_default();
+        tracing::error!(rank, %host, "error on worker rank {rank}: {line}");
+        self.remote_errors.push((rank, line));
     }
 }

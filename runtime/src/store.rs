@@ -17,7 +17,14 @@ use crate::graph::TaskId;
 /// Blocks held by one worker. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct BlockStore {
-    blocks: Arc<Mutex<FxHashMap<TaskId, Block>>>,
+    blocks: Arc<Mutex<Blocks>>,
+}
+
+#[derive(Default)]
+struct Blocks {
+    map: FxHashMap<TaskId, Block>,
+    /// Sum of the held blocks' sizes.
+    bytes: u64,
 }
 
 impl BlockStore {
@@ -26,32 +33,43 @@ impl BlockStore {
     }
 
     pub fn get(&self, id: TaskId) -> Option<Block> {
-        self.blocks.lock().get(&id).cloned()
+        self.blocks.lock().map.get(&id).cloned()
     }
 
     pub fn contains(&self, id: TaskId) -> bool {
-        self.blocks.lock().contains_key(&id)
+        self.blocks.lock().map.contains_key(&id)
     }
 
     pub fn insert(&self, id: TaskId, block: Block) {
-        self.blocks.lock().insert(id, block);
+        let mut b = self.blocks.lock();
+        b.bytes += block.nbytes() as u64;
+        if let Some(old) = b.map.insert(id, block) {
+            b.bytes -= old.nbytes() as u64;
+        }
     }
 
     pub fn remove(&self, ids: impl IntoIterator<Item = TaskId>) {
         let mut b = self.blocks.lock();
         for id in ids {
-            b.remove(&id);
+            if let Some(old) = b.map.remove(&id) {
+                b.bytes -= old.nbytes() as u64;
+            }
         }
     }
 
     /// The blocks for `ids`, or the first id that is missing.
     pub fn get_all(&self, ids: impl IntoIterator<Item = TaskId>) -> Result<Vec<Block>, TaskId> {
         let b = self.blocks.lock();
-        ids.into_iter().map(|id| b.get(&id).cloned().ok_or(id)).collect()
+        ids.into_iter().map(|id| b.map.get(&id).cloned().ok_or(id)).collect()
     }
 
     pub fn len(&self) -> usize {
-        self.blocks.lock().len()
+        self.blocks.lock().map.len()
+    }
+
+    /// Bytes of the blocks held (each counted once, shared or not).
+    pub fn bytes(&self) -> u64 {
+        self.blocks.lock().bytes
     }
 
     pub fn is_empty(&self) -> bool {

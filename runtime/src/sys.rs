@@ -65,6 +65,15 @@ pub fn mpi_launch_size() -> Option<usize> {
         .or_else(|| (!mpi_launch_vars().is_empty()).then_some(1))
 }
 
+/// This process's rank as the launcher announced it, if launched by one
+/// (`SLURM_PROCID` too, for `srun` without an MPI plugin, but only in a job
+/// step: a batch script has it as well, always 0).
+pub fn launcher_rank() -> Option<u32> {
+    let slurm_step = std::env::var_os("SLURM_STEP_ID").is_some();
+    let vars = MPI_RANK_VARS.iter().chain(slurm_step.then_some(&"SLURM_PROCID"));
+    vars.into_iter().find_map(|&v| std::env::var(v).ok()?.parse().ok())
+}
+
 /// One-line description of how the launcher announced itself (for messages).
 pub fn describe_mpi_launch() -> String {
     mpi_launch_vars().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")

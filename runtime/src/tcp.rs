@@ -195,6 +195,11 @@ pub struct WorkerOptions {
     /// What the worker calls itself ([`crate::WorkerInfo::name`]); default:
     /// the batch job's id from the environment, if any.
     pub name: String,
+    /// How its threads are bound to cores (`Auto`: not at all; one worker
+    /// per host is the usual elastic set-up).
+    pub bind: crate::topology::Bind,
+    /// Record events for reports and traces.
+    pub events: bool,
     pub tcp: TcpOptions,
 }
 
@@ -216,6 +221,8 @@ impl WorkerOptions {
             interface: None,
             drain_on_signal: false,
             name: batch_job_id(),
+            bind: crate::topology::Bind::Auto,
+            events: true,
             tcp,
         }
     }
@@ -268,7 +275,12 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     })?;
     let Welcome::Joined { rank, peers } = welcome else { unreachable!("refusals are errors") };
     let threads = opts.threads.max(1);
+    crate::log::set_rank(rank);
     tracing::info!(rank, scheduler = %opts.scheduler, threads, "joined the cluster");
+    let cpus = match opts.bind {
+        crate::topology::Bind::Auto => Vec::new(),
+        bind => crate::topology::plan(bind, 0, 1, threads)?,
+    };
 
     let mut mailboxes = Mailboxes::new();
     let store = BlockStore::new();
@@ -278,7 +290,13 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     transport.learn(peers);
     transport.adopt(0, opts.scheduler.clone(), stream);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
-    let wc = WorkerConfig { rank, threads, host: crate::sys::hostname(), name: opts.name.clone() };
+    crate::log::forward_errors_to(&dyn_transport, rank);
+    let wc = WorkerConfig {
+        name: opts.name.clone(),
+        events: opts.events,
+        cpus,
+        ..WorkerConfig::new(rank, threads, crate::sys::hostname())
+    };
     let handle = spawn_worker(wc, Arc::new(opts.registry.clone()), Arc::clone(&dyn_transport), store, inbox);
 
     let signal = opts.drain_on_signal.then(crate::sys::termination_flag);

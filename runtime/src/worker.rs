@@ -23,6 +23,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
+use crate::events::{Recorder, TaskEvent, TransferEvent};
 use crate::graph::TaskId;
 use crate::kernel::{KernelCtx, Registry};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
@@ -37,6 +38,18 @@ pub struct WorkerConfig {
     pub host: String,
     /// Reported to the scheduler (elastic workers: the batch job's id).
     pub name: String,
+    /// Record events for reports and traces ([`crate::events`]).
+    pub events: bool,
+    /// The CPUs each thread binds itself to (missing or empty: unbound);
+    /// see [`crate::topology::plan`].
+    pub cpus: Vec<Vec<usize>>,
+}
+
+impl WorkerConfig {
+    /// A worker that records events and binds nothing.
+    pub fn new(rank: u32, threads: usize, host: String) -> WorkerConfig {
+        WorkerConfig { rank, threads, host, name: String::new(), events: true, cpus: Vec::new() }
+    }
 }
 
 /// How a worker ended.
@@ -60,6 +73,8 @@ struct Table {
     pending: FxHashMap<TaskId, (RunTask, usize)>,
     /// Input -> tasks waiting for it.
     waiting: FxHashMap<TaskId, Vec<TaskId>>,
+    /// Inputs asked of a peer: when, and from which rank.
+    fetching: FxHashMap<TaskId, (u64, u32)>,
 }
 
 struct Worker {
@@ -70,6 +85,8 @@ struct Worker {
     table: Mutex<Table>,
     jobs: Sender<Job>,
     exit: Mutex<Option<WorkerExit>>,
+    host: String,
+    recorder: Recorder,
 }
 
 /// Runs a worker until it is told to stop; returns after every thread ended
@@ -93,6 +110,8 @@ pub fn run_worker(
         table: Mutex::default(),
         jobs: jobs_tx,
         exit: Mutex::new(None),
+        host: config.host.clone(),
+        recorder: Recorder::new(config.events, threads, crate::events::DEFAULT_CAPACITY),
     });
     worker.transport.send(
         Endpoint::SCHEDULER,
@@ -105,13 +124,18 @@ pub fn run_worker(
             kernels: worker.registry.len() as u32,
         },
     );
-    tracing::debug!(rank, threads, "worker started");
+    let cpus: Vec<String> = config.cpus.iter().map(|c| crate::topology::cpu_list(c)).collect();
+    tracing::info!(rank, threads, host = %config.host, cpus = %cpus.join(" "), "worker started");
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let (w, inbox, jobs) = (Arc::clone(&worker), inbox.clone(), jobs_rx.clone());
+            let cpus = config.cpus.get(i).cloned().unwrap_or_default();
             std::thread::Builder::new()
                 .name(format!("tessera-r{rank}-t{i}"))
-                .spawn(move || w.thread_loop(&inbox, &jobs, threads))
+                .spawn(move || {
+                    w.bind(i, cpus);
+                    w.thread_loop(i as u16, &inbox, &jobs, threads)
+                })
                 .expect("spawn a worker thread")
         })
         .collect();
@@ -126,11 +150,19 @@ pub fn run_worker(
 }
 
 impl Worker {
-    fn thread_loop(&self, inbox: &Receiver<Msg>, jobs: &Receiver<Job>, threads: usize) {
+    /// Binds the calling thread (thread `i`) to `cpus` and records where it runs.
+    fn bind(&self, i: usize, cpus: Vec<usize>) {
+        if let Err(e) = crate::topology::bind_current_thread(&cpus) {
+            tracing::warn!(rank = self.rank, thread = i, cpus = %crate::topology::cpu_list(&cpus), "cannot bind: {e}");
+        }
+        self.recorder.thread_started(i, cpus, crate::topology::current_affinity());
+    }
+
+    fn thread_loop(&self, thread: u16, inbox: &Receiver<Msg>, jobs: &Receiver<Job>, threads: usize) {
         loop {
             select! {
                 recv(jobs) -> job => match job {
-                    Ok(Job::Run(task)) => self.run(task),
+                    Ok(Job::Run(task)) => self.run(task, thread),
                     Ok(Job::Stop) | Err(_) => return,
                 },
                 recv(inbox) -> msg => match msg {
@@ -167,16 +199,23 @@ impl Worker {
                     tracing::error!(rank = self.rank, block = %id, "block arrived without its bytes");
                     return;
                 };
+                let bytes = block.nbytes() as u64;
                 let mut table = self.table.lock();
                 self.store.insert(id, block);
+                let fetched = table.fetching.remove(&id);
                 self.input_arrived(&mut table, id);
                 drop(table);
+                if let Some((start_us, from)) = fetched {
+                    let dur_us = crate::events::now_us().saturating_sub(start_us);
+                    self.recorder.transfer(TransferEvent { from, start_us, dur_us, bytes }, self.store.bytes());
+                }
                 self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id, rank: self.rank });
             }
             Msg::Missing { id, rank: holder } => {
                 // The scheduler places these tasks again (the holder may have
                 // left; it knows where other copies are).
                 let mut table = self.table.lock();
+                table.fetching.remove(&id);
                 for t in table.waiting.remove(&id).unwrap_or_default() {
                     if let Some((task, _)) = table.pending.remove(&t) {
                         tracing::debug!(rank = self.rank, task = %task.id, input = %id, holder, "input unreachable");
@@ -192,11 +231,19 @@ impl Worker {
                     if self.store.contains(b.id) {
                         self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id: b.id, rank: self.rank });
                     } else if let Some(&holder) = b.holders.first() {
+                        self.table.lock().fetching.insert(b.id, (crate::events::now_us(), holder));
                         self.transport.send(Endpoint::worker(holder), Msg::Fetch { id: b.id, reply_to: me });
                     }
                 }
             }
-            Msg::Release(ids) => self.store.remove(ids),
+            Msg::Release(ids) => {
+                self.store.remove(ids);
+                self.recorder.memory(self.store.bytes());
+            }
+            Msg::CollectEvents { req, clear } => {
+                let events = Box::new(self.recorder.snapshot(self.rank, &self.host, clear));
+                self.transport.send(Endpoint::SCHEDULER, Msg::Events { req, events });
+            }
             Msg::Cancel(ids) => {
                 let mut table = self.table.lock();
                 for id in ids {
@@ -225,6 +272,7 @@ impl Worker {
                     continue;
                 };
                 tracing::trace!(rank = self.rank, input = %input.id, from = holder, "fetch");
+                table.fetching.insert(input.id, (crate::events::now_us(), holder));
                 let me = Endpoint::worker(self.rank);
                 self.transport.send(Endpoint::worker(holder), Msg::Fetch { id: input.id, reply_to: me });
             }
@@ -248,7 +296,7 @@ impl Worker {
         }
     }
 
-    fn run(&self, task: RunTask) {
+    fn run(&self, task: RunTask, thread: u16) {
         let inputs = match self.store.get_all(task.inputs.iter().map(|i| i.id)) {
             Ok(b) => b,
             Err(id) => {
@@ -263,6 +311,7 @@ impl Worker {
             return;
         };
         let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1 };
+        let start_us = crate::events::now_us();
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))));
         drop(inputs);
@@ -271,18 +320,34 @@ impl Worker {
             Ok(Ok(_)) => tracing::debug!(rank = self.rank, task = %task.key, micros, "ran"),
             _ => tracing::debug!(rank = self.rank, task = %task.key, micros, "failed"),
         }
-        let msg = match result {
+        let (msg, bytes) = match result {
             Ok(Ok(block)) => {
                 let nbytes = block.nbytes() as u64;
                 let mut table = self.table.lock();
                 self.store.insert(task.id, block);
                 self.input_arrived(&mut table, task.id);
                 drop(table);
-                Msg::Done { id: task.id, nbytes, micros }
+                (Msg::Done { id: task.id, nbytes, micros }, nbytes)
             }
-            Ok(Err(e)) => Msg::Failed { id: task.id, error: e.to_string() },
-            Err(panic) => Msg::Failed { id: task.id, error: format!("panicked: {}", crate::panic::message(&*panic)) },
+            Ok(Err(e)) => (Msg::Failed { id: task.id, error: e.to_string() }, 0),
+            Err(panic) => {
+                (Msg::Failed { id: task.id, error: format!("panicked: {}", crate::panic::message(&*panic)) }, 0)
+            }
         };
+        if let Msg::Failed { error, .. } = &msg {
+            // The driver gets the error too; a worker rank's own log (another
+            // process, maybe another file) says it as well.
+            if self.transport.name() != "local" {
+                tracing::error!(rank = self.rank, task = %task.key, "task failed: {error}");
+                crate::log::forward_error(&format!("task {} failed: {error}", task.key));
+            }
+        }
+        if self.recorder.enabled() {
+            let failed = matches!(msg, Msg::Failed { .. });
+            let event =
+                TaskEvent { key: task.key, kernel: task.kernel, thread, start_us, dur_us: micros, bytes, failed };
+            self.recorder.task(event, crate::topology::current_cpu(), self.store.bytes());
+        }
         self.transport.send(Endpoint::SCHEDULER, msg);
     }
 }

@@ -387,3 +387,52 @@ fn the_backlog_counts_every_task_not_yet_computed() {
     let s = client.state().unwrap();
     assert_eq!((s.backlog(), s.waiting, s.queued), (0, 0, 0), "{s:?}");
 }
+
+#[test]
+fn workers_record_every_task_transfer_and_store_size_for_the_driver() {
+    let cluster = LocalCluster::builder().workers(2).start().unwrap();
+    let client = cluster.client();
+    // 64 leaves pinned alternately, then sums that need blocks of both workers.
+    let mut g = Graph::new();
+    for i in 0..64u32 {
+        g.push(Task::new(k("leaf", i), "fill").param(&(1000usize, 1.0f64)).on_rank(1 + i % 2));
+    }
+    for i in 0..32u32 {
+        g.push(Task::new(k("pair", i), "sum").param(&0.0f64).inputs([k("leaf", 2 * i), k("leaf", 2 * i + 1)]));
+    }
+    let total = g.reduce("total", (0..32).map(|i| k("pair", i)).collect(), 4, |key| Task::new(key, "sum").param(&0.0));
+    let tasks = g.len();
+    client.compute(g, &[total]).unwrap();
+
+    let log = client.take_events().unwrap();
+    assert_eq!(log.workers.iter().map(|w| w.rank).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(log.task_count(), tasks);
+    assert_eq!(log.task_count() as u64, client.state().unwrap().completed);
+    let fill = log.kernels.iter().position(|k| k == "fill").unwrap() as u32;
+    for w in &log.workers {
+        // Pinned leaves ran where they were pinned, each making 8000 bytes.
+        let leaves: Vec<_> = w.tasks.iter().filter(|t| t.kernel == fill).collect();
+        assert_eq!(leaves.len(), 32, "rank {}", w.rank);
+        assert!(leaves.iter().all(|t| t.bytes == 8000 && t.key.index()[0] % 2 == w.rank - 1 && !t.failed));
+        assert!(w.tasks.iter().all(|t| t.start_us > 0 && t.thread == 0));
+        assert!(w.memory.iter().any(|m| m.bytes >= 8000), "rank {}: {:?}", w.rank, w.memory.len());
+        assert_eq!(w.threads.len(), 1);
+        assert!(!w.threads[0].affinity.is_empty(), "the affinity was read back");
+    }
+    // Each pair needs a leaf from the other worker: at least 32 blocks moved.
+    let (bytes, n) = log.moved();
+    assert!(n >= 32 && bytes >= 32 * 8000, "{n} transfers, {bytes} bytes");
+    assert_eq!(bytes, client.state().unwrap().moved_bytes);
+    // Taken: the next gather starts empty.
+    assert_eq!(client.events().unwrap().task_count(), 0);
+}
+
+#[test]
+fn workers_that_do_not_record_send_empty_logs() {
+    let cluster = LocalCluster::builder().workers(2).events(false).start().unwrap();
+    let (g, root) = tree(16);
+    cluster.client().compute(g, &[root]).unwrap();
+    let log = cluster.client().events().unwrap();
+    assert_eq!(log.workers.len(), 2);
+    assert_eq!(log.task_count(), 0);
+}

@@ -1,0 +1,234 @@
+//! Progress of a computation, shown on the driver while it waits.
+//!
+//! A driver waiting for results ([`crate::Persisted::wait`], `gather`,
+//! [`crate::Client::compute`]) starts a monitor thread. Computations that
+//! finish within a second show nothing. Longer ones show tasks done out of
+//! the graph's tasks, bytes moved between workers, elapsed time and an
+//! estimate of the time left, read from the scheduler's counters
+//! ([`crate::ClusterState`]) a few times a second:
+//!
+//! * as a progress bar (indicatif) on a terminal,
+//! * as a `tracing` line every [`LOG_EVERY`] when stderr is not a terminal
+//!   (a batch job's log), target `tessera::progress` at level INFO.
+//!
+//! [`Progress::Off`] (the library's default; `--quiet` on the command line)
+//! shows nothing and costs nothing.
+
+use std::io::IsTerminal;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::client::{Client, ClusterState};
+use crate::error::Error;
+
+/// Computations shorter than this show no progress.
+pub const SHOW_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a progress line is logged when stderr is not a terminal.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// How a driver shows progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Progress {
+    /// Nothing.
+    #[default]
+    Off,
+    /// A bar when stderr is a terminal, else log lines.
+    Auto,
+    /// Always a bar.
+    Bar,
+    /// Always log lines.
+    Log,
+}
+
+impl FromStr for Progress {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Progress, Error> {
+        match s {
+            "off" | "none" => Ok(Progress::Off),
+            "auto" => Ok(Progress::Auto),
+            "bar" => Ok(Progress::Bar),
+            "log" => Ok(Progress::Log),
+            other => Err(Error::Config(format!("progress `{other}`: expected auto, bar, log or off"))),
+        }
+    }
+}
+
+impl Progress {
+    pub(crate) fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Progress {
+        match v {
+            1 => Progress::Auto,
+            2 => Progress::Bar,
+            3 => Progress::Log,
+            _ => Progress::Off,
+        }
+    }
+
+    /// `Auto` decided for this process's stderr.
+    fn resolve(self) -> Progress {
+        match self {
+            Progress::Auto if std::io::stderr().is_terminal() => Progress::Bar,
+            Progress::Auto => Progress::Log,
+            other => other,
+        }
+    }
+}
+
+/// What a monitor measures against: the graph's size and the scheduler's
+/// counters when it was submitted.
+#[derive(Clone, Debug)]
+pub(crate) struct Baseline {
+    pub mode: Progress,
+    pub total: u64,
+    pub state: ClusterState,
+    pub started: Instant,
+}
+
+/// A running monitor; stops (and clears its bar) when dropped.
+pub(crate) struct Monitor {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    pub(crate) fn start(client: Client, base: Baseline) -> Monitor {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = Arc::clone(&stop);
+        let handle =
+            std::thread::Builder::new().name("tessera-progress".into()).spawn(move || watch(&client, &base, &s)).ok();
+        Monitor { stop, handle }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sleeps until `until` or a stop; returns whether stopped.
+fn stopped_by(stop: &(Mutex<bool>, Condvar), until: Instant) -> bool {
+    let mut s = stop.0.lock();
+    while !*s {
+        if stop.1.wait_until(&mut s, until).timed_out() {
+            return *s;
+        }
+    }
+    true
+}
+
+/// Tasks done, bytes moved and the estimated seconds left, from a fresh state.
+fn measure(base: &Baseline, now: &ClusterState) -> (u64, u64, Option<f64>) {
+    let done = now.completed.saturating_sub(base.state.completed).min(base.total);
+    let moved = now.moved_bytes.saturating_sub(base.state.moved_bytes);
+    let elapsed = base.started.elapsed().as_secs_f64();
+    let eta = (done > 0).then(|| elapsed * (base.total - done) as f64 / done as f64);
+    (done, moved, eta)
+}
+
+fn watch(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
+    if stopped_by(stop, base.started + SHOW_AFTER) {
+        return;
+    }
+    match base.mode.resolve() {
+        Progress::Bar => bar(client, base, stop),
+        Progress::Log => log(client, base, stop),
+        _ => {}
+    }
+}
+
+fn bar(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed:>4} [{wide_bar:.cyan/blue}] {pos}/{len} tasks  {msg}  ETA {eta}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    let pb = indicatif::ProgressBar::with_draw_target(Some(base.total), indicatif::ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_elapsed(base.started.elapsed());
+    while let Ok(now) = client.state() {
+        let (done, moved, _) = measure(base, &now);
+        pb.set_position(done);
+        pb.set_message(format!("{} moved", human_bytes(moved)));
+        if stopped_by(stop, Instant::now() + Duration::from_millis(200)) {
+            break;
+        }
+    }
+    pb.finish_and_clear();
+}
+
+fn log(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
+    loop {
+        let Ok(now) = client.state() else { return };
+        let (done, moved, eta) = measure(base, &now);
+        tracing::info!(
+            target: "tessera::progress",
+            done,
+            total = base.total,
+            moved = %human_bytes(moved),
+            elapsed_s = format!("{:.1}", base.started.elapsed().as_secs_f64()),
+            eta_s = eta.map(|e| format!("{e:.0}")).unwrap_or_else(|| "?".into()),
+            "progress: {done}/{} tasks ({:.0}%)",
+            base.total,
+            100.0 * done as f64 / base.total.max(1) as f64
+        );
+        if stopped_by(stop, Instant::now() + LOG_EVERY) {
+            return;
+        }
+    }
+}
+
+/// `1536` -> `1.5 KiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_round_trip() {
+        for m in [Progress::Off, Progress::Auto, Progress::Bar, Progress::Log] {
+            assert_eq!(Progress::from_u8(m.to_u8()), m);
+        }
+        assert_eq!("log".parse::<Progress>().unwrap(), Progress::Log);
+        assert!("loud".parse::<Progress>().unwrap_err().to_string().contains("`loud`"));
+    }
+
+    #[test]
+    fn progress_counts_from_the_baseline() {
+        let state = ClusterState { completed: 10, moved_bytes: 100, ..Default::default() };
+        let base = Baseline { mode: Progress::Log, total: 20, state, started: Instant::now() - Duration::from_secs(4) };
+        let now = ClusterState { completed: 15, moved_bytes: 1124, ..Default::default() };
+        let (done, moved, eta) = measure(&base, &now);
+        assert_eq!((done, moved), (5, 1024));
+        // 5 of 20 in 4 s: 12 s to go.
+        assert!((eta.unwrap() - 12.0).abs() < 0.5, "{eta:?}");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(12), "12 B");
+    }
+}
