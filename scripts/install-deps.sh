@@ -20,6 +20,9 @@ packages=(
   libclang-dev clang              # rsmpi's bindgen
   python3-venv                    # benches/: the Dask reference run
   libhdf5-dev hdf5-tools          # feature `hdf5`: libhdf5 (serial) and h5dump/h5ls
+  libhwloc-dev libudev-dev        # feature `hwloc`: libhwloc (topology, thread binding); hwlocality links
+                                  # hwloc's private libraries too (-ludev), which libhwloc-dev does not pull in
+  chromium                        # tests/observe.rs: opens --report pages headless (scripts/check-report.sh)
 )
 
 missing=()

@@ -7,8 +7,8 @@
 #    or sudo the first time, a no-op afterwards.
 # 2. The default build (nothing but Rust): unit, integration and doc tests of
 #    every crate, the `tessera` command and the examples on a local cluster.
-# 3. The `full` build (`mpi` and `hdf5`): the same suites again, the HDF5
-#    tests, plus tests/mpi.rs, which starts every multi-rank case as its own
+# 3. The `full` build (`mpi`, `hdf5`, `hwloc`): the same suites again, the HDF5
+#    tests, thread binding read back, plus tests/mpi.rs, which starts every multi-rank case as its own
 #    `mpirun -n 1..4` child with a hard timeout (the same test bodies as the
 #    in-process runs, the failure cases, the examples and the `tessera`
 #    command under MPI).
@@ -53,7 +53,7 @@ fi
 step "default build: cargo test --workspace"
 cargo test --workspace --locked
 
-step "full build (mpi, hdf5): cargo test --workspace --features full (real mpirun runs)"
+step "full build (mpi, hdf5, hwloc): cargo test --workspace --features full (real mpirun runs)"
 env "${batch_env[@]}" cargo test --workspace --locked --features tessera/full
 
 step "all tests passed"

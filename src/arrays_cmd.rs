@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use tessera::linalg::{self, compute, DArray, Distribution, RandomizedSvd, Svd};
+use tessera::observe::Observe;
 use tessera::{Client, Config, DType};
 
 /// Where an array comes from.
@@ -334,11 +335,11 @@ impl Report {
     }
 }
 
-pub fn svd(config: Config, args: SvdArgs) -> anyhow::Result<()> {
+pub fn svd(config: Config, observe: &Observe, args: SvdArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.output {
         check_output(out)?;
     }
-    config.run(|client| -> anyhow::Result<()> {
+    observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
         let shape = shape_of(&args.input)?;
         let [m, n] = shape;
@@ -433,11 +434,11 @@ fn shape_of(a: &InputArgs) -> anyhow::Result<[usize; 2]> {
     Err(linalg::LinalgError::FeatureDisabled { feature: "hdf5", what: format!("reading {spec}") }.into())
 }
 
-pub fn qr(config: Config, args: QrArgs) -> anyhow::Result<()> {
+pub fn qr(config: Config, observe: &Observe, args: QrArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.output {
         check_output(out)?;
     }
-    config.run(|client| -> anyhow::Result<()> {
+    observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
         let [m, n] = shape_of(&args.input)?;
         let (a, from) = input_array(&args.input, true)?;
@@ -466,12 +467,12 @@ pub fn qr(config: Config, args: QrArgs) -> anyhow::Result<()> {
     })
 }
 
-pub fn matmul(config: Config, args: MatmulArgs) -> anyhow::Result<()> {
+pub fn matmul(config: Config, observe: &Observe, args: MatmulArgs) -> anyhow::Result<()> {
     let output = args.output.as_deref().map(linalg_spec).transpose()?;
     if let Some((path, _)) = &output {
         check_output(path)?;
     }
-    config.run(|client| -> anyhow::Result<()> {
+    observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
         let (a, b, from) = match args.random {
             Some([m, k, n]) => {
@@ -546,8 +547,8 @@ fn matmul_operand(spec: &str, _: Option<[usize; 2]>) -> anyhow::Result<DArray> {
 
 /// `tessera demo`: a randomized SVD of a matrix with known singular values
 /// and a blocked matmul, both checked, with their timings.
-pub fn demo(config: Config) -> anyhow::Result<()> {
-    config.run(|client| -> anyhow::Result<()> {
+pub fn demo(config: Config, observe: &Observe) -> anyhow::Result<()> {
+    observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
         println!(
             "tessera demo: {} workers ({} threads) over the {} transport",

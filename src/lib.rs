@@ -31,8 +31,8 @@
 
 pub use tessera_runtime::{
     builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, DType, Error, Graph, KernelCtx,
-    KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, Persisted, Registry, Result, SchedulerWorks, Task,
-    TaskId, WorkerInfo, HAS_MPI,
+    KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, Persisted, Progress, Registry, Result, SchedulerWorks,
+    Task, TaskId, WorkerInfo, HAS_MPI,
 };
 
 /// The runtime crate, for what the facade does not re-export.
@@ -47,6 +47,7 @@ pub use tessera_runtime::mpi;
 
 pub mod bench;
 pub mod elastic;
+pub mod observe;
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -19,11 +19,14 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
+use tessera::observe::Observe;
 use tessera::runtime::secret::{self, Secret};
 use tessera::runtime::tcp;
-use tessera::{Config, Launch, SchedulerWorks};
+use tessera::runtime::topology::Bind;
+use tessera::{Config, Launch, Progress, SchedulerWorks};
 
 mod jobqueue_cmd;
+mod logging;
 
 /// The scheduler allocates and frees a few small objects per task; mimalloc
 /// does that in a fraction of glibc malloc's time (measured: docs/benchmarks.md).
@@ -37,11 +40,37 @@ struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     log: Option<String>,
 
+    /// Also write each process's log to a file of its own in DIR
+    /// (`rank-R.log` under mpirun/srun, else `HOST-PID.log`), at INFO or finer.
+    #[arg(long, global = true, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+
     #[command(flatten)]
     cluster: ClusterArgs,
 
+    #[command(flatten)]
+    observe: ObserveArgs,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// What the computing commands (svd, qr, matmul, demo, bench overhead) show and write about a run.
+#[derive(Args, Debug, Clone)]
+struct ObserveArgs {
+    /// Write a performance report: one self-contained HTML file (task stream,
+    /// transfers, memory per worker, time per kernel, where each thread ran).
+    #[arg(long, global = true, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+
+    /// Write a Chrome trace-event file (opens in Perfetto or chrome://tracing).
+    #[arg(long, global = true, value_name = "FILE.json")]
+    trace: Option<PathBuf>,
+
+    /// No progress bar or progress lines (shown for computations longer than a second:
+    /// a bar on a terminal, a log line every 5 s otherwise).
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -81,6 +110,17 @@ struct ClusterArgs {
     /// refused if group or others can read it) [default: ~/.config/tessera/secret].
     #[arg(long, global = true, env = "TESSERA_SECRET_FILE", value_name = "FILE")]
     secret_file: Option<PathBuf>,
+
+    /// Bind worker threads to cores: distinct cores per thread (core), the NUMA node
+    /// of that core (numa), or not at all (none). auto: core when several MPI ranks
+    /// share a host, else none. Needs the `hwloc` feature.
+    #[arg(long, global = true, default_value = "auto", env = "TESSERA_BIND", value_parser = parse_bind)]
+    bind: Bind,
+
+    /// Workers record no events (what --report and --trace draw from); the baseline
+    /// for measuring what recording costs.
+    #[arg(long, global = true)]
+    no_events: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -98,6 +138,10 @@ fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
 }
 
+fn parse_bind(s: &str) -> Result<Bind, String> {
+    s.parse().map_err(|e: tessera::Error| e.to_string())
+}
+
 impl ClusterArgs {
     fn config(&self) -> anyhow::Result<Config> {
         let mut config = Config {
@@ -107,6 +151,8 @@ impl ClusterArgs {
             scheduler_works: self.scheduler_works,
             heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
             secret_file: self.secret_file.clone(),
+            bind: self.bind,
+            events: !self.no_events,
             ..Config::default()
         };
         // A client only when asked: a scheduler address or an explicit file.
@@ -303,6 +349,15 @@ enum BenchCommand {
     },
 }
 
+/// `arg` quoted for a shell when it needs it (for the report's command line).
+fn shell_word(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
 fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
@@ -314,7 +369,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The long-running roles log their lifecycle (joins, drains) by default.
     let quiet = if matches!(cli.command, Command::Scheduler { .. } | Command::Worker { .. }) { "info" } else { "warn" };
-    init_logging(cli.log.as_deref(), quiet);
+    if let Err(e) = logging::init(cli.log.as_deref(), quiet, cli.log_dir.as_deref()) {
+        eprintln!("tessera: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     if let Command::Jobqueue(args) = cli.command {
         return jobqueue_cmd::main(*args, &cli.cluster);
     }
@@ -325,24 +383,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(level: Option<&str>, default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|e| {
-            eprintln!("tessera: warning: bad --log `{l}` ({e}); using warn");
-            EnvFilter::new("warn")
-        }),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
-    };
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -362,19 +402,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let config = if matches!(cli.command, Command::Info { .. }) {
+    let mut config = if matches!(cli.command, Command::Info { .. }) {
         args.config().unwrap_or_else(|_| Config { launch: args.launch, ..Config::default() })
     } else {
         args.config()?
     };
+    config.progress = if cli.observe.quiet { Progress::Off } else { Progress::Auto };
+    let observe = Observe {
+        report: cli.observe.report.clone(),
+        trace: cli.observe.trace.clone(),
+        command: ["tessera".to_owned()]
+            .into_iter()
+            .chain(std::env::args().skip(1).map(|a| shell_word(&a)))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let computes = matches!(
+        cli.command,
+        Command::Demo
+            | Command::Svd(_)
+            | Command::Qr(_)
+            | Command::Matmul(_)
+            | Command::Bench(BenchCommand::Overhead { .. })
+    );
+    if observe.wanted() && !computes {
+        bail!("--report and --trace go with a computing command: svd, qr, matmul, demo or bench overhead");
+    }
     match cli.command {
         Command::Info { json } => info(&config, json),
-        Command::Demo => arrays_cmd::demo(config),
-        Command::Svd(args) => arrays_cmd::svd(config, args),
-        Command::Qr(args) => arrays_cmd::qr(config, args),
-        Command::Matmul(args) => arrays_cmd::matmul(config, args),
+        Command::Demo => arrays_cmd::demo(config, &observe),
+        Command::Svd(args) => arrays_cmd::svd(config, &observe, args),
+        Command::Qr(args) => arrays_cmd::qr(config, &observe, args),
+        Command::Matmul(args) => arrays_cmd::matmul(config, &observe, args),
         Command::Bench(BenchCommand::Overhead { tasks, shape, repeat, json }) => {
-            let r = config.run(|client| {
+            config.progress = Progress::Off; // the figure is the scheduler's alone
+            let r = observe.run(config, |client| {
                 arrays_cmd::wait_for_a_worker(client)?;
                 bench::overhead(client, shape, tasks, repeat).map_err(anyhow::Error::from)
             })?;
@@ -461,6 +523,8 @@ fn worker(
     opts.drain_timeout = Duration::from_secs_f64(drain_timeout);
     opts.interface = interface;
     opts.drain_on_signal = true;
+    opts.bind = args.bind;
+    opts.events = !args.no_events;
     if let Some(n) = name {
         opts.name = n;
     }
@@ -577,8 +641,7 @@ fn scale_bench(
 }
 
 fn info(config: &Config, json: bool) -> anyhow::Result<()> {
-    let features: Vec<&str> =
-        [("mpi", tessera::HAS_MPI), ("hdf5", tessera::linalg::HAS_HDF5)].iter().filter(|f| f.1).map(|f| f.0).collect();
+    let features = tessera::observe::features();
     let (mem_total, mem_avail) = tessera::runtime::sys::memory().unwrap_or((0, 0));
     let launch = config.resolve_launch()?;
     let mpi = mpi_info(launch)?;
@@ -595,8 +658,18 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         .map(|(name, ip, lo)| json!({"name": name, "ipv4": ip.to_string(), "loopback": lo}))
         .collect();
     let routable = tessera::runtime::sys::routable_address(None).map(|a| a.to_string()).unwrap_or_default();
+    let (topologies, hosts) = match &mpi {
+        Some(m) => (m["topologies"].clone(), m["hosts"].clone()),
+        None => match tessera::runtime::topology::detect() {
+            Ok(t) => (json!([t]), json!([t.host])),
+            Err(e) => (json!([]), json!({"unavailable": e.to_string()})),
+        },
+    };
     let obj = json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "topology": topologies,
+        "rank_hosts": hosts,
+        "binding": if tessera::runtime::HAS_HWLOC { "available (--bind auto|core|numa|none)" } else { "unavailable in this build (rebuild with --features hwloc)" },
         "features": features,
         "transports": transports,
         "tcp": {"routable_address": routable, "interfaces": interfaces,
@@ -643,6 +716,19 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         mem_total as f64 / (1u64 << 30) as f64,
         mem_avail as f64 / (1u64 << 30) as f64
     );
+    match obj["topology"].as_array() {
+        Some(hosts) if !hosts.is_empty() => {
+            for t in hosts {
+                let t: tessera::runtime::topology::HostTopology = serde_json::from_value(t.clone())?;
+                println!("  topology:  {}", t.describe().replace('\n', "\n             "));
+            }
+        }
+        _ => println!(
+            "  topology:  not read: {}",
+            tessera::runtime::topology::detect().err().map(|e| e.to_string()).unwrap_or_default()
+        ),
+    }
+    println!("  binding:   {}", obj["binding"].as_str().unwrap_or("?"));
     println!("  kernels:   {}", registry.names().collect::<Vec<_>>().join(", "));
     if json {
         println!("{obj}");
@@ -661,6 +747,8 @@ fn mpi_info(launch: Launch) -> anyhow::Result<Option<serde_json::Value>> {
         "standard": format!("{}.{}", i.standard.0, i.standard.1),
         "world_size": i.world_size,
         "rank": i.rank,
+        "hosts": i.hosts,
+        "topologies": i.topologies,
     })))
 }
 

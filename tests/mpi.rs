@@ -66,6 +66,28 @@ fn child(name: &str) -> i32 {
                 anyhow::bail!("the computation finished although rank {victim} was stopped")
             })
         }
+        "worker_error" => config().run(|client| {
+            let victim = client.workers().iter().map(|w| w.rank).max().unwrap();
+            let mut g = Graph::new();
+            g.push(Task::new(Key::new("bad", []), "fail").param(&"broken on purpose".to_string()).on_rank(victim));
+            match client.compute(g, &[Key::new("bad", [])]) {
+                Err(tessera::Error::TaskFailed { rank, .. }) if rank == victim => {}
+                other => anyhow::bail!("expected task bad to fail on rank {victim}, got {other:?}"),
+            }
+            // The worker rank's own error reached the scheduler, once.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let errors = client.state()?.errors;
+                if let Some((rank, line)) = errors.iter().find(|(r, _)| *r == victim) {
+                    anyhow::ensure!(line.contains("broken on purpose"), "forwarded: {line}");
+                    anyhow::ensure!(errors.len() == 1, "{errors:?}");
+                    println!("first error of rank {rank} forwarded: {line}");
+                    return Ok(());
+                }
+                anyhow::ensure!(std::time::Instant::now() < deadline, "no error forwarded: {errors:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }),
         "registry_mismatch" => {
             let mut config = config();
             let last = std::env::var("OMPI_COMM_WORLD_SIZE").or_else(|_| std::env::var("PMI_SIZE")).unwrap();
@@ -144,6 +166,8 @@ fn parent() -> i32 {
     cases.push(scen("kill_worker", 3, false, &["rank 2"]));
     cases.push(scen("stop_worker", 3, false, &["worker rank 2 was lost: no message for"]));
     cases.push(scen("registry_mismatch", 3, false, &["rank 2 registered different kernels"]));
+    cases.push(scen("worker_error", 3, true, &["first error of rank 2 forwarded: task bad failed"]));
+    observe_case(&mut cases, tessera);
     cases.push(case(
         "tessera --scheduler-works no -n 1",
         1,
@@ -223,6 +247,80 @@ fn parent() -> i32 {
     }
     println!("{passed} passed, {failed} failed");
     i32::from(failed > 0)
+}
+
+/// `--report`, `--trace`, `--log-dir` and `--bind core` under `mpirun -n 3`:
+/// one trace event per task the scheduler completed, a log file per rank
+/// with its rank and host, and each worker thread's affinity read back.
+fn observe_case(cases: &mut Vec<Case>, tessera: &str) {
+    let dir = std::env::temp_dir().join(format!("tessera-mpi-observe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (report, trace, logs) = (dir.join("r.html"), dir.join("t.json"), dir.join("logs"));
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_owned();
+    let (r, t, l) = (p(&report), p(&trace), p(&logs));
+    let args = [
+        "--log-dir",
+        &l,
+        "--bind",
+        "core",
+        "bench",
+        "overhead",
+        "--tasks",
+        "2000",
+        "--repeat",
+        "1",
+        "--report",
+        &r,
+        "--trace",
+        &t,
+    ];
+    let bind_ok = tessera::runtime::HAS_HWLOC;
+    let mut c = case(
+        "tessera observe -n 3",
+        3,
+        tessera,
+        &args,
+        bind_ok,
+        if bind_ok { &["report of", "trace of"] } else { &["needs the `hwloc` feature"] },
+    );
+    if bind_ok {
+        c.post = Some(Box::new(move || check_observed(&trace, &logs)));
+    }
+    cases.push(c);
+}
+
+fn check_observed(trace: &std::path::Path, logs: &std::path::Path) -> Result<(), String> {
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trace).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let events = t["traceEvents"].as_array().ok_or("no traceEvents")?;
+    let tasks = events.iter().filter(|e| e["ph"] == "X" && e["cat"] == "task").count() as u64;
+    let completed = t["otherData"]["scheduler_completed"].as_u64().ok_or("no scheduler_completed")?;
+    if tasks != completed || tasks < 2000 {
+        return Err(format!("{tasks} task events, the scheduler completed {completed}"));
+    }
+    let mut cores = Vec::new();
+    for th in events.iter().filter(|e| e["name"] == "thread_name" && e["args"]["affinity"].is_array()) {
+        if th["args"]["affinity"] != th["args"]["bound"] || th["args"]["bound"].as_array().is_none_or(|b| b.len() != 1)
+        {
+            return Err(format!("thread not bound to one core as asked: {th}"));
+        }
+        cores.push((th["pid"].as_u64(), th["args"]["bound"][0].as_u64()));
+    }
+    let ranks: std::collections::BTreeSet<_> = cores.iter().map(|c| c.0).collect();
+    let distinct: std::collections::BTreeSet<_> = cores.iter().map(|c| c.1).collect();
+    if ranks.len() != 2 || distinct.len() != cores.len() {
+        return Err(format!("worker threads (rank, core): {cores:?}"));
+    }
+    let host = tessera::runtime::sys::hostname();
+    for rank in 0..3 {
+        let text =
+            std::fs::read_to_string(logs.join(format!("rank-{rank}.log"))).map_err(|e| format!("rank {rank}: {e}"))?;
+        if !text.lines().any(|l| l.starts_with(&format!("r{rank}@{host} "))) {
+            return Err(format!("rank-{rank}.log has no line of rank {rank}: {text}"));
+        }
+    }
+    Ok(())
 }
 
 /// `tessera svd`, `qr` and `matmul` under mpirun: results written by the
