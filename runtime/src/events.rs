@@ -17,11 +17,11 @@
 //! ([`crate::report::write_html`]) or a Chrome trace-event file
 //! ([`crate::report::write_chrome_trace`]) that Perfetto opens.
 
-use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::Key;
@@ -31,18 +31,63 @@ pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
 /// Microseconds since the Unix epoch, monotonic within this process.
 pub fn now_us() -> u64 {
+    instant_us(Instant::now())
+}
+
+/// `t` in microseconds since the Unix epoch, on [`now_us`]'s clock (no
+/// clock read: for a moment already taken).
+pub fn instant_us(t: Instant) -> u64 {
     static ORIGIN: OnceLock<(Instant, u64)> = OnceLock::new();
     let (origin, wall) = ORIGIN.get_or_init(|| {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         (Instant::now(), wall)
     });
-    wall + origin.elapsed().as_micros() as u64
+    wall + t.saturating_duration_since(*origin).as_micros() as u64
+}
+
+/// A task's key as events keep it: its name as an index into
+/// [`WorkerEvents::names`] and up to [`TaskKey::INLINE`] index entries
+/// inline, so recording a task allocates nothing and touches no shared
+/// reference count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskKey {
+    pub name: u32,
+    index: [u32; TaskKey::INLINE],
+    /// Entries of the key's index (those beyond `INLINE` are not kept).
+    dims: u8,
+}
+
+impl TaskKey {
+    pub const INLINE: usize = 4;
+
+    pub(crate) fn new(name: u32, key: &Key) -> TaskKey {
+        let mut index = [0; TaskKey::INLINE];
+        for (slot, &i) in index.iter_mut().zip(key.index()) {
+            *slot = i;
+        }
+        TaskKey { name, index, dims: key.index().len().min(255) as u8 }
+    }
+
+    /// The index entries kept.
+    pub fn index(&self) -> &[u32] {
+        &self.index[..(self.dims as usize).min(TaskKey::INLINE)]
+    }
+
+    /// As [`Key`] shows itself, `name[i, j]`, given the name; `, ...` marks entries not kept.
+    pub fn display(&self, name: &str) -> String {
+        if self.dims == 0 {
+            return name.to_owned();
+        }
+        let index: Vec<String> = self.index().iter().map(u32::to_string).collect();
+        let more = if self.dims as usize > TaskKey::INLINE { ", ..." } else { "" };
+        format!("{name}[{}{more}]", index.join(", "))
+    }
 }
 
 /// One task a worker thread ran.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
-    pub key: Key,
+    pub key: TaskKey,
     /// Index into the registry's kernels ([`EventLog::kernels`]).
     pub kernel: u32,
     /// The worker thread (0-based) that ran it.
@@ -81,6 +126,13 @@ pub struct ThreadInfo {
     pub seen: Vec<usize>,
 }
 
+impl WorkerEvents {
+    /// A recorded task's key as text.
+    pub fn key(&self, task: &TaskEvent) -> String {
+        task.key.display(self.names.get(task.key.name as usize).map_or("?", String::as_str))
+    }
+}
+
 /// Everything one worker recorded.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerEvents {
@@ -89,6 +141,8 @@ pub struct WorkerEvents {
     /// Cores of the worker's host.
     pub host_cores: usize,
     pub threads: Vec<ThreadInfo>,
+    /// Key names, indexed by [`TaskKey::name`].
+    pub names: Vec<String>,
     pub tasks: Vec<TaskEvent>,
     pub transfers: Vec<TransferEvent>,
     pub memory: Vec<MemorySample>,
@@ -191,8 +245,35 @@ struct Buffers {
     transfers: Ring<TransferEvent>,
     memory: Ring<MemorySample>,
     threads: Vec<ThreadInfo>,
-    seen: Vec<BTreeSet<usize>>,
+    /// Per thread, a bit per CPU it was seen on.
+    seen: Vec<Vec<u64>>,
     dropped: u64,
+    /// Key names by the address of their shared allocation (each kept
+    /// alive here, so an address cannot come back as another name).
+    name_ids: FxHashMap<usize, u32>,
+    names: Vec<Arc<str>>,
+}
+
+/// Memory samples closer than this to the previous one are merged into it
+/// (keeping the larger value, so peaks survive).
+const MEMORY_RESOLUTION_US: u64 = 100;
+
+impl Buffers {
+    fn name_id(&mut self, key: &Key) -> u32 {
+        let name = key.shared_name();
+        let addr = Arc::as_ptr(name) as *const u8 as usize;
+        *self.name_ids.entry(addr).or_insert_with(|| {
+            self.names.push(Arc::clone(name));
+            self.names.len() as u32 - 1
+        })
+    }
+
+    fn memory(&mut self, t_us: u64, bytes: u64) {
+        match self.memory.items.back_mut() {
+            Some(last) if t_us.saturating_sub(last.t_us) < MEMORY_RESOLUTION_US => last.bytes = last.bytes.max(bytes),
+            _ => self.dropped += self.memory.push(MemorySample { t_us, bytes }) as u64,
+        }
+    }
 }
 
 /// One worker's event buffers (see the module docs). Disabled recorders
@@ -213,8 +294,10 @@ impl Recorder {
                 transfers: Ring::new(capacity),
                 memory: Ring::new(capacity),
                 threads: vec![ThreadInfo::default(); threads],
-                seen: vec![BTreeSet::new(); threads],
+                seen: vec![Vec::new(); threads],
                 dropped: 0,
+                name_ids: FxHashMap::default(),
+                names: Vec::new(),
             }),
         }
     }
@@ -231,19 +314,24 @@ impl Recorder {
         }
     }
 
-    /// Records a task and, when known, the CPU it ran on and the store's size after it.
-    pub fn task(&self, event: TaskEvent, cpu: Option<usize>, store_bytes: u64) {
+    /// Records a task (its `key` filled in from `key`) and, when known,
+    /// the CPU it ran on and the store's size after it.
+    pub fn task(&self, key: &Key, mut event: TaskEvent, cpu: Option<usize>, store_bytes: u64) {
         if !self.enabled {
             return;
         }
         let end = event.start_us + event.dur_us;
         let thread = event.thread as usize;
         let mut b = self.buffers.lock();
+        event.key = TaskKey::new(b.name_id(key), key);
         if let (Some(cpu), Some(seen)) = (cpu, b.seen.get_mut(thread)) {
-            seen.insert(cpu);
+            if seen.len() <= cpu / 64 {
+                seen.resize(cpu / 64 + 1, 0);
+            }
+            seen[cpu / 64] |= 1 << (cpu % 64);
         }
-        let dropped = b.tasks.push(event) as u64 + b.memory.push(MemorySample { t_us: end, bytes: store_bytes }) as u64;
-        b.dropped += dropped;
+        b.dropped += b.tasks.push(event) as u64;
+        b.memory(end, store_bytes);
     }
 
     /// Records a block fetched from a peer and the store's size after it arrived.
@@ -253,9 +341,8 @@ impl Recorder {
         }
         let end = event.start_us + event.dur_us;
         let mut b = self.buffers.lock();
-        let dropped =
-            b.transfers.push(event) as u64 + b.memory.push(MemorySample { t_us: end, bytes: store_bytes }) as u64;
-        b.dropped += dropped;
+        b.dropped += b.transfers.push(event) as u64;
+        b.memory(end, store_bytes);
     }
 
     /// Records the store's size (after blocks were released).
@@ -263,8 +350,8 @@ impl Recorder {
         if !self.enabled {
             return;
         }
-        let mut b = self.buffers.lock();
-        b.dropped += b.memory.push(MemorySample { t_us: now_us(), bytes: store_bytes }) as u64;
+        let now = now_us();
+        self.buffers.lock().memory(now, store_bytes);
     }
 
     /// What was recorded; `clear` empties the buffers (thread placement stays).
@@ -272,13 +359,18 @@ impl Recorder {
         let mut b = self.buffers.lock();
         let mut threads = b.threads.clone();
         for (t, seen) in threads.iter_mut().zip(&b.seen) {
-            t.seen = seen.iter().copied().collect();
+            let cpus = seen
+                .iter()
+                .enumerate()
+                .flat_map(|(w, &bits)| (0..64).filter(move |i| bits >> i & 1 == 1).map(move |i| w * 64 + i));
+            t.seen = cpus.collect();
         }
         let events = WorkerEvents {
             rank,
             host: host.to_owned(),
             host_cores: crate::sys::host_cores(),
             threads,
+            names: b.names.iter().map(|n| n.to_string()).collect(),
             tasks: b.tasks.snapshot(clear),
             transfers: b.transfers.snapshot(clear),
             memory: b.memory.snapshot(clear),
@@ -296,29 +388,61 @@ mod tests {
     use super::*;
 
     fn task(i: u32, start: u64) -> TaskEvent {
-        TaskEvent { key: Key::new("t", [i]), kernel: 0, thread: 0, start_us: start, dur_us: 5, bytes: 8, failed: false }
+        TaskEvent {
+            key: TaskKey::new(0, &Key::new("t", [i])),
+            kernel: 0,
+            thread: 0,
+            start_us: start,
+            dur_us: 5,
+            bytes: 8,
+            failed: false,
+        }
     }
 
     #[test]
     fn full_buffers_drop_the_oldest_and_count_it() {
         let r = Recorder::new(true, 1, 3);
         for i in 0..5 {
-            r.task(task(i, 100 + i as u64), Some(0), 8);
+            let key = Key::new("t", [i]);
+            r.task(&key, task(i, 100 + i as u64), Some(if i == 4 { 70 } else { 0 }), 8 * i as u64);
         }
         let e = r.snapshot(1, "h", false);
         assert_eq!(e.tasks.iter().map(|t| t.key.index()[0]).collect::<Vec<_>>(), vec![2, 3, 4]);
-        // Two tasks and their two memory samples went.
-        assert_eq!(e.dropped, 4);
-        assert_eq!(e.threads[0].seen, vec![0]);
+        assert_eq!(e.dropped, 2);
+        // The memory samples, all within 100 us, merged into one holding their peak.
+        assert_eq!(e.memory, vec![MemorySample { t_us: 105, bytes: 32 }]);
+        assert_eq!(e.threads[0].seen, vec![0, 70]);
         let cleared = r.snapshot(1, "h", true);
         assert_eq!(cleared.tasks.len(), 3);
         assert!(r.snapshot(1, "h", false).tasks.is_empty());
     }
 
     #[test]
+    fn task_keys_show_as_keys_do() {
+        let r = Recorder::new(true, 1, 10);
+        let keys =
+            [Key::new("x", []), Key::new("x", [1, 2]), Key::new("y", [1, 2, 3, 4]), Key::new("z", [1, 2, 3, 4, 5])];
+        for (i, key) in keys.iter().enumerate() {
+            r.task(key, task(0, 1000 * i as u64), None, 0);
+        }
+        let e = r.snapshot(1, "h", false);
+        // One name per distinct allocation: "x" twice (two Keys, two allocations) is fine, but
+        // the text is what matters.
+        let shown: Vec<String> = e.tasks.iter().map(|t| e.key(t)).collect();
+        assert_eq!(shown, ["x", "x[1, 2]", "y[1, 2, 3, 4]", "z[1, 2, 3, 4, ...]"]);
+        assert_eq!(e.tasks[3].key.index(), &[1, 2, 3, 4]);
+        // Keys sharing a name allocation share one entry.
+        let name: std::sync::Arc<str> = "w".into();
+        r.task(&Key::with_shared_name(&name, [0]), task(0, 9000), None, 0);
+        r.task(&Key::with_shared_name(&name, [1]), task(0, 9100), None, 0);
+        let e = r.snapshot(1, "h", false);
+        assert_eq!(e.names.iter().filter(|n| *n == "w").count(), 1);
+    }
+
+    #[test]
     fn a_disabled_recorder_keeps_nothing() {
         let r = Recorder::new(false, 2, 10);
-        r.task(task(0, 1), None, 0);
+        r.task(&Key::new("t", []), task(0, 1), None, 0);
         r.transfer(TransferEvent { from: 2, start_us: 1, dur_us: 1, bytes: 1 }, 0);
         r.memory(5);
         let e = r.snapshot(1, "h", false);
@@ -337,7 +461,7 @@ mod tests {
     #[test]
     fn logs_sum_tasks_transfers_and_span() {
         let r = Recorder::new(true, 1, 10);
-        r.task(task(0, 100), None, 8);
+        r.task(&Key::new("t", []), task(0, 100), None, 8);
         r.transfer(TransferEvent { from: 2, start_us: 90, dur_us: 4, bytes: 64 }, 72);
         let log =
             EventLog { kernels: vec!["k".into()], workers: vec![r.snapshot(1, "h", false)], transport: "local".into() };

@@ -42,6 +42,11 @@ impl Key {
         &self.name
     }
 
+    /// The name's shared allocation.
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     pub fn index(&self) -> &[u32] {
         &self.index
     }

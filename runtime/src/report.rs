@@ -111,9 +111,10 @@ pub fn report_data(log: &EventLog, info: &RunInfo) -> Value {
             .workers
             .iter()
             .flat_map(|w| {
-                w.tasks.iter().map(move |t| (w, t)).map(|(w, t)| {
-                    json!([row(w, t.thread), t.kernel, rel(t.start_us), t.dur_us, t.bytes, t.key.to_string()])
-                })
+                w.tasks
+                    .iter()
+                    .map(move |t| (w, t))
+                    .map(|(w, t)| json!([row(w, t.thread), t.kernel, rel(t.start_us), t.dur_us, t.bytes, w.key(t)]))
             })
             .collect();
         (bars, Value::Null)
@@ -289,7 +290,7 @@ pub fn chrome_trace(log: &EventLog, info: &RunInfo) -> Value {
         for t in &w.tasks {
             events.push(json!({"ph": "X", "cat": "task", "name": log.kernel_name(t.kernel), "pid": pid,
                                "tid": t.thread, "ts": rel(t.start_us), "dur": t.dur_us,
-                               "args": {"key": t.key.to_string(), "bytes": t.bytes, "failed": t.failed}}));
+                               "args": {"key": w.key(t), "bytes": t.bytes, "failed": t.failed}}));
         }
         let transfers_tid = w.threads.len() + 1000;
         if !w.transfers.is_empty() {
@@ -348,7 +349,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{MemorySample, TaskEvent, TransferEvent};
+    use crate::events::{MemorySample, TaskEvent, TaskKey, TransferEvent};
     use crate::graph::Key;
 
     fn log(tasks: usize) -> EventLog {
@@ -357,12 +358,13 @@ mod tests {
             host: "h".into(),
             host_cores: 2,
             threads: vec![ThreadInfo::default(), ThreadInfo { bound: vec![1], affinity: vec![1], seen: vec![1] }],
+            names: vec!["t</script>".into()],
             ..Default::default()
         };
         for i in 0..tasks {
             let kernel = (i % 3) as u32;
             let start_us = 1_000_000 + 10 * i as u64;
-            let key = Key::new("t</script>", [i as u32]);
+            let key = TaskKey::new(0, &Key::new("t</script>", [i as u32]));
             w.tasks.push(TaskEvent {
                 key,
                 kernel,

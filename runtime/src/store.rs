@@ -40,12 +40,15 @@ impl BlockStore {
         self.blocks.lock().map.contains_key(&id)
     }
 
-    pub fn insert(&self, id: TaskId, block: Block) {
+    /// Stores `block` as `id` (replacing any block of that id); returns the
+    /// bytes held afterwards.
+    pub fn insert(&self, id: TaskId, block: Block) -> u64 {
         let mut b = self.blocks.lock();
         b.bytes += block.nbytes() as u64;
         if let Some(old) = b.map.insert(id, block) {
             b.bytes -= old.nbytes() as u64;
         }
+        b.bytes
     }
 
     pub fn remove(&self, ids: impl IntoIterator<Item = TaskId>) {

@@ -23,7 +23,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::events::{Recorder, TaskEvent, TransferEvent};
+use crate::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::graph::TaskId;
 use crate::kernel::{KernelCtx, Registry};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
@@ -201,13 +201,13 @@ impl Worker {
                 };
                 let bytes = block.nbytes() as u64;
                 let mut table = self.table.lock();
-                self.store.insert(id, block);
+                let store_bytes = self.store.insert(id, block);
                 let fetched = table.fetching.remove(&id);
                 self.input_arrived(&mut table, id);
                 drop(table);
                 if let Some((start_us, from)) = fetched {
                     let dur_us = crate::events::now_us().saturating_sub(start_us);
-                    self.recorder.transfer(TransferEvent { from, start_us, dur_us, bytes }, self.store.bytes());
+                    self.recorder.transfer(TransferEvent { from, start_us, dur_us, bytes }, store_bytes);
                 }
                 self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id, rank: self.rank });
             }
@@ -311,7 +311,6 @@ impl Worker {
             return;
         };
         let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1 };
-        let start_us = crate::events::now_us();
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))));
         drop(inputs);
@@ -320,11 +319,12 @@ impl Worker {
             Ok(Ok(_)) => tracing::debug!(rank = self.rank, task = %task.key, micros, "ran"),
             _ => tracing::debug!(rank = self.rank, task = %task.key, micros, "failed"),
         }
+        let mut store_bytes = None;
         let (msg, bytes) = match result {
             Ok(Ok(block)) => {
                 let nbytes = block.nbytes() as u64;
                 let mut table = self.table.lock();
-                self.store.insert(task.id, block);
+                store_bytes = Some(self.store.insert(task.id, block));
                 self.input_arrived(&mut table, task.id);
                 drop(table);
                 (Msg::Done { id: task.id, nbytes, micros }, nbytes)
@@ -344,9 +344,21 @@ impl Worker {
         }
         if self.recorder.enabled() {
             let failed = matches!(msg, Msg::Failed { .. });
-            let event =
-                TaskEvent { key: task.key, kernel: task.kernel, thread, start_us, dur_us: micros, bytes, failed };
-            self.recorder.task(event, crate::topology::current_cpu(), self.store.bytes());
+            let start_us = crate::events::instant_us(start);
+            let event = TaskEvent {
+                key: TaskKey::default(),
+                kernel: task.kernel,
+                thread,
+                start_us,
+                dur_us: micros,
+                bytes,
+                failed,
+            };
+            // Where the thread runs changes rarely: look every 16th task.
+            thread_local!(static TASKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+            let n = TASKS.with(|c| c.replace(c.get().wrapping_add(1)));
+            let cpu = if n & 15 == 0 { crate::topology::current_cpu() } else { None };
+            self.recorder.task(&task.key, event, cpu, store_bytes.unwrap_or_else(|| self.store.bytes()));
         }
         self.transport.send(Endpoint::SCHEDULER, msg);
     }
