@@ -42,7 +42,9 @@ struct Cli {
 
     /// Also write each process's log to a file of its own in DIR
     /// (`rank-R.log` under mpirun/srun, else `HOST-PID.log`), at INFO or finer.
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Goes before the subcommand (`tessera --log-dir DIR svd ...`): `jobqueue`
+    /// and `bench scale` have a `--log-dir` of their own, for job scripts and output.
+    #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
 
     #[command(flatten)]
