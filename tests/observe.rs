@@ -59,26 +59,21 @@ fn completed(trace: &Value) -> u64 {
     trace["otherData"]["scheduler_completed"].as_u64().expect("the trace says what the scheduler completed")
 }
 
-#[test]
-fn report_and_trace_show_every_task_that_ran() {
-    let dir = scratch("small");
+/// Runs `tasks` trivial tasks on 2 workers with `--report` and `--trace`;
+/// returns the trace and the report's path (in a fresh `dir`).
+fn observed_bench(name: &str, tasks: &str) -> (PathBuf, Value, PathBuf) {
+    let dir = scratch(name);
     let (report, tr) = (dir.join("r.html"), dir.join("t.json"));
-    let o = tessera(&[
-        "--workers",
-        "2",
-        "bench",
-        "overhead",
-        "--tasks",
-        "3000",
-        "--repeat",
-        "1",
-        "--report",
-        s(&report),
-        "--trace",
-        s(&tr),
-    ]);
+    let args = ["--workers", "2", "bench", "overhead", "--tasks", tasks, "--repeat", "1", "--report"];
+    let o = tessera(&[&args[..], &[s(&report), "--trace", s(&tr)]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let t = trace(&tr);
+    (dir, t, report)
+}
+
+#[test]
+fn report_and_trace_show_every_task_that_ran() {
+    let (dir, t, report) = observed_bench("small", "3000");
     let tasks = task_events(&t);
     assert!(tasks.len() >= 3000, "{} task events", tasks.len());
     assert_eq!(tasks.len() as u64, completed(&t));
@@ -96,25 +91,9 @@ fn report_and_trace_show_every_task_that_ran() {
 
 #[test]
 fn a_report_of_100k_tasks_is_aggregated_and_still_counts_them_all() {
-    let dir = scratch("large");
-    let (report, tr) = (dir.join("r.html"), dir.join("t.json"));
-    let o = tessera(&[
-        "--workers",
-        "2",
-        "bench",
-        "overhead",
-        "--tasks",
-        "100000",
-        "--repeat",
-        "1",
-        "--report",
-        s(&report),
-        "--trace",
-        s(&tr),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let t = trace(&tr);
+    let (dir, t, report) = observed_bench("large", "100000");
     assert_eq!(task_events(&t).len() as u64, completed(&t));
+    assert!(completed(&t) >= 100_000);
     let size = std::fs::metadata(&report).unwrap().len();
     assert!(size < 2 << 20, "the report of 100,000 tasks is {size} bytes");
     if let Some((drawn, run)) = browser_check(&report) {

@@ -47,6 +47,17 @@ pub(crate) fn forward_errors_to(transport: &Arc<dyn Transport>, rank: u32) {
     *SINK.lock() = Some((Arc::downgrade(transport), rank));
 }
 
+/// Task `key` failed on worker `rank` of this process. On a worker rank
+/// (another process than the driver's, maybe writing another file) its own
+/// log says so and the driver hears of it; in the driver's process the
+/// driver's error says it already.
+pub(crate) fn task_failed(rank: u32, key: &crate::Key, error: &str) {
+    if SINK.lock().is_some() {
+        tracing::error!(rank, task = %key, "task failed: {error}");
+        forward_error(&format!("task {key} failed: {error}"));
+    }
+}
+
 /// Sends `line` to the scheduler if this process is a worker rank and has
 /// not forwarded an error yet. Returns whether it was sent.
 pub fn forward_error(line: &str) -> bool {

@@ -24,6 +24,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::client::{Client, ClusterState};
 use crate::error::Error;
+use crate::sys::human_bytes;
 
 /// Computations shorter than this show no progress.
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);
@@ -190,22 +191,6 @@ fn log(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
     }
 }
 
-/// `1536` -> `1.5 KiB`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = b as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u + 1 < UNITS.len() {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{x:.1} {}", UNITS[u])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +213,5 @@ mod tests {
         assert_eq!((done, moved), (5, 1024));
         // 5 of 20 in 4 s: 12 s to go.
         assert!((eta.unwrap() - 12.0).abs() < 0.5, "{eta:?}");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(12), "12 B");
     }
 }

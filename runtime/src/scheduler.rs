@@ -1693,7 +1693,7 @@ impl Scheduler {
             self.transport.send(Endpoint::worker(rank), Msg::CollectEvents { req, clear });
         }
         self.collections.push(Collection { req, reply, waiting, got: Vec::new() });
-        self.on_events(req, None, u32::MAX); // answers at once when there is no worker
+        self.answer_if_complete(self.collections.len() - 1); // no worker: at once
     }
 
     /// Worker `rank` answered collection `req` (`None`: it left without answering).
@@ -1702,8 +1702,13 @@ impl Scheduler {
         let c = &mut self.collections[i];
         if c.waiting.remove(&rank) {
             c.got.extend(events);
+            self.answer_if_complete(i);
         }
-        if c.waiting.is_empty() {
+    }
+
+    /// Answers collection `i` if no worker is left to answer it.
+    fn answer_if_complete(&mut self, i: usize) {
+        if self.collections[i].waiting.is_empty() {
             let mut c = self.collections.swap_remove(i);
             c.got.sort_by_key(|w| w.rank);
             let kernels = self.registry.names().map(str::to_owned).collect();

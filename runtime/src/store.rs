@@ -51,13 +51,15 @@ impl BlockStore {
         b.bytes
     }
 
-    pub fn remove(&self, ids: impl IntoIterator<Item = TaskId>) {
+    /// Forgets the blocks of `ids`; returns the bytes held afterwards.
+    pub fn remove(&self, ids: impl IntoIterator<Item = TaskId>) -> u64 {
         let mut b = self.blocks.lock();
         for id in ids {
             if let Some(old) = b.map.remove(&id) {
                 b.bytes -= old.nbytes() as u64;
             }
         }
+        b.bytes
     }
 
     /// The blocks for `ids`, or the first id that is missing.

@@ -164,3 +164,29 @@ pub fn termination_flag() -> &'static std::sync::atomic::AtomicBool {
     });
     &FLAG
 }
+
+/// `1536` -> `1.5 KiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(super::human_bytes(12), "12 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(64 << 30), "64.0 GiB");
+    }
+}

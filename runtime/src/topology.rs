@@ -41,6 +41,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::sys::human_bytes;
 
 /// How worker threads are bound to cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -191,7 +192,7 @@ impl HostTopology {
         let nodes: Vec<String> = self
             .numa_nodes
             .iter()
-            .map(|n| format!("{}: cpus {}, {}", n.index, cpu_list(&n.cpus), bytes(n.memory_bytes)))
+            .map(|n| format!("{}: cpus {}, {}", n.index, cpu_list(&n.cpus), human_bytes(n.memory_bytes)))
             .collect();
         let mut s = format!(
             "host {}: {}, {} ({}), {}, {}",
@@ -212,7 +213,7 @@ impl HostTopology {
         s += &format!("; GPUs: {}", self.gpus.len());
         for (i, g) in self.gpus.iter().enumerate() {
             let mut facts = vec![g.kind.clone()];
-            facts.extend(g.memory_bytes.map(bytes));
+            facts.extend(g.memory_bytes.map(human_bytes));
             facts.extend(g.pci_bus_id.as_ref().map(|b| format!("PCI {b}")));
             if !g.cpus.is_empty() {
                 facts.push(format!("near cpus {}", cpu_list(&g.cpus)));
@@ -229,16 +230,6 @@ fn count(n: usize, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
-    }
-}
-
-/// `63.9 GiB`, `512.0 MiB`.
-fn bytes(b: u64) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
-    if b >= 1 << 30 {
-        format!("{:.1} GiB", b as f64 / GIB)
-    } else {
-        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
     }
 }
 

@@ -231,14 +231,14 @@ impl Worker {
                     if self.store.contains(b.id) {
                         self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id: b.id, rank: self.rank });
                     } else if let Some(&holder) = b.holders.first() {
-                        self.table.lock().fetching.insert(b.id, (crate::events::now_us(), holder));
+                        self.fetching(&mut self.table.lock(), b.id, holder);
                         self.transport.send(Endpoint::worker(holder), Msg::Fetch { id: b.id, reply_to: me });
                     }
                 }
             }
             Msg::Release(ids) => {
-                self.store.remove(ids);
-                self.recorder.memory(self.store.bytes());
+                let store_bytes = self.store.remove(ids);
+                self.recorder.memory(store_bytes);
             }
             Msg::CollectEvents { req, clear } => {
                 let events = Box::new(self.recorder.snapshot(self.rank, &self.host, clear));
@@ -272,7 +272,7 @@ impl Worker {
                     continue;
                 };
                 tracing::trace!(rank = self.rank, input = %input.id, from = holder, "fetch");
-                table.fetching.insert(input.id, (crate::events::now_us(), holder));
+                self.fetching(table, input.id, holder);
                 let me = Endpoint::worker(self.rank);
                 self.transport.send(Endpoint::worker(holder), Msg::Fetch { id: input.id, reply_to: me });
             }
@@ -281,6 +281,13 @@ impl Worker {
             let _ = self.jobs.send(Job::Run(task));
         } else {
             table.pending.insert(task.id, (task, missing));
+        }
+    }
+
+    /// Notes when block `id` was asked of `holder`, for its transfer event.
+    fn fetching(&self, table: &mut Table, id: TaskId, holder: u32) {
+        if self.recorder.enabled() {
+            table.fetching.insert(id, (crate::events::now_us(), holder));
         }
     }
 
@@ -335,12 +342,7 @@ impl Worker {
             }
         };
         if let Msg::Failed { error, .. } = &msg {
-            // The driver gets the error too; a worker rank's own log (another
-            // process, maybe another file) says it as well.
-            if self.transport.name() != "local" {
-                tracing::error!(rank = self.rank, task = %task.key, "task failed: {error}");
-                crate::log::forward_error(&format!("task {} failed: {error}", task.key));
-            }
+            crate::log::task_failed(self.rank, &task.key, error);
         }
         if self.recorder.enabled() {
             let failed = matches!(msg, Msg::Failed { .. });
