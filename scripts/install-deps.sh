@@ -22,6 +22,7 @@ packages=(
   libhdf5-dev hdf5-tools          # feature `hdf5`: libhdf5 (serial) and h5dump/h5ls
   libhwloc-dev libudev-dev        # feature `hwloc`: libhwloc (topology, thread binding); hwlocality links
                                   # hwloc's private libraries too (-ludev), which libhwloc-dev does not pull in
+  libucx-dev                      # feature `ucx`: UCP headers, libucp and its pkg-config file (tessera-ucx-sys)
   chromium                        # tests/observe.rs: opens --report pages headless (scripts/check-report.sh)
 )
 

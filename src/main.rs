@@ -23,7 +23,7 @@ use tessera::observe::Observe;
 use tessera::runtime::secret::{self, Secret};
 use tessera::runtime::tcp;
 use tessera::runtime::topology::Bind;
-use tessera::{Config, Launch, Progress, SchedulerWorks};
+use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind};
 
 mod jobqueue_cmd;
 mod logging;
@@ -123,6 +123,12 @@ struct ClusterArgs {
     /// for measuring what recording costs.
     #[arg(long, global = true)]
     no_events: bool,
+
+    /// How blocks move between workers: auto (the launch's own: in-process, MPI or
+    /// TCP) or ucx (UCP: shared memory, TCP, InfiniBand, as UCX_TLS allows; control
+    /// messages stay on MPI or TCP). Needs the `ucx` feature.
+    #[arg(long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = parse_transport)]
+    transport: TransportKind,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -137,6 +143,10 @@ fn parse_launch(s: &str) -> Result<Launch, String> {
 }
 
 fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
+    s.parse().map_err(|e: tessera::Error| e.to_string())
+}
+
+fn parse_transport(s: &str) -> Result<TransportKind, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
 }
 
@@ -155,6 +165,7 @@ impl ClusterArgs {
             secret_file: self.secret_file.clone(),
             bind: self.bind,
             events: !self.no_events,
+            transport: self.transport.check()?,
             ..Config::default()
         };
         // A client only when asked: a scheduler address or an explicit file.

@@ -25,22 +25,24 @@ fn main() {
 
 // ---- child: one rank of a scenario -------------------------------------------
 
+/// The test kernels; blocks over UCX when `TESSERA_TRANSPORT=ucx`.
 fn config() -> Config {
-    Config { registry: common::registry(), ..Config::default() }
+    let transport = std::env::var("TESSERA_TRANSPORT").map_or(Default::default(), |t| t.parse().unwrap());
+    Config { registry: common::registry(), transport, ..Config::default() }
 }
 
 fn child(name: &str) -> i32 {
     let result: anyhow::Result<()> = match name {
         "bodies" => config().run(|client| {
             common::all(client);
-            println!("bodies ok on {} workers", client.workers().len());
+            println!("bodies ok on {} workers over {}", client.workers().len(), client.transport());
             Ok(())
         }),
         "arrays" => config().run(|client| {
             common::arrays::all(client);
             #[cfg(feature = "hdf5")]
             common::arrays::hdf5_files(client);
-            println!("arrays ok on {} workers", client.workers().len());
+            println!("arrays ok on {} workers over {}", client.workers().len(), client.transport());
             Ok(())
         }),
         "driver_error" => config().run(|_| -> anyhow::Result<()> { anyhow::bail!("driver gave up on purpose") }),
@@ -222,6 +224,8 @@ fn parent() -> i32 {
     }
     arrays_commands(&mut cases, tessera);
 
+    ucx_cases(&mut cases, &me, tessera);
+
     // Blocks split into many MPI messages arrive whole.
     let mut pieces = scen("bodies", 3, true, &["bodies ok"]);
     pieces.name = "bodies -n 3, 64 KiB messages".into();
@@ -390,6 +394,39 @@ fn arrays_commands(cases: &mut Vec<Case>, tessera: &str) {
         }
         cases.push(c);
     }
+}
+
+/// Blocks over UCX, control on MPI (`TESSERA_TRANSPORT=ucx`): the shared
+/// bodies with each UCX_TLS choice, the arrays bodies, the command; a killed
+/// rank ends the job rather than hanging it.
+fn ucx_cases(cases: &mut Vec<Case>, me: &str, tessera: &str) {
+    let ucx = |mut c: Case, tls: &str| {
+        c.env.push(("TESSERA_TRANSPORT".into(), "ucx".into()));
+        if !tls.is_empty() {
+            c.env.push(("UCX_TLS".into(), tls.into()));
+        }
+        c
+    };
+    if !cfg!(feature = "ucx") {
+        let c = case("tessera --transport ucx, no feature", 1, tessera, &["demo"], false, &["needs the `ucx` feature"]);
+        cases.push(ucx(c, ""));
+        return;
+    }
+    for tls in ["", "posix,self", "tcp"] {
+        let name = format!("bodies -n 3 over ucx {tls}");
+        let c = case(&name, 3, me, &["--scenario", "bodies"], true, &["bodies ok on 2 workers over mpi+ucx"]);
+        cases.push(ucx(c, tls));
+    }
+    let mut c =
+        case("arrays -n 3 over ucx", 3, me, &["--scenario", "arrays"], true, &["arrays ok on 2 workers over mpi+ucx"]);
+    c.limit = Duration::from_secs(240);
+    cases.push(ucx(c, ""));
+    let args =
+        ["--transport", "ucx", "bench", "overhead", "--tasks", "2000", "--shape", "tree", "--repeat", "1", "--json"];
+    let c = case("tessera --transport ucx -n 3", 3, tessera, &args, true, &["\"transport\":\"mpi+ucx\""]);
+    cases.push(c);
+    let c = case("kill_worker over ucx -n 3", 3, me, &["--scenario", "kill_worker"], false, &["rank 2"]);
+    cases.push(ucx(c, ""));
 }
 
 /// The SVD file holds orthonormal U (m x k), non-increasing S, orthonormal Vᵀ.

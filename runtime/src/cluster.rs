@@ -29,8 +29,64 @@ use crate::scheduler::{Exit, Ready, Scheduler, SchedulerConfig};
 use crate::store::BlockStore;
 use crate::topology::Bind;
 use crate::transport::local::LocalTransport;
-use crate::transport::{Mailboxes, Transport};
+use crate::transport::{DataPlane, Mailboxes, Transport};
 use crate::worker::{run_worker, WorkerConfig, WorkerExit};
+
+/// How block payloads travel between ranks (control messages always use the
+/// launch's own transport).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// The launch's own: channels in-process, MPI under `mpirun`, TCP in an
+    /// elastic cluster.
+    #[default]
+    Auto,
+    /// UCX (UCP tagged messages, feature `ucx`): shared memory, TCP,
+    /// InfiniBand or whatever `UCX_TLS` allows.
+    Ucx,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<TransportKind> {
+        match s {
+            "auto" => Ok(TransportKind::Auto),
+            "ucx" => Ok(TransportKind::Ucx),
+            other => Err(Error::Config(format!(
+                "transport `{other}`: expected auto (the launch's own: local, mpi or tcp) or ucx"
+            ))),
+        }
+    }
+}
+
+impl TransportKind {
+    /// Refuses UCX in a build without the `ucx` feature.
+    pub fn check(self) -> Result<TransportKind> {
+        if self == TransportKind::Ucx && !cfg!(feature = "ucx") {
+            return Err(Error::FeatureDisabled {
+                feature: "ucx",
+                what: "moving blocks over UCX (--transport ucx)".into(),
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// Starts the UCX plane of `rank` (an error without the `ucx` feature).
+pub(crate) fn start_plane(rank: u32, mailboxes: Mailboxes) -> Result<Arc<dyn DataPlane>> {
+    #[cfg(not(feature = "ucx"))]
+    {
+        let _ = (rank, mailboxes);
+        Err(TransportKind::Ucx.check().expect_err("refused without the feature"))
+    }
+    #[cfg(feature = "ucx")]
+    {
+        let options = crate::transport::ucx::Options {
+            tls: None, // UCX reads UCX_TLS itself
+            peer_errors: std::env::var_os("TESSERA_UCX_PEER_ERRORS").is_some_and(|v| v == "1"),
+        };
+        Ok(crate::transport::ucx::UcxPlane::start(rank, &options, mailboxes)?)
+    }
+}
 
 /// How to start: from the environment, or forced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -110,6 +166,8 @@ pub struct Config {
     pub bind: Bind,
     /// How the driver shows progress while it waits (default off).
     pub progress: Progress,
+    /// How block payloads move between ranks (default: the launch's own).
+    pub transport: TransportKind,
 }
 
 impl Default for Config {
@@ -127,6 +185,7 @@ impl Default for Config {
             events: true,
             bind: Bind::Auto,
             progress: Progress::Off,
+            transport: TransportKind::Auto,
         }
     }
 }
@@ -316,6 +375,21 @@ impl LocalClusterBuilder {
     }
 }
 
+/// One UCX plane per rank of a local cluster when asked for (every block
+/// between two workers then crosses UCP, as between processes).
+fn local_planes(kind: TransportKind, ranks: u32, mailboxes: &Mailboxes) -> Result<Vec<Arc<dyn DataPlane>>> {
+    if kind == TransportKind::Auto {
+        return Ok(Vec::new());
+    }
+    let planes = (0..ranks).map(|r| start_plane(r, mailboxes.clone())).collect::<Result<Vec<_>>>()?;
+    for a in &planes {
+        for (r, b) in planes.iter().enumerate() {
+            a.learn(r as u32, b.address().to_vec());
+        }
+    }
+    Ok(planes)
+}
+
 impl LocalCluster {
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder::default()
@@ -344,7 +418,8 @@ impl LocalCluster {
                 (mailboxes.open(Endpoint::worker(r)), store)
             })
             .collect();
-        let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(mailboxes, n as u32 + 1));
+        let planes = local_planes(config.transport.check()?, n as u32 + 1, &mailboxes)?;
+        let transport: Arc<dyn Transport> = Arc::new(LocalTransport::with_planes(mailboxes, n as u32 + 1, planes));
 
         let sched_config = SchedulerConfig {
             worker_ranks: (1..=n as u32).collect(),

@@ -76,6 +76,10 @@ pub enum Error {
         what: String,
     },
 
+    /// A UCX call failed (feature `ucx`): what was being done, and UCX's reason.
+    #[error("UCX: {what}: {status}")]
+    Ucx { what: String, status: String },
+
     /// Invalid configuration (flag or environment variable).
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -50,10 +50,12 @@ mod worker;
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "ucx")]
+pub mod ucx;
 
 pub use block::{Block, BlockHeader, Buffer, DType};
 pub use client::{Client, ClusterState, Persisted, WorkerInfo};
-pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks};
+pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks, TransportKind};
 pub use error::{Error, KernelError, Result};
 pub use events::EventLog;
 pub use graph::{Graph, Key, Params, Task, TaskId};
@@ -77,6 +79,9 @@ where
 
 /// Whether this build has the MPI transport.
 pub const HAS_MPI: bool = cfg!(feature = "mpi");
+
+/// Whether this build has the UCX transport for blocks.
+pub const HAS_UCX: bool = cfg!(feature = "ucx");
 
 /// Whether this build reads the hardware topology and binds threads (hwloc).
 pub const HAS_HWLOC: bool = cfg!(feature = "hwloc");

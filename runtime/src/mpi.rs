@@ -113,6 +113,63 @@ where
         .collect()
 }
 
+/// What a rank brings to the UCX exchange.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum UcxOffer {
+    /// Started without `--transport ucx`.
+    Off,
+    /// Its UCP worker address.
+    Address(Vec<u8>),
+    /// UCX would not start there.
+    Failed(String),
+}
+
+/// With `--transport ucx`: starts this rank's UCX plane and learns every
+/// other rank's address (collective, so called on every rank whatever the
+/// configuration: a rank started differently is named in the error).
+fn mpi_plane(
+    comm: &SimpleCommunicator,
+    kind: crate::cluster::TransportKind,
+    mailboxes: &Mailboxes,
+) -> Result<Option<Arc<dyn crate::transport::DataPlane>>, Error> {
+    let rank = comm.rank() as u32;
+    let kind = kind.check();
+    let plane = match kind {
+        Ok(crate::cluster::TransportKind::Ucx) => Some(crate::cluster::start_plane(rank, mailboxes.clone())),
+        _ => None,
+    };
+    let offer = match (&kind, &plane) {
+        (Err(e), _) => UcxOffer::Failed(e.to_string()),
+        (Ok(_), None) => UcxOffer::Off,
+        (Ok(_), Some(Ok(p))) => UcxOffer::Address(p.address().to_vec()),
+        (Ok(_), Some(Err(e))) => UcxOffer::Failed(e.to_string()),
+    };
+    let offers: Vec<UcxOffer> = all_gather_json(comm, &offer);
+    if let Some((r, reason)) = offers.iter().enumerate().find_map(|(r, o)| match o {
+        UcxOffer::Failed(reason) => Some((r, reason)),
+        _ => None,
+    }) {
+        return Err(Error::Config(format!("--transport ucx: rank {r}: {reason}")));
+    }
+    let using = offers.iter().filter(|o| matches!(o, UcxOffer::Address(_))).count();
+    if using != 0 && using != offers.len() {
+        let off = offers.iter().position(|o| matches!(o, UcxOffer::Off)).unwrap_or(0);
+        let on = offers.iter().position(|o| matches!(o, UcxOffer::Address(_))).unwrap_or(0);
+        return Err(Error::Config(format!(
+            "rank {on} was started with --transport ucx and rank {off} without it; start every rank the same way"
+        )));
+    }
+    let Some(plane) = plane else { return Ok(None) };
+    let plane = plane?;
+    for (r, offer) in offers.into_iter().enumerate() {
+        if let UcxOffer::Address(address) = offer {
+            plane.learn(r as u32, address);
+        }
+    }
+    tracing::debug!(rank, ranks = comm.size(), "UCX addresses exchanged");
+    Ok(Some(plane))
+}
+
 /// Decides threads and whether rank 0 works from the ranks sharing this host.
 struct Placement {
     threads: usize,
@@ -184,7 +241,11 @@ where
         mailboxes.attach_store(rank, store.clone());
     }
     let worker_inbox = works.then(|| mailboxes.open(Endpoint { rank, role: Role::Worker }));
-    let (transport, outbox) = MpiTransport::new(rank, size, mailboxes);
+    let plane = match mpi_plane(&comm, config.transport, &mailboxes) {
+        Ok(p) => p,
+        Err(e) => return Err(E::from(e)),
+    };
+    let (transport, outbox) = MpiTransport::new(rank, size, mailboxes, plane.clone());
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     if rank != 0 {
         crate::log::forward_errors_to(&dyn_transport, rank);
@@ -244,6 +305,7 @@ where
         tracing::debug!(rank, ?stats, "progress loop ended");
         driver_thread.map(|t| t.join())
     });
+    drop(plane); // the last reference stops the UCX progress thread
 
     let worker_exit = worker.map(|w| w.join().unwrap_or(WorkerExit::Disconnected));
     drop(comm);

@@ -29,7 +29,7 @@ use crate::events::WorkerEvents;
 use crate::graph::{Key, Params, TaskId};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Largest control frame a rank accepts (block payloads are separate).
 pub const MAX_FRAME: u64 = 256 << 20;
@@ -87,14 +87,21 @@ pub struct InputLoc {
 #[derive(Debug)]
 pub enum Payload {
     Ready(Block),
+    /// Decoded: the bytes follow the frame on the control transport's own
+    /// data channel (an MPI data tag, the TCP stream).
     Incoming(BlockHeader),
+    /// To send: the bytes go over the data plane (UCX), only the header in
+    /// the frame ([`crate::transport::DataPlane`]).
+    ViaPlane(Block),
+    /// Decoded: the bytes arrive over the data plane.
+    PlaneIncoming(BlockHeader),
 }
 
 impl Payload {
     pub fn header(&self) -> BlockHeader {
         match self {
-            Payload::Ready(b) => b.header(),
-            Payload::Incoming(h) => h.clone(),
+            Payload::Ready(b) | Payload::ViaPlane(b) => b.header(),
+            Payload::Incoming(h) | Payload::PlaneIncoming(h) => h.clone(),
         }
     }
 }
@@ -105,7 +112,7 @@ impl Payload {
     pub fn is_inline(&self) -> bool {
         match self {
             Payload::Ready(b) => b.nbytes() <= INLINE_MAX,
-            Payload::Incoming(_) => false,
+            Payload::Incoming(_) | Payload::ViaPlane(_) | Payload::PlaneIncoming(_) => false,
         }
     }
 }
@@ -120,12 +127,15 @@ enum WirePayload<'a> {
     Header(BlockHeader),
     /// The bytes are right here.
     Inline(BlockHeader, #[serde(borrow)] &'a [u8]),
+    /// The bytes arrive over the data plane.
+    Plane(BlockHeader),
 }
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Payload::Ready(b) if self.is_inline() => WirePayload::Inline(b.header(), b.as_bytes()).serialize(s),
+            Payload::ViaPlane(_) | Payload::PlaneIncoming(_) => WirePayload::Plane(self.header()).serialize(s),
             _ => WirePayload::Header(self.header()).serialize(s),
         }
     }
@@ -135,6 +145,7 @@ impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
         match WirePayload::deserialize(d)? {
             WirePayload::Header(h) => Ok(Payload::Incoming(h)),
+            WirePayload::Plane(h) => Ok(Payload::PlaneIncoming(h)),
             WirePayload::Inline(h, bytes) => {
                 let mut buffer = Block::receive_buffer(&h);
                 if buffer.as_bytes().len() != bytes.len() {

@@ -190,3 +190,52 @@ mod tests {
         assert_eq!(super::human_bytes(64 << 30), "64.0 GiB");
     }
 }
+
+/// A Linux eventfd: how one thread wakes another that sleeps in [`sleep_on`].
+pub struct EventFd {
+    fd: std::os::fd::RawFd,
+}
+
+impl EventFd {
+    pub fn new() -> std::io::Result<EventFd> {
+        // SAFETY: plain syscall; the fd is owned by the returned value.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(EventFd { fd })
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
+    /// Makes the fd readable.
+    pub fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own fd.
+        unsafe { libc::write(self.fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    /// Empties the eventfd behind `fd` (non-blocking).
+    pub fn drain_fd(fd: std::os::fd::RawFd) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; the fd is non-blocking.
+        unsafe { libc::read(fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: closes the fd this value owns, once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Sleeps until one of `fds` is readable, at most `timeout_ms`.
+pub fn sleep_on(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `p` is a live array of pollfd of the length given.
+    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+}

@@ -11,6 +11,10 @@
 //! | `mpi::MpiTransport` (feature `mpi`) | MPI ranks of a communicator | raw bytes on a data tag, control on another; one progress thread does all MPI calls |
 //! | [`tcp::TcpTransport`] | processes that joined an elastic cluster over TCP, each connection authenticated with a shared secret | raw bytes after the frame that announces them, worker to worker |
 //!
+//! Any of them can hand large block payloads to a [`DataPlane`] instead:
+//! `ucx::UcxPlane` (feature `ucx`, `--transport ucx`) moves them over UCP
+//! while control messages stay where they were.
+//!
 //! `send` never blocks on the network and never fails loudly: a message to an
 //! endpoint that has already stopped is dropped (and traced), which only
 //! happens during shutdown.
@@ -30,6 +34,38 @@ pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod tcp;
+#[cfg(feature = "ucx")]
+pub mod ucx;
+
+/// Moves block payloads beside a control transport (see `ucx`).
+///
+/// The control transport sends a frame that announces the block
+/// ([`Payload::ViaPlane`]) and calls [`DataPlane::send_block`]; the
+/// receiving side, on decoding [`Payload::PlaneIncoming`], calls
+/// [`DataPlane::expect_block`], and the plane delivers the finished
+/// [`Msg::Block`] (or [`Msg::Missing`] if the sender is lost) to `to`.
+pub trait DataPlane: Send + Sync + 'static {
+    /// This plane's address, for the peers' [`DataPlane::learn`].
+    fn address(&self) -> &[u8];
+
+    /// The plane of `rank` is at `address`.
+    fn learn(&self, rank: u32, address: Vec<u8>);
+
+    /// Sends `block` (block `id`) to the plane of rank `to`.
+    fn send_block(&self, to: u32, id: crate::graph::TaskId, block: crate::block::Block);
+
+    /// Receives block `id` from rank `from` and delivers it to `to`.
+    fn expect_block(&self, from: u32, to: Endpoint, id: crate::graph::TaskId, header: crate::block::BlockHeader);
+
+    /// The control transport lost `rank`: what is awaited from it will not come.
+    fn peer_lost(&self, rank: u32, reason: String);
+
+    /// Sends queued or in flight.
+    fn busy(&self) -> bool;
+
+    /// Short name for reports: `ucx`.
+    fn name(&self) -> &'static str;
+}
 
 /// Moves messages between endpoints.
 pub trait Transport: Send + Sync + 'static {

@@ -18,6 +18,11 @@
 //!   every block it announces, receives the bytes from that rank with the
 //!   data tag straight into the new block's buffer (MPI's order between one
 //!   pair of ranks on one tag keeps frames and payloads matched).
+//! * **UCX** (`--transport ucx`). With a [`DataPlane`], large blocks go
+//!   over it instead of the data tag: the frame carries their headers
+//!   ([`Payload::ViaPlane`]), the plane carries the bytes, and a received
+//!   [`Payload::PlaneIncoming`] is handed to the plane, which delivers the
+//!   block when its bytes are in.
 //! * **Termination** (NBX, Hoefler et al. 2010). When every local endpoint
 //!   has stopped and all of this rank's synchronous sends have completed
 //!   (each was matched by its receiver), the rank enters `MPI_Ibarrier` and
@@ -35,7 +40,7 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use parking_lot::Mutex;
 
-use super::{Delivery, Mailboxes, Transport};
+use super::{DataPlane, Delivery, Mailboxes, Transport};
 use crate::block::Block;
 use crate::protocol::{decode_frame, encode_frame, Endpoint, Msg, Payload, Role};
 
@@ -72,6 +77,7 @@ pub struct MpiTransport {
     mailboxes: Mailboxes,
     outbox: Sender<(u32, Role, Msg)>,
     abort: Arc<AbortFlag>,
+    plane: Option<Arc<dyn DataPlane>>,
 }
 
 /// A request to end the whole job, raised by any thread, carried out by the
@@ -97,10 +103,16 @@ impl AbortFlag {
 
 impl MpiTransport {
     /// A transport for `rank` of `size`, delivering locally into
-    /// `mailboxes`; the returned receiver is the progress thread's outbox.
-    pub fn new(rank: u32, size: u32, mailboxes: Mailboxes) -> (Arc<MpiTransport>, Receiver<(u32, Role, Msg)>) {
+    /// `mailboxes`, moving large blocks over `plane` if given; the returned
+    /// receiver is the progress thread's outbox.
+    pub fn new(
+        rank: u32,
+        size: u32,
+        mailboxes: Mailboxes,
+        plane: Option<Arc<dyn DataPlane>>,
+    ) -> (Arc<MpiTransport>, Receiver<(u32, Role, Msg)>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let t = MpiTransport { rank, size, mailboxes, outbox: tx, abort: Arc::default() };
+        let t = MpiTransport { rank, size, mailboxes, outbox: tx, abort: Arc::default(), plane };
         (Arc::new(t), rx)
     }
 
@@ -132,7 +144,10 @@ impl Transport for MpiTransport {
     }
 
     fn name(&self) -> &'static str {
-        "mpi"
+        match self.plane {
+            Some(_) => "mpi+ucx",
+            None => "mpi",
+        }
     }
 
     fn ranks(&self) -> u32 {
@@ -226,7 +241,16 @@ pub fn progress(
             if batch.is_empty() {
                 continue;
             }
-            let msgs = std::mem::take(batch);
+            let mut msgs = std::mem::take(batch);
+            if transport.plane.is_some() {
+                for (_, msg) in msgs.iter_mut() {
+                    if let Msg::Block { payload: payload @ Payload::Ready(_), .. } = msg {
+                        if let (false, Payload::Ready(block)) = (payload.is_inline(), &payload) {
+                            *payload = Payload::ViaPlane(block.clone());
+                        }
+                    }
+                }
+            }
             let frame = match encode_frame(&msgs) {
                 Ok(f) => f.into_boxed_slice(),
                 Err(e) => {
@@ -242,6 +266,11 @@ pub fn progress(
             sends.push(PendingSend { request, _keep: Keep::Frame(frame) });
             stats.frames_sent += 1;
             for (_, msg) in msgs {
+                if let (Msg::Block { id, payload: Payload::ViaPlane(block) }, Some(plane)) = (&msg, &transport.plane) {
+                    stats.payload_bytes_sent += block.nbytes() as u64;
+                    plane.send_block(to as u32, *id, block.clone());
+                    continue;
+                }
                 if let Msg::Block { payload: payload @ Payload::Ready(_), .. } = msg {
                     if payload.is_inline() {
                         continue; // its bytes were in the frame
@@ -276,6 +305,16 @@ pub fn progress(
                 }
             };
             for (role, mut msg) in msgs {
+                if let Msg::Block { id, payload: Payload::PlaneIncoming(header) } = msg {
+                    let to = Endpoint { rank, role };
+                    match &transport.plane {
+                        Some(plane) => plane.expect_block(from as u32, to, id, header),
+                        None => abort.raise(format!(
+                            "rank {from} sent a block over UCX, but this rank has no UCX plane (start every rank with --transport ucx)"
+                        )),
+                    }
+                    continue;
+                }
                 if let Msg::Block { payload: payload @ Payload::Incoming(_), .. } = &mut msg {
                     let header = payload.header();
                     let start = std::time::Instant::now();
@@ -316,7 +355,8 @@ pub fn progress(
         // Termination.
         match barrier.take() {
             None => {
-                if sends.is_empty() && outbox.is_empty() && local_done() {
+                let plane_idle = transport.plane.as_ref().is_none_or(|p| !p.busy());
+                if sends.is_empty() && outbox.is_empty() && plane_idle && local_done() {
                     tracing::debug!(rank, "entering the termination barrier");
                     barrier = Some(comm.immediate_barrier());
                 }
