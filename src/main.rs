@@ -538,6 +538,7 @@ fn worker(
     opts.drain_on_signal = true;
     opts.bind = args.bind;
     opts.events = !args.no_events;
+    opts.transport = args.transport.check()?;
     if let Some(n) = name {
         opts.name = n;
     }

@@ -42,6 +42,48 @@ fn arrays_over_ucx() {
     common::arrays::all(cluster.client());
 }
 
+#[test]
+fn elastic_workers_move_blocks_over_ucx() {
+    use tessera::runtime::secret::Secret;
+    use tessera::runtime::tcp::{self, SchedulerOptions, WorkerOptions};
+    use tessera::runtime::transport::tcp::TcpOptions;
+    let dir = std::env::temp_dir().join(format!("tessera-ucx-elastic-{}", std::process::id()));
+    let secret = Secret::load_or_create(&dir.join("secret")).unwrap();
+    let opts = TcpOptions::new(secret);
+    let sched = SchedulerOptions {
+        listen: "127.0.0.1:0".into(),
+        registry: common::registry(),
+        ..SchedulerOptions::new(opts.clone())
+    };
+    let server = tcp::Scheduler::start(sched).unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut w = WorkerOptions::new(server.address(), opts.clone());
+            w.registry = common::registry();
+            w.threads = 1;
+            w.transport = TransportKind::Ucx;
+            std::thread::spawn(move || tcp::run_worker(w))
+        })
+        .collect();
+    let client = server.client();
+    let start = Instant::now();
+    while client.workers().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "workers did not join");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = tessera::runtime::transport::ucx::blocks_received();
+    common::transfers(client);
+    common::reuse(client);
+    let over_ucx = tessera::runtime::transport::ucx::blocks_received() - before;
+    // Each large block between the two workers, both ways: 2 x (1000 and 2^20 values).
+    assert!(over_ucx >= 4, "only {over_ucx} blocks crossed UCX");
+    server.shutdown();
+    for w in workers {
+        assert!(w.join().unwrap().unwrap().exit_ok());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn ramp(len: usize) -> Block {
     Block::new(vec![len], Buffer::F64((0..len).map(|i| i as f64).collect()))
 }

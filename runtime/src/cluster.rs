@@ -71,21 +71,56 @@ impl TransportKind {
     }
 }
 
+/// A UCX worker made before its rank is known (an elastic worker sends its
+/// address in its introduction), started as a plane once it is.
+pub(crate) struct PlaneSeed {
+    #[cfg(feature = "ucx")]
+    worker: crate::ucx::Worker,
+    address: Vec<u8>,
+}
+
+impl PlaneSeed {
+    /// Makes the UCX worker (an error without the `ucx` feature). UCX reads
+    /// `UCX_TLS` and the rest of its configuration from the environment;
+    /// `TESSERA_UCX_PEER_ERRORS=1` asks it to detect failed peers itself.
+    pub(crate) fn new() -> Result<PlaneSeed> {
+        #[cfg(not(feature = "ucx"))]
+        {
+            Err(TransportKind::Ucx.check().expect_err("refused without the feature"))
+        }
+        #[cfg(feature = "ucx")]
+        {
+            let options = crate::ucx::Options {
+                tls: None,
+                peer_errors: std::env::var_os("TESSERA_UCX_PEER_ERRORS").is_some_and(|v| v == "1"),
+            };
+            let worker = crate::ucx::Worker::new(&options)?;
+            let address = worker.address()?;
+            Ok(PlaneSeed { worker, address })
+        }
+    }
+
+    pub(crate) fn address(&self) -> &[u8] {
+        &self.address
+    }
+
+    /// Starts the plane of `rank`, delivering into `mailboxes`.
+    pub(crate) fn start(self, rank: u32, mailboxes: Mailboxes) -> Result<Arc<dyn DataPlane>> {
+        #[cfg(not(feature = "ucx"))]
+        {
+            let _ = (rank, mailboxes);
+            unreachable!("a seed exists only with the feature")
+        }
+        #[cfg(feature = "ucx")]
+        {
+            Ok(crate::transport::ucx::UcxPlane::start_with(self.worker, self.address, rank, mailboxes)?)
+        }
+    }
+}
+
 /// Starts the UCX plane of `rank` (an error without the `ucx` feature).
 pub(crate) fn start_plane(rank: u32, mailboxes: Mailboxes) -> Result<Arc<dyn DataPlane>> {
-    #[cfg(not(feature = "ucx"))]
-    {
-        let _ = (rank, mailboxes);
-        Err(TransportKind::Ucx.check().expect_err("refused without the feature"))
-    }
-    #[cfg(feature = "ucx")]
-    {
-        let options = crate::transport::ucx::Options {
-            tls: None, // UCX reads UCX_TLS itself
-            peer_errors: std::env::var_os("TESSERA_UCX_PEER_ERRORS").is_some_and(|v| v == "1"),
-        };
-        Ok(crate::transport::ucx::UcxPlane::start(rank, &options, mailboxes)?)
-    }
+    PlaneSeed::new()?.start(rank, mailboxes)
 }
 
 /// How to start: from the environment, or forced.

@@ -217,8 +217,9 @@ pub enum Msg {
     /// driver shows it with the rank; see [`crate::log`]).
     Log { rank: u32, line: String },
     /// Scheduler -> every member of an elastic cluster: where ranks listen
-    /// (workers that joined) and which have left. Handled by the transport.
-    Peers { add: Vec<(u32, String)>, remove: Vec<u32> },
+    /// (workers that joined), their UCX addresses (workers started with
+    /// `--transport ucx`) and which have left. Handled by the transport.
+    Peers { add: Vec<(u32, String)>, remove: Vec<u32>, ucx: Vec<(u32, Vec<u8>)> },
     /// Client -> scheduler, in-process only (never on the wire).
     #[serde(skip)]
     Client(ClientRequest),

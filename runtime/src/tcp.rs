@@ -127,7 +127,7 @@ impl Scheduler {
         let mut mailboxes = Mailboxes::new();
         let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
         let client_inbox = mailboxes.open(Endpoint::CLIENT);
-        let transport = TcpTransport::new(0, true, mailboxes, opts.tcp, Some(listener));
+        let transport = TcpTransport::new(0, true, mailboxes, opts.tcp, Some(listener), None);
         let dyn_transport: Arc<dyn Transport> = transport.clone();
         let config = SchedulerConfig {
             worker_ranks: Vec::new(),
@@ -200,6 +200,9 @@ pub struct WorkerOptions {
     pub bind: crate::topology::Bind,
     /// Record events for reports and traces.
     pub events: bool,
+    /// `Ucx`: blocks to and from other workers started so go over UCX
+    /// (the address travels through the scheduler).
+    pub transport: crate::cluster::TransportKind,
     pub tcp: TcpOptions,
 }
 
@@ -223,6 +226,7 @@ impl WorkerOptions {
             name: batch_job_id(),
             bind: crate::topology::Bind::Auto,
             events: true,
+            transport: crate::cluster::TransportKind::Auto,
             tcp,
         }
     }
@@ -258,6 +262,11 @@ fn staggered(lifetime: Duration, stagger: Duration) -> Duration {
 /// returns how it ended. An error means it never joined (address, secret,
 /// refused) or lost the scheduler.
 pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
+    let seed = match opts.transport.check()? {
+        crate::cluster::TransportKind::Ucx => Some(crate::cluster::PlaneSeed::new()?),
+        crate::cluster::TransportKind::Auto => None,
+    };
+    let ucx = seed.as_ref().map(|s| s.address().to_vec());
     let mut listener = None;
     let interface = opts.interface.clone();
     let (stream, welcome) = dial(&opts.scheduler, &opts.tcp, |local| {
@@ -271,9 +280,9 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         let l = TcpListener::bind((ip, 0)).map_err(|e| Error::Config(format!("cannot listen on {ip}: {e}")))?;
         let listen = l.local_addr().map_err(|e| Error::Config(e.to_string()))?.to_string();
         listener = Some(l);
-        Ok(Intro::Worker { listen })
+        Ok(Intro::Worker { listen, ucx })
     })?;
-    let Welcome::Joined { rank, peers } = welcome else { unreachable!("refusals are errors") };
+    let Welcome::Joined { rank, peers, ucx } = welcome else { unreachable!("refusals are errors") };
     let threads = opts.threads.max(1);
     crate::log::set_rank(rank);
     tracing::info!(rank, scheduler = %opts.scheduler, threads, "joined the cluster");
@@ -286,8 +295,9 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     let store = BlockStore::new();
     mailboxes.attach_store(rank, store.clone());
     let inbox = mailboxes.open(Endpoint::worker(rank));
-    let transport = TcpTransport::new(rank, false, mailboxes, opts.tcp.clone(), listener);
-    transport.learn(peers);
+    let plane = seed.map(|s| s.start(rank, mailboxes.clone())).transpose()?;
+    let transport = TcpTransport::new(rank, false, mailboxes, opts.tcp.clone(), listener, plane);
+    transport.learn(peers, ucx);
     transport.adopt(0, opts.scheduler.clone(), stream);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     crate::log::forward_errors_to(&dyn_transport, rank);
@@ -371,14 +381,14 @@ impl Deref for RemoteClient {
 /// Connects to the elastic scheduler at `addr` as a client.
 pub fn connect(addr: &str, tcp: TcpOptions) -> Result<RemoteClient> {
     let (stream, welcome) = dial(addr, &tcp, |_| Ok(Intro::Client))?;
-    let Welcome::Joined { rank, peers } = welcome else { unreachable!("refusals are errors") };
+    let Welcome::Joined { rank, peers, ucx } = welcome else { unreachable!("refusals are errors") };
     let me = Endpoint { rank, role: Role::Client };
     let mut mailboxes = Mailboxes::new();
     let inbox = mailboxes.open(me);
     let router = ReplyRouter::default();
     mailboxes.attach_replies(router.clone());
-    let transport = TcpTransport::new(rank, false, mailboxes, tcp, None);
-    transport.learn(peers);
+    let transport = TcpTransport::new(rank, false, mailboxes, tcp, None, None);
+    transport.learn(peers, ucx);
     transport.adopt(0, addr.to_owned(), stream);
     tracing::info!(rank, scheduler = addr, "connected as a client");
     Ok(RemoteClient { client: Client::remote(transport, inbox, me, router), rank })

@@ -59,7 +59,7 @@ use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use super::{Delivery, Mailboxes, Transport};
+use super::{DataPlane, Delivery, Mailboxes, Transport};
 use crate::block::Block;
 use crate::error::{Error, Result};
 use crate::graph::TaskId;
@@ -113,8 +113,9 @@ impl TcpOptions {
 /// What a connecting process asks to be.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Intro {
-    /// A new worker, listening for its peers at `listen`.
-    Worker { listen: String },
+    /// A new worker, listening for its peers at `listen` (and over UCX at
+    /// `ucx`, a UCP worker address).
+    Worker { listen: String, ucx: Option<Vec<u8>> },
     /// A new remote client.
     Client,
     /// A member of the cluster opening a direct connection.
@@ -124,10 +125,12 @@ pub(crate) enum Intro {
 /// The accepting side's answer to an [`Intro`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Welcome {
-    /// Admitted as `rank`; `peers` says where the workers listen.
+    /// Admitted as `rank`; `peers` says where the workers listen, `ucx`
+    /// the UCX addresses of those that have one.
     Joined {
         rank: u32,
         peers: Vec<(u32, String)>,
+        ucx: Vec<(u32, Vec<u8>)>,
     },
     Refused {
         reason: String,
@@ -337,6 +340,10 @@ struct Shared {
     all: Mutex<FxHashMap<u64, Arc<Conn>>>,
     /// Where workers listen.
     book: Mutex<FxHashMap<u32, String>>,
+    /// UCX addresses of the workers that have one.
+    ucx_book: Mutex<FxHashMap<u32, Vec<u8>>>,
+    /// Blocks go over this plane to peers in `ucx_book` (`--transport ucx`).
+    plane: Option<Arc<dyn DataPlane>>,
     /// Ranks that have left: messages to them bounce at once.
     gone: Mutex<FxHashSet<u32>>,
     /// Fetches sent to each peer and not answered yet: bounced as
@@ -368,6 +375,7 @@ impl TcpTransport {
         mailboxes: Mailboxes,
         opts: TcpOptions,
         listener: Option<TcpListener>,
+        plane: Option<Arc<dyn DataPlane>>,
     ) -> Arc<TcpTransport> {
         let shared = Arc::new(Shared {
             rank,
@@ -377,6 +385,8 @@ impl TcpTransport {
             routes: Mutex::default(),
             all: Mutex::default(),
             book: Mutex::default(),
+            ucx_book: Mutex::default(),
+            plane,
             gone: Mutex::default(),
             owed: Mutex::default(),
             next_conn: AtomicU64::new(1),
@@ -406,9 +416,10 @@ impl TcpTransport {
         self.shared.start(peer, addr, Some(stream), true);
     }
 
-    /// Records where workers listen.
-    pub(crate) fn learn(&self, peers: Vec<(u32, String)>) {
+    /// Records where workers listen, and their UCX addresses.
+    pub(crate) fn learn(&self, peers: Vec<(u32, String)>, ucx: Vec<(u32, Vec<u8>)>) {
         self.shared.book.lock().extend(peers);
+        self.shared.learn_ucx(ucx);
     }
 
     /// Waits (up to `limit`) until everything queued so far has been written.
@@ -464,7 +475,10 @@ impl Transport for TcpTransport {
     }
 
     fn name(&self) -> &'static str {
-        "tcp"
+        match self.shared.plane {
+            Some(_) => "tcp+ucx",
+            None => "tcp",
+        }
     }
 
     fn ranks(&self) -> u32 {
@@ -473,6 +487,15 @@ impl Transport for TcpTransport {
 }
 
 impl Shared {
+    fn learn_ucx(&self, ucx: Vec<(u32, Vec<u8>)>) {
+        if let Some(plane) = &self.plane {
+            for (rank, address) in &ucx {
+                plane.learn(*rank, address.clone());
+            }
+        }
+        self.ucx_book.lock().extend(ucx);
+    }
+
     fn send(self: &Arc<Self>, to: Endpoint, msg: Msg) {
         if to.rank == self.rank {
             match self.mailboxes.deliver(to, msg) {
@@ -634,7 +657,9 @@ impl Shared {
                     next = rx.try_recv().ok();
                 }
             }
-            if let Err(e) = write_batch(&mut out, &batch).and_then(|_| out.flush()) {
+            // Blocks go over UCX when both ends have it.
+            let plane = self.plane.as_deref().filter(|_| self.ucx_book.lock().contains_key(&conn.peer));
+            if let Err(e) = write_batch(&mut out, &mut batch, plane.map(|p| (p, conn.peer))).and_then(|_| out.flush()) {
                 break describe(&e, self.opts.dead_after);
             }
             batch.clear();
@@ -713,6 +738,17 @@ impl Shared {
         input.read_exact(frame).map_err(|e| describe(&e, dead))?;
         let msgs = decode_frame(frame).map_err(|e| format!("a malformed frame of {len} bytes: {e}"))?;
         for (role, mut msg) in msgs {
+            if let Msg::Block { id, payload: Payload::PlaneIncoming(header) } = msg {
+                let Some(plane) = &self.plane else {
+                    return Err("the peer sent a block over UCX, but this process has no UCX plane".into());
+                };
+                let to = Endpoint { rank: self.rank, role };
+                // Answered as far as this connection goes: the plane delivers
+                // the block, or `Missing` if the peer is lost first.
+                self.settle(peer, id, to);
+                plane.expect_block(peer, to, id, header);
+                continue;
+            }
             if let Msg::Block { payload: payload @ Payload::Incoming(_), .. } = &mut msg {
                 let header = payload.header();
                 let n = header
@@ -737,10 +773,15 @@ impl Shared {
     fn receive(self: &Arc<Self>, peer: u32, role: Role, msg: Msg) {
         let to = Endpoint { rank: self.rank, role };
         let msg = match msg {
-            Msg::Peers { add, remove } => {
+            Msg::Peers { add, remove, ucx } => {
                 self.book.lock().extend(add);
+                self.learn_ucx(ucx);
                 for r in remove {
                     self.book.lock().remove(&r);
+                    self.ucx_book.lock().remove(&r);
+                    if let Some(plane) = &self.plane {
+                        plane.peer_lost(r, "it left the cluster".into());
+                    }
                     self.gone.lock().insert(r);
                     self.routes.lock().remove(&r);
                     self.bounce_owed(r);
@@ -775,17 +816,26 @@ impl Shared {
     /// The connection from `peer` ended (cleanly or not).
     fn peer_closed(self: &Arc<Self>, peer: u32, addr: &str, reason: String) {
         self.bounce_owed(peer);
+        if let Some(plane) = &self.plane {
+            // Only the connection may have closed (the peer may be alive and
+            // connect again); a sender that is really gone sends nothing more.
+            if self.scheduler || self.gone.lock().contains(&peer) {
+                plane.peer_lost(peer, reason.clone());
+            }
+        }
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
         if self.scheduler {
             // Every connection here is a member's own: the member is gone.
             let known = self.book.lock().remove(&peer).is_some();
+            self.ucx_book.lock().remove(&peer);
             self.gone.lock().insert(peer);
             if known {
                 let conns: Vec<Arc<Conn>> = self.routes.lock().values().cloned().collect();
                 for c in conns {
-                    let _ = c.tx.send(Out::Msg(Role::Worker, Msg::Peers { add: Vec::new(), remove: vec![peer] }));
+                    let peers = Msg::Peers { add: Vec::new(), remove: vec![peer], ucx: Vec::new() };
+                    let _ = c.tx.send(Out::Msg(Role::Worker, peers));
                 }
             }
             tracing::debug!(peer, %addr, %reason, "a member's connection ended");
@@ -826,6 +876,14 @@ impl Shared {
     }
 
     /// Authenticates an incoming connection and admits its process.
+    /// Where every worker listens, and the UCX addresses of those with one.
+    #[allow(clippy::type_complexity)]
+    fn address_book(&self) -> (Vec<(u32, String)>, Vec<(u32, Vec<u8>)>) {
+        let peers = self.book.lock().iter().map(|(r, a)| (*r, a.clone())).collect();
+        let ucx = self.ucx_book.lock().iter().map(|(r, a)| (*r, a.clone())).collect();
+        (peers, ucx)
+    }
+
     fn admit(self: Arc<Self>, mut stream: TcpStream) {
         let Ok(addr) = stream.peer_addr() else { return };
         let Some(intro) = accept_handshake(&mut stream, addr, &self.opts) else {
@@ -837,27 +895,33 @@ impl Shared {
         }
         let _joining = self.joining.lock();
         let (peer, welcome) = match intro {
-            Intro::Worker { listen } if self.scheduler => {
+            Intro::Worker { listen, ucx } if self.scheduler => {
                 let rank = self.next_rank.fetch_add(1, Ordering::SeqCst);
-                let peers: Vec<(u32, String)> = self.book.lock().iter().map(|(r, a)| (*r, a.clone())).collect();
+                let (peers, ucx_peers) = self.address_book();
                 // Everyone learns where the new worker listens before it can
                 // say hello, so no task naming it reaches a peer first.
                 let conns: Vec<Arc<Conn>> = self.routes.lock().values().cloned().collect();
                 for c in conns {
                     let add = vec![(rank, listen.clone())];
-                    let _ = c.tx.send(Out::Msg(Role::Worker, Msg::Peers { add, remove: Vec::new() }));
+                    let ucx = ucx.iter().map(|a| (rank, a.clone())).collect();
+                    let _ = c.tx.send(Out::Msg(Role::Worker, Msg::Peers { add, remove: Vec::new(), ucx }));
                 }
                 self.book.lock().insert(rank, listen.clone());
-                tracing::info!(rank, peer = %addr, %listen, "a worker joined");
-                (rank, Welcome::Joined { rank, peers })
+                if let Some(a) = ucx.clone() {
+                    self.ucx_book.lock().insert(rank, a);
+                }
+                tracing::info!(rank, peer = %addr, %listen, ucx = ucx.is_some(), "a worker joined");
+                (rank, Welcome::Joined { rank, peers, ucx: ucx_peers })
             }
             Intro::Client if self.scheduler => {
                 let rank = self.next_rank.fetch_add(1, Ordering::SeqCst);
-                let peers: Vec<(u32, String)> = self.book.lock().iter().map(|(r, a)| (*r, a.clone())).collect();
+                let (peers, ucx) = self.address_book();
                 tracing::info!(rank, peer = %addr, "a client connected");
-                (rank, Welcome::Joined { rank, peers })
+                (rank, Welcome::Joined { rank, peers, ucx })
             }
-            Intro::Peer { rank } if !self.scheduler => (rank, Welcome::Joined { rank: self.rank, peers: Vec::new() }),
+            Intro::Peer { rank } if !self.scheduler => {
+                (rank, Welcome::Joined { rank: self.rank, peers: Vec::new(), ucx: Vec::new() })
+            }
             other => {
                 let reason = format!("{other:?} is not something this process accepts");
                 tracing::warn!(peer = %addr, %reason, "refused a connection");
@@ -874,15 +938,33 @@ impl Shared {
     }
 }
 
-/// Writes one frame and the payloads it announces.
-fn write_batch(out: &mut BufWriter<TcpStream>, batch: &[(Role, Msg)]) -> io::Result<()> {
+/// Writes one frame and the payloads it announces; with a plane (and the
+/// peer's rank), large blocks go over the plane instead.
+fn write_batch(
+    out: &mut BufWriter<TcpStream>,
+    batch: &mut [(Role, Msg)],
+    plane: Option<(&dyn DataPlane, u32)>,
+) -> io::Result<()> {
     if batch.is_empty() {
         return Ok(());
+    }
+    if plane.is_some() {
+        for (_, msg) in batch.iter_mut() {
+            if let Msg::Block { payload: payload @ Payload::Ready(_), .. } = msg {
+                if let (false, Payload::Ready(block)) = (payload.is_inline(), &payload) {
+                    *payload = Payload::ViaPlane(block.clone());
+                }
+            }
+        }
     }
     let frame = encode_frame(batch).map_err(io::Error::other)?;
     out.write_all(&(frame.len() as u32).to_le_bytes())?;
     out.write_all(&frame)?;
-    for (_, msg) in batch {
+    for (_, msg) in batch.iter() {
+        if let (Msg::Block { id, payload: Payload::ViaPlane(block) }, Some((plane, peer))) = (msg, plane) {
+            plane.send_block(peer, *id, block.clone());
+            continue;
+        }
         if let Msg::Block { payload: payload @ Payload::Ready(block), .. } = msg {
             if !payload.is_inline() {
                 // Straight from the block's memory: a write this large
@@ -910,7 +992,7 @@ mod tests {
         let mut mb = Mailboxes::new();
         let inbox = mb.open(Endpoint::SCHEDULER);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let t = TcpTransport::new(0, true, mb, opts(key), Some(listener));
+        let t = TcpTransport::new(0, true, mb, opts(key), Some(listener), None);
         let addr = t.local_addr().unwrap().to_string();
         (t, inbox, addr)
     }
@@ -918,13 +1000,13 @@ mod tests {
     #[test]
     fn frames_and_blocks_cross_an_authenticated_connection() {
         let (sched, inbox, addr) = scheduler(7);
-        let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into() });
+        let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
         let (stream, welcome) = connect(&addr, &opts(7), intro).unwrap();
         let Welcome::Joined { rank, .. } = welcome else { panic!("{welcome:?}") };
         assert_eq!(rank, 1);
         let mut mb = Mailboxes::new();
         let _worker_inbox = mb.open(Endpoint::worker(rank));
-        let worker = TcpTransport::new(rank, false, mb, opts(7), None);
+        let worker = TcpTransport::new(rank, false, mb, opts(7), None, None);
         worker.adopt(0, addr.clone(), stream);
         let big = Block::new(vec![100_000], Buffer::F64((0..100_000).map(f64::from).collect()));
         worker.send(Endpoint::SCHEDULER, Msg::Heartbeat { rank });

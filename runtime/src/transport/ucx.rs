@@ -56,6 +56,13 @@ const SLEEP_MS: i32 = 100;
 /// How long a stopping plane waits for its sends to complete.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 
+/// Blocks received over UCX by every plane of this process so far.
+pub fn blocks_received() -> u64 {
+    RECEIVED.load(Ordering::Relaxed)
+}
+
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
 /// The UCP tag of block `id` sent by `sender`.
 pub fn tag(sender: u32, id: TaskId) -> u64 {
     (u64::from(sender) << 44) | (id.0 & ((1 << 44) - 1))
@@ -96,6 +103,12 @@ impl UcxPlane {
     pub fn start(rank: u32, options: &Options, mailboxes: Mailboxes) -> Result<Arc<UcxPlane>> {
         let worker = Worker::new(options)?;
         let address = worker.address()?;
+        UcxPlane::start_with(worker, address, rank, mailboxes)
+    }
+
+    /// As [`UcxPlane::start`], with a worker already made (its `address`
+    /// may have travelled before the rank was known).
+    pub fn start_with(worker: Worker, address: Vec<u8>, rank: u32, mailboxes: Mailboxes) -> Result<Arc<UcxPlane>> {
         let wake = EventFd::new().map_err(|e| crate::error::Error::Ucx {
             what: "creating the wake-up eventfd".into(),
             status: e.to_string(),
@@ -385,6 +398,7 @@ impl State {
     fn arrived(&mut self, from: u32, to: Endpoint, id: TaskId, op: Op) {
         let block = op.into_block().expect("a completed receive has its block");
         self.stats.blocks_received += 1;
+        RECEIVED.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_received += block.nbytes() as u64;
         tracing::trace!(rank = self.rank, from, %id, bytes = block.nbytes(), "block received over UCX");
         self.deliver(to, Msg::Block { id, payload: Payload::Ready(block) });
