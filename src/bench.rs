@@ -569,3 +569,150 @@ pub fn naps_ran_once(runs: &std::collections::BTreeMap<String, usize>, s: &str, 
     }
     Ok(())
 }
+
+/// One size of [`ucx`]: a bare UCP probe against Tessera's UCX plane.
+#[derive(Clone, Debug, Serialize)]
+pub struct UcxRun {
+    pub bytes: usize,
+    /// `UCX_TLS` in force (`default`: UCX's own choice).
+    pub tls: String,
+    /// 8 B: half a round trip in microseconds; larger: GB/s (10^9 B/s) streaming.
+    pub probe: f64,
+    pub plane: f64,
+    /// plane / probe for bandwidth, probe / plane for latency (1 = as fast as bare UCP).
+    pub ratio: f64,
+    pub unit: &'static str,
+}
+
+/// Blocks of `bytes` between two UCP workers of this process, each driven by
+/// its own thread: first bare (tagged send and receive through
+/// [`tessera_runtime::ucx`], nothing else), then through two
+/// [`UcxPlane`](tessera_runtime::transport::ucx::UcxPlane)s as the runtime
+/// uses them (command queue, progress thread, delivery into an inbox).
+/// 8 bytes: ping-pong latency; larger: streaming bandwidth, `window` blocks
+/// in flight. UCX reads `UCX_TLS` from the environment.
+#[cfg(feature = "ucx")]
+pub fn ucx(bytes: usize, repeat: usize) -> anyhow::Result<UcxRun> {
+    use std::time::Duration;
+    use tessera_runtime::protocol::{Endpoint, Msg, Payload};
+    use tessera_runtime::transport::ucx::{Options, UcxPlane};
+    use tessera_runtime::transport::{DataPlane, Mailboxes};
+    use tessera_runtime::ucx::Worker;
+    use tessera_runtime::{Block, Buffer, TaskId};
+
+    let latency = bytes <= 64;
+    let window = if latency { 1 } else { (64usize << 20).div_ceil(bytes).clamp(1, 16) };
+    let rounds = if latency { 2000 } else { ((1usize << 30) / (window * bytes)).clamp(4, 200) };
+    let block = Block::new(vec![bytes], Buffer::U8(vec![1u8; bytes]));
+    let header = block.header();
+    let figure = |secs: f64| {
+        if latency {
+            secs / (2 * rounds) as f64 * 1e6
+        } else {
+            (rounds * window * bytes) as f64 / secs / 1e9
+        }
+    };
+
+    // Bare: thread B receives `window` blocks (or echoes), thread A sends.
+    let mut probe = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let a = Worker::new(&Options::default())?;
+        let b = Worker::new(&Options::default())?;
+        let (a_addr, b_addr) = (a.address()?, b.address()?);
+        let h = header.clone();
+        let blk = block.clone();
+        let receiver = std::thread::spawn(move || -> tessera_runtime::Result<()> {
+            let ep = b.connect(0, &a_addr)?;
+            for r in 0..rounds as u64 {
+                let mut ops: Vec<_> =
+                    (0..window as u64).map(|i| b.recv(r * 64 + i, h.clone())).collect::<Result<_, _>>()?;
+                wait_all(&b, &mut ops)?;
+                // As the plane does: the received blocks are made and
+                // dropped, so their buffers are recycled, not faulted in anew.
+                ops.into_iter().for_each(|op| drop(op.into_block()));
+                // Ack (or echo): one message back.
+                let mut back = vec![b.send(&ep, 1 << 40 | r, if latency { blk.clone() } else { Block::empty() })?];
+                wait_all(&b, &mut back)?;
+            }
+            b.close(ep, false, Duration::from_secs(1));
+            Ok(())
+        });
+        let ep = a.connect(1, &b_addr)?;
+        let t = Instant::now();
+        for r in 0..rounds as u64 {
+            let mut ops: Vec<_> =
+                (0..window as u64).map(|i| a.send(&ep, r * 64 + i, block.clone())).collect::<Result<_, _>>()?;
+            let ack_header = if latency { header.clone() } else { Block::empty().header() };
+            ops.push(a.recv(1 << 40 | r, ack_header)?);
+            wait_all(&a, &mut ops)?;
+        }
+        probe.push(t.elapsed().as_secs_f64());
+        receiver.join().expect("probe thread")?;
+        a.close(ep, false, Duration::from_secs(1));
+    }
+
+    // Through two planes: blocks delivered into an inbox on each side.
+    let mut plane = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let (mut ma, mut mb) = (Mailboxes::new(), Mailboxes::new());
+        let (ia, ib) = (ma.open(Endpoint::worker(1)), mb.open(Endpoint::worker(2)));
+        let pa = UcxPlane::start(1, &Options::default(), ma)?;
+        let pb = UcxPlane::start(2, &Options::default(), mb)?;
+        pa.learn(2, pb.address().to_vec());
+        pb.learn(1, pa.address().to_vec());
+        let take = |inbox: &crossbeam_channel::Receiver<Msg>| -> anyhow::Result<()> {
+            match inbox.recv_timeout(Duration::from_secs(60))? {
+                Msg::Block { payload: Payload::Ready(_), .. } => Ok(()),
+                other => anyhow::bail!("expected a block, got {other:?}"),
+            }
+        };
+        let t = Instant::now();
+        let mut id = 0u64;
+        for _ in 0..rounds {
+            for _ in 0..window {
+                id += 1;
+                pb.expect_block(1, Endpoint::worker(2), TaskId(id), header.clone());
+                pa.send_block(2, TaskId(id), block.clone());
+            }
+            for _ in 0..window {
+                take(&ib)?;
+            }
+            if latency {
+                id += 1;
+                pa.expect_block(2, Endpoint::worker(1), TaskId(id), header.clone());
+                pb.send_block(1, TaskId(id), block.clone());
+                take(&ia)?;
+            }
+        }
+        plane.push(t.elapsed().as_secs_f64());
+        pa.stop();
+        pb.stop();
+    }
+    let (p, q) = (figure(median(&mut probe)), figure(median(&mut plane)));
+    Ok(UcxRun {
+        bytes,
+        tls: std::env::var("UCX_TLS").unwrap_or_else(|_| "default".into()),
+        probe: p,
+        plane: q,
+        ratio: if latency { p / q } else { q / p },
+        unit: if latency { "us" } else { "GB/s" },
+    })
+}
+
+/// Drives `w` until every operation in `ops` has completed.
+#[cfg(feature = "ucx")]
+fn wait_all(w: &tessera_runtime::ucx::Worker, ops: &mut [tessera_runtime::ucx::Op]) -> tessera_runtime::Result<()> {
+    for op in ops.iter_mut() {
+        if op.is_done() {
+            continue;
+        }
+        loop {
+            w.progress();
+            if let Some(r) = w.test(op) {
+                r?;
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -146,6 +146,19 @@ fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
 }
 
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, shift) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 10),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 20),
+        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 30),
+        t => (t, 0),
+    };
+    match num.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n << shift),
+        _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
+    }
+}
+
 fn parse_transport(s: &str) -> Result<TransportKind, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
 }
@@ -296,6 +309,18 @@ enum BenchCommand {
         /// Block size in MiB.
         #[arg(long, default_value_t = 64)]
         mib: usize,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Blocks between two UCP workers of this process: a bare UCP probe against
+    /// Tessera's UCX plane, in one run (needs `ucx`; set UCX_TLS to choose transports).
+    Ucx {
+        /// Block sizes: bytes, or with a K, M or G suffix (8 B: ping-pong latency;
+        /// larger: streaming bandwidth).
+        #[arg(long, value_delimiter = ',', default_value = "8,1M,64M", value_parser = parse_size)]
+        sizes: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         repeat: usize,
         #[arg(long)]
@@ -464,6 +489,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Transfer { mib, repeat, json }) => transfer(config, mib, repeat, json),
         Command::Bench(BenchCommand::MpiHello) => mpi_hello(),
+        Command::Bench(BenchCommand::Ucx { sizes, repeat, json }) => ucx_bench(&sizes, repeat, json),
         Command::Bench(BenchCommand::Gemm { m, k, n, cores, repeat, json }) => {
             let r = bench::gemm(m, k, n, cores.unwrap_or_else(tessera::runtime::sys::usable_cores), repeat);
             println!(
@@ -667,6 +693,10 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     if tessera::HAS_MPI {
         transports.push("mpi");
     }
+    if tessera::HAS_UCX {
+        transports.push("ucx (blocks; --transport ucx)");
+    }
+    let ucx = ucx_info();
     let interfaces: Vec<serde_json::Value> = tessera::runtime::sys::interfaces()
         .into_iter()
         .map(|(name, ip, lo)| json!({"name": name, "ipv4": ip.to_string(), "loopback": lo}))
@@ -686,6 +716,7 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         "binding": if tessera::runtime::HAS_HWLOC { "available (--bind auto|core|numa|none)" } else { "unavailable in this build (rebuild with --features hwloc)" },
         "features": features,
         "transports": transports,
+        "ucx": ucx,
         "tcp": {"routable_address": routable, "interfaces": interfaces,
                 "secret_file": secret::default_path(), "scheduler_file": SchedulerFile::default_path()},
         "launch": format!("{launch:?}").to_lowercase(),
@@ -718,6 +749,19 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         m => println!("  mpi:       {}; world size {}", m["library"].as_str().unwrap_or("?"), m["world_size"]),
     }
     println!("  transports: {} (tcp: elastic workers, `tessera scheduler` / `tessera worker`)", transports.join(", "));
+    match &ucx {
+        serde_json::Value::Null => println!("  ucx:       not compiled in (rebuild with --features ucx)"),
+        u if u["error"].is_string() => println!("  ucx:       {}", u["error"].as_str().unwrap_or("")),
+        u => println!(
+            "  ucx:       {} (UCX_TLS={}): {}",
+            u["version"].as_str().unwrap_or("?"),
+            u["tls"].as_str().unwrap_or("?"),
+            u["resources"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        ),
+    }
     println!(
         "  tcp:       workers would reach this host at {routable}; interfaces: {}",
         tessera::runtime::sys::interfaces().iter().map(|(n, ip, _)| format!("{n} {ip}")).collect::<Vec<_>>().join(", ")
@@ -748,6 +792,20 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         println!("{obj}");
     }
     Ok(())
+}
+
+/// UCX's version and the transports it would use here (null without `ucx`).
+fn ucx_info() -> serde_json::Value {
+    #[cfg(feature = "ucx")]
+    {
+        let tls = std::env::var("UCX_TLS").unwrap_or_else(|_| "default (all)".into());
+        match tessera::runtime::ucx::resources() {
+            Ok(r) => json!({"version": tessera::runtime::ucx::version(), "tls": tls, "resources": r}),
+            Err(e) => json!({"version": tessera::runtime::ucx::version(), "tls": tls, "error": e.to_string()}),
+        }
+    }
+    #[cfg(not(feature = "ucx"))]
+    serde_json::Value::Null
 }
 
 #[cfg(feature = "mpi")]
@@ -857,6 +915,27 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
 #[cfg(not(feature = "mpi"))]
 fn transfer(_: Config, _: usize, _: usize, _: bool) -> anyhow::Result<()> {
     Err(tessera::Error::FeatureDisabled { feature: "mpi", what: "bench transfer".into() }.into())
+}
+
+#[cfg(feature = "ucx")]
+fn ucx_bench(sizes: &[usize], repeat: usize, json: bool) -> anyhow::Result<()> {
+    for &bytes in sizes {
+        let r = bench::ucx(bytes, repeat)?;
+        let what = if r.unit == "us" { "latency (half round trip)" } else { "bandwidth" };
+        println!(
+            "ucx {} B, UCX_TLS={}: {what}: bare UCP {:.2} {}, tessera plane {:.2} {}: ratio {:.3} (median of {repeat})",
+            r.bytes, r.tls, r.probe, r.unit, r.plane, r.unit, r.ratio
+        );
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "ucx"))]
+fn ucx_bench(_: &[usize], _: usize, _: bool) -> anyhow::Result<()> {
+    Err(tessera::Error::FeatureDisabled { feature: "ucx", what: "bench ucx".into() }.into())
 }
 
 #[cfg(feature = "mpi")]

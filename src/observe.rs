@@ -27,11 +27,16 @@ pub struct Observe {
 
 /// The optional features this build has, as the report lists them.
 pub fn features() -> Vec<String> {
-    [("mpi", crate::HAS_MPI), ("hdf5", crate::linalg::HAS_HDF5), ("hwloc", tessera_runtime::HAS_HWLOC)]
-        .iter()
-        .filter(|f| f.1)
-        .map(|f| f.0.to_owned())
-        .collect()
+    [
+        ("mpi", crate::HAS_MPI),
+        ("hdf5", crate::linalg::HAS_HDF5),
+        ("hwloc", tessera_runtime::HAS_HWLOC),
+        ("ucx", crate::HAS_UCX),
+    ]
+    .iter()
+    .filter(|f| f.1)
+    .map(|f| f.0.to_owned())
+    .collect()
 }
 
 impl Observe {

@@ -91,6 +91,33 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
 }
 
 #[test]
+fn transport_ucx_runs_or_names_the_feature() {
+    let o = tessera(&["--transport", "infiniband", "demo"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("infiniband") && stderr(&o).contains("ucx"), "{}", stderr(&o));
+    let o = tessera(&["--transport", "ucx", "--workers", "2", "demo"]);
+    let info = tessera(&["info"]);
+    if tessera::HAS_UCX {
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains("over the local+ucx transport") && stdout(&o).contains("result checked"),
+            "{}",
+            stdout(&o)
+        );
+        // The version and what UCX can use here.
+        assert!(stdout(&info).contains("ucx:       1.") && stdout(&info).contains("memory"), "{}", stdout(&info));
+    } else {
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("needs the `ucx` feature"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        assert!(stdout(&info).contains("ucx:       not compiled in"), "{}", stdout(&info));
+        let o = tessera(&["bench", "ucx"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("`ucx` feature"), "{}", stderr(&o));
+    }
+}
+
+#[test]
 fn asking_for_mpi_without_the_feature_names_the_feature() {
     if tessera::HAS_MPI {
         return; // the MPI build is exercised under mpirun in tests/mpi.rs

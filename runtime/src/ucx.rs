@@ -40,6 +40,43 @@ pub fn version() -> String {
     unsafe { CStr::from_ptr(sys::ucp_get_version_string()) }.to_string_lossy().into_owned()
 }
 
+/// The transports and devices UCX can use here, as `transport/device`
+/// (`posix/memory`, `tcp/eth0`, ...), honouring `UCX_TLS`.
+pub fn resources() -> Result<Vec<String>> {
+    let w = Worker::new(&Options::default())?;
+    // SAFETY: the context is live; UCX writes its description to a temporary
+    // file this function owns, read back and closed here.
+    let text = unsafe {
+        let f = libc::tmpfile();
+        if f.is_null() {
+            return Err(Error::Ucx { what: "describing the UCP context".into(), status: "no temporary file".into() });
+        }
+        sys::ucp_context_print_info(w.context, f as *mut sys::FILE);
+        libc::fflush(f);
+        libc::rewind(f);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = libc::fread(buf.as_mut_ptr() as *mut c_void, 1, buf.len(), f);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        libc::fclose(f);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // Lines like "#   resource 2  :  md 1  dev 0  flags -- posix/memory".
+    let mut found: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("resource"))
+        .filter_map(|l| l.rsplit("-- ").next().map(|r| r.trim().to_owned()))
+        .filter(|r| r.contains('/'))
+        .collect();
+    found.dedup();
+    Ok(found)
+}
+
 /// The UCX version the bindings were generated from.
 pub const HEADERS_VERSION: &str = sys::UCX_VERSION;
 

@@ -28,7 +28,7 @@
 //!   [`Msg::Missing`], so the waiting worker or client fails or recovers as
 //!   it would for any lost block, instead of hanging.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,8 @@ pub struct UcxPlane {
     /// Sends queued or in flight (the control transport waits for zero
     /// before it leaves).
     sending: Arc<AtomicU64>,
+    /// The progress thread is about to sleep or asleep: commands must wake it.
+    sleepy: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<Stats>>>,
 }
 
@@ -115,6 +117,7 @@ impl UcxPlane {
         })?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let sending = Arc::new(AtomicU64::new(0));
+        let sleepy = Arc::new(AtomicBool::new(false));
         let state = State {
             rank,
             worker,
@@ -125,6 +128,7 @@ impl UcxPlane {
             sends: Vec::new(),
             recvs: Vec::new(),
             sending: Arc::clone(&sending),
+            sleepy: Arc::clone(&sleepy),
             stats: Stats::default(),
         };
         let wake_fd = wake.fd();
@@ -136,7 +140,7 @@ impl UcxPlane {
                 status: e.to_string(),
             })?;
         tracing::debug!(rank, version = %ucx::version(), address_bytes = address.len(), "UCX plane started");
-        Ok(Arc::new(UcxPlane { rank, address, commands: tx, wake, sending, thread: Mutex::new(Some(thread)) }))
+        Ok(Arc::new(UcxPlane { rank, address, commands: tx, wake, sending, sleepy, thread: Mutex::new(Some(thread)) }))
     }
 
     /// Stops the progress thread after its sends completed (at most
@@ -150,9 +154,14 @@ impl UcxPlane {
         }
     }
 
+    /// Queues `c`; pokes the eventfd only when the thread may be asleep
+    /// (a syscall saved per command while it spins).
     fn command(&self, c: Command) {
         if self.commands.send(c).is_ok() {
-            self.wake.notify();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.sleepy.load(Ordering::SeqCst) {
+                self.wake.notify();
+            }
         }
     }
 }
@@ -222,6 +231,7 @@ struct State {
     sends: Vec<PendingSend>,
     recvs: Vec<PendingRecv>,
     sending: Arc<AtomicU64>,
+    sleepy: Arc<AtomicBool>,
     stats: Stats,
 }
 
@@ -264,6 +274,14 @@ impl State {
                 std::thread::yield_now();
                 continue;
             }
+            // Announce the sleep, then look at the queue once more: a command
+            // queued before the announcement is seen here, one after it pokes.
+            self.sleepy.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !commands.is_empty() {
+                self.sleepy.store(false, Ordering::SeqCst);
+                continue;
+            }
             match self.worker.arm() {
                 Ok(true) => crate::sys::sleep_on(&[self.worker.event_fd(), wake], SLEEP_MS),
                 Ok(false) => {}
@@ -272,6 +290,7 @@ impl State {
                     std::thread::sleep(Duration::from_micros(50));
                 }
             }
+            self.sleepy.store(false, Ordering::SeqCst);
             EventFd::drain_fd(wake);
             last_busy = Instant::now() - SPIN / 2;
         }
@@ -424,7 +443,14 @@ impl State {
         if !self.lost.insert(rank) {
             return;
         }
-        tracing::warn!(rank = self.rank, peer = rank, %reason, "UCX peer lost");
+        let awaited = self.recvs.iter().filter(|r| r.from == rank).count();
+        let unsent = self.sends.iter().filter(|s| s.to == rank).count();
+        if awaited + unsent > 0 {
+            tracing::warn!(rank = self.rank, peer = rank, %reason, awaited, unsent, "UCX peer lost");
+        } else {
+            // Nothing owed either way (as when ranks stop at the end of a job).
+            tracing::debug!(rank = self.rank, peer = rank, %reason, "UCX peer gone");
+        }
         for r in self.recvs.iter().filter(|r| r.from == rank) {
             self.worker.cancel(&r.op);
         }
