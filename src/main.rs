@@ -309,6 +309,9 @@ enum BenchCommand {
         /// Block size in MiB.
         #[arg(long, default_value_t = 64)]
         mib: usize,
+        /// Block size in bytes, or with a K, M or G suffix (instead of --mib).
+        #[arg(long, conflicts_with = "mib", value_parser = parse_size)]
+        size: Option<usize>,
         #[arg(long, default_value_t = 5)]
         repeat: usize,
         #[arg(long)]
@@ -487,7 +490,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Transfer { mib, repeat, json }) => transfer(config, mib, repeat, json),
+        Command::Bench(BenchCommand::Transfer { mib, size, repeat, json }) => {
+            transfer(config, size.unwrap_or(mib << 20), repeat, json)
+        }
         Command::Bench(BenchCommand::MpiHello) => mpi_hello(),
         Command::Bench(BenchCommand::Ucx { sizes, repeat, json }) => ucx_bench(&sizes, repeat, json),
         Command::Bench(BenchCommand::Gemm { m, k, n, cores, repeat, json }) => {
@@ -830,7 +835,7 @@ fn mpi_info(_: Launch) -> anyhow::Result<Option<serde_json::Value>> {
 }
 
 #[cfg(feature = "mpi")]
-fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Result<()> {
+fn transfer(config: Config, bytes: usize, repeat: usize, json: bool) -> anyhow::Result<()> {
     use mpi::traits::*;
     if config.resolve_launch()? != Launch::Mpi {
         bail!("bench transfer moves blocks between MPI ranks; run it under mpirun with at least 3 ranks");
@@ -841,7 +846,7 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
     if world.size() < 3 {
         bail!("bench transfer needs at least 3 ranks (rank 0 schedules, ranks 1 and 2 exchange); got {}", world.size());
     }
-    let bytes = mib << 20;
+    let bytes = bytes.max(8) / 8 * 8;
     // The reference: a plain blocking send/recv of the same bytes, rank 1 ->
     // rank 2, into a buffer reused every time (the fastest case) and into a
     // freshly allocated one (what a new block costs: its pages fault in).
@@ -879,6 +884,7 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
     }
     drop(buf);
     let rank = world.rank();
+    let config_transport_ucx = config.transport == TransportKind::Ucx;
     let config = Config { scheduler_works: SchedulerWorks::No, ..config };
     let result = tessera::mpi::run_on(&world, config, |client| bench::transfer(client, 1, 2, bytes, repeat))
         .map_err(anyhow::Error::from);
@@ -898,15 +904,16 @@ fn transfer(config: Config, mib: usize, repeat: usize, json: bool) -> anyhow::Re
     let pf = bench::median(&mut plain_fresh);
     let t = bench::median(&mut times);
     let gib = |s: f64| bytes as f64 / s / (1u64 << 30) as f64;
+    let transport = if config_transport_ucx { "mpi+ucx" } else { "mpi" };
     println!(
-        "transfer {mib} MiB rank 1 -> rank 2: tessera {:.4} s ({:.2} GiB/s); plain MPI send/recv {:.4} s ({:.2} GiB/s) into a reused buffer, {:.4} s into a fresh one; ratio {:.3} (reused), {:.3} (fresh) (median of {})",
+        "transfer {bytes} B rank 1 -> rank 2 over {transport}: tessera {:.6} s ({:.2} GiB/s); plain MPI send/recv {:.6} s ({:.2} GiB/s) into a reused buffer, {:.6} s into a fresh one; ratio {:.3} (reused), {:.3} (fresh) (median of {})",
         t, gib(t), p, gib(p), pf, p / t, pf / t, times.len()
     );
     if json {
         println!(
             "{}",
             json!({"bytes": bytes, "seconds": t, "gib_per_s": gib(t), "plain_seconds": p, "plain_gib_per_s": gib(p),
-                   "plain_fresh_seconds": pf, "ratio": p / t, "ratio_fresh": pf / t, "repeat": times.len(), "transport": "mpi"})
+                   "plain_fresh_seconds": pf, "ratio": p / t, "ratio_fresh": pf / t, "repeat": times.len(), "transport": transport})
         );
     }
     Ok(())

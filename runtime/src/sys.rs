@@ -181,16 +181,6 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn byte_counts_read_in_binary_units() {
-        assert_eq!(super::human_bytes(12), "12 B");
-        assert_eq!(super::human_bytes(1536), "1.5 KiB");
-        assert_eq!(super::human_bytes(64 << 30), "64.0 GiB");
-    }
-}
-
 /// A Linux eventfd: how one thread wakes another that sleeps in [`sleep_on`].
 pub struct EventFd {
     fd: std::os::fd::RawFd,
@@ -238,4 +228,14 @@ pub fn sleep_on(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: `p` is a live array of pollfd of the length given.
     unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(super::human_bytes(12), "12 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(64 << 30), "64.0 GiB");
+    }
 }

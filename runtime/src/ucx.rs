@@ -416,20 +416,6 @@ impl Drop for Op {
 mod tests {
     use super::*;
 
-    fn wait(w: &Worker, op: &mut Op) -> Result<()> {
-        if op.is_done() {
-            return Ok(());
-        }
-        let start = std::time::Instant::now();
-        loop {
-            w.progress();
-            if let Some(r) = w.test(op) {
-                return r;
-            }
-            assert!(start.elapsed() < std::time::Duration::from_secs(20), "UCX operation hangs");
-        }
-    }
-
     fn block(len: usize) -> Block {
         Block::new(vec![len], Buffer::F64((0..len).map(|i| (i % 251) as f64).collect()))
     }
