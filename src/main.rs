@@ -178,7 +178,7 @@ impl ClusterArgs {
             secret_file: self.secret_file.clone(),
             bind: self.bind,
             events: !self.no_events,
-            transport: self.transport.check()?,
+            transport: self.transport,
             ..Config::default()
         };
         // A client only when asked: a scheduler address or an explicit file.
@@ -569,7 +569,7 @@ fn worker(
     opts.drain_on_signal = true;
     opts.bind = args.bind;
     opts.events = !args.no_events;
-    opts.transport = args.transport.check()?;
+    opts.transport = args.transport;
     if let Some(n) = name {
         opts.name = n;
     }
@@ -884,7 +884,7 @@ fn transfer(config: Config, bytes: usize, repeat: usize, json: bool) -> anyhow::
     }
     drop(buf);
     let rank = world.rank();
-    let config_transport_ucx = config.transport == TransportKind::Ucx;
+    let transport = if config.transport == TransportKind::Ucx { "mpi+ucx" } else { "mpi" };
     let config = Config { scheduler_works: SchedulerWorks::No, ..config };
     let result = tessera::mpi::run_on(&world, config, |client| bench::transfer(client, 1, 2, bytes, repeat))
         .map_err(anyhow::Error::from);
@@ -904,7 +904,6 @@ fn transfer(config: Config, bytes: usize, repeat: usize, json: bool) -> anyhow::
     let pf = bench::median(&mut plain_fresh);
     let t = bench::median(&mut times);
     let gib = |s: f64| bytes as f64 / s / (1u64 << 30) as f64;
-    let transport = if config_transport_ucx { "mpi+ucx" } else { "mpi" };
     println!(
         "transfer {bytes} B rank 1 -> rank 2 over {transport}: tessera {:.6} s ({:.2} GiB/s); plain MPI send/recv {:.6} s ({:.2} GiB/s) into a reused buffer, {:.6} s into a fresh one; ratio {:.3} (reused), {:.3} (fresh) (median of {})",
         t, gib(t), p, gib(p), pf, p / t, pf / t, times.len()

@@ -117,6 +117,21 @@ impl Payload {
     }
 }
 
+/// Marks the blocks of `msgs` too large to ride inside a frame to go over
+/// the data plane ([`Payload::ViaPlane`]) rather than after the frame.
+pub fn offload_blocks(msgs: &mut [(Role, Msg)]) {
+    for (_, msg) in msgs {
+        if let Msg::Block { payload, .. } = msg {
+            if let Payload::Ready(block) = &*payload {
+                if block.nbytes() > INLINE_MAX {
+                    let block = block.clone();
+                    *payload = Payload::ViaPlane(block);
+                }
+            }
+        }
+    }
+}
+
 /// Blocks up to this size travel inside the control frame.
 pub const INLINE_MAX: usize = 4096;
 

@@ -8,11 +8,10 @@
 //! * A [`Worker`] is created in `UCS_THREAD_MODE_SINGLE` and is `Send` but
 //!   not `Sync`: one thread at a time drives it (the transport's own
 //!   progress thread, [`crate::transport::ucx`]).
-//! * An operation ([`Op`]) borrows memory the caller promises to keep alive
-//!   and untouched until the operation has completed or been cancelled and
-//!   polled to the end; that is why [`Worker::send`] and [`Worker::recv`]
-//!   are `unsafe`. The transport keeps the block (or the receive buffer)
-//!   beside the `Op`.
+//! * An operation ([`Op`]) owns the memory UCX reads or writes: the block it
+//!   sends, or the buffer it receives into, until UCX reports it complete.
+//!   An `Op` dropped while in flight leaks that memory rather than free
+//!   what UCX may still use.
 //! * With [`Options::peer_errors`], endpoints are created with
 //!   `UCP_ERR_HANDLING_MODE_PEER`: a peer that disappears fails the
 //!   operations in flight to it and is reported by [`Worker::failed_peers`].
@@ -144,7 +143,7 @@ impl Worker {
                 "reading the UCX configuration",
             )?;
             if let Some(tls) = &options.tls {
-                let name = CString::new("TLS").unwrap();
+                let name = c"TLS";
                 let value = CString::new(tls.as_str()).map_err(|_| Error::Config(format!("UCX_TLS `{tls}`")))?;
                 let st = sys::ucp_config_modify(config, name.as_ptr(), value.as_ptr());
                 if st != sys::UCS_OK {
@@ -268,12 +267,12 @@ impl Worker {
     pub fn send(&self, ep: &Endpoint, tag: u64, block: Block) -> Result<Op> {
         let bytes = block.as_bytes();
         let param = sys::ucp_request_param_t::default();
-        // SAFETY: the block is immutable and reference counted; the Op keeps
-        // a clone until UCX reports the send complete. The default
-        // parameters mean contiguous bytes and no callback (we poll).
+        // SAFETY: the block is immutable and its buffer stays where it is
+        // when the block moves into the Op, which keeps it until UCX reports
+        // the send complete. The default parameters mean contiguous bytes
+        // and no callback (we poll).
         let ptr = unsafe { sys::ucp_tag_send_nbx(ep.raw, bytes.as_ptr() as *const c_void, bytes.len(), tag, &param) };
-        let what = || format!("sending {} bytes to rank {}", bytes.len(), ep.peer);
-        Op::from_ptr(ptr, what, Keep::Block(block.clone()))
+        Op::from_ptr(ptr, Keep::Block(block, ep.peer))
     }
 
     /// Starts receiving the block `header` describes, sent with `tag`,
@@ -287,7 +286,7 @@ impl Worker {
         // moves into the Op, which keeps it until UCX reports the receive
         // complete (or cancelled).
         let ptr = unsafe { sys::ucp_tag_recv_nbx(self.raw, ptr as *mut c_void, len, tag, u64::MAX, &param) };
-        Op::from_ptr(ptr, || format!("receiving {len} bytes"), Keep::Buffer(header, buffer))
+        Op::from_ptr(ptr, Keep::Buffer(header, buffer))
     }
 
     /// Polls `op`: `None` while in progress, else how it ended (the request
@@ -302,7 +301,7 @@ impl Worker {
         // SAFETY: completed requests are freed exactly once.
         unsafe { sys::ucp_request_free(req) };
         op.raw = None;
-        Some(check(st, &op.what))
+        Some(check(st, &op.describe()))
     }
 
     /// Asks UCX to cancel `op`; poll it with [`Worker::test`] until it reports done.
@@ -341,22 +340,18 @@ pub struct Endpoint {
 // SAFETY: moved along with its worker, used only by the worker's thread.
 unsafe impl Send for Endpoint {}
 
-impl Endpoint {
-    pub fn peer(&self) -> u32 {
-        self.peer
-    }
-}
-
 /// An operation in flight (or already complete when it started), with the
 /// memory it reads or writes.
 pub struct Op {
     raw: Option<*mut c_void>,
-    what: String,
-    keep: Keep,
+    /// `None` only once taken by [`Op::into_block`] or leaked by `drop`.
+    keep: Option<Keep>,
 }
 
 enum Keep {
-    Block(Block),
+    /// A send: the block, and the rank it goes to.
+    Block(Block, u32),
+    /// A receive: what the buffer becomes.
     Buffer(BlockHeader, Buffer),
 }
 
@@ -364,35 +359,33 @@ enum Keep {
 unsafe impl Send for Op {}
 
 impl Op {
-    fn from_ptr(ptr: sys::ucs_status_ptr_t, what: impl FnOnce() -> String, keep: Keep) -> Result<Op> {
-        if ptr.is_null() {
-            return Ok(Op { raw: None, what: String::new(), keep });
-        }
+    fn from_ptr(ptr: sys::ucs_status_ptr_t, keep: Keep) -> Result<Op> {
+        let mut op = Op { raw: None, keep: Some(keep) };
         if sys::ucs_ptr_is_err(ptr) {
-            return Err(Error::Ucx { what: what(), status: status_text(sys::ucs_ptr_raw_status(ptr)) });
+            return Err(Error::Ucx { what: op.describe(), status: status_text(sys::ucs_ptr_raw_status(ptr)) });
         }
-        Ok(Op { raw: Some(ptr), what: what(), keep })
+        op.raw = (!ptr.is_null()).then_some(ptr);
+        Ok(op)
+    }
+
+    /// What the operation does, for errors.
+    fn describe(&self) -> String {
+        match &self.keep {
+            Some(Keep::Block(b, to)) => format!("sending {} bytes to rank {to}", b.nbytes()),
+            Some(Keep::Buffer(_, b)) => format!("receiving {} bytes", b.as_bytes().len()),
+            None => "an operation".into(),
+        }
     }
 
     /// The block a completed receive filled (`None` for a send, or while
     /// the operation is in flight).
     pub fn into_block(mut self) -> Option<Block> {
-        let keep = std::mem::replace(&mut self.keep, Keep::Block(Block::empty()));
         if self.raw.is_some() {
-            self.keep = keep;
             return None;
         }
-        match (self.raw, keep) {
-            (None, Keep::Buffer(header, buffer)) => Some(Block::from_parts(header, buffer)),
+        match self.keep.take() {
+            Some(Keep::Buffer(header, buffer)) => Some(Block::from_parts(header, buffer)),
             _ => None,
-        }
-    }
-
-    /// Bytes this operation moves.
-    pub fn nbytes(&self) -> usize {
-        match &self.keep {
-            Keep::Block(b) => b.nbytes(),
-            Keep::Buffer(_, b) => b.as_bytes().len(),
         }
     }
 
@@ -406,8 +399,7 @@ impl Drop for Op {
     fn drop(&mut self) {
         if self.raw.is_some() {
             // UCX may still read or write the memory: leak it rather than free it.
-            let keep = std::mem::replace(&mut self.keep, Keep::Block(Block::empty()));
-            std::mem::forget(keep);
+            std::mem::forget(self.keep.take());
         }
     }
 }

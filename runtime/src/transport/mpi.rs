@@ -42,7 +42,7 @@ use parking_lot::Mutex;
 
 use super::{DataPlane, Delivery, Mailboxes, Transport};
 use crate::block::Block;
-use crate::protocol::{decode_frame, encode_frame, Endpoint, Msg, Payload, Role};
+use crate::protocol::{decode_frame, encode_frame, offload_blocks, Endpoint, Msg, Payload, Role};
 
 /// Tag of control frames.
 pub const TAG_CONTROL: i32 = 7001;
@@ -243,13 +243,7 @@ pub fn progress(
             }
             let mut msgs = std::mem::take(batch);
             if transport.plane.is_some() {
-                for (_, msg) in msgs.iter_mut() {
-                    if let Msg::Block { payload: payload @ Payload::Ready(_), .. } = msg {
-                        if let (false, Payload::Ready(block)) = (payload.is_inline(), &payload) {
-                            *payload = Payload::ViaPlane(block.clone());
-                        }
-                    }
-                }
+                offload_blocks(&mut msgs);
             }
             let frame = match encode_frame(&msgs) {
                 Ok(f) => f.into_boxed_slice(),

@@ -63,7 +63,9 @@ use super::{DataPlane, Delivery, Mailboxes, Transport};
 use crate::block::Block;
 use crate::error::{Error, Result};
 use crate::graph::TaskId;
-use crate::protocol::{decode_frame, encode_frame, Endpoint, Msg, Payload, Role, MAX_FRAME, PROTOCOL_VERSION};
+use crate::protocol::{
+    decode_frame, encode_frame, offload_blocks, Endpoint, Msg, Payload, Role, MAX_FRAME, PROTOCOL_VERSION,
+};
 use crate::secret::{random_bytes, Secret, TAG_LEN};
 
 const MAGIC: &[u8; 7] = b"TESSERA";
@@ -816,13 +818,8 @@ impl Shared {
     /// The connection from `peer` ended (cleanly or not).
     fn peer_closed(self: &Arc<Self>, peer: u32, addr: &str, reason: String) {
         self.bounce_owed(peer);
-        if let Some(plane) = &self.plane {
-            // Only the connection may have closed (the peer may be alive and
-            // connect again); a sender that is really gone sends nothing more.
-            if self.scheduler || self.gone.lock().contains(&peer) {
-                plane.peer_lost(peer, reason.clone());
-            }
-        }
+        // Only the connection may have closed: a plane learns that a peer is
+        // gone from the scheduler's `Peers { remove }`.
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
@@ -949,13 +946,7 @@ fn write_batch(
         return Ok(());
     }
     if plane.is_some() {
-        for (_, msg) in batch.iter_mut() {
-            if let Msg::Block { payload: payload @ Payload::Ready(_), .. } = msg {
-                if let (false, Payload::Ready(block)) = (payload.is_inline(), &payload) {
-                    *payload = Payload::ViaPlane(block.clone());
-                }
-            }
-        }
+        offload_blocks(batch);
     }
     let frame = encode_frame(batch).map_err(io::Error::other)?;
     out.write_all(&(frame.len() as u32).to_le_bytes())?;

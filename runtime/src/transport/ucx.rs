@@ -378,36 +378,22 @@ impl State {
 
     /// Completes finished operations; true when any did.
     fn poll(&mut self) -> bool {
-        let mut any = false;
-        let mut i = 0;
-        while i < self.sends.len() {
-            match self.worker.test(&mut self.sends[i].op) {
-                None => i += 1,
-                Some(result) => {
-                    any = true;
-                    let s = self.sends.swap_remove(i);
-                    self.sending.fetch_sub(1, Ordering::SeqCst);
-                    if let Err(e) = result {
-                        self.stats.failed += 1;
-                        tracing::warn!(rank = self.rank, to = s.to, error = %e, "a UCX block send failed");
-                    }
-                }
+        let sent = finished(&self.worker, &mut self.sends, |s| &mut s.op);
+        let received = finished(&self.worker, &mut self.recvs, |r| &mut r.op);
+        let any = !(sent.is_empty() && received.is_empty());
+        for (s, result) in sent {
+            self.sending.fetch_sub(1, Ordering::SeqCst);
+            if let Err(e) = result {
+                self.stats.failed += 1;
+                tracing::warn!(rank = self.rank, to = s.to, error = %e, "a UCX block send failed");
             }
         }
-        let mut i = 0;
-        while i < self.recvs.len() {
-            match self.worker.test(&mut self.recvs[i].op) {
-                None => i += 1,
-                Some(result) => {
-                    any = true;
-                    let r = self.recvs.swap_remove(i);
-                    match result {
-                        Ok(()) => self.arrived(r.from, r.to, r.id, r.op),
-                        Err(e) => {
-                            tracing::error!(rank = self.rank, from = r.from, id = %r.id, error = %e, "a UCX block receive failed");
-                            self.missing(r.from, r.to, r.id);
-                        }
-                    }
+        for (r, result) in received {
+            match result {
+                Ok(()) => self.arrived(r.from, r.to, r.id, r.op),
+                Err(e) => {
+                    tracing::error!(rank = self.rank, from = r.from, id = %r.id, error = %e, "a UCX block receive failed");
+                    self.missing(r.from, r.to, r.id);
                 }
             }
         }
@@ -462,4 +448,18 @@ impl State {
         }
         // Cancelled receives complete with an error and are answered missing by `poll`.
     }
+}
+
+/// Takes the entries of `pending` whose operation has completed, each with
+/// how it ended.
+fn finished<T>(worker: &Worker, pending: &mut Vec<T>, op: impl Fn(&mut T) -> &mut Op) -> Vec<(T, Result<()>)> {
+    let mut done = Vec::new();
+    let mut i = 0;
+    while i < pending.len() {
+        match worker.test(op(&mut pending[i])) {
+            None => i += 1,
+            Some(result) => done.push((pending.swap_remove(i), result)),
+        }
+    }
+    done
 }
