@@ -20,6 +20,7 @@ use serde_json::json;
 use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
 use tessera::observe::Observe;
+use tessera::runtime::gpu::GpuSelect;
 use tessera::runtime::secret::{self, Secret};
 use tessera::runtime::tcp;
 use tessera::runtime::topology::Bind;
@@ -129,6 +130,14 @@ struct ClusterArgs {
     /// messages stay on MPI or TCP). Needs the `ucx` feature.
     #[arg(long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = parse_transport)]
     transport: TransportKind,
+
+    /// GPU workers, one per GPU, beside the CPU workers: `all` (every GPU this
+    /// process sees; none is no error), `none`, or device numbers like `0,1` (as
+    /// numbered after CUDA_VISIBLE_DEVICES). Under MPI the first ranks of each host
+    /// take its GPUs. GEMM and random blocks then run on the GPUs. Needs the `cuda`
+    /// feature.
+    #[arg(long, global = true, default_value = "none", env = "TESSERA_GPUS", value_parser = parse_gpus)]
+    gpus: GpuSelect,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -163,6 +172,10 @@ fn parse_transport(s: &str) -> Result<TransportKind, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
 }
 
+fn parse_gpus(s: &str) -> Result<GpuSelect, String> {
+    s.parse()
+}
+
 fn parse_bind(s: &str) -> Result<Bind, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
 }
@@ -179,6 +192,7 @@ impl ClusterArgs {
             bind: self.bind,
             events: !self.no_events,
             transport: self.transport,
+            gpus: self.gpus.clone(),
             ..Config::default()
         };
         // A client only when asked: a scheduler address or an explicit file.
@@ -702,6 +716,16 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         transports.push("ucx (blocks; --transport ucx)");
     }
     let ucx = ucx_info();
+    let gpu = tessera::runtime::gpu::probe();
+    let gpus_json = match &gpu {
+        tessera::runtime::gpu::Probe::Found { driver, devices, libraries } => json!({
+            "driver": format!("{}.{}", driver.0, driver.1),
+            "devices": devices.iter().map(|d| json!({"ordinal": d.ordinal, "name": d.name, "memory_bytes": d.total_bytes,
+                "free_bytes": d.free_bytes, "compute_capability": format!("{}.{}", d.capability.0, d.capability.1)})).collect::<Vec<_>>(),
+            "libraries": libraries.iter().map(|(l, ok)| json!({"name": l, "loads": ok})).collect::<Vec<_>>(),
+        }),
+        other => json!({"unavailable": other.describe().join("; ")}),
+    };
     let interfaces: Vec<serde_json::Value> = tessera::runtime::sys::interfaces()
         .into_iter()
         .map(|(name, ip, lo)| json!({"name": name, "ipv4": ip.to_string(), "loopback": lo}))
@@ -722,6 +746,7 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         "features": features,
         "transports": transports,
         "ucx": ucx,
+        "gpus": gpus_json,
         "tcp": {"routable_address": routable, "interfaces": interfaces,
                 "secret_file": secret::default_path(), "scheduler_file": SchedulerFile::default_path()},
         "launch": format!("{launch:?}").to_lowercase(),
@@ -766,6 +791,11 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
                 .map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
                 .unwrap_or_default()
         ),
+    }
+    let mut gpu_lines = gpu.describe().into_iter();
+    println!("  gpus:      {}", gpu_lines.next().unwrap_or_default());
+    for line in gpu_lines {
+        println!("             {line}");
     }
     println!(
         "  tcp:       workers would reach this host at {routable}; interfaces: {}",

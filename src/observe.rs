@@ -32,6 +32,7 @@ pub fn features() -> Vec<String> {
         ("hdf5", crate::linalg::HAS_HDF5),
         ("hwloc", tessera_runtime::HAS_HWLOC),
         ("ucx", crate::HAS_UCX),
+        ("cuda", crate::HAS_CUDA),
     ]
     .iter()
     .filter(|f| f.1)

@@ -23,7 +23,19 @@ pub fn register_kernels(registry: &mut Registry) {
     if registry.id("linalg.gemm").is_some() {
         return;
     }
-    registry.register("linalg.random", |_, p: RandomParams, _: &[Block]| random(&p));
+    registry.register("linalg.random", |ctx, p: RandomParams, _: &[Block]| {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = ctx.gpu {
+            let key = random_key(p.seed);
+            match p.dtype {
+                DType::F64 => return crate::gpu::random::<f64>(gpu, &p, key),
+                DType::F32 => return crate::gpu::random::<f32>(gpu, &p, key),
+                _ => {}
+            }
+        }
+        let _ = ctx;
+        random(&p)
+    });
     registry.register("linalg.full", |_, p: FullParams, _: &[Block]| {
         dispatch!(p.dtype, T => Ok(full::<T>(&p)), _ => Err(unsupported("full", p.dtype)))
     });
@@ -33,9 +45,9 @@ pub fn register_kernels(registry: &mut Registry) {
         let x = one(inputs, "transpose")?;
         dispatch!(x.dtype(), T => transpose::<T>(x), _ => Err(unsupported("transpose", x.dtype())))
     });
-    registry.register("linalg.gemm", |_, p: GemmParams, inputs: &[Block]| {
+    registry.register("linalg.gemm", |ctx, p: GemmParams, inputs: &[Block]| {
         let [a, b] = inputs else { return Err(KernelError::msg("gemm takes two blocks")) };
-        dispatch!(a.dtype(), T => gemm::<T>(&p, a, b), _ => Err(unsupported("gemm", a.dtype())))
+        dispatch!(a.dtype(), T => gemm::<T>(ctx, &p, a, b), _ => Err(unsupported("gemm", a.dtype())))
     });
     registry.register("linalg.add", |_, (): (), inputs: &[Block]| {
         let x = inputs.first().ok_or_else(|| KernelError::msg("add takes at least one block"))?;
@@ -57,6 +69,8 @@ pub fn register_kernels(registry: &mut Registry) {
         Ok(Block::scalar(tessera_runtime::sys::peak_rss_bytes().unwrap_or(0) as f64))
     });
     crate::tsqr::register_kernels(registry);
+    #[cfg(feature = "cuda")]
+    crate::gpu::mark_kernels(registry);
     #[cfg(feature = "hdf5")]
     crate::hdf5::register_kernels(registry);
 }
@@ -120,8 +134,13 @@ fn draw(dist: Distribution, key: u64, i: u64) -> f64 {
     }
 }
 
+/// The generator's key for a seed (the GPU kernel uses the same).
+pub(crate) fn random_key(seed: u64) -> u64 {
+    mix(seed ^ 0x5851_f42d_4c95_7f2d)
+}
+
 fn random(p: &RandomParams) -> Result<Block, KernelError> {
-    let key = mix(p.seed ^ 0x5851_f42d_4c95_7f2d);
+    let key = random_key(p.seed);
     let (rows, cols, width) = match (&p.shape[..], &p.start[..], &p.full[..]) {
         ([r, c], [r0, c0], [_, w]) => ((*r0..r0 + r), (*c0..c0 + c), *w),
         ([r], [r0], [_]) => ((*r0..r0 + r), (0..1), 1),
@@ -191,16 +210,27 @@ pub struct GemmParams {
     pub tb: bool,
 }
 
-fn gemm<T: Element>(p: &GemmParams, a: &Block, b: &Block) -> Result<Block, KernelError> {
-    let (ad, ar, ac) = block2::<T>(a, "left operand")?;
-    let (bd, br, bc) = block2::<T>(b, "right operand")?;
+fn gemm<T: Element>(ctx: &KernelCtx<'_>, p: &GemmParams, a: &Block, b: &Block) -> Result<Block, KernelError> {
+    let operand = |x: &Block, what: &str| match (x.dtype() == T::DTYPE, x.shape()) {
+        (true, &[r, c]) => Ok((r, c)),
+        (false, _) => Err(KernelError::msg(format!("{what} is {}, expected {}", x.dtype(), T::DTYPE))),
+        (_, s) => Err(KernelError::msg(format!("{what} has shape {s:?}, expected a matrix"))),
+    };
+    let ((ar, ac), (br, bc)) = (operand(a, "left operand")?, operand(b, "right operand")?);
+    let (inner_a, inner_b) = (if p.ta { ar } else { ac }, if p.tb { bc } else { br });
+    if inner_a != inner_b {
+        let (sa, sb) = (if p.ta { [ac, ar] } else { [ar, ac] }, if p.tb { [bc, br] } else { [br, bc] });
+        return Err(KernelError::msg(format!("gemm: blocks of shapes {sa:?} and {sb:?} do not fit")));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(gpu) = ctx.gpu {
+        return crate::gpu::gemm(gpu, p, a, b);
+    }
+    let _ = ctx;
+    let (ad, bd) = (T::slice(a).expect("dtype checked"), T::slice(b).expect("dtype checked"));
     let a = if p.ta { rows(ad, ar, ac).transpose() } else { rows(ad, ar, ac) };
     let b = if p.tb { rows(bd, br, bc).transpose() } else { rows(bd, br, bc) };
-    if a.ncols() != b.nrows() {
-        return Err(KernelError::msg(format!("gemm: blocks of shapes {:?} and {:?} do not fit", a.shape(), b.shape())));
-    }
-    let shape = vec![a.nrows(), b.ncols()];
-    Ok(block(shape, dense::gemm(a, b)))
+    Ok(block(vec![a.nrows(), b.ncols()], dense::gemm(a, b)))
 }
 
 fn add<T: Element>(inputs: &[Block]) -> Result<Block, KernelError> {

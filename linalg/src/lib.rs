@@ -42,6 +42,8 @@ mod element;
 mod error;
 pub mod expr;
 pub mod fuse;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 #[cfg(feature = "hdf5")]
 pub mod hdf5;
 mod kernels;

@@ -5,9 +5,19 @@
 //! copied. Between processes its elements travel as raw bytes (the
 //! [`Block::as_bytes`] view on the sender, [`Block::receive_buffer`] on the
 //! receiver), so a transfer costs one network copy and nothing else.
+//!
+//! A block made by a GPU kernel lives in device memory ([`DeviceCopy`]):
+//! its host copy is made the first time anything reads its elements (a CPU
+//! kernel, a transfer to another rank), and kept from then on. A host block
+//! a GPU kernel reads gains a device copy the same way (see `crate::gpu`),
+//! which the device may drop again when it needs the memory: the block then
+//! still has its host copy, so dropping it loses nothing.
 
+use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -151,9 +161,27 @@ impl BlockHeader {
     }
 }
 
+/// A copy of a block's elements outside host memory (a GPU's).
+pub trait DeviceCopy: Send + Sync + 'static {
+    /// Copies the elements to a new host buffer (blocking). An error names
+    /// the device and what failed.
+    fn to_host(&self) -> Result<Buffer, String>;
+    /// Bytes the copy occupies on its device.
+    fn nbytes(&self) -> usize;
+    /// The device, for messages (`GPU 0`).
+    fn device(&self) -> String;
+    /// For downcasting to the device's own type.
+    fn as_any(&self) -> &dyn Any;
+}
+
 struct Inner {
     shape: Vec<usize>,
-    buffer: Buffer,
+    dtype: DType,
+    /// The elements in host memory: set at creation for host blocks, on the
+    /// first read for blocks made on a device.
+    host: OnceLock<Buffer>,
+    /// The elements on a device, if a GPU kernel made or read this block.
+    device: Mutex<Option<Arc<dyn DeviceCopy>>>,
     /// Received from a peer: the buffer goes back to the pool for the next
     /// receive.
     received: bool,
@@ -161,8 +189,13 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.received && self.buffer.len() * self.buffer.dtype().size() >= pool::MIN_BYTES {
-            pool::put(std::mem::replace(&mut self.buffer, Buffer::U8(Vec::new())));
+        if !self.received {
+            return;
+        }
+        if let Some(buffer) = self.host.take() {
+            if buffer.len() * buffer.dtype().size() >= pool::MIN_BYTES {
+                pool::put(buffer);
+            }
         }
     }
 }
@@ -255,7 +288,17 @@ impl Block {
             "block shape {shape:?} needs {expected} elements, buffer has {}",
             buffer.len()
         );
-        Block(Arc::new(Inner { shape, buffer, received }))
+        let dtype = buffer.dtype();
+        Block(Arc::new(Inner { shape, dtype, host: OnceLock::from(buffer), device: Mutex::new(None), received }))
+    }
+
+    /// A block whose elements are on a device only (a GPU kernel's output);
+    /// its host copy is made when first read. Panics if the copy's size
+    /// disagrees with the shape: a bug in the kernel that built it.
+    pub fn from_device(shape: Vec<usize>, dtype: DType, copy: Arc<dyn DeviceCopy>) -> Block {
+        let expected = shape.iter().product::<usize>() * dtype.size();
+        assert_eq!(expected, copy.nbytes(), "block shape {shape:?} of {dtype} needs {expected} bytes on the device");
+        Block(Arc::new(Inner { shape, dtype, host: OnceLock::new(), device: Mutex::new(Some(copy)), received: false }))
     }
 
     /// A block holding one f64.
@@ -291,29 +334,71 @@ impl Block {
     }
 
     pub fn dtype(&self) -> DType {
-        self.0.buffer.dtype()
+        self.0.dtype
     }
 
     pub fn shape(&self) -> &[usize] {
         &self.0.shape
     }
 
+    /// The elements in host memory, copied from the device first if this
+    /// block was made there.
+    ///
+    /// # Panics
+    /// If that copy fails (the device failed): the panic names the device,
+    /// and a kernel's panic becomes its task's error.
     pub fn buffer(&self) -> &Buffer {
-        &self.0.buffer
+        self.0.host.get_or_init(|| {
+            let copy = self.0.device.lock().clone().expect("a block has its elements on the host or a device");
+            copy.to_host().unwrap_or_else(|e| panic!("{}: copying a block to the host: {e}", copy.device()))
+        })
     }
 
     /// Size of the elements in bytes (what the scheduler accounts).
     pub fn nbytes(&self) -> usize {
-        self.0.buffer.len() * self.dtype().size()
+        self.0.shape.iter().product::<usize>() * self.0.dtype.size()
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.buffer.as_bytes()
+        self.buffer().as_bytes()
+    }
+
+    /// Whether the elements are in host memory now (reading them costs no copy).
+    pub fn on_host(&self) -> bool {
+        self.0.host.get().is_some()
+    }
+
+    /// The block's device copy, if it has one.
+    pub fn device_copy(&self) -> Option<Arc<dyn DeviceCopy>> {
+        self.0.device.lock().clone()
+    }
+
+    /// Gives the block a device copy (replacing any other), made by the
+    /// caller from its elements.
+    pub fn set_device_copy(&self, copy: Arc<dyn DeviceCopy>) {
+        *self.0.device.lock() = Some(copy);
+    }
+
+    /// Drops the device copy, copying the elements to the host first if they
+    /// are only there (spilling). Returns the device bytes freed, or the
+    /// copy's error (the device copy then stays).
+    pub fn evict_device_copy(&self) -> Result<usize, String> {
+        if !self.on_host() {
+            let Some(copy) = self.device_copy() else { return Ok(0) };
+            let buffer = copy.to_host().map_err(|e| format!("{}: spilling a block to the host: {e}", copy.device()))?;
+            let _ = self.0.host.set(buffer);
+        }
+        Ok(self.0.device.lock().take().map_or(0, |c| c.nbytes()))
+    }
+
+    /// A handle that does not keep the block alive.
+    pub fn downgrade(&self) -> WeakBlock {
+        WeakBlock(Arc::downgrade(&self.0))
     }
 
     /// The elements if this is an f64 block.
     pub fn as_f64(&self) -> Option<&[f64]> {
-        match &self.0.buffer {
+        match self.buffer() {
             Buffer::F64(v) => Some(v),
             _ => None,
         }
@@ -321,7 +406,7 @@ impl Block {
 
     /// The elements if this is an f32 block.
     pub fn as_f32(&self) -> Option<&[f32]> {
-        match &self.0.buffer {
+        match self.buffer() {
             Buffer::F32(v) => Some(v),
             _ => None,
         }
@@ -339,6 +424,17 @@ impl Block {
     /// transfers do not copy).
     pub fn ptr_eq(a: &Block, b: &Block) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+/// A [`Block`] handle that does not keep it alive (what a device's list of
+/// resident blocks holds).
+#[derive(Clone)]
+pub struct WeakBlock(Weak<Inner>);
+
+impl WeakBlock {
+    pub fn upgrade(&self) -> Option<Block> {
+        self.0.upgrade().map(Block)
     }
 }
 
@@ -383,6 +479,82 @@ mod tests {
         assert_eq!(again.as_bytes().as_ptr(), ptr, "the released received allocation is handed out again");
         let small = BlockHeader { dtype: DType::F64, shape: vec![10] };
         assert_eq!(Block::receive_buffer(&small).len(), 10);
+    }
+
+    /// A "device" in host memory that counts its copies: enough to check
+    /// how a block moves between sides (the GPU tests check real devices).
+    struct Elsewhere {
+        data: Vec<f64>,
+        copies: std::sync::atomic::AtomicUsize,
+        fail: bool,
+    }
+
+    impl DeviceCopy for Elsewhere {
+        fn to_host(&self) -> Result<Buffer, String> {
+            if self.fail {
+                return Err("device lost".into());
+            }
+            self.copies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Buffer::F64(self.data.clone()))
+        }
+        fn nbytes(&self) -> usize {
+            self.data.len() * 8
+        }
+        fn device(&self) -> String {
+            "test device".into()
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    fn elsewhere(data: Vec<f64>, fail: bool) -> Arc<Elsewhere> {
+        Arc::new(Elsewhere { data, copies: Default::default(), fail })
+    }
+
+    #[test]
+    fn a_device_block_is_copied_to_the_host_once_when_read() {
+        let dev = elsewhere(vec![1.0, 2.0, 3.0, 4.0], false);
+        let b = Block::from_device(vec![2, 2], DType::F64, dev.clone());
+        assert!(!b.on_host());
+        assert_eq!(b.nbytes(), 32);
+        assert_eq!(b.dtype(), DType::F64);
+        assert_eq!(b.as_f64(), Some(&[1.0, 2.0, 3.0, 4.0][..]));
+        assert_eq!(b.as_bytes().len(), 32);
+        assert!(b.on_host());
+        assert_eq!(dev.copies.load(std::sync::atomic::Ordering::Relaxed), 1, "read twice, copied once");
+        assert!(b.device_copy().is_some(), "reading keeps the device copy");
+        assert_eq!(b.evict_device_copy(), Ok(32));
+        assert!(b.device_copy().is_none());
+        assert_eq!(
+            dev.copies.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "evicting a block on both sides copies nothing"
+        );
+    }
+
+    #[test]
+    fn evicting_a_device_only_block_spills_it_to_the_host() {
+        let dev = elsewhere(vec![5.0; 6], false);
+        let b = Block::from_device(vec![3, 2], DType::F64, dev.clone());
+        let weak = b.downgrade();
+        assert_eq!(b.evict_device_copy(), Ok(48));
+        assert!(b.on_host() && b.device_copy().is_none());
+        assert_eq!(b.as_f64(), Some(&[5.0; 6][..]));
+        assert!(weak.upgrade().is_some());
+        drop(b);
+        assert!(weak.upgrade().is_none(), "a weak handle does not keep the block");
+    }
+
+    #[test]
+    fn a_failed_spill_keeps_the_device_copy_and_names_the_device() {
+        let b = Block::from_device(vec![2], DType::F64, elsewhere(vec![1.0, 2.0], true));
+        let err = b.evict_device_copy().unwrap_err();
+        assert!(err.contains("test device") && err.contains("device lost"), "{err}");
+        assert!(b.device_copy().is_some(), "nothing is lost");
+        let host = Block::new(vec![2], Buffer::F64(vec![1.0, 2.0]));
+        host.set_device_copy(elsewhere(vec![1.0, 2.0], true));
+        assert_eq!(host.evict_device_copy(), Ok(16), "a block on the host drops its device copy without a copy");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct WorkerInfo {
     /// by default (`SLURM_JOB_ID`, `PBS_JOBID`, `JOB_ID`), so a job queue
     /// can tell which job holds which rank; empty otherwise.
     pub name: String,
+    /// The GPU a GPU worker runs its GPU kernels on (`GPU 0 (NVIDIA H200)`);
+    /// empty for CPU workers.
+    pub gpu: String,
 }
 
 /// What the scheduler tracks at one moment (see [`Client::state`]).

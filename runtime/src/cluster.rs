@@ -203,6 +203,8 @@ pub struct Config {
     pub progress: Progress,
     /// How block payloads move between ranks (default: the launch's own).
     pub transport: TransportKind,
+    /// GPU workers: one per chosen GPU (default none; see [`crate::gpu`]).
+    pub gpus: crate::gpu::GpuSelect,
 }
 
 impl Default for Config {
@@ -221,6 +223,7 @@ impl Default for Config {
             bind: Bind::Auto,
             progress: Progress::Off,
             transport: TransportKind::Auto,
+            gpus: crate::gpu::GpuSelect::None,
         }
     }
 }
@@ -405,6 +408,12 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// GPU workers beside the CPU workers: one per chosen GPU (default none).
+    pub fn gpus(mut self, gpus: crate::gpu::GpuSelect) -> Self {
+        self.config.gpus = gpus;
+        self
+    }
+
     pub fn start(self) -> Result<LocalCluster> {
         LocalCluster::start_with(self.config)
     }
@@ -431,17 +440,26 @@ impl LocalCluster {
     }
 
     /// Starts a local cluster from a [`Config`] (its `launch` is ignored).
+    ///
+    /// With [`Config::gpus`], one GPU worker per GPU follows the CPU workers
+    /// (ranks N+1.., one thread each); by default the CPU workers then leave
+    /// a core to each GPU worker.
     pub fn start_with(config: Config) -> Result<LocalCluster> {
-        let n = config.workers.unwrap_or_else(crate::sys::usable_cores);
-        if n == 0 {
+        let gpus = crate::gpu::open(&config.gpus)?;
+        let cpu_workers =
+            config.workers.unwrap_or_else(|| crate::sys::usable_cores().saturating_sub(gpus.len()).max(1));
+        if cpu_workers + gpus.len() == 0 {
             return Err(Error::Config("a local cluster needs at least one worker".into()));
         }
+        let n = cpu_workers + gpus.len();
         let threads = config.threads.unwrap_or(1).max(1);
         // The workers share this process: bind only when asked.
         let plans = match config.bind {
             Bind::Auto => vec![Vec::new(); n],
             bind => (0..n).map(|i| crate::topology::plan(bind, i, n, threads)).collect::<Result<_>>()?,
         };
+        let mut gpu_of_worker = vec![None; cpu_workers];
+        gpu_of_worker.extend(gpus.into_iter().map(Some));
         let registry = Arc::new(config.registry);
         let mut mailboxes = Mailboxes::new();
         let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
@@ -469,8 +487,11 @@ impl LocalCluster {
             .into_iter()
             .zip(1u32..)
             .zip(plans)
-            .map(|(((inbox, store), rank), cpus)| {
-                let wc = WorkerConfig { events: config.events, cpus, ..WorkerConfig::new(rank, threads, host.clone()) };
+            .zip(gpu_of_worker)
+            .map(|((((inbox, store), rank), cpus), gpu)| {
+                let threads = if gpu.is_some() { 1 } else { threads };
+                let wc =
+                    WorkerConfig { events: config.events, cpus, gpu, ..WorkerConfig::new(rank, threads, host.clone()) };
                 spawn_worker(wc, Arc::clone(&registry), Arc::clone(&transport), store, inbox)
             })
             .collect();

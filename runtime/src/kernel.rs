@@ -42,6 +42,8 @@ pub struct KernelCtx<'a> {
     pub rank: u32,
     /// Threads the kernel may use itself (1 when the worker runs several tasks at once).
     pub threads: usize,
+    /// The worker's GPU, on a GPU worker (see [`crate::gpu`]).
+    pub gpu: Option<&'a Arc<crate::gpu::Gpu>>,
 }
 
 /// Kernels a crate adds to every [`Registry::builtin`] of a program it is
@@ -78,6 +80,8 @@ pub struct Registry {
     names: Vec<Arc<str>>,
     kernels: Vec<Arc<KernelFn>>,
     index: HashMap<Arc<str>, u32>,
+    /// Kernels with a GPU implementation (placed on GPU workers).
+    gpu: Vec<bool>,
 }
 
 impl Registry {
@@ -111,7 +115,23 @@ impl Registry {
         self.index.insert(Arc::clone(&name), self.names.len() as u32);
         self.names.push(name);
         self.kernels.push(Arc::new(f));
+        self.gpu.push(false);
         self
+    }
+
+    /// Marks kernel `name` as GPU-capable: it uses [`KernelCtx::gpu`] when
+    /// it has one (and runs on the CPU otherwise), so the scheduler places
+    /// its tasks on GPU workers whenever the cluster has any. Panics if no
+    /// such kernel is registered.
+    pub fn mark_gpu(&mut self, name: &str) -> &mut Registry {
+        let id = self.id(name).unwrap_or_else(|| panic!("no kernel `{name}` to mark as GPU-capable"));
+        self.gpu[id as usize] = true;
+        self
+    }
+
+    /// Whether kernel `id` is GPU-capable ([`Registry::mark_gpu`]).
+    pub fn is_gpu(&self, id: u32) -> bool {
+        self.gpu.get(id as usize).copied().unwrap_or(false)
     }
 
     /// Registers a kernel whose parameters are a `P` encoded by

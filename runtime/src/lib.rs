@@ -32,6 +32,7 @@ mod client;
 mod cluster;
 mod error;
 pub mod events;
+pub mod gpu;
 mod graph;
 mod kernel;
 pub mod log;
@@ -53,7 +54,7 @@ pub mod mpi;
 #[cfg(feature = "ucx")]
 pub mod ucx;
 
-pub use block::{Block, BlockHeader, Buffer, DType};
+pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
 pub use client::{Client, ClusterState, Persisted, WorkerInfo};
 pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks, TransportKind};
 pub use error::{Error, KernelError, Result};
@@ -85,3 +86,6 @@ pub const HAS_UCX: bool = cfg!(feature = "ucx");
 
 /// Whether this build reads the hardware topology and binds threads (hwloc).
 pub const HAS_HWLOC: bool = cfg!(feature = "hwloc");
+
+/// Whether this build has GPU workers (feature `cuda`; see [`gpu`]).
+pub const HAS_CUDA: bool = cfg!(feature = "cuda");

@@ -29,6 +29,7 @@
 use std::fmt::Display;
 use std::sync::Arc;
 
+use mpi::collective::CommunicatorCollectives;
 use mpi::environment::Threading;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
@@ -98,7 +99,6 @@ where
     C: Communicator,
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    use mpi::collective::CommunicatorCollectives;
     use mpi::datatype::PartitionMut;
     let bytes = serde_json::to_vec(value).expect("plain data serialises");
     let mut counts = vec![0i32; comm.size() as usize];
@@ -170,6 +170,16 @@ fn mpi_plane(
     Ok(Some(plane))
 }
 
+#[cfg(feature = "cuda")]
+fn open_gpu(ordinal: usize) -> Result<Arc<crate::gpu::Gpu>, Error> {
+    crate::gpu::Gpu::open(ordinal, None)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_gpu(_: usize) -> Result<Arc<crate::gpu::Gpu>, Error> {
+    unreachable!("gpu::resolve names no GPU in a build without the `cuda` feature")
+}
+
 /// Decides threads and whether rank 0 works from the ranks sharing this host.
 struct Placement {
     threads: usize,
@@ -177,6 +187,8 @@ struct Placement {
     /// This rank among the ranks of its host, and how many there are.
     local_rank: usize,
     local_size: usize,
+    /// This rank among the working ranks of its host (which GPU it takes).
+    local_worker: usize,
 }
 
 fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, Error> {
@@ -202,7 +214,12 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
     if rank == 0 && rank0_works && config.threads.is_none() && size > 1 && share > 1 {
         threads = share - 1; // leave the scheduler a core
     }
-    Ok(Placement { threads, rank0_works, local_rank: local.rank() as usize, local_size })
+    let works = rank != 0 || rank0_works;
+    let mut working = vec![0i32; local_size];
+    local.all_gather_into(&i32::from(works), &mut working[..]);
+    let local_rank = local.rank() as usize;
+    let local_worker = working[..local_rank].iter().filter(|&&w| w != 0).count();
+    Ok(Placement { threads, rank0_works, local_rank, local_size, local_worker })
 }
 
 /// Runs Tessera on the ranks of `comm` (collective). Rank 0 of `comm` runs
@@ -251,10 +268,21 @@ where
         crate::log::forward_errors_to(&dyn_transport, rank);
     }
 
+    // The first working ranks of each host take its GPUs, one each.
+    let gpu = match works.then(|| crate::gpu::resolve(&config.gpus)).transpose() {
+        Ok(Some(ordinals)) => ordinals.get(place.local_worker).copied(),
+        Ok(None) => None,
+        Err(e) => return Err(E::from(e)),
+    };
+    let gpu = match gpu.map(open_gpu).transpose() {
+        Ok(g) => g,
+        Err(e) => return Err(E::from(e)),
+    };
     let worker = worker_inbox.map(|inbox| {
         let wc = WorkerConfig {
             events: config.events,
             cpus,
+            gpu,
             ..WorkerConfig::new(rank, place.threads, crate::sys::hostname())
         };
         spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), store, inbox)

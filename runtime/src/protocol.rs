@@ -29,7 +29,7 @@ use crate::events::WorkerEvents;
 use crate::graph::{Key, Params, TaskId};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Largest control frame a rank accepts (block payloads are separate).
 pub const MAX_FRAME: u64 = 256 << 20;
@@ -183,7 +183,8 @@ impl<'de> Deserialize<'de> for Payload {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Msg {
     /// Worker -> scheduler, once at start.
-    Hello { rank: u32, threads: u32, host: String, name: String, registry: u64, kernels: u32 },
+    /// `gpu`: the worker's device (`GPU 0 (NVIDIA H100 80GB HBM3)`), empty for CPU workers.
+    Hello { rank: u32, threads: u32, host: String, name: String, registry: u64, kernels: u32, gpu: String },
     /// Scheduler -> worker: tasks to run, highest priority first.
     Run(Vec<RunTask>),
     /// Worker -> scheduler: a task finished in `micros` and its block is stored.

@@ -151,6 +151,8 @@ struct WorkerRec {
     threads: u32,
     host: String,
     name: String,
+    /// The worker's GPU (empty: a CPU worker).
+    gpu: String,
     limit: u32,
     in_flight: u32,
     queue: BTreeSet<(u64, TaskId)>,
@@ -172,6 +174,7 @@ impl WorkerRec {
             threads,
             host,
             name,
+            gpu: String::new(),
             limit: threads + queue_extra,
             in_flight: 0,
             queue: BTreeSet::new(),
@@ -186,6 +189,10 @@ impl WorkerRec {
     /// Whether new tasks and handed-off blocks may go here.
     fn open(&self) -> bool {
         !self.gone && !self.draining
+    }
+
+    fn has_gpu(&self) -> bool {
+        !self.gpu.is_empty()
     }
 }
 
@@ -359,14 +366,17 @@ impl Scheduler {
                 reason: "did not start within 120 s".into(),
             })?;
             match msg {
-                Msg::Hello { rank, threads, host, name, registry, kernels } => {
+                Msg::Hello { rank, threads, host, name, registry, kernels, gpu } => {
                     if registry != self.registry.digest() {
                         return Err(Error::RegistryMismatch {
                             rank,
                             detail: format!("{kernels} kernels there, {} here", self.registry.len()),
                         });
                     }
-                    self.add_worker(WorkerRec::new(rank, threads, host, name, self.config.queue_extra));
+                    self.add_worker(WorkerRec {
+                        gpu,
+                        ..WorkerRec::new(rank, threads, host, name, self.config.queue_extra)
+                    });
                 }
                 Msg::Client(ClientRequest::Shutdown { reply, .. }) => {
                     reply.send(());
@@ -396,7 +406,13 @@ impl Scheduler {
             .workers
             .iter()
             .filter(|w| w.open())
-            .map(|w| WorkerInfo { rank: w.rank, threads: w.threads, host: w.host.clone(), name: w.name.clone() })
+            .map(|w| WorkerInfo {
+                rank: w.rank,
+                threads: w.threads,
+                host: w.host.clone(),
+                name: w.name.clone(),
+                gpu: w.gpu.clone(),
+            })
             .collect();
         infos.sort_by_key(|w| w.rank);
         infos
@@ -472,8 +488,9 @@ impl Scheduler {
                 let req = ClientRequest::from_wire(req, move |reply| transport.send(from, Msg::Reply { id, reply }));
                 return self.on_client(req, inbox);
             }
-            Msg::Hello { rank, threads, host, name, registry, kernels } if self.config.elastic => {
-                self.on_hello(WorkerRec::new(rank, threads, host, name, self.config.queue_extra), registry, kernels)
+            Msg::Hello { rank, threads, host, name, registry, kernels, gpu } if self.config.elastic => {
+                let rec = WorkerRec { gpu, ..WorkerRec::new(rank, threads, host, name, self.config.queue_extra) };
+                self.on_hello(rec, registry, kernels)
             }
             Msg::Drain { rank } => match self.worker_of_rank.get(&rank) {
                 Some(&w) if !self.workers[w].gone => {
@@ -873,6 +890,10 @@ impl Scheduler {
     fn make_ready(&mut self, id: TaskId) {
         let rec = &self.tasks[&id];
         let mut best: Option<(u64, usize)> = rec.pin.map(|w| (0, w));
+        // A GPU-capable task goes to a GPU worker when there is one open:
+        // the one holding most of its input, else the least loaded.
+        let gpu_only =
+            best.is_none() && self.registry.is_gpu(rec.kernel) && self.workers.iter().any(|w| w.open() && w.has_gpu());
         if best.is_none() && !rec.inputs.is_empty() {
             // Bytes of input each worker holds (few inputs, few holders: linear scans).
             let mut held: Vec<(usize, u64)> = Vec::new();
@@ -886,7 +907,7 @@ impl Scheduler {
                 }
             }
             for (w, bytes) in held {
-                if !self.workers[w].open() {
+                if !self.workers[w].open() || (gpu_only && !self.workers[w].has_gpu()) {
                     continue;
                 }
                 let better = match best {
@@ -897,6 +918,12 @@ impl Scheduler {
                     best = Some((bytes, w));
                 }
             }
+        }
+        if gpu_only && best.is_none() {
+            best = (0..self.workers.len())
+                .filter(|&w| self.workers[w].open() && self.workers[w].has_gpu())
+                .min_by_key(|&w| self.load(w))
+                .map(|w| (0, w));
         }
         let prio = rec.prio;
         let rec = self.tasks.get_mut(&id).expect("ready task exists");
@@ -982,6 +1009,10 @@ impl Scheduler {
         let pick = self.workers[victim].queue.iter().rev().take(8).copied().find(|&(_, id)| {
             let rec = &self.tasks[&id];
             if rec.pin.is_some() {
+                return false;
+            }
+            // GPU work stays on GPU workers.
+            if self.workers[victim].has_gpu() && !self.workers[thief].has_gpu() && self.registry.is_gpu(rec.kernel) {
                 return false;
             }
             let missing: u64 = rec

@@ -43,12 +43,14 @@ pub struct WorkerConfig {
     /// The CPUs each thread binds itself to (missing or empty: unbound);
     /// see [`crate::topology::plan`].
     pub cpus: Vec<Vec<usize>>,
+    /// The GPU of a GPU worker (see [`crate::gpu`]).
+    pub gpu: Option<Arc<crate::gpu::Gpu>>,
 }
 
 impl WorkerConfig {
     /// A worker that records events and binds nothing.
     pub fn new(rank: u32, threads: usize, host: String) -> WorkerConfig {
-        WorkerConfig { rank, threads, host, name: String::new(), events: true, cpus: Vec::new() }
+        WorkerConfig { rank, threads, host, name: String::new(), events: true, cpus: Vec::new(), gpu: None }
     }
 }
 
@@ -79,6 +81,7 @@ struct Table {
 
 struct Worker {
     rank: u32,
+    gpu: Option<Arc<crate::gpu::Gpu>>,
     registry: Arc<Registry>,
     transport: Arc<dyn Transport>,
     store: BlockStore,
@@ -102,8 +105,10 @@ pub fn run_worker(
     let rank = config.rank;
     let threads = config.threads.max(1);
     let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+    let gpu_name = config.gpu.as_ref().map(|g| format!("GPU {} ({})", g.ordinal(), g.name())).unwrap_or_default();
     let worker = Arc::new(Worker {
         rank,
+        gpu: config.gpu.clone(),
         registry,
         transport,
         store,
@@ -122,10 +127,11 @@ pub fn run_worker(
             name: config.name.clone(),
             registry: worker.registry.digest(),
             kernels: worker.registry.len() as u32,
+            gpu: gpu_name.clone(),
         },
     );
     let cpus: Vec<String> = config.cpus.iter().map(|c| crate::topology::cpu_list(c)).collect();
-    tracing::info!(rank, threads, host = %config.host, cpus = %cpus.join(" "), "worker started");
+    tracing::info!(rank, threads, host = %config.host, cpus = %cpus.join(" "), gpu = %gpu_name, "worker started");
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let (w, inbox, jobs) = (Arc::clone(&worker), inbox.clone(), jobs_rx.clone());
@@ -317,7 +323,7 @@ impl Worker {
             self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
             return;
         };
-        let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1 };
+        let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1, gpu: self.gpu.as_ref() };
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))));
         drop(inputs);
