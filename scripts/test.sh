@@ -7,7 +7,9 @@
 #    or sudo the first time, a no-op afterwards.
 # 2. The default build (nothing but Rust): unit, integration and doc tests of
 #    every crate, the `tessera` command and the examples on a local cluster.
-# 3. The `full` build (`mpi`, `hdf5`, `hwloc`, `ucx`): the same suites again, the HDF5
+# 3. The `full` build (`mpi`, `hdf5`, `hwloc`, `ucx`) with `cuda`: the same suites again,
+#    GPU workers (tests/gpu.rs; without a GPU they check the CPU fallback and
+#    the messages, and the device tests say why they skip), the HDF5
 #    tests, thread binding read back, blocks over UCX (tests/ucx.rs), plus tests/mpi.rs, which starts every multi-rank case as its own
 #    `mpirun -n 1..4` child with a hard timeout (the same test bodies as the
 #    in-process runs, the failure cases, the examples and the `tessera`
@@ -37,7 +39,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "lints: cargo fmt --check, cargo clippy (default and full builds)"
 cargo fmt --all --check
 cargo clippy --workspace --exclude tessera-ucx-sys --all-targets --locked -- -D warnings
-cargo clippy --workspace --all-targets --locked --features tessera/full -- -D warnings
+cargo clippy --workspace --all-targets --locked --features tessera/full,tessera/cuda -- -D warnings
 
 batch_env=()
 if [[ $(id -u) -eq 0 && -z ${TESSERA_NO_BATCH:-} ]]; then
@@ -54,7 +56,7 @@ fi
 step "default build: cargo test --workspace (nothing but Rust)"
 cargo test --workspace --exclude tessera-ucx-sys --locked
 
-step "full build (mpi, hdf5, hwloc, ucx): cargo test --workspace --features full (real mpirun runs)"
-env "${batch_env[@]}" cargo test --workspace --locked --features tessera/full
+step "full build (mpi, hdf5, hwloc, ucx, cuda): cargo test --workspace --features full,cuda (real mpirun runs)"
+env "${batch_env[@]}" cargo test --workspace --locked --features tessera/full,tessera/cuda
 
 step "all tests passed"

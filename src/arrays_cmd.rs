@@ -310,12 +310,11 @@ impl Report {
         let peak_text = peaks.iter().map(|(r, b)| format!("r{r} {:.2}", gib(*b))).collect::<Vec<_>>().join(", ");
         let gflops = flops / seconds / 1e9;
         println!(
-        "{what}: {summary}; {seconds:.3} s, {gflops:.1} GFLOP/s{}; {} workers ({} threads, {}); peak GiB {peak_text}",
-        input_seconds.map(|s| format!(" (input {s:.3} s before)")).unwrap_or_default(),
-        client.workers().len(),
-        client.total_threads(),
-        client.transport(),
-    );
+            "{what}: {summary}; {seconds:.3} s, {gflops:.1} GFLOP/s{}; {} over {}; peak GiB {peak_text}",
+            input_seconds.map(|s| format!(" (input {s:.3} s before)")).unwrap_or_default(),
+            workers_text(client),
+            client.transport(),
+        );
         if json_out {
             let obj = extra.as_object_mut().expect("an object");
             obj.insert("command".into(), json!(what));
@@ -323,6 +322,10 @@ impl Report {
             obj.insert("gflops".into(), json!(gflops));
             obj.insert("input_seconds".into(), json!(input_seconds));
             obj.insert("workers".into(), json!(client.workers().len()));
+            obj.insert(
+                "gpus".into(),
+                json!(client.workers().iter().filter(|w| !w.gpu.is_empty()).map(|w| &w.gpu).collect::<Vec<_>>()),
+            );
             obj.insert("threads".into(), json!(client.total_threads()));
             obj.insert("transport".into(), json!(client.transport()));
             obj.insert(
@@ -545,17 +548,20 @@ fn matmul_operand(spec: &str, _: Option<[usize; 2]>) -> anyhow::Result<DArray> {
     Err(linalg::LinalgError::FeatureDisabled { feature: "hdf5", what: format!("reading {spec}") }.into())
 }
 
+/// `N workers (T threads)`, naming the GPU workers' devices when there are any.
+fn workers_text(client: &Client) -> String {
+    let workers = client.workers();
+    let gpus: Vec<&str> = workers.iter().filter(|w| !w.gpu.is_empty()).map(|w| w.gpu.as_str()).collect();
+    let gpus = if gpus.is_empty() { String::new() } else { format!("; GPU workers on {}", gpus.join(", ")) };
+    format!("{} workers ({} threads{gpus})", workers.len(), client.total_threads())
+}
+
 /// `tessera demo`: a randomized SVD of a matrix with known singular values
 /// and a blocked matmul, both checked, with their timings.
 pub fn demo(config: Config, observe: &Observe) -> anyhow::Result<()> {
     observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
-        println!(
-            "tessera demo: {} workers ({} threads) over the {} transport",
-            client.workers().len(),
-            client.total_threads(),
-            client.transport()
-        );
+        println!("tessera demo: {} over the {} transport", workers_text(client), client.transport());
         // A = G diag(w) with G Gaussian: singular values close to w's.
         let (m, n, k) = (20_000, 400, 5);
         let t = Instant::now();

@@ -4,11 +4,15 @@
 //! * [`overhead`]: per-task scheduling cost on trivial tasks, in three graph
 //!   shapes (wide, chain, tree), the figure to compare with Dask.
 //! * [`transfer`]: one block moved between two workers, timed end to end.
+//! * [`gemm`]: one faer matrix product on this process's cores; [`gpu_gemm`]:
+//!   one GEMM on a GPU, cuBLAS called directly against the same product
+//!   through a Tessera GPU worker.
 
 use std::time::Instant;
 
 use serde::Serialize;
-use tessera_runtime::{Client, Graph, Key, Task};
+use tessera_runtime::gpu::GpuSelect;
+use tessera_runtime::{Client, Config, DType, Graph, Key, Task};
 
 /// Graph shapes of the overhead benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -156,6 +160,26 @@ pub fn transfer(client: &Client, from: u32, to: u32, bytes: usize, repeat: usize
     Ok(times)
 }
 
+/// Element types of `tessera bench gemm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GemmDtype {
+    F64,
+    F32,
+    /// f64, then f32: one measurement each.
+    Both,
+}
+
+impl GemmDtype {
+    pub fn dtypes(self) -> &'static [DType] {
+        match self {
+            GemmDtype::F64 => &[DType::F64],
+            GemmDtype::F32 => &[DType::F32],
+            GemmDtype::Both => &[DType::F64, DType::F32],
+        }
+    }
+}
+
 /// One faer matrix product `m x k @ k x n` on `threads` cores (rayon), the
 /// ceiling a blocked product on the same cores is measured against.
 #[derive(Clone, Debug, Serialize)]
@@ -163,29 +187,302 @@ pub struct GemmRun {
     pub m: usize,
     pub k: usize,
     pub n: usize,
+    pub dtype: String,
     pub threads: usize,
     pub seconds: f64,
     pub gflops: f64,
     pub repeat: usize,
 }
 
-/// Times [`GemmRun`]: median of `repeat` products after one warm-up.
-pub fn gemm(m: usize, k: usize, n: usize, threads: usize, repeat: usize) -> GemmRun {
+/// Times [`GemmRun`]: median of `repeat` products of `dtype` (f64 or f32)
+/// elements after one warm-up.
+pub fn gemm(m: usize, k: usize, n: usize, dtype: DType, threads: usize, repeat: usize) -> GemmRun {
+    match dtype {
+        DType::F32 => gemm_as::<f32>(m, k, n, threads, repeat),
+        _ => gemm_as::<f64>(m, k, n, threads, repeat),
+    }
+}
+
+fn gemm_as<T: tessera_linalg::Element>(m: usize, k: usize, n: usize, threads: usize, repeat: usize) -> GemmRun {
     use tessera_linalg::faer::{linalg::matmul::matmul, Accum, Mat, Par};
-    let a = Mat::<f64>::from_fn(m, k, |i, j| ((i * 31 + j * 17) % 97) as f64 / 97.0);
-    let b = Mat::<f64>::from_fn(k, n, |i, j| ((i * 13 + j * 7) % 89) as f64 / 89.0);
-    let mut c = Mat::<f64>::zeros(m, n);
+    let a = Mat::<T>::from_fn(m, k, |i, j| T::from_f64(((i * 31 + j * 17) % 97) as f64 / 97.0));
+    let b = Mat::<T>::from_fn(k, n, |i, j| T::from_f64(((i * 13 + j * 7) % 89) as f64 / 89.0));
+    let mut c = Mat::<T>::zeros(m, n);
     let par = if threads > 1 { Par::rayon(threads) } else { Par::Seq };
     let mut times = Vec::with_capacity(repeat);
     for i in 0..=repeat.max(1) {
         let t = Instant::now();
-        matmul(c.as_mut(), Accum::Replace, a.as_ref(), b.as_ref(), 1.0, par);
+        matmul(c.as_mut(), Accum::Replace, a.as_ref(), b.as_ref(), T::from_f64(1.0), par);
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
     }
     let seconds = median(&mut times);
-    GemmRun { m, k, n, threads, seconds, gflops: 2.0 * (m * k * n) as f64 / seconds / 1e9, repeat: times.len() }
+    GemmRun {
+        m,
+        k,
+        n,
+        dtype: T::DTYPE.to_string(),
+        threads,
+        seconds,
+        gflops: 2.0 * (m * k * n) as f64 / seconds / 1e9,
+        repeat: times.len(),
+    }
+}
+
+/// One GEMM `m x k @ k x n` on one GPU, two ways in one run (medians over
+/// the repeats, each after one warm-up product):
+///
+/// * `direct`: cuBLAS called directly on operands uploaded once, the
+///   stream synchronised before and after each product;
+/// * `tessera`: `A @ B` persisted through a local cluster whose GPU worker
+///   holds A and B (persisted first, one block each), timed from building
+///   the product's graph until the device has finished it; the result is
+///   released before the next repeat.
+///
+/// The two products are checked against each other.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuGemmRun {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub dtype: String,
+    /// `GPU 0 (NVIDIA H100 80GB HBM3)`.
+    pub gpu: String,
+    pub direct_seconds: f64,
+    pub direct_tflops: f64,
+    pub tessera_seconds: f64,
+    pub tessera_tflops: f64,
+    /// Until the worker had reported the task done (GPU kernels wait for
+    /// their stream before returning, so the product was finished then).
+    pub tessera_reported_seconds: f64,
+    /// The `linalg.gemm` task's own duration on the GPU worker, from its
+    /// events (allocation, the cuBLAS call, the wait for the device).
+    /// `None` with `--no-events`.
+    pub task_seconds: Option<f64>,
+    /// Throughput through Tessera over cuBLAS's own: `tessera_tflops / direct_tflops`.
+    pub ratio: f64,
+    /// max |C_tessera - C_direct| / max |C_direct|.
+    pub max_rel_diff: f64,
+    pub repeat: usize,
+}
+
+/// Measures [`GpuGemmRun`] on the first GPU of `select` (needs the `cuda`
+/// feature and a CUDA driver). `config` is the command line's cluster
+/// configuration; the bench's local cluster takes its settings but runs one
+/// CPU worker and one GPU worker, on that GPU only.
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_gemm(
+    config: Config,
+    select: &GpuSelect,
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: DType,
+    repeat: usize,
+    seed: u64,
+) -> anyhow::Result<GpuGemmRun> {
+    let ordinal = first_gpu(select)?;
+    match dtype {
+        DType::F64 => gpu_gemm_as::<f64>(config, ordinal, [m, k, n], repeat, seed),
+        DType::F32 => gpu_gemm_as::<f32>(config, ordinal, [m, k, n], repeat, seed),
+        other => anyhow::bail!("bench gemm: {other} is not a GEMM element type (f64 or f32)"),
+    }
+}
+
+/// [`gpu_gemm`] in a build without the `cuda` feature: the error that says so.
+#[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_gemm(
+    _config: Config,
+    select: &GpuSelect,
+    _m: usize,
+    _k: usize,
+    _n: usize,
+    _dtype: DType,
+    _repeat: usize,
+    _seed: u64,
+) -> anyhow::Result<GpuGemmRun> {
+    Err(tessera_runtime::Error::FeatureDisabled { feature: "cuda", what: format!("bench gemm --gpus {select}") }.into())
+}
+
+/// The first device of `select`, or an error that says why there is none
+/// (never a fallback to the CPU: the figure would mean nothing).
+#[cfg(feature = "cuda")]
+fn first_gpu(select: &GpuSelect) -> anyhow::Result<usize> {
+    use tessera_runtime::gpu::{probe, resolve, Probe, NO_DRIVER};
+    let flag = format!("bench gemm --gpus {select}");
+    match probe() {
+        Probe::Found { .. } => {}
+        Probe::NoDriver => anyhow::bail!("{flag}: {NO_DRIVER}"),
+        Probe::Failed(e) => anyhow::bail!("{flag}: the CUDA driver failed: {e}"),
+        Probe::NotCompiled => {
+            return Err(tessera_runtime::Error::FeatureDisabled { feature: "cuda", what: flag }.into())
+        }
+    }
+    match resolve(select)?.first() {
+        Some(&ordinal) => Ok(ordinal),
+        None => anyhow::bail!("{flag}: the CUDA driver shows no GPU"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_gemm_as<T>(
+    config: Config,
+    ordinal: usize,
+    [m, k, n]: [usize; 3],
+    repeat: usize,
+    seed: u64,
+) -> anyhow::Result<GpuGemmRun>
+where
+    T: tessera_runtime::gpu::GpuElement + tessera_linalg::Element,
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    use anyhow::{anyhow, ensure, Context};
+    use cudarc::cublas::sys::cublasOperation_t;
+    use cudarc::cublas::{Gemm, GemmConfig};
+    use tessera_linalg::{DArray, Distribution};
+    use tessera_runtime::gpu::Gpu;
+    use tessera_runtime::{LocalCluster, Progress};
+
+    ensure!(m > 0 && k > 0 && n > 0, "bench gemm: every dimension must be positive");
+    let dim = |x: usize| i32::try_from(x).map_err(|_| anyhow!("bench gemm: dimension {x} exceeds cuBLAS's 2^31 - 1"));
+    let dtype = <T as tessera_linalg::Element>::DTYPE;
+    let repeat = repeat.max(1);
+    let flops = 2.0 * m as f64 * k as f64 * n as f64;
+
+    // This process's own handle on the device: its stream for the direct
+    // calls, and its context (the device's primary context, which the GPU
+    // worker's stream belongs to as well) to wait for the worker's products.
+    let gpu = Gpu::open(ordinal, Some(u64::MAX))?;
+    let device_sync = || gpu.context().synchronize().map_err(|e| anyhow!("GPU {ordinal}: synchronising: {e}"));
+
+    let config = Config { workers: Some(1), threads: Some(1), gpus: GpuSelect::List(vec![ordinal]), ..config };
+    let events = config.events;
+    let cluster = LocalCluster::start_with(config)?;
+    let client = cluster.client();
+    client.set_progress(Progress::Off);
+    let gpu_rank = client
+        .workers()
+        .iter()
+        .find(|w| !w.gpu.is_empty())
+        .map(|w| w.rank)
+        .context("bench gemm: the local cluster started no GPU worker")?;
+
+    // Operands made on the GPU worker (`linalg.random` runs there), one block each.
+    let dist = Distribution::Normal { mean: 0.0, std: 1.0 };
+    let a = DArray::random(&[m, k], &[m, k], dist, seed, dtype)?.persist(client)?;
+    let b = DArray::random(&[k, n], &[k, n], dist, seed.wrapping_add(1), dtype)?.persist(client)?;
+    let a_host: Vec<T> = a.to_ndarray::<T>(client)?.into_iter().collect();
+    let b_host: Vec<T> = b.to_ndarray::<T>(client)?.into_iter().collect();
+
+    // 1. cuBLAS directly, as the GPU worker's kernel calls it: the row-major
+    // product C = A B is the column-major C^T = B^T A^T, no copy.
+    let stream = gpu.stream();
+    let da = stream.clone_htod(&a_host)?;
+    let db = stream.clone_htod(&b_host)?;
+    stream.synchronize()?;
+    drop((a_host, b_host));
+    let mut dc = stream.alloc_zeros::<T>(m * n)?;
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_N,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: dim(n)?,
+        n: dim(m)?,
+        k: dim(k)?,
+        alpha: T::from_f64(1.0),
+        lda: dim(n)?,
+        ldb: dim(k)?,
+        beta: T::from_f64(0.0),
+        ldc: dim(n)?,
+    };
+    let mut product = || {
+        // SAFETY: `db` holds the k x n row-major B (column-major n x k,
+        // leading dimension n), `da` the m x k A (column-major k x m, leading
+        // dimension k) and `dc` m * n elements (column-major n x m, leading
+        // dimension n), as `cfg` describes.
+        gpu.blas(|blas| unsafe { blas.gemm(cfg, &db, &da, &mut dc) }.map_err(|e| gpu.error("cuBLAS gemm", e)))
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok::<(), anyhow::Error>(())
+    };
+    product()?; // warm-up: makes the cuBLAS handle
+    stream.synchronize()?;
+    let mut direct = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        stream.synchronize()?;
+        let t = Instant::now();
+        product()?;
+        stream.synchronize()?;
+        direct.push(t.elapsed().as_secs_f64());
+    }
+    let c_direct: Vec<T> = stream.clone_dtoh(&dc)?;
+    stream.synchronize()?;
+    drop((da, db, dc));
+
+    // 2. The same product through the GPU worker.
+    drop(a.matmul(&b)?.persist(client)?); // warm-up: the worker's cuBLAS handle
+    device_sync()?;
+    if events {
+        client.take_events()?;
+    }
+    let (mut reported, mut done) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));
+    let mut last: Option<DArray> = None;
+    for _ in 0..repeat {
+        drop(last.take()); // the previous product's device memory goes back
+        let t = Instant::now();
+        let c = a.matmul(&b)?.persist(client)?;
+        reported.push(t.elapsed().as_secs_f64());
+        device_sync()?;
+        done.push(t.elapsed().as_secs_f64());
+        last = Some(c);
+    }
+    let mut task = Vec::new();
+    if events {
+        let log = client.take_events()?;
+        let gemm_kernel = log.kernels.iter().position(|name| name == "linalg.gemm");
+        for w in &log.workers {
+            for t in w.tasks.iter().filter(|t| Some(t.kernel as usize) == gemm_kernel) {
+                ensure!(
+                    w.rank == gpu_rank,
+                    "bench gemm: the product ran on worker rank {}, not on the GPU worker (rank {gpu_rank})",
+                    w.rank
+                );
+                task.push(t.dur_us as f64 * 1e-6);
+            }
+        }
+    }
+    let c_tessera: Vec<T> = last.context("a product")?.to_ndarray::<T>(client)?.into_iter().collect();
+    drop((a, b));
+    cluster.shutdown();
+
+    let scale = c_direct.iter().fold(0.0f64, |x, v| x.max(v.to_f64().abs())).max(f64::MIN_POSITIVE);
+    let diff = c_direct.iter().zip(&c_tessera).fold(0.0f64, |x, (p, q)| x.max((p.to_f64() - q.to_f64()).abs()));
+    let max_rel_diff = diff / scale;
+    let tolerance = 100.0 * <T as tessera_linalg::Element>::EPSILON.to_f64() * (k as f64).sqrt();
+    ensure!(
+        c_direct.len() == c_tessera.len() && max_rel_diff <= tolerance,
+        "bench gemm: the product through Tessera differs from cuBLAS's: max relative difference {max_rel_diff:.3e} (tolerance {tolerance:.1e})"
+    );
+
+    let direct_seconds = median(&mut direct);
+    let tessera_seconds = median(&mut done);
+    Ok(GpuGemmRun {
+        m,
+        k,
+        n,
+        dtype: dtype.to_string(),
+        gpu: format!("GPU {ordinal} ({})", gpu.name()),
+        direct_seconds,
+        direct_tflops: flops / direct_seconds / 1e12,
+        tessera_seconds,
+        tessera_tflops: flops / tessera_seconds / 1e12,
+        tessera_reported_seconds: median(&mut reported),
+        task_seconds: (!task.is_empty()).then(|| median(&mut task)),
+        ratio: direct_seconds / tessera_seconds,
+        max_rel_diff,
+        repeat,
+    })
 }
 
 /// One run of the elastic benchmark (medians over the repeats).

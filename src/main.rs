@@ -345,19 +345,33 @@ enum BenchCommand {
     },
     /// MPI start-up reference: initialise, barrier, finalise (needs `mpi`).
     MpiHello,
-    /// One faer matrix product on this process's cores: the ceiling for blocked products.
+    /// One matrix product at full speed. Without --gpus: faer on this process's
+    /// cores, the ceiling for blocked products. With --gpus (needs `cuda`): on the
+    /// first GPU selected, cuBLAS called directly against the same product through
+    /// a Tessera GPU worker (a local cluster of one CPU and one GPU worker), in one run.
     Gemm {
-        #[arg(long, default_value_t = 4096)]
-        m: usize,
-        #[arg(long, default_value_t = 4096)]
-        k: usize,
-        #[arg(long, default_value_t = 4096)]
-        n: usize,
-        /// Threads [default: usable cores].
+        /// Rows of A and C [default: --n].
+        #[arg(long)]
+        m: Option<usize>,
+        /// Columns of A, rows of B [default: --n].
+        #[arg(long)]
+        k: Option<usize>,
+        /// Columns of B and C; alone, the size of square matrices [default: 4096, with --gpus 8192].
+        #[arg(long)]
+        n: Option<usize>,
+        /// Element type: f64, f32, or both (one measurement each).
+        #[arg(long, value_enum, default_value = "f64")]
+        dtype: bench::GemmDtype,
+        /// Threads of the CPU product [default: usable cores].
         #[arg(long)]
         cores: Option<usize>,
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
+        /// Timed products after one warm-up; the median is reported [default: 3, with --gpus 5].
+        #[arg(long)]
+        repeat: Option<usize>,
+        /// With --gpus: seed of the random (standard normal) operands.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object per element type, after its line.
         #[arg(long)]
         json: bool,
     },
@@ -509,16 +523,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::MpiHello) => mpi_hello(),
         Command::Bench(BenchCommand::Ucx { sizes, repeat, json }) => ucx_bench(&sizes, repeat, json),
-        Command::Bench(BenchCommand::Gemm { m, k, n, cores, repeat, json }) => {
-            let r = bench::gemm(m, k, n, cores.unwrap_or_else(tessera::runtime::sys::usable_cores), repeat);
-            println!(
-                "gemm {} x {} @ {} x {} (faer, {} threads): {:.4} s, {:.1} GFLOP/s (median of {})",
-                r.m, r.k, r.k, r.n, r.threads, r.seconds, r.gflops, r.repeat
-            );
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            }
-            Ok(())
+        Command::Bench(BenchCommand::Gemm { m, k, n, dtype, cores, repeat, seed, json }) => {
+            gemm_bench(config, [m, k, n], dtype, cores, repeat, seed, json)
         }
         Command::Scheduler { .. }
         | Command::Worker { .. }
@@ -582,6 +588,7 @@ fn worker(
     opts.interface = interface;
     opts.drain_on_signal = true;
     opts.bind = args.bind;
+    opts.gpus = args.gpus.clone();
     opts.events = !args.no_events;
     opts.transport = args.transport;
     if let Some(n) = name {
@@ -645,6 +652,48 @@ fn retire(args: &ClusterArgs, which: &[String], json: bool) -> anyhow::Result<()
     println!("retired {} workers in {:.3} s: ranks {left:?}", left.len(), start.elapsed().as_secs_f64());
     if json {
         println!("{}", json!({"retired": left, "seconds": start.elapsed().as_secs_f64()}));
+    }
+    Ok(())
+}
+
+/// `tessera bench gemm`: faer on the cores, or with `--gpus` cuBLAS directly
+/// against a Tessera GPU worker (see [`bench::gpu_gemm`]).
+fn gemm_bench(
+    config: Config,
+    [m, k, n]: [Option<usize>; 3],
+    dtype: bench::GemmDtype,
+    cores: Option<usize>,
+    repeat: Option<usize>,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let on_gpu = config.gpus != GpuSelect::None;
+    let n = n.unwrap_or(if on_gpu { 8192 } else { 4096 });
+    let (m, k) = (m.unwrap_or(n), k.unwrap_or(n));
+    let repeat = repeat.unwrap_or(if on_gpu { 5 } else { 3 });
+    for &dt in dtype.dtypes() {
+        if !on_gpu {
+            let r = bench::gemm(m, k, n, dt, cores.unwrap_or_else(tessera::runtime::sys::usable_cores), repeat);
+            println!(
+                "gemm {} x {} @ {} x {} {} (faer, {} threads): {:.4} s, {:.1} GFLOP/s (median of {})",
+                r.m, r.k, r.k, r.n, r.dtype, r.threads, r.seconds, r.gflops, r.repeat
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            continue;
+        }
+        let select = config.gpus.clone();
+        let r = bench::gpu_gemm(config.clone(), &select, m, k, n, dt, repeat, seed)?;
+        let task = r.task_seconds.map(|s| format!(", the task itself {s:.4} s")).unwrap_or_default();
+        println!(
+            "gemm {} x {} @ {} x {} {} on {}: cuBLAS directly {:.4} s, {:.2} TFLOP/s; through a Tessera GPU worker {:.4} s, {:.2} TFLOP/s (task reported done after {:.4} s{task}); tessera/direct {:.3} (median of {}; products agree to {:.1e})",
+            r.m, r.k, r.k, r.n, r.dtype, r.gpu, r.direct_seconds, r.direct_tflops, r.tessera_seconds, r.tessera_tflops,
+            r.tessera_reported_seconds, r.ratio, r.repeat, r.max_rel_diff
+        );
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        }
     }
     Ok(())
 }
@@ -776,7 +825,16 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
             obj["mpi_library"].as_str().unwrap_or("available")
         ),
         serde_json::Value::Null => {}
-        m => println!("  mpi:       {}; world size {}", m["library"].as_str().unwrap_or("?"), m["world_size"]),
+        m => println!(
+            "  mpi:       {}; world size {}; CUDA-aware: {} (blocks between GPU workers go through host memory)",
+            m["library"].as_str().unwrap_or("?"),
+            m["world_size"],
+            match m["cuda_aware"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "the library does not say",
+            }
+        ),
     }
     println!("  transports: {} (tcp: elastic workers, `tessera scheduler` / `tessera worker`)", transports.join(", "));
     match &ucx {
@@ -856,6 +914,7 @@ fn mpi_info(launch: Launch) -> anyhow::Result<Option<serde_json::Value>> {
         "rank": i.rank,
         "hosts": i.hosts,
         "topologies": i.topologies,
+        "cuda_aware": i.cuda_aware,
     })))
 }
 

@@ -225,6 +225,7 @@ fn parent() -> i32 {
     arrays_commands(&mut cases, tessera);
 
     ucx_cases(&mut cases, &me, tessera);
+    gpu_cases(&mut cases, tessera);
 
     // Blocks split into many MPI messages arrive whole.
     let mut pieces = scen("bodies", 3, true, &["bodies ok"]);
@@ -427,6 +428,58 @@ fn ucx_cases(cases: &mut Vec<Case>, me: &str, tessera: &str) {
     cases.push(c);
     let c = case("kill_worker over ucx -n 3", 3, me, &["--scenario", "kill_worker"], false, &["rank 2"]);
     cases.push(ucx(c, ""));
+}
+
+/// GPU workers under MPI (`--gpus`): without the feature, the message naming
+/// it; without a driver, `all` runs on CPU workers and a device list fails on
+/// every rank, naming the first rank without its GPU (no hang); with GPUs,
+/// the first working ranks of the host drive them.
+fn gpu_cases(cases: &mut Vec<Case>, tessera: &str) {
+    use tessera::runtime::gpu::{probe, Probe, NO_DRIVER};
+    if !cfg!(feature = "cuda") {
+        cases.push(case(
+            "tessera --gpus all, no feature",
+            1,
+            tessera,
+            &["--gpus", "all", "demo"],
+            false,
+            &["needs the `cuda` feature"],
+        ));
+        return;
+    }
+    match probe() {
+        Probe::Found { devices, .. } if !devices.is_empty() => {
+            let c = case(
+                "tessera --gpus all -n 3",
+                3,
+                tessera,
+                &["-q", "--gpus", "all", "demo"],
+                true,
+                &["GPU workers on GPU 0", "(result checked)"],
+            );
+            cases.push(c);
+        }
+        _ => {
+            let c = case(
+                "tessera --gpus all -n 3, no driver",
+                3,
+                tessera,
+                &["-q", "--gpus", "all", "demo"],
+                true,
+                &[NO_DRIVER, "(result checked)"],
+            );
+            cases.push(c);
+            let msg = format!("rank 1: --gpus 0: {NO_DRIVER}");
+            cases.push(case(
+                "tessera --gpus 0 -n 3, no driver",
+                3,
+                tessera,
+                &["--gpus", "0", "demo"],
+                false,
+                &[msg.as_str()],
+            ));
+        }
+    }
 }
 
 /// The SVD file holds orthonormal U (m x k), non-increasing S, orthonormal Vᵀ.

@@ -307,13 +307,13 @@ pub(crate) fn down(up: &Up, f_root: Key, c: usize, transpose_out: bool) -> (Vec<
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct LeafParams {
-    rows: usize,
-    cols: usize,
+    pub rows: usize,
+    pub cols: usize,
     /// Offset of the block's first row (for messages).
-    start: usize,
+    pub start: usize,
     /// The input block is `cols x rows`, read as its transpose.
-    transposed: bool,
-    what: String,
+    pub transposed: bool,
+    pub what: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -331,11 +331,11 @@ struct DownParams {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct ApplyParams {
-    rows: usize,
-    cols: usize,
-    c: usize,
-    transpose_out: bool,
+pub(crate) struct ApplyParams {
+    pub rows: usize,
+    pub cols: usize,
+    pub c: usize,
+    pub transpose_out: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -345,16 +345,39 @@ pub(crate) struct RootParams {
 }
 
 pub(crate) fn register_kernels(r: &mut Registry) {
-    r.register("linalg.qr_leaf", |_, p: LeafParams, inputs: &[Block]| {
+    r.register("linalg.qr_leaf", |ctx, p: LeafParams, inputs: &[Block]| {
         let x = first(inputs)?;
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = ctx.gpu {
+            if p.rows >= p.cols && matches!(x.dtype(), tessera_runtime::DType::F64 | tessera_runtime::DType::F32) {
+                check_leaf_shape(&p, x)?;
+                return crate::gpu::qr_leaf(gpu, &p, x);
+            }
+        }
+        let _ = ctx;
         dispatch!(x.dtype(), T => leaf::<T>(&p, x), _ => Err(unsupported("qr_leaf", x.dtype())))
     });
     r.register("linalg.qr_leaf_r", |_, (m, n): (usize, usize), inputs: &[Block]| {
         let x = first(inputs)?;
+        if is_explicit(x) {
+            #[cfg(feature = "cuda")]
+            if let Some(r) = crate::gpu::explicit_r(x, m, n)? {
+                return Ok(r);
+            }
+            return dispatch!(x.dtype(), T => explicit_r::<T>(m, n, x), _ => Err(unsupported("qr_leaf_r", x.dtype())));
+        }
         dispatch!(x.dtype(), T => leaf_r::<T>(m, n, x), _ => Err(unsupported("qr_leaf_r", x.dtype())))
     });
-    r.register("linalg.qr_apply", |_, p: ApplyParams, inputs: &[Block]| {
+    r.register("linalg.qr_apply", |ctx, p: ApplyParams, inputs: &[Block]| {
         let [packed, f] = inputs else { return Err(KernelError::msg("qr_apply takes two blocks")) };
+        if is_explicit(packed) {
+            #[cfg(feature = "cuda")]
+            if let Some(gpu) = ctx.gpu {
+                return crate::gpu::qr_apply(gpu, &p, packed, f);
+            }
+            let _ = ctx;
+            return dispatch!(packed.dtype(), T => explicit_apply::<T>(&p, packed, f), _ => Err(unsupported("qr_apply", packed.dtype())));
+        }
         dispatch!(packed.dtype(), T => apply::<T>(&p, packed, f), _ => Err(unsupported("qr_apply", packed.dtype())))
     });
     r.register("linalg.qr_node", |_, p: NodeParams, inputs: &[Block]| {
@@ -461,13 +484,89 @@ impl LeafLayout {
     }
 }
 
+/// Checks a leaf's input block against its parameters.
+pub(crate) fn check_leaf_shape(p: &LeafParams, x: &Block) -> Result<(), KernelError> {
+    let (m, n) = (p.rows, p.cols);
+    match *x.shape() {
+        [r, c] if (r, c) == if p.transposed { (n, m) } else { (m, n) } => Ok(()),
+        [r, c] => Err(KernelError::msg(format!("qr_leaf: block is {r} x {c}, expected {m} x {n}"))),
+        ref s => Err(KernelError::msg(format!("qr_leaf: the block has shape {s:?}, expected a matrix"))),
+    }
+}
+
+/// The error for a leaf whose R is not finite: finds the first NaN or Inf
+/// of the input to say where it is.
+pub(crate) fn non_finite_error<T: Element>(p: &LeafParams, x: &Block) -> KernelError {
+    let (data, c) = (T::slice(x).unwrap_or(&[]), x.shape().get(1).copied().unwrap_or(1));
+    let (i, j) = dense::first_non_finite(data, c).unwrap_or((0, 0));
+    let at = if p.transposed { [i, p.start + j] } else { [p.start + i, j] };
+    let value = data.get(i * c + j).map_or(f64::NAN, |v| v.to_f64());
+    KernelError::msg(format!("{} contains {value} at {at:?}; the SVD and QR need finite values", p.what))
+}
+
+/// Whether a packed leaf is in explicit form: `Q` and `R` themselves, as a
+/// GPU leaf makes them (cuSOLVER `geqrf` + `orgqr`), rather than faer's
+/// compact reflectors ([`LeafLayout`], a 1-D block). An explicit leaf is a
+/// 2-D block of shape `[m + n, n]` holding the column-major `m x n` thin Q
+/// followed by the column-major `n x n` R (so `m >= n`).
+pub(crate) fn is_explicit(packed: &Block) -> bool {
+    packed.shape().len() == 2
+}
+
+/// An explicit leaf made on the CPU (what GPU leaves make; the CPU path
+/// uses the compact form, so this serves tests of the explicit form).
+#[cfg(test)]
+fn explicit_leaf<T: Element>(a: &[T], m: usize, n: usize) -> Block {
+    assert!(m >= n);
+    let h = dense::Householder::new(rows(a, m, n));
+    let (q, r) = (h.thin_q(), h.r());
+    let mut out = vec![T::default(); (m + n) * n];
+    faer::MatMut::from_column_major_slice_mut(&mut out[..m * n], m, n).copy_from(q.as_ref());
+    faer::MatMut::from_column_major_slice_mut(&mut out[m * n..], n, n).copy_from(rows(&r, n, n));
+    block(vec![m + n, n], out)
+}
+
+/// The elements of an explicit leaf, checked against `m x n`.
+fn explicit_data<T: Element>(x: &Block, m: usize, n: usize) -> Result<&[T], KernelError> {
+    let data = T::slice(x).ok_or_else(|| unsupported("qr", x.dtype()))?;
+    if x.shape() != [m + n, n] {
+        return Err(KernelError::msg(format!(
+            "explicit QR factor has shape {:?}, expected [{}, {n}] for {m} x {n}",
+            x.shape(),
+            m + n
+        )));
+    }
+    Ok(data)
+}
+
+/// R (row-major `n x n`) of an explicit leaf.
+fn explicit_r<T: Element>(m: usize, n: usize, x: &Block) -> Result<Block, KernelError> {
+    let data = explicit_data::<T>(x, m, n)?;
+    let r = faer::MatRef::from_column_major_slice(&data[m * n..], n, n);
+    Ok(block(vec![n, n], dense::to_rows(r)))
+}
+
+/// `Q_leaf @ F` (or its transpose) for an explicit leaf.
+fn explicit_apply<T: Element>(p: &ApplyParams, packed: &Block, f: &Block) -> Result<Block, KernelError> {
+    let (m, n, c) = (p.rows, p.cols, p.c);
+    let data = explicit_data::<T>(packed, m, n)?;
+    let (fd, fr, fc) = block2::<T>(f, "the factor from the tree")?;
+    if (fr, fc) != (n, c) {
+        return Err(KernelError::msg(format!("qr_apply: factor is {fr} x {fc}, expected {n} x {c}")));
+    }
+    let q = faer::MatRef::from_column_major_slice(&data[..m * n], m, n);
+    Ok(if p.transpose_out {
+        block(vec![c, m], dense::gemm(rows(fd, fr, fc).transpose(), q.transpose()))
+    } else {
+        block(vec![m, c], dense::gemm(q, rows(fd, fr, fc)))
+    })
+}
+
 /// Factors a leaf block (see [`LeafLayout`]).
 fn leaf<T: Element>(p: &LeafParams, x: &Block) -> Result<Block, KernelError> {
-    let (data, r, c) = block2::<T>(x, "the block")?;
+    check_leaf_shape(p, x)?;
+    let (data, ..) = block2::<T>(x, "the block")?;
     let (m, n) = (p.rows, p.cols);
-    if (r, c) != if p.transposed { (n, m) } else { (m, n) } {
-        return Err(KernelError::msg(format!("qr_leaf: block is {r} x {c}, expected {m} x {n}")));
-    }
     let layout = LeafLayout::new::<T>(m, n);
     let mut packed = dense::zeroed_small_pages::<T>(layout.len);
     let mut stacked = layout.stack.map(|(rows, ..)| vec![T::default(); rows * n]);
@@ -511,14 +610,7 @@ fn leaf<T: Element>(p: &LeafParams, x: &Block) -> Result<Block, KernelError> {
     let k = layout.k();
     if (0..k).any(|i| !r_factor[(i, i)].to_f64().is_finite()) || !(0..n).all(|j| r_factor[(0, j)].to_f64().is_finite())
     {
-        let (i, j) = dense::first_non_finite(data, c).unwrap_or((0, 0));
-        let at = if p.transposed { [i, p.start + j] } else { [p.start + i, j] };
-        return Err(KernelError::msg(format!(
-            "{} contains {} at {:?}; the SVD and QR need finite values",
-            p.what,
-            data[i * c + j].to_f64(),
-            at
-        )));
+        return Err(non_finite_error::<T>(p, x));
     }
     Ok(block(vec![packed.len()], packed))
 }
@@ -659,4 +751,69 @@ fn sf_head<T: Element>(x: &Block) -> Result<Block, KernelError> {
     dense::rows_mut(&mut out, m, m + w).subcols_mut(0, k).copy_from(q.as_ref());
     dense::rows_mut(&mut out, m, m + w).subcols_mut(m, w).copy_from(rows(&r, k, w));
     Ok(block(vec![m, m + w], out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_matrix(m: usize, n: usize) -> Vec<f64> {
+        (0..m * n)
+            .map(|i| ((i * 7919 % 1013) as f64 / 1013.0 - 0.5) + if i % (n + 1) == 0 { 2.0 } else { 0.0 })
+            .collect()
+    }
+
+    fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    }
+
+    /// The explicit form GPU leaves make, read by the CPU kernels: Q R = A,
+    /// Q orthonormal, and the same R (up to row signs) as the compact form.
+    #[test]
+    fn explicit_leaves_factor_like_compact_ones() {
+        let (m, n) = (300, 12);
+        let a = test_matrix(m, n);
+        let input = block(vec![m, n], a.clone());
+        let explicit = explicit_leaf(&a, m, n);
+        assert!(is_explicit(&explicit));
+        let p = LeafParams { rows: m, cols: n, start: 0, transposed: false, what: "A".into() };
+        let compact = leaf::<f64>(&p, &input).unwrap();
+        assert!(!is_explicit(&compact));
+
+        let r_e = explicit_r::<f64>(m, n, &explicit).unwrap();
+        let r_c = leaf_r::<f64>(m, n, &compact).unwrap();
+        let (r_e, r_c) = (r_e.as_f64().unwrap(), r_c.as_f64().unwrap());
+        let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+        let tol = 100.0 * f64::EPSILON * (m as f64).sqrt() * 3.0;
+        assert!(max_abs_diff(&abs(r_e), &abs(r_c)) < tol, "R agrees up to row signs");
+
+        let eye: Vec<f64> = (0..n * n).map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 }).collect();
+        let f = block(vec![n, n], eye);
+        let ap = ApplyParams { rows: m, cols: n, c: n, transpose_out: false };
+        let q = explicit_apply::<f64>(&ap, &explicit, &f).unwrap();
+        assert_eq!(q.shape(), &[m, n]);
+        let q = q.as_f64().unwrap();
+        let qr = dense::gemm(rows(q, m, n), rows(r_e, n, n));
+        assert!(max_abs_diff(&qr, &a) < tol, "|A - QR| = {}", max_abs_diff(&qr, &a));
+        let qtq = dense::gemm(rows(q, m, n).transpose(), rows(q, m, n));
+        let eye: Vec<f64> = (0..n * n).map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 }).collect();
+        assert!(max_abs_diff(&qtq, &eye) < tol, "|QtQ - I| = {}", max_abs_diff(&qtq, &eye));
+
+        let at = ApplyParams { transpose_out: true, ..ap };
+        let qt = explicit_apply::<f64>(&at, &explicit, &f).unwrap();
+        assert_eq!(qt.shape(), &[n, m]);
+        let back = dense::to_rows(rows(qt.as_f64().unwrap(), n, m).transpose());
+        assert!(max_abs_diff(&back, q) < tol, "the transposed output is Q transposed");
+    }
+
+    #[test]
+    fn explicit_leaves_of_the_wrong_shape_are_refused() {
+        let explicit = explicit_leaf(&test_matrix(20, 4), 20, 4);
+        let e = explicit_r::<f64>(21, 4, &explicit).unwrap_err().to_string();
+        assert!(e.contains("[24, 4]") && e.contains("[25, 4]"), "{e}");
+        let f = block(vec![3, 2], vec![0.0; 6]);
+        let p = ApplyParams { rows: 20, cols: 4, c: 2, transpose_out: false };
+        let e = explicit_apply::<f64>(&p, &explicit, &f).unwrap_err().to_string();
+        assert!(e.contains("3 x 2") && e.contains("4 x 2"), "{e}");
+    }
 }

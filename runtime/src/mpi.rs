@@ -56,6 +56,35 @@ pub struct MpiInfo {
     /// The hardware of each host (one entry per host; empty without the
     /// `hwloc` feature).
     pub topologies: Vec<crate::topology::HostTopology>,
+    /// Whether the library takes GPU memory in its calls ([`cuda_aware`]).
+    pub cuda_aware: Option<bool>,
+}
+
+/// Whether the MPI library can send from and receive into CUDA device
+/// memory, as it says itself: Open MPI's `MPIX_Query_cuda_support()`,
+/// MPICH's `MPIX_GPU_query_support(MPIX_GPU_SUPPORT_CUDA, ..)`, looked up
+/// at run time since each library has only its own. `None` when it has
+/// neither. Tessera does not use it yet: blocks between GPU workers go
+/// through host memory.
+pub fn cuda_aware() -> Option<bool> {
+    type OpenMpi = unsafe extern "C" fn() -> std::ffi::c_int;
+    type Mpich = unsafe extern "C" fn(std::ffi::c_int, *mut std::ffi::c_int) -> std::ffi::c_int;
+    const MPIX_GPU_SUPPORT_CUDA: std::ffi::c_int = 0;
+    // SAFETY: dlsym only looks the names up in the loaded libraries; each
+    // symbol found is the library's function of the documented signature.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, c"MPIX_Query_cuda_support".as_ptr());
+        if !f.is_null() {
+            return Some(std::mem::transmute::<*mut libc::c_void, OpenMpi>(f)() != 0);
+        }
+        let f = libc::dlsym(libc::RTLD_DEFAULT, c"MPIX_GPU_query_support".as_ptr());
+        if !f.is_null() {
+            let mut yes = 0;
+            let ok = std::mem::transmute::<*mut libc::c_void, Mpich>(f)(MPIX_GPU_SUPPORT_CUDA, &mut yes) == 0;
+            return ok.then_some(yes != 0);
+        }
+    }
+    None
 }
 
 /// Version of the MPI library this build linked (callable without initialising MPI).
@@ -90,6 +119,7 @@ pub fn info() -> Option<MpiInfo> {
         processor: mpi::environment::processor_name().unwrap_or_default(),
         hosts: all.into_iter().map(|(h, _)| h).collect(),
         topologies,
+        cuda_aware: cuda_aware(),
     })
 }
 
@@ -170,14 +200,10 @@ fn mpi_plane(
     Ok(Some(plane))
 }
 
-#[cfg(feature = "cuda")]
-fn open_gpu(ordinal: usize) -> Result<Arc<crate::gpu::Gpu>, Error> {
-    crate::gpu::Gpu::open(ordinal, None)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_gpu(_: usize) -> Result<Arc<crate::gpu::Gpu>, Error> {
-    unreachable!("gpu::resolve names no GPU in a build without the `cuda` feature")
+/// The GPU of the `local_worker`-th working rank of its host, if `select`
+/// leaves one for it.
+fn open_gpu(select: &crate::gpu::GpuSelect, local_worker: usize) -> Result<Option<Arc<crate::gpu::Gpu>>, Error> {
+    crate::gpu::resolve(select)?.get(local_worker).map(|&o| crate::gpu::open_one(o)).transpose()
 }
 
 /// Decides threads and whether rank 0 works from the ranks sharing this host.
@@ -248,6 +274,21 @@ where
         Ok(c) => c,
         Err(e) => return Err(E::from(e)),
     };
+    // The first working ranks of each host take its GPUs, one each. Every
+    // rank learns whether all opened theirs (collective), so that a rank
+    // without its GPU fails the launch everywhere, naming itself.
+    let gpu = if works { open_gpu(&config.gpus, place.local_worker) } else { Ok(None) };
+    let failed: Vec<Option<String>> = all_gather_json(
+        &comm,
+        &gpu.as_ref().err().map(|e| match e {
+            Error::Config(m) => m.clone(),
+            e => e.to_string(),
+        }),
+    );
+    if let Some((r, e)) = failed.iter().enumerate().find_map(|(r, e)| e.as_ref().map(|e| (r, e))) {
+        return Err(E::from(Error::Config(format!("rank {r}: {e}"))));
+    }
+    let gpu = gpu.expect("every rank opened its GPU");
     let registry = Arc::new(config.registry.clone());
 
     let mut mailboxes = Mailboxes::new();
@@ -268,16 +309,6 @@ where
         crate::log::forward_errors_to(&dyn_transport, rank);
     }
 
-    // The first working ranks of each host take its GPUs, one each.
-    let gpu = match works.then(|| crate::gpu::resolve(&config.gpus)).transpose() {
-        Ok(Some(ordinals)) => ordinals.get(place.local_worker).copied(),
-        Ok(None) => None,
-        Err(e) => return Err(E::from(e)),
-    };
-    let gpu = match gpu.map(open_gpu).transpose() {
-        Ok(g) => g,
-        Err(e) => return Err(E::from(e)),
-    };
     let worker = worker_inbox.map(|inbox| {
         let wc = WorkerConfig {
             events: config.events,

@@ -203,6 +203,9 @@ pub struct WorkerOptions {
     /// `Ucx`: blocks to and from other workers started so go over UCX
     /// (the address travels through the scheduler).
     pub transport: crate::cluster::TransportKind,
+    /// A GPU worker on the first GPU of this selection (one GPU per worker
+    /// process: start one worker per GPU, each with its own `--gpus N`).
+    pub gpus: crate::gpu::GpuSelect,
     pub tcp: TcpOptions,
 }
 
@@ -227,6 +230,7 @@ impl WorkerOptions {
             bind: crate::topology::Bind::Auto,
             events: true,
             transport: crate::cluster::TransportKind::Auto,
+            gpus: crate::gpu::GpuSelect::None,
             tcp,
         }
     }
@@ -266,6 +270,12 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         crate::cluster::TransportKind::Ucx => Some(crate::cluster::PlaneSeed::new()?),
         crate::cluster::TransportKind::Auto => None,
     };
+    // The GPU first: a worker that cannot open it never joins.
+    let ordinals = crate::gpu::resolve(&opts.gpus)?;
+    if ordinals.len() > 1 {
+        tracing::warn!(gpus = %opts.gpus, "an elastic worker drives one GPU: using GPU {} (start one worker per GPU)", ordinals[0]);
+    }
+    let gpu = ordinals.first().copied().map(crate::gpu::open_one).transpose()?;
     let ucx = seed.as_ref().map(|s| s.address().to_vec());
     let mut listener = None;
     let interface = opts.interface.clone();
@@ -305,6 +315,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         name: opts.name.clone(),
         events: opts.events,
         cpus,
+        gpu,
         ..WorkerConfig::new(rank, threads, crate::sys::hostname())
     };
     let handle = spawn_worker(wc, Arc::new(opts.registry.clone()), Arc::clone(&dyn_transport), store, inbox);

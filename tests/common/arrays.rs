@@ -34,7 +34,7 @@ fn local_singular_values(a: &Array2<f64>) -> Vec<f64> {
 
 /// Gaussian-ish numbers from a local generator (SplitMix64 + Box-Muller),
 /// independent of the code under test.
-fn local_normal(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
+pub fn local_normal(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234_5678;
     let mut next = move || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -50,7 +50,7 @@ fn local_normal(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
 }
 
 /// A random m x n matrix with singular values `s` (min(m, n) of them).
-fn with_singular_values(m: usize, n: usize, s: &[f64], seed: u64) -> Array2<f64> {
+pub fn with_singular_values(m: usize, n: usize, s: &[f64], seed: u64) -> Array2<f64> {
     let orth = |rows: usize, cols: usize, seed: u64| -> Array2<f64> {
         let g = local_normal(rows, cols, seed);
         let q = tessera::linalg::dense::Householder::new(faer_view(g.view())).thin_q();

@@ -125,6 +125,18 @@ impl DeviceBlock {
     pub fn ordinal(&self) -> usize {
         self.ordinal
     }
+
+    /// Copies `len` elements from `start` to the host (part of a block, as
+    /// when only the small R of a packed QR factor is needed).
+    pub fn range_to_host<T: GpuElement>(&self, start: usize, len: usize) -> Result<Vec<T>, String> {
+        let slice = self.slice::<T>().ok_or_else(|| format!("GPU {}: the block is not {}", self.ordinal, T::DTYPE))?;
+        let part = slice.try_slice(start..start + len).ok_or_else(|| {
+            format!("GPU {}: elements {start}..{} of a block of {}", self.ordinal, start + len, slice.len())
+        })?;
+        let v = self.stream.clone_dtoh(&part).map_err(|e| e.to_string())?;
+        self.stream.synchronize().map_err(|e| e.to_string())?;
+        Ok(v)
+    }
 }
 
 impl Drop for DeviceBlock {
@@ -321,15 +333,20 @@ impl Gpu {
     }
 
     /// A block of `shape` whose elements are `data` on this device (a
-    /// kernel's output); it stays here until read on the host.
-    pub fn output(&self, shape: Vec<usize>, data: DeviceData) -> Block {
+    /// kernel's output, in memory from [`Gpu::alloc`]); it stays here until
+    /// read on the host. Waits for the stream first, so that a task is done
+    /// when its result is (its duration is the device's, and a device error
+    /// fails the task that caused it).
+    pub fn output(&self, shape: Vec<usize>, data: DeviceData) -> Result<Block, KernelError> {
         let dtype = match data {
             DeviceData::F64(_) => DType::F64,
             DeviceData::F32(_) => DType::F32,
         };
-        let block = Block::from_device(shape, dtype, Arc::new(self.account(data)));
+        let data = self.account(data);
+        self.synchronize()?;
+        let block = Block::from_device(shape, dtype, Arc::new(data));
         self.resident.lock().push_back(block.downgrade());
-        block
+        Ok(block)
     }
 
     fn account(&self, data: DeviceData) -> DeviceBlock {
@@ -366,7 +383,9 @@ impl Gpu {
     }
 
     /// The kernel `name` of the CUDA C `source`, compiled with NVRTC for this
-    /// device the first time it is asked for.
+    /// device the first time it is asked for. Compiled without fused
+    /// multiply-add, so a kernel that ports CPU arithmetic (as the random
+    /// generator does) rounds as the CPU does.
     pub fn function(&self, name: &'static str, source: &str) -> Result<CudaFunction, KernelError> {
         let mut functions = self.functions.lock();
         if let Some(f) = functions.get(name) {
@@ -376,7 +395,9 @@ impl Gpu {
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             return Err(self.error("NVRTC", "the library (libnvrtc) cannot be loaded"));
         }
-        let ptx = cudarc::nvrtc::compile_ptx(source).map_err(|e| self.error(&format!("compiling `{name}`"), e))?;
+        let options = cudarc::nvrtc::CompileOptions { fmad: Some(false), ..Default::default() };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, options)
+            .map_err(|e| self.error(&format!("compiling `{name}`"), e))?;
         let module = self.ctx.load_module(ptx).map_err(|e| self.error(&format!("loading `{name}`"), e))?;
         let f = module.load_function(name).map_err(|e| self.error(&format!("loading `{name}`"), e))?;
         functions.insert(name, f.clone());

@@ -232,16 +232,18 @@ pub fn resolve(select: &GpuSelect) -> Result<Vec<usize>> {
 /// Opens the GPUs `select` names for this process's GPU workers (see
 /// [`resolve`]).
 pub fn open(select: &GpuSelect) -> Result<Vec<std::sync::Arc<Gpu>>> {
-    let ordinals = resolve(select)?;
+    resolve(select)?.into_iter().map(open_one).collect()
+}
+
+/// Opens GPU `ordinal` (one [`resolve`] returned) with the default memory limit.
+pub fn open_one(ordinal: usize) -> Result<std::sync::Arc<Gpu>> {
     #[cfg(feature = "cuda")]
     {
-        ordinals.into_iter().map(|o| Gpu::open(o, None)).collect()
+        Gpu::open(ordinal, None)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        // `resolve` refuses every GPU in a build without the feature.
-        debug_assert!(ordinals.is_empty());
-        Ok(Vec::new())
+        unreachable!("gpu::resolve names no GPU ({ordinal}) in a build without the `cuda` feature")
     }
 }
 
@@ -275,7 +277,7 @@ fn parse_bytes(s: &str) -> Option<u64> {
         "tib" | "t" => 1 << 40,
         _ => return None,
     };
-    (x >= 0.0 && x.is_finite()).then(|| (x * scale as f64) as u64)
+    (x >= 0.0 && x.is_finite()).then_some((x * scale as f64) as u64)
 }
 
 #[cfg(test)]
