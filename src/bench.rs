@@ -355,7 +355,9 @@ where
     // This process's own handle on the device: its stream for the direct
     // calls, and its context (the device's primary context, which the GPU
     // worker's stream belongs to as well) to wait for the worker's products.
-    let gpu = Gpu::open(ordinal, Some(u64::MAX))?;
+    // The same f32 math as the worker's (`--gpu-math`).
+    let tf32 = config.gpu_math == tessera_runtime::gpu::GpuMath::Tf32 && dtype == DType::F32;
+    let gpu = Gpu::open_with(ordinal, Some(u64::MAX), config.gpu_math)?;
     let device_sync = || gpu.context().synchronize().map_err(|e| anyhow!("GPU {ordinal}: synchronising: {e}"));
 
     let config = Config { workers: Some(1), threads: Some(1), gpus: GpuSelect::List(vec![ordinal]), ..config };
@@ -459,7 +461,9 @@ where
     let scale = c_direct.iter().fold(0.0f64, |x, v| x.max(v.to_f64().abs())).max(f64::MIN_POSITIVE);
     let diff = c_direct.iter().zip(&c_tessera).fold(0.0f64, |x, (p, q)| x.max((p.to_f64() - q.to_f64()).abs()));
     let max_rel_diff = diff / scale;
-    let tolerance = 100.0 * <T as tessera_linalg::Element>::EPSILON.to_f64() * (k as f64).sqrt();
+    // TF32 inputs keep 10 mantissa bits (unit roundoff 2^-11).
+    let eps = if tf32 { 2f64.powi(-11) } else { <T as tessera_linalg::Element>::EPSILON.to_f64() };
+    let tolerance = 100.0 * eps * (k as f64).sqrt();
     ensure!(
         c_direct.len() == c_tessera.len() && max_rel_diff <= tolerance,
         "bench gemm: the product through Tessera differs from cuBLAS's: max relative difference {max_rel_diff:.3e} (tolerance {tolerance:.1e})"
@@ -471,7 +475,7 @@ where
         m,
         k,
         n,
-        dtype: dtype.to_string(),
+        dtype: if tf32 { "f32 (tf32 math)".into() } else { dtype.to_string() },
         gpu: format!("GPU {ordinal} ({})", gpu.name()),
         direct_seconds,
         direct_tflops: flops / direct_seconds / 1e12,

@@ -20,7 +20,7 @@ use serde_json::json;
 use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
 use tessera::observe::Observe;
-use tessera::runtime::gpu::GpuSelect;
+use tessera::runtime::gpu::{GpuMath, GpuSelect};
 use tessera::runtime::secret::{self, Secret};
 use tessera::runtime::tcp;
 use tessera::runtime::topology::Bind;
@@ -133,11 +133,17 @@ struct ClusterArgs {
 
     /// GPU workers, one per GPU, beside the CPU workers: `all` (every GPU this
     /// process sees; none is no error), `none`, or device numbers like `0,1` (as
-    /// numbered after CUDA_VISIBLE_DEVICES). Under MPI the first ranks of each host
-    /// take its GPUs. GEMM and random blocks then run on the GPUs. Needs the `cuda`
-    /// feature.
+    /// numbered after CUDA_VISIBLE_DEVICES). Under MPI the working ranks of each host
+    /// share its GPUs out, one each; `tessera worker` drives one. GEMM, random blocks
+    /// and TSQR leaves then run on the GPUs. Needs the `cuda` feature.
     #[arg(long, global = true, default_value = "none", env = "TESSERA_GPUS", value_parser = parse_gpus)]
     gpus: GpuSelect,
+
+    /// How GPU workers multiply f32 matrices: `exact` (IEEE f32, as on the CPU) or
+    /// `tf32` (tensor cores with 10-bit-mantissa inputs: several times faster,
+    /// relative error about 1e-3 instead of 1e-7). f64 is always exact.
+    #[arg(long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH", value_parser = parse_gpu_math)]
+    gpu_math: GpuMath,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -176,6 +182,10 @@ fn parse_gpus(s: &str) -> Result<GpuSelect, String> {
     s.parse()
 }
 
+fn parse_gpu_math(s: &str) -> Result<GpuMath, String> {
+    s.parse()
+}
+
 fn parse_bind(s: &str) -> Result<Bind, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
 }
@@ -193,6 +203,7 @@ impl ClusterArgs {
             events: !self.no_events,
             transport: self.transport,
             gpus: self.gpus.clone(),
+            gpu_math: self.gpu_math,
             ..Config::default()
         };
         // A client only when asked: a scheduler address or an explicit file.
@@ -589,6 +600,7 @@ fn worker(
     opts.drain_on_signal = true;
     opts.bind = args.bind;
     opts.gpus = args.gpus.clone();
+    opts.gpu_math = args.gpu_math;
     opts.events = !args.no_events;
     opts.transport = args.transport;
     if let Some(n) = name {

@@ -88,6 +88,12 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("at least one worker"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let o = tessera(&["--gpus", "first", "info"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`first`") && stderr(&o).contains("0,1"), "{}", stderr(&o));
+    let o = tessera(&["--gpu-math", "bf16", "info"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`bf16`") && stderr(&o).contains("tf32"), "{}", stderr(&o));
 }
 
 #[test]

@@ -357,6 +357,34 @@ fn gemm_on_gpu_matches_cpu() {
     }
 }
 
+/// `--gpu-math tf32`: f32 products on tensor cores stay within the accuracy
+/// the flag states (TF32 inputs keep 10 mantissa bits: unit roundoff 2^-11),
+/// against the exact f64 product of the same f32 inputs.
+#[test]
+fn tf32_products_keep_their_stated_accuracy() {
+    let Some(_) = usable_gpus("tf32_products_keep_their_stated_accuracy") else { return };
+    let cluster = LocalCluster::builder()
+        .workers(1)
+        .gpus(GpuSelect::All)
+        .gpu_math(tessera::runtime::gpu::GpuMath::Tf32)
+        .start()
+        .unwrap();
+    let cpu = cpu_cluster(2);
+    let (m, k, n) = (512, 1024, 384);
+    let uniform = Distribution::Uniform { low: -1.0, high: 1.0 };
+    let a = DArray::random(&[m, k], &[256, 512], uniform, 11, DType::F32).unwrap();
+    let b = DArray::random(&[k, n], &[512, 384], uniform, 12, DType::F32).unwrap();
+    let c = a.matmul(&b).unwrap();
+    let inputs = gather(cpu.client(), &[&a, &b]);
+    let exact = two(inputs[0].clone()).dot(&two(inputs[1].clone()));
+    let tf32 = two(gather(cluster.client(), &[&c]).remove(0));
+    // Each product term rounds its two inputs to TF32 (2 * 2^-11 relative),
+    // |terms| <= 1; the sum adds f32 rounding.
+    let tol = (2.0 * 2f64.powi(-11) + 2.0 * eps(DType::F32)) * k as f64;
+    let d = max_diff(&tf32, &exact);
+    assert!(d <= tol, "TF32 {m}x{k} @ {k}x{n}: max |C - C_exact| = {d:e} (tol {tol:e})");
+}
+
 /// A test kernel that reports, without reading it, where its input's
 /// elements are: `on_host=B device=GPU N|none`.
 fn registry_with_where() -> Registry {

@@ -306,7 +306,13 @@ fn the_rendered_worker_command_line_is_what_tessera_worker_accepts() {
         };
         let argv = worker_command(&opts, &spec);
         assert_eq!(argv[1], "worker");
-        for flag in argv.iter().filter(|a| a.starts_with("--")) {
+        // Workers of GPU jobs drive the node's GPUs, one each.
+        let gpu_argv = worker_command(&opts, &JobSpec { gpus_per_node: 4, ..spec.clone() });
+        assert!(
+            gpu_argv.windows(2).any(|w| w == ["--gpus", "all"]) && !argv.contains(&"--gpus".to_string()),
+            "{gpu_argv:?}"
+        );
+        for flag in gpu_argv.iter().filter(|a| a.starts_with("--")) {
             assert!(help.contains(&format!("{flag} <")), "`tessera worker --help` has no {flag}:\n{help}");
         }
         assert!(argv.contains(&"--lifetime".to_string()) && argv.contains(&"--threads".to_string()), "{argv:?}");

@@ -133,6 +133,10 @@ pub fn worker_command(opts: &WorkerOptions, spec: &JobSpec) -> Vec<String> {
         argv.extend(["--secret-file".into(), s.to_string_lossy().into_owned()]);
     }
     argv.extend(["--threads".into(), opts.threads.unwrap_or(spec.cores_per_task).to_string()]);
+    if spec.gpus_per_node > 0 {
+        // Each worker drives one of the node's GPUs (by its local rank).
+        argv.extend(["--gpus".into(), "all".into()]);
+    }
     if let Some(w) = spec.walltime {
         let w = w.seconds();
         let margin = opts.drain_before.unwrap_or_else(|| drain_margin(w)).min(w);

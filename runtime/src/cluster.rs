@@ -205,6 +205,8 @@ pub struct Config {
     pub transport: TransportKind,
     /// GPU workers: one per chosen GPU (default none; see [`crate::gpu`]).
     pub gpus: crate::gpu::GpuSelect,
+    /// How GPU workers multiply f32 matrices (default exact IEEE f32).
+    pub gpu_math: crate::gpu::GpuMath,
 }
 
 impl Default for Config {
@@ -224,6 +226,7 @@ impl Default for Config {
             progress: Progress::Off,
             transport: TransportKind::Auto,
             gpus: crate::gpu::GpuSelect::None,
+            gpu_math: crate::gpu::GpuMath::Exact,
         }
     }
 }
@@ -414,6 +417,12 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// How the GPU workers multiply f32 matrices (default exact IEEE f32).
+    pub fn gpu_math(mut self, math: crate::gpu::GpuMath) -> Self {
+        self.config.gpu_math = math;
+        self
+    }
+
     pub fn start(self) -> Result<LocalCluster> {
         LocalCluster::start_with(self.config)
     }
@@ -445,7 +454,7 @@ impl LocalCluster {
     /// (ranks N+1.., one thread each); by default the CPU workers then leave
     /// a core to each GPU worker.
     pub fn start_with(config: Config) -> Result<LocalCluster> {
-        let gpus = crate::gpu::open(&config.gpus)?;
+        let gpus = crate::gpu::open(&config.gpus, config.gpu_math)?;
         let cpu_workers =
             config.workers.unwrap_or_else(|| crate::sys::usable_cores().saturating_sub(gpus.len()).max(1));
         if cpu_workers + gpus.len() == 0 {

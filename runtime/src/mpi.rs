@@ -200,12 +200,6 @@ fn mpi_plane(
     Ok(Some(plane))
 }
 
-/// The GPU of the `local_worker`-th working rank of its host, if `select`
-/// leaves one for it.
-fn open_gpu(select: &crate::gpu::GpuSelect, local_worker: usize) -> Result<Option<Arc<crate::gpu::Gpu>>, Error> {
-    crate::gpu::resolve(select)?.get(local_worker).map(|&o| crate::gpu::open_one(o)).transpose()
-}
-
 /// Decides threads and whether rank 0 works from the ranks sharing this host.
 struct Placement {
     threads: usize,
@@ -213,8 +207,10 @@ struct Placement {
     /// This rank among the ranks of its host, and how many there are.
     local_rank: usize,
     local_size: usize,
-    /// This rank among the working ranks of its host (which GPU it takes).
-    local_worker: usize,
+    /// The GPU this rank drives (see [`crate::gpu::share_out`]), or why it
+    /// could not look for one.
+    gpu: Option<usize>,
+    gpu_error: Option<Error>,
 }
 
 fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, Error> {
@@ -240,12 +236,19 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
     if rank == 0 && rank0_works && config.threads.is_none() && size > 1 && share > 1 {
         threads = share - 1; // leave the scheduler a core
     }
+    // The host's GPUs go to its working ranks: each tells which devices it
+    // sees (by UUID; `None`: not working), and every rank shares them out alike.
     let works = rank != 0 || rank0_works;
-    let mut working = vec![0i32; local_size];
-    local.all_gather_into(&i32::from(works), &mut working[..]);
+    let (seen, gpu_error) = match works.then(|| crate::gpu::resolve_devices(&config.gpus)).transpose() {
+        Ok(devices) => (devices.map(|d| d.into_iter().map(|d| (d.ordinal, d.uuid)).collect()), None),
+        Err(e) => (Some(Vec::new()), Some(e)),
+    };
+    let host: Vec<Option<Vec<(usize, String)>>> = all_gather_json(&local, &seen);
     let local_rank = local.rank() as usize;
-    let local_worker = working[..local_rank].iter().filter(|&&w| w != 0).count();
-    Ok(Placement { threads, rank0_works, local_rank, local_size, local_worker })
+    let working: Vec<Vec<(usize, String)>> = host.iter().flatten().cloned().collect();
+    let local_worker = host[..local_rank].iter().filter(|r| r.is_some()).count();
+    let gpu = if works { crate::gpu::share_out(&working)[local_worker] } else { None };
+    Ok(Placement { threads, rank0_works, local_rank, local_size, gpu, gpu_error })
 }
 
 /// Runs Tessera on the ranks of `comm` (collective). Rank 0 of `comm` runs
@@ -265,7 +268,7 @@ where
     let comm = comm.duplicate();
     let rank = comm.rank() as u32;
     let size = comm.size() as u32;
-    let place = match placement(&comm, &config) {
+    let mut place = match placement(&comm, &config) {
         Ok(p) => p,
         Err(e) => return Err(E::from(e)),
     };
@@ -277,7 +280,10 @@ where
     // The first working ranks of each host take its GPUs, one each. Every
     // rank learns whether all opened theirs (collective), so that a rank
     // without its GPU fails the launch everywhere, naming itself.
-    let gpu = if works { open_gpu(&config.gpus, place.local_worker) } else { Ok(None) };
+    let gpu = match place.gpu_error.take() {
+        Some(e) => Err(e),
+        None => place.gpu.map(|o| crate::gpu::open_one(o, config.gpu_math)).transpose(),
+    };
     let failed: Vec<Option<String>> = all_gather_json(
         &comm,
         &gpu.as_ref().err().map(|e| match e {

@@ -206,6 +206,8 @@ pub struct WorkerOptions {
     /// A GPU worker on the first GPU of this selection (one GPU per worker
     /// process: start one worker per GPU, each with its own `--gpus N`).
     pub gpus: crate::gpu::GpuSelect,
+    /// How its GPU multiplies f32 matrices.
+    pub gpu_math: crate::gpu::GpuMath,
     pub tcp: TcpOptions,
 }
 
@@ -231,6 +233,7 @@ impl WorkerOptions {
             events: true,
             transport: crate::cluster::TransportKind::Auto,
             gpus: crate::gpu::GpuSelect::None,
+            gpu_math: crate::gpu::GpuMath::Exact,
             tcp,
         }
     }
@@ -272,10 +275,14 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     };
     // The GPU first: a worker that cannot open it never joins.
     let ordinals = crate::gpu::resolve(&opts.gpus)?;
-    if ordinals.len() > 1 {
+    let local_rank = crate::topology::launcher_local_rank().map(|(r, _)| r);
+    let mine = crate::gpu::pick_own(&ordinals, local_rank);
+    if ordinals.len() > 1 && local_rank.is_none() {
         tracing::warn!(gpus = %opts.gpus, "an elastic worker drives one GPU: using GPU {} (start one worker per GPU)", ordinals[0]);
+    } else if !ordinals.is_empty() && mine.is_none() {
+        tracing::warn!(gpus = %opts.gpus, "more workers than GPUs on this node: local rank {} runs on the CPU", local_rank.unwrap_or(0));
     }
-    let gpu = ordinals.first().copied().map(crate::gpu::open_one).transpose()?;
+    let gpu = mine.map(|o| crate::gpu::open_one(o, opts.gpu_math)).transpose()?;
     let ucx = seed.as_ref().map(|s| s.address().to_vec());
     let mut listener = None;
     let interface = opts.interface.clone();

@@ -12,7 +12,7 @@ use cudarc::cusolver::DnHandle;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits};
 use parking_lot::Mutex;
 
-use super::{DeviceInfo, Probe};
+use super::{DeviceInfo, GpuMath, Probe};
 use crate::block::{Block, Buffer, DType, DeviceCopy, WeakBlock};
 use crate::error::KernelError;
 
@@ -34,8 +34,10 @@ fn describe() -> Result<Probe, DriverError> {
         .map(|ordinal| {
             let ctx = CudaContext::new(ordinal)?;
             let (free, total) = ctx.mem_get_info()?;
+            let uuid = ctx.uuid()?.bytes.iter().map(|b| format!("{:02x}", *b as u8)).collect();
             Ok(DeviceInfo {
                 ordinal,
+                uuid,
                 name: ctx.name()?,
                 total_bytes: total as u64,
                 free_bytes: free as u64,
@@ -190,6 +192,8 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     libs: Mutex<Libs>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// How cuBLAS multiplies f32 (set on its handle when made).
+    math: GpuMath,
     /// Device bytes held by this GPU's [`DeviceBlock`]s.
     used: Arc<AtomicU64>,
     limit: u64,
@@ -207,6 +211,11 @@ impl Gpu {
     /// Opens device `ordinal` with its own stream; blocks may hold up to
     /// `limit` bytes of its memory (default: [`super::memory_limit`]).
     pub fn open(ordinal: usize, limit: Option<u64>) -> crate::Result<Arc<Gpu>> {
+        Gpu::open_with(ordinal, limit, GpuMath::Exact)
+    }
+
+    /// [`Gpu::open`], multiplying f32 matrices as `math` says.
+    pub fn open_with(ordinal: usize, limit: Option<u64>, math: GpuMath) -> crate::Result<Arc<Gpu>> {
         let fail = |what: &str, e: &dyn std::fmt::Display| crate::Error::Config(format!("GPU {ordinal}: {what}: {e}"));
         if !matches!(super::probe(), Probe::Found { .. }) {
             return Err(crate::Error::Config(format!("GPU {ordinal}: {}", super::NO_DRIVER)));
@@ -229,6 +238,7 @@ impl Gpu {
             stream,
             libs: Mutex::default(),
             functions: Mutex::default(),
+            math,
             used: Arc::default(),
             limit,
             resident: Mutex::default(),
@@ -363,7 +373,15 @@ impl Gpu {
             if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                 return Err(self.error("cuBLAS", "the library (libcublas) cannot be loaded"));
             }
-            libs.blas = Some(CudaBlas::new(Arc::clone(&self.stream)).map_err(|e| self.error("starting cuBLAS", e))?);
+            let blas = CudaBlas::new(Arc::clone(&self.stream)).map_err(|e| self.error("starting cuBLAS", e))?;
+            if self.math == GpuMath::Tf32 {
+                use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+                // SAFETY: the handle is live; the mode is one cuBLAS defines.
+                unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) }
+                    .result()
+                    .map_err(|e| self.error("setting TF32 math", e))?;
+            }
+            libs.blas = Some(blas);
         }
         f(libs.blas.as_ref().expect("made above"))
     }

@@ -4,8 +4,8 @@
 //! A cluster started with `--gpus all` (or a list of device numbers, as the
 //! driver numbers them after `CUDA_VISIBLE_DEVICES`) runs one **GPU worker**
 //! per chosen GPU beside its CPU workers: in a local cluster, extra workers
-//! of this process; under MPI, the first worker ranks of each host by local
-//! rank. A GPU worker owns a [`Gpu`]: the device's context and stream, its
+//! of this process; under MPI, the working ranks of each host share its GPUs
+//! out by UUID ([`share_out`]); an elastic worker drives one ([`pick_own`]). A GPU worker owns a [`Gpu`]: the device's context and stream, its
 //! cuBLAS and cuSOLVER handles, NVRTC-compiled kernels, and the account of
 //! device memory its blocks hold (see [`Gpu::reserve`]).
 //!
@@ -50,6 +50,33 @@ impl Gpu {
     /// The device's name.
     pub fn name(&self) -> &str {
         match *self {}
+    }
+}
+
+/// How GPU workers multiply f32 matrices (`--gpu-math`). f64 products are
+/// always exact IEEE arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuMath {
+    /// IEEE f32 (cuBLAS's default math): relative error about 1e-7 per
+    /// element-sum, as on the CPU.
+    #[default]
+    Exact,
+    /// f32 products on tensor cores with TF32 inputs (10-bit mantissas):
+    /// several times faster, relative error about 1e-3 per product.
+    Tf32,
+}
+
+impl FromStr for GpuMath {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<GpuMath, String> {
+        match s.trim() {
+            "exact" => Ok(GpuMath::Exact),
+            "tf32" => Ok(GpuMath::Tf32),
+            other => Err(format!(
+                "`{other}`: expected `exact` (IEEE f32) or `tf32` (tensor cores, about 1e-3 relative error)"
+            )),
+        }
     }
 }
 
@@ -116,6 +143,9 @@ pub struct DeviceInfo {
     pub free_bytes: u64,
     /// Compute capability (9.0 for Hopper).
     pub capability: (i32, i32),
+    /// The device's UUID (hex), the same whatever `CUDA_VISIBLE_DEVICES`
+    /// numbers it as: how ranks of one host tell their GPUs apart.
+    pub uuid: String,
 }
 
 /// What this process can see of CUDA.
@@ -190,6 +220,11 @@ pub fn probe() -> Probe {
 /// `cuda` feature, no driver for an explicit list, or a device that does not
 /// exist.
 pub fn resolve(select: &GpuSelect) -> Result<Vec<usize>> {
+    Ok(resolve_devices(select)?.into_iter().map(|d| d.ordinal).collect())
+}
+
+/// [`resolve`], with what the driver says of each device.
+pub fn resolve_devices(select: &GpuSelect) -> Result<Vec<DeviceInfo>> {
     if *select == GpuSelect::None {
         return Ok(Vec::new());
     }
@@ -212,7 +247,7 @@ pub fn resolve(select: &GpuSelect) -> Result<Vec<usize>> {
             if devices.is_empty() {
                 tracing::warn!("{flag}: the CUDA driver shows no GPU: running on CPU workers only");
             }
-            Ok(devices.iter().map(|d| d.ordinal).collect())
+            Ok(devices)
         }
         GpuSelect::List(ids) => {
             for &id in ids {
@@ -224,25 +259,55 @@ pub fn resolve(select: &GpuSelect) -> Result<Vec<usize>> {
                     )));
                 }
             }
-            Ok(ids.clone())
+            Ok(ids.iter().map(|&id| devices[id].clone()).collect())
         }
+    }
+}
+
+/// Shares a host's GPUs out among its working ranks, in rank order: each
+/// takes the first device it sees (`(ordinal, uuid)`, as numbered in that
+/// rank) that no rank before it took. Ranks that see the same GPUs get one
+/// each in turn; ranks a launcher gave one GPU each (`CUDA_VISIBLE_DEVICES`
+/// per rank, all numbered 0) each keep theirs. `None`: no GPU left for it.
+pub fn share_out(seen: &[Vec<(usize, String)>]) -> Vec<Option<usize>> {
+    let mut taken: Vec<&str> = Vec::new();
+    seen.iter()
+        .map(|devices| {
+            let (ordinal, uuid) = devices.iter().find(|(_, uuid)| !taken.contains(&uuid.as_str()))?;
+            taken.push(uuid);
+            Some(*ordinal)
+        })
+        .collect()
+}
+
+/// The GPU an elastic worker process drives among `ordinals` (those it
+/// sees): the only one; else the one of its launcher local rank (`srun`,
+/// `mpirun` starting several workers per node), none if there are fewer;
+/// else the first.
+pub fn pick_own(ordinals: &[usize], local_rank: Option<usize>) -> Option<usize> {
+    match (ordinals, local_rank) {
+        ([], _) => None,
+        ([only], _) => Some(*only),
+        (many, Some(r)) => many.get(r).copied(),
+        (many, None) => many.first().copied(),
     }
 }
 
 /// Opens the GPUs `select` names for this process's GPU workers (see
 /// [`resolve`]).
-pub fn open(select: &GpuSelect) -> Result<Vec<std::sync::Arc<Gpu>>> {
-    resolve(select)?.into_iter().map(open_one).collect()
+pub fn open(select: &GpuSelect, math: GpuMath) -> Result<Vec<std::sync::Arc<Gpu>>> {
+    resolve(select)?.into_iter().map(|o| open_one(o, math)).collect()
 }
 
 /// Opens GPU `ordinal` (one [`resolve`] returned) with the default memory limit.
-pub fn open_one(ordinal: usize) -> Result<std::sync::Arc<Gpu>> {
+pub fn open_one(ordinal: usize, math: GpuMath) -> Result<std::sync::Arc<Gpu>> {
     #[cfg(feature = "cuda")]
     {
-        Gpu::open(ordinal, None)
+        Gpu::open_with(ordinal, None, math)
     }
     #[cfg(not(feature = "cuda"))]
     {
+        let _ = math;
         unreachable!("gpu::resolve names no GPU ({ordinal}) in a build without the `cuda` feature")
     }
 }
@@ -294,6 +359,37 @@ mod tests {
         assert!(e.contains("`two`") && e.contains("all"), "{e}");
         assert!("0,0".parse::<GpuSelect>().unwrap_err().contains("twice"));
         assert_eq!(GpuSelect::List(vec![0, 3]).to_string(), "0,3");
+    }
+
+    #[test]
+    fn gpus_are_shared_out_by_uuid() {
+        let dev = |o: usize, u: &str| (o, u.to_string());
+        // Four ranks seeing the same two GPUs: the first two get one each.
+        let same = vec![vec![dev(0, "a"), dev(1, "b")]; 4];
+        assert_eq!(share_out(&same), vec![Some(0), Some(1), None, None]);
+        // A launcher gave each rank its own GPU, numbered 0 in each.
+        let own = vec![vec![dev(0, "a")], vec![dev(0, "b")], vec![dev(0, "c")]];
+        assert_eq!(share_out(&own), vec![Some(0), Some(0), Some(0)]);
+        // Two ranks given the same single GPU: only the first drives it.
+        assert_eq!(share_out(&[vec![dev(0, "a")], vec![dev(0, "a")]]), vec![Some(0), None]);
+        // A rank that sees none (or failed to look) takes none.
+        assert_eq!(share_out(&[vec![], vec![dev(1, "b")]]), vec![None, Some(1)]);
+    }
+
+    #[test]
+    fn an_elastic_worker_drives_one_gpu() {
+        assert_eq!(pick_own(&[], Some(0)), None);
+        assert_eq!(pick_own(&[3], Some(2)), Some(3), "the launcher gave it this one");
+        assert_eq!(pick_own(&[0, 1, 2, 3], Some(2)), Some(2));
+        assert_eq!(pick_own(&[0, 1], Some(2)), None, "more workers than GPUs on the node");
+        assert_eq!(pick_own(&[0, 1], None), Some(0));
+    }
+
+    #[test]
+    fn gpu_math_values() {
+        assert_eq!("tf32".parse::<GpuMath>(), Ok(GpuMath::Tf32));
+        assert_eq!("exact".parse::<GpuMath>(), Ok(GpuMath::Exact));
+        assert!("bf16".parse::<GpuMath>().unwrap_err().contains("1e-3"));
     }
 
     #[test]
