@@ -626,7 +626,7 @@ fn connect(args: &ClusterArgs) -> anyhow::Result<tcp::RemoteClient> {
 }
 
 fn worker_json(w: &tessera::WorkerInfo) -> serde_json::Value {
-    json!({"rank": w.rank, "name": w.name, "host": w.host, "threads": w.threads})
+    json!({"rank": w.rank, "name": w.name, "host": w.host, "threads": w.threads, "gpu": w.gpu})
 }
 
 /// `tessera workers`: the workers that take tasks now.
@@ -635,7 +635,8 @@ fn list_workers(args: &ClusterArgs, json: bool) -> anyhow::Result<()> {
     let workers = client.try_workers()?;
     println!("{} workers", workers.len());
     for w in &workers {
-        println!("  rank {:>4}  {:<16} {} threads on {}", w.rank, w.name, w.threads, w.host);
+        let gpu = if w.gpu.is_empty() { String::new() } else { format!(", {}", w.gpu) };
+        println!("  rank {:>4}  {:<16} {} threads on {}{gpu}", w.rank, w.name, w.threads, w.host);
     }
     if json {
         println!("{}", json!({"workers": workers.iter().map(worker_json).collect::<Vec<_>>()}));

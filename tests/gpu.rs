@@ -385,6 +385,43 @@ fn tf32_products_keep_their_stated_accuracy() {
     assert!(d <= tol, "TF32 {m}x{k} @ {k}x{n}: max |C - C_exact| = {d:e} (tol {tol:e})");
 }
 
+/// Elementwise programs on blocks held only on a GPU run there (their result
+/// stays on the device) and compute what the CPU kernel does: bit for bit
+/// for `+ * abs sqrt max` (IEEE-exact, no fused multiply-add), within a few
+/// ulps for `exp` and `ln`; on host blocks they run on the CPU as before.
+#[test]
+fn elementwise_on_device_blocks_matches_cpu() {
+    use tessera::linalg::expr::{Binary, Unary};
+    let Some(_) = usable_gpus("elementwise_on_device_blocks_matches_cpu") else { return };
+    let gpu = gpu_cluster(1, registry_with_where());
+    let cpu = cpu_cluster(2);
+    let uniform = Distribution::Uniform { low: -2.0, high: 2.0 };
+    for dtype in [DType::F64, DType::F32] {
+        let a = DArray::random(&[700, 300], &[256, 300], uniform, 21, dtype).unwrap();
+        let b = DArray::random(&[700, 300], &[256, 300], uniform, 22, dtype).unwrap();
+        let exact = a.zip(Binary::Mul, &b).unwrap().scalar(Binary::Add, 0.5).map(Unary::Abs).map(Unary::Sqrt);
+        let exact = exact.zip(Binary::Max, &a).unwrap();
+        let rounded = exact.map(Unary::Exp).map(Unary::Ln).scalar(Binary::Sub, 0.25);
+        let (a_g, b_g) = (a.persist(gpu.client()).unwrap(), b.persist(gpu.client()).unwrap());
+        let on_device = exact.persist(gpu.client()).unwrap();
+        assert!(
+            where_are(gpu.client(), &on_device).iter().all(|w| w.starts_with("on_host=false device=GPU")),
+            "{dtype}: the elementwise result stays on the device: {:?}",
+            where_are(gpu.client(), &on_device)
+        );
+        drop((a_g, b_g));
+        let g = gather(gpu.client(), &[&exact, &rounded]);
+        let c = gather(cpu.client(), &[&exact, &rounded]);
+        for (i, (x, y)) in g[0].iter().zip(&c[0]).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "{dtype} element {i}: GPU {x:e}, CPU {y:e}");
+        }
+        for (i, (x, y)) in g[1].iter().zip(&c[1]).enumerate() {
+            let tol = 8.0 * eps(dtype) * (1.0 + y.abs());
+            assert!((x - y).abs() <= tol, "{dtype} exp/ln element {i}: GPU {x:e}, CPU {y:e}");
+        }
+    }
+}
+
 /// A test kernel that reports, without reading it, where its input's
 /// elements are: `on_host=B device=GPU N|none`.
 fn registry_with_where() -> Registry {

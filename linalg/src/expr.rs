@@ -72,7 +72,7 @@ pub struct EwParams {
 
 impl EwParams {
     /// Stack slots the program needs, or an error if it is malformed.
-    fn depth(&self, inputs: usize) -> Result<usize, KernelError> {
+    pub(crate) fn depth(&self, inputs: usize) -> Result<usize, KernelError> {
         let (mut d, mut most) = (0usize, 0usize);
         for op in &self.program {
             match op {

@@ -13,6 +13,7 @@
 //! | `linalg.qr_leaf` | cuSOLVER `geqrf` + `orgqr`: the leaf in explicit form (thin Q and R, see `tsqr::is_explicit`) rather than faer's compact reflectors |
 //! | `linalg.qr_leaf_r` | of an explicit leaf still on the device, only R is copied to the host |
 //! | `linalg.qr_apply` | cuBLAS GEMM of the explicit Q with the factor from the tree |
+//! | `linalg.ew` | when an input is only on the device: the fused program as CUDA C, compiled by NVRTC once per program (not marked GPU-capable: it runs where its inputs are) |
 
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tessera_runtime::gpu::{DeviceBlock, Gpu, GpuElement};
 use tessera_runtime::{Block, DType, DeviceCopy, KernelError, Registry};
 
 use crate::element::Element;
+use crate::expr::{Binary, EwParams, Op, Unary};
 use crate::kernels::{Distribution, GemmParams, RandomParams};
 use crate::tsqr::{ApplyParams, LeafParams};
 
@@ -525,4 +527,133 @@ where
     }
     let shape = if p.transpose_out { vec![c, m] } else { vec![m, c] };
     gpu.output(shape, T::wrap(out))
+}
+
+/// An elementwise program on the device, if an input is there only (on the
+/// host the CPU kernel is as fast and costs no copies); `None` leaves it to
+/// the CPU kernel (host inputs, other element types, or inputs it refuses,
+/// so its messages stay the only ones).
+pub(crate) fn ew(gpu: &Gpu, p: &EwParams, inputs: &[Block]) -> Result<Option<Block>, KernelError> {
+    let Some(first) = inputs.first() else { return Ok(None) };
+    let fits = inputs.iter().all(|b| b.dtype() == p.dtype && b.shape() == first.shape());
+    if !fits || inputs.iter().all(Block::on_host) || p.depth(inputs.len()).is_err() {
+        return Ok(None);
+    }
+    match p.dtype {
+        DType::F64 => ew_t::<f64>(gpu, p, inputs).map(Some),
+        DType::F32 => ew_t::<f32>(gpu, p, inputs).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The program as one CUDA C expression per element, with the CPU kernel's
+/// arithmetic: `+ - * /`, negation and squares in the element type; `abs`,
+/// `sqrt`, `exp`, `ln` and `pow` in double, rounded to it; constants exact
+/// (their bits); max and min taking the right operand when the left is NaN.
+fn ew_source(p: &EwParams, name: &str, ty: &str, inputs: usize) -> String {
+    let mut exprs: Vec<String> = Vec::new();
+    for op in &p.program {
+        let e = match *op {
+            Op::Load(i) => format!("x{i}[e]"),
+            Op::Const(c) => format!("((T)__longlong_as_double((long long){:#x}ULL))", c.to_bits()),
+            Op::Unary(f) => {
+                let a = exprs.pop().expect("checked");
+                match f {
+                    Unary::Neg => format!("(-{a})"),
+                    Unary::Abs => format!("((T)fabs((double){a}))"),
+                    Unary::Sqrt => format!("((T)sqrt((double){a}))"),
+                    Unary::Exp => format!("((T)exp((double){a}))"),
+                    Unary::Ln => format!("((T)log((double){a}))"),
+                    Unary::Square => format!("sq({a})"),
+                }
+            }
+            Op::Binary(f) => {
+                let b = exprs.pop().expect("checked");
+                let a = exprs.pop().expect("checked");
+                match f {
+                    Binary::Add => format!("({a} + {b})"),
+                    Binary::Sub => format!("({a} - {b})"),
+                    Binary::Mul => format!("({a} * {b})"),
+                    Binary::Div => format!("({a} / {b})"),
+                    Binary::Pow => format!("((T)pow((double){a}, (double){b}))"),
+                    Binary::Max => format!("tmax({a}, {b})"),
+                    Binary::Min => format!("tmin({a}, {b})"),
+                }
+            }
+        };
+        exprs.push(e);
+    }
+    let expr = exprs.pop().expect("checked");
+    let params: Vec<String> = (0..inputs).map(|i| format!("const T* x{i}")).collect();
+    format!(
+        r#"typedef unsigned long long u64;
+typedef {ty} T;
+__device__ T sq(T v) {{ return v * v; }}
+__device__ T tmax(T a, T b) {{ return (b > a || isnan(a)) ? b : a; }}
+__device__ T tmin(T a, T b) {{ return (b < a || isnan(a)) ? b : a; }}
+extern "C" __global__ void {name}(T* out, {params}, u64 n) {{
+    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {{
+        out[e] = {expr};
+    }}
+}}
+"#,
+        params = params.join(", ")
+    )
+}
+
+fn ew_t<T: GpuElement + Element>(gpu: &Gpu, p: &EwParams, inputs: &[Block]) -> Result<Block, KernelError> {
+    let shape = inputs[0].shape().to_vec();
+    let n: usize = shape.iter().product();
+    // One kernel per distinct program and element type (FNV-1a of both).
+    let dtype = <T as GpuElement>::DTYPE;
+    let key = format!("{:?} {dtype}", p.program);
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let name = format!("tessera_ew_{hash:016x}");
+    let ty = if dtype == DType::F64 { "double" } else { "float" };
+    let f = gpu.function(&name, &ew_source(p, &name, ty, inputs.len()))?;
+    let copies = inputs.iter().map(|b| device_input::<T>(gpu, b)).collect::<Result<Vec<_>, _>>()?;
+    let slices = copies.iter().map(|c| slice_of::<T>(gpu, c)).collect::<Result<Vec<_>, _>>()?;
+    let mut out = gpu.alloc::<T>(n)?;
+    if n > 0 {
+        let count = n as u64;
+        let mut launch = gpu.stream().launch_builder(&f);
+        launch.arg(&mut out);
+        for s in &slices {
+            launch.arg(*s);
+        }
+        launch.arg(&count);
+        // SAFETY: the kernel takes the output, one pointer per input and the
+        // count, in this order; every slice holds n elements.
+        unsafe { launch.launch(launch_config(n)) }.map_err(|e| gpu.error("launching an elementwise kernel", e))?;
+    }
+    gpu.output(shape, T::wrap(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generated CUDA C (compiled only where there is a GPU): operand
+    /// order, the CPU kernel's rounding points, exact constants.
+    #[test]
+    fn elementwise_programs_become_one_expression() {
+        let program = vec![
+            Op::Load(0),
+            Op::Load(1),
+            Op::Binary(Binary::Sub),
+            Op::Const(0.1),
+            Op::Binary(Binary::Max),
+            Op::Unary(Unary::Sqrt),
+            Op::Unary(Unary::Square),
+        ];
+        let p = EwParams { program, dtype: DType::F32 };
+        let src = ew_source(&p, "k", "float", 2);
+        let c = format!("((T)__longlong_as_double((long long){:#x}ULL))", 0.1f64.to_bits());
+        let want = format!("out[e] = sq(((T)sqrt((double)tmax((x0[e] - x1[e]), {c}))));");
+        assert!(src.contains(&want), "{src}");
+        assert!(
+            src.contains("typedef float T;") && src.contains("void k(T* out, const T* x0, const T* x1, u64 n)"),
+            "{src}"
+        );
+    }
 }

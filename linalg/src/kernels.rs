@@ -40,7 +40,18 @@ pub fn register_kernels(registry: &mut Registry) {
         dispatch!(p.dtype, T => Ok(full::<T>(&p)), _ => Err(unsupported("full", p.dtype)))
     });
     registry.register("linalg.data", |_, p: DataParams, _: &[Block]| Ok(p.into_block()));
-    registry.register("linalg.ew", |_, p: EwParams, inputs: &[Block]| crate::expr::eval(&p, inputs));
+    registry.register("linalg.ew", |ctx, p: EwParams, inputs: &[Block]| {
+        // Not marked GPU-capable: it runs where its inputs are, and on the
+        // GPU when they are there.
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = ctx.gpu {
+            if let Some(out) = crate::gpu::ew(gpu, &p, inputs)? {
+                return Ok(out);
+            }
+        }
+        let _ = ctx;
+        crate::expr::eval(&p, inputs)
+    });
     registry.register("linalg.transpose", |_, (): (), inputs: &[Block]| {
         let x = one(inputs, "transpose")?;
         dispatch!(x.dtype(), T => transpose::<T>(x), _ => Err(unsupported("transpose", x.dtype())))

@@ -191,7 +191,7 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     libs: Mutex<Libs>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
     /// How cuBLAS multiplies f32 (set on its handle when made).
     math: GpuMath,
     /// Device bytes held by this GPU's [`DeviceBlock`]s.
@@ -404,7 +404,7 @@ impl Gpu {
     /// device the first time it is asked for. Compiled without fused
     /// multiply-add, so a kernel that ports CPU arithmetic (as the random
     /// generator does) rounds as the CPU does.
-    pub fn function(&self, name: &'static str, source: &str) -> Result<CudaFunction, KernelError> {
+    pub fn function(&self, name: &str, source: &str) -> Result<CudaFunction, KernelError> {
         let mut functions = self.functions.lock();
         if let Some(f) = functions.get(name) {
             return Ok(f.clone());
@@ -418,7 +418,7 @@ impl Gpu {
             .map_err(|e| self.error(&format!("compiling `{name}`"), e))?;
         let module = self.ctx.load_module(ptx).map_err(|e| self.error(&format!("loading `{name}`"), e))?;
         let f = module.load_function(name).map_err(|e| self.error(&format!("loading `{name}`"), e))?;
-        functions.insert(name, f.clone());
+        functions.insert(name.to_owned(), f.clone());
         Ok(f)
     }
 
