@@ -436,6 +436,11 @@ impl WeakBlock {
     pub fn upgrade(&self) -> Option<Block> {
         self.0.upgrade().map(Block)
     }
+
+    /// Whether the block still exists.
+    pub fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 impl fmt::Debug for Block {
@@ -543,7 +548,7 @@ mod tests {
         assert_eq!(b.as_f64(), Some(&[5.0; 6][..]));
         assert!(weak.upgrade().is_some());
         drop(b);
-        assert!(weak.upgrade().is_none(), "a weak handle does not keep the block");
+        assert!(weak.upgrade().is_none() && !weak.alive(), "a weak handle does not keep the block");
     }
 
     #[test]

@@ -338,7 +338,7 @@ impl Gpu {
         let slice = self.stream.clone_htod(host).map_err(|e| self.error("copying a block to the device", e))?;
         let copy: Arc<dyn DeviceCopy> = Arc::new(self.account(T::wrap(slice)));
         block.set_device_copy(Arc::clone(&copy));
-        self.resident.lock().push_back(block.downgrade());
+        self.remember(block);
         Ok(copy)
     }
 
@@ -355,8 +355,20 @@ impl Gpu {
         let data = self.account(data);
         self.synchronize()?;
         let block = Block::from_device(shape, dtype, Arc::new(data));
-        self.resident.lock().push_back(block.downgrade());
+        self.remember(&block);
         Ok(block)
+    }
+
+    /// Adds `block` to the resident list. Eviction only skips the blocks
+    /// released since, so the list is swept of them whenever its length
+    /// reaches a power of two from 1024 on: it holds at most about twice the
+    /// blocks alive (or 1024 entries), at O(1) amortised per block.
+    fn remember(&self, block: &Block) {
+        let mut resident = self.resident.lock();
+        resident.push_back(block.downgrade());
+        if resident.len() >= 1024 && resident.len().is_power_of_two() {
+            resident.retain(WeakBlock::alive);
+        }
     }
 
     fn account(&self, data: DeviceData) -> DeviceBlock {
