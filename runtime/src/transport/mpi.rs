@@ -214,8 +214,15 @@ pub fn progress(
             comm.abort(1);
         }
 
+        // In the termination barrier this rank sends nothing more: every
+        // thread that could need an answer has finished (on every rank, once
+        // the barrier completes), and a send its receiver has stopped
+        // probing for would never complete. What still comes (a heartbeat,
+        // the answer to a peer's late fetch) is dropped.
+        let terminating = barrier.is_some();
+
         // Liveness: the scheduler declares a rank lost after a long silence.
-        if rank != 0 && last_beat.elapsed() >= HEARTBEAT {
+        if rank != 0 && !terminating && last_beat.elapsed() >= HEARTBEAT {
             transport.send(Endpoint::SCHEDULER, Msg::Heartbeat { rank });
             last_beat = std::time::Instant::now();
         }
@@ -234,6 +241,10 @@ pub fn progress(
                 },
             };
             let (to, role, msg) = item;
+            if terminating {
+                tracing::debug!(rank, to, ?msg, "dropped: sent after the termination barrier began");
+                continue;
+            }
             batches[to as usize].push((role, msg));
             busy = true;
         }
@@ -350,7 +361,9 @@ pub fn progress(
         match barrier.take() {
             None => {
                 let plane_idle = transport.plane.as_ref().is_none_or(|p| !p.busy());
-                if sends.is_empty() && outbox.is_empty() && plane_idle && local_done() {
+                // `local_done` first: once every thread has finished, nothing
+                // but this loop adds to the outbox, so its emptiness holds.
+                if local_done() && sends.is_empty() && outbox.is_empty() && plane_idle {
                     tracing::debug!(rank, "entering the termination barrier");
                     barrier = Some(comm.immediate_barrier());
                 }
