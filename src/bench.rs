@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use serde::Serialize;
+#[cfg(feature = "cuda")]
 use tessera_runtime::gpu::GpuSelect;
 use tessera_runtime::{Client, Config, DType, Graph, Key, Task};
 
@@ -267,23 +268,19 @@ pub struct GpuGemmRun {
     pub repeat: usize,
 }
 
-/// Measures [`GpuGemmRun`] on the first GPU of `select` (needs the `cuda`
-/// feature and a CUDA driver). `config` is the command line's cluster
+/// Measures [`GpuGemmRun`] on the first GPU of `config.gpus` (needs the
+/// `cuda` feature and a CUDA driver). `config` is the command line's cluster
 /// configuration; the bench's local cluster takes its settings but runs one
 /// CPU worker and one GPU worker, on that GPU only.
 #[cfg(feature = "cuda")]
-#[allow(clippy::too_many_arguments)]
 pub fn gpu_gemm(
     config: Config,
-    select: &GpuSelect,
-    m: usize,
-    k: usize,
-    n: usize,
+    [m, k, n]: [usize; 3],
     dtype: DType,
     repeat: usize,
     seed: u64,
 ) -> anyhow::Result<GpuGemmRun> {
-    let ordinal = first_gpu(select)?;
+    let ordinal = first_gpu(&config.gpus)?;
     match dtype {
         DType::F64 => gpu_gemm_as::<f64>(config, ordinal, [m, k, n], repeat, seed),
         DType::F32 => gpu_gemm_as::<f32>(config, ordinal, [m, k, n], repeat, seed),
@@ -293,18 +290,9 @@ pub fn gpu_gemm(
 
 /// [`gpu_gemm`] in a build without the `cuda` feature: the error that says so.
 #[cfg(not(feature = "cuda"))]
-#[allow(clippy::too_many_arguments)]
-pub fn gpu_gemm(
-    _config: Config,
-    select: &GpuSelect,
-    _m: usize,
-    _k: usize,
-    _n: usize,
-    _dtype: DType,
-    _repeat: usize,
-    _seed: u64,
-) -> anyhow::Result<GpuGemmRun> {
-    Err(tessera_runtime::Error::FeatureDisabled { feature: "cuda", what: format!("bench gemm --gpus {select}") }.into())
+pub fn gpu_gemm(config: Config, _: [usize; 3], _: DType, _: usize, _: u64) -> anyhow::Result<GpuGemmRun> {
+    let what = format!("bench gemm --gpus {}", config.gpus);
+    Err(tessera_runtime::Error::FeatureDisabled { feature: "cuda", what }.into())
 }
 
 /// The first device of `select`, or an error that says why there is none

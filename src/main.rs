@@ -136,13 +136,13 @@ struct ClusterArgs {
     /// numbered after CUDA_VISIBLE_DEVICES). Under MPI the working ranks of each host
     /// share its GPUs out, one each; `tessera worker` drives one. GEMM, random blocks
     /// and TSQR leaves then run on the GPUs. Needs the `cuda` feature.
-    #[arg(long, global = true, default_value = "none", env = "TESSERA_GPUS", value_parser = parse_gpus)]
+    #[arg(long, global = true, default_value = "none", env = "TESSERA_GPUS")]
     gpus: GpuSelect,
 
     /// How GPU workers multiply f32 matrices: `exact` (IEEE f32, as on the CPU) or
     /// `tf32` (tensor cores with 10-bit-mantissa inputs: several times faster,
     /// relative error about 1e-3 instead of 1e-7). f64 is always exact.
-    #[arg(long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH", value_parser = parse_gpu_math)]
+    #[arg(long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH")]
     gpu_math: GpuMath,
 }
 
@@ -162,28 +162,14 @@ fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let (num, shift) = match s.trim().to_ascii_uppercase() {
-        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 10),
-        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 20),
-        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 30),
-        t => (t, 0),
-    };
-    match num.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n << shift),
+    match tessera::runtime::sys::parse_bytes(s) {
+        Some(n) if n > 0 => Ok(n as usize),
         _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
     }
 }
 
 fn parse_transport(s: &str) -> Result<TransportKind, String> {
     s.parse().map_err(|e: tessera::Error| e.to_string())
-}
-
-fn parse_gpus(s: &str) -> Result<GpuSelect, String> {
-    s.parse()
-}
-
-fn parse_gpu_math(s: &str) -> Result<GpuMath, String> {
-    s.parse()
 }
 
 fn parse_bind(s: &str) -> Result<Bind, String> {
@@ -696,8 +682,7 @@ fn gemm_bench(
             }
             continue;
         }
-        let select = config.gpus.clone();
-        let r = bench::gpu_gemm(config.clone(), &select, m, k, n, dt, repeat, seed)?;
+        let r = bench::gpu_gemm(config.clone(), [m, k, n], dt, repeat, seed)?;
         let task = r.task_seconds.map(|s| format!(", the task itself {s:.4} s")).unwrap_or_default();
         println!(
             "gemm {} x {} @ {} x {} {} on {}: cuBLAS directly {:.4} s, {:.2} TFLOP/s; through a Tessera GPU worker {:.4} s, {:.2} TFLOP/s (task reported done after {:.4} s{task}); tessera/direct {:.3} (median of {}; products agree to {:.1e})",

@@ -35,12 +35,8 @@ pub(crate) fn mark_kernels(registry: &mut Registry) {
     registry.mark_gpu("linalg.gemm").mark_gpu("linalg.random").mark_gpu("linalg.qr_leaf").mark_gpu("linalg.qr_apply");
 }
 
-/// A block's device copy on `gpu` as a slice of `T`, uploading it if needed.
-/// The returned handle keeps the copy alive while the kernel uses it.
-fn device_input<T: GpuElement>(gpu: &Gpu, block: &Block) -> Result<Arc<dyn DeviceCopy>, KernelError> {
-    gpu.input::<T>(block)
-}
-
+/// The elements of a device copy (from [`Gpu::input`], whose handle keeps
+/// it alive while the kernel uses it) as a slice of `T`.
 fn slice_of<'a, T: GpuElement>(gpu: &Gpu, copy: &'a Arc<dyn DeviceCopy>) -> Result<&'a CudaSlice<T>, KernelError> {
     copy.as_any()
         .downcast_ref::<DeviceBlock>()
@@ -76,7 +72,7 @@ where
     let n = if p.tb { br } else { bc };
     let mut c = gpu.alloc::<T>(m * n)?;
     if m > 0 && n > 0 && k > 0 {
-        let (da, db) = (device_input::<T>(gpu, a)?, device_input::<T>(gpu, b)?);
+        let (da, db) = (gpu.input::<T>(a)?, gpu.input::<T>(b)?);
         let (sa, sb) = (slice_of::<T>(gpu, &da)?, slice_of::<T>(gpu, &db)?);
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let cfg = GemmConfig {
@@ -302,7 +298,7 @@ pub(crate) fn qr_leaf(gpu: &Gpu, p: &LeafParams, x: &Block) -> Result<Block, Ker
 fn qr_leaf_t<T: Lapack>(gpu: &Gpu, p: &LeafParams, x: &Block) -> Result<Block, KernelError> {
     let (m, n) = (p.rows, p.cols);
     let stream = gpu.stream();
-    let input = device_input::<T>(gpu, x)?;
+    let input = gpu.input::<T>(x)?;
     let a = slice_of::<T>(gpu, &input)?;
     let mut out = gpu.alloc::<T>(m * n + n * n)?;
     if m * n > 0 {
@@ -481,7 +477,7 @@ where
     let (m, n, c) = (p.rows, p.cols, p.c);
     let mut out = gpu.alloc::<T>(m * c)?;
     if m > 0 && n > 0 && c > 0 {
-        let (dq, df) = (device_input::<T>(gpu, packed)?, device_input::<T>(gpu, f)?);
+        let (dq, df) = (gpu.input::<T>(packed)?, gpu.input::<T>(f)?);
         let q = slice_of::<T>(gpu, &dq)?.slice(0..m * n);
         let fs = slice_of::<T>(gpu, &df)?;
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
@@ -611,7 +607,7 @@ fn ew_t<T: GpuElement + Element>(gpu: &Gpu, p: &EwParams, inputs: &[Block]) -> R
     let name = format!("tessera_ew_{hash:016x}");
     let ty = if dtype == DType::F64 { "double" } else { "float" };
     let f = gpu.function(&name, &ew_source(p, &name, ty, inputs.len()))?;
-    let copies = inputs.iter().map(|b| device_input::<T>(gpu, b)).collect::<Result<Vec<_>, _>>()?;
+    let copies = inputs.iter().map(|b| gpu.input::<T>(b)).collect::<Result<Vec<_>, _>>()?;
     let slices = copies.iter().map(|c| slice_of::<T>(gpu, c)).collect::<Result<Vec<_>, _>>()?;
     let mut out = gpu.alloc::<T>(n)?;
     if n > 0 {

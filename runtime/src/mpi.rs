@@ -294,7 +294,10 @@ where
     if let Some((r, e)) = failed.iter().enumerate().find_map(|(r, e)| e.as_ref().map(|e| (r, e))) {
         return Err(E::from(Error::Config(format!("rank {r}: {e}"))));
     }
-    let gpu = gpu.expect("every rank opened its GPU");
+    let gpu = match gpu {
+        Ok(g) => g,
+        Err(e) => return Err(E::from(e)), // named above; not reached
+    };
     let registry = Arc::new(config.registry.clone());
 
     let mut mailboxes = Mailboxes::new();

@@ -217,7 +217,9 @@ impl Gpu {
     /// [`Gpu::open`], multiplying f32 matrices as `math` says.
     pub fn open_with(ordinal: usize, limit: Option<u64>, math: GpuMath) -> crate::Result<Arc<Gpu>> {
         let fail = |what: &str, e: &dyn std::fmt::Display| crate::Error::Config(format!("GPU {ordinal}: {what}: {e}"));
-        if !matches!(super::probe(), Probe::Found { .. }) {
+        // SAFETY: only tries to open the driver library (cudarc panics on
+        // its first call without it).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(crate::Error::Config(format!("GPU {ordinal}: {}", super::NO_DRIVER)));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| fail("opening the device", &e))?;
@@ -312,9 +314,12 @@ impl Gpu {
 
     /// Whether `block`'s device copy is on this GPU.
     fn holds(&self, block: &Block) -> bool {
-        block
-            .device_copy()
-            .is_some_and(|c| c.as_any().downcast_ref::<DeviceBlock>().is_some_and(|d| d.ordinal == self.ordinal))
+        block.device_copy().is_some_and(|c| self.owns(&*c))
+    }
+
+    /// Whether `copy` is in this GPU's memory.
+    fn owns(&self, copy: &dyn DeviceCopy) -> bool {
+        copy.as_any().downcast_ref::<DeviceBlock>().is_some_and(|d| d.ordinal == self.ordinal)
     }
 
     /// `len` zeroed elements of device memory, within the limit.
@@ -327,10 +332,8 @@ impl Gpu {
     /// the block has none here (the copy is kept on the block for later
     /// kernels, and counted here).
     pub fn input<T: GpuElement>(&self, block: &Block) -> Result<Arc<dyn DeviceCopy>, KernelError> {
-        if let Some(copy) = block.device_copy() {
-            if copy.as_any().downcast_ref::<DeviceBlock>().is_some_and(|d| d.ordinal == self.ordinal) {
-                return Ok(copy);
-            }
+        if let Some(copy) = block.device_copy().filter(|c| self.owns(&**c)) {
+            return Ok(copy);
         }
         let host = T::host(block.buffer())
             .ok_or_else(|| KernelError::msg(format!("GPU input is {}, expected {}", block.dtype(), T::DTYPE)))?;
@@ -380,36 +383,41 @@ impl Gpu {
     /// the worker's stream).
     pub fn blas<R>(&self, f: impl FnOnce(&CudaBlas) -> Result<R, KernelError>) -> Result<R, KernelError> {
         let mut libs = self.libs.lock();
-        if libs.blas.is_none() {
-            // SAFETY: only tries to open the library.
-            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-                return Err(self.error("cuBLAS", "the library (libcublas) cannot be loaded"));
+        let blas = match &mut libs.blas {
+            Some(blas) => blas,
+            slot => {
+                // SAFETY: only tries to open the library.
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    return Err(self.error("cuBLAS", "the library (libcublas) cannot be loaded"));
+                }
+                let blas = CudaBlas::new(Arc::clone(&self.stream)).map_err(|e| self.error("starting cuBLAS", e))?;
+                if self.math == GpuMath::Tf32 {
+                    use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+                    // SAFETY: the handle is live; the mode is one cuBLAS defines.
+                    unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) }
+                        .result()
+                        .map_err(|e| self.error("setting TF32 math", e))?;
+                }
+                slot.insert(blas)
             }
-            let blas = CudaBlas::new(Arc::clone(&self.stream)).map_err(|e| self.error("starting cuBLAS", e))?;
-            if self.math == GpuMath::Tf32 {
-                use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
-                // SAFETY: the handle is live; the mode is one cuBLAS defines.
-                unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) }
-                    .result()
-                    .map_err(|e| self.error("setting TF32 math", e))?;
-            }
-            libs.blas = Some(blas);
-        }
-        f(libs.blas.as_ref().expect("made above"))
+        };
+        f(blas)
     }
 
     /// Runs `f` with this GPU's cuSOLVER dense handle (made on first use).
     pub fn solver<R>(&self, f: impl FnOnce(&DnHandle) -> Result<R, KernelError>) -> Result<R, KernelError> {
         let mut libs = self.libs.lock();
-        if libs.solver.is_none() {
-            // SAFETY: only tries to open the library.
-            if !unsafe { cudarc::cusolver::sys::is_culib_present() } {
-                return Err(self.error("cuSOLVER", "the library (libcusolver) cannot be loaded"));
+        let solver = match &mut libs.solver {
+            Some(solver) => solver,
+            slot => {
+                // SAFETY: only tries to open the library.
+                if !unsafe { cudarc::cusolver::sys::is_culib_present() } {
+                    return Err(self.error("cuSOLVER", "the library (libcusolver) cannot be loaded"));
+                }
+                slot.insert(DnHandle::new(Arc::clone(&self.stream)).map_err(|e| self.error("starting cuSOLVER", e))?)
             }
-            libs.solver =
-                Some(DnHandle::new(Arc::clone(&self.stream)).map_err(|e| self.error("starting cuSOLVER", e))?);
-        }
-        f(libs.solver.as_ref().expect("made above"))
+        };
+        f(solver)
     }
 
     /// The kernel `name` of the CUDA C `source`, compiled with NVRTC for this

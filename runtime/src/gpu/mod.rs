@@ -317,32 +317,11 @@ pub fn open_one(ordinal: usize, math: GpuMath) -> Result<std::sync::Arc<Gpu>> {
 /// 90 % of what is free when the worker starts.
 pub fn memory_limit(free_bytes: u64) -> Result<u64> {
     match std::env::var("TESSERA_GPU_MEMORY") {
-        Ok(v) => parse_bytes(&v).ok_or_else(|| {
+        Ok(v) => crate::sys::parse_bytes(&v).ok_or_else(|| {
             Error::Config(format!("TESSERA_GPU_MEMORY={v}: expected bytes, optionally with a unit (40GiB, 500MB)"))
         }),
         Err(_) => Ok(free_bytes / 10 * 9),
     }
-}
-
-/// `1234`, `64KiB`, `500MB`, `40GiB`, `1.5GB` as bytes.
-fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let x: f64 = num.parse().ok()?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        "tib" | "t" => 1 << 40,
-        _ => return None,
-    };
-    (x >= 0.0 && x.is_finite()).then_some((x * scale as f64) as u64)
 }
 
 #[cfg(test)]
@@ -390,16 +369,6 @@ mod tests {
         assert_eq!("tf32".parse::<GpuMath>(), Ok(GpuMath::Tf32));
         assert_eq!("exact".parse::<GpuMath>(), Ok(GpuMath::Exact));
         assert!("bf16".parse::<GpuMath>().unwrap_err().contains("1e-3"));
-    }
-
-    #[test]
-    fn byte_sizes() {
-        assert_eq!(parse_bytes("1234"), Some(1234));
-        assert_eq!(parse_bytes("40GiB"), Some(40 << 30));
-        assert_eq!(parse_bytes("500MB"), Some(500_000_000));
-        assert_eq!(parse_bytes("1.5 GB"), Some(1_500_000_000));
-        assert_eq!(parse_bytes("12 parsecs"), None);
-        assert_eq!(parse_bytes(""), None);
     }
 
     #[test]
