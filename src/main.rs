@@ -21,6 +21,7 @@ use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
 use tessera::observe::Observe;
 use tessera::runtime::gpu::{GpuMath, GpuSelect};
+use tessera::runtime::scheduler::sim;
 use tessera::runtime::secret::{self, Secret};
 use tessera::runtime::tcp;
 use tessera::runtime::topology::Bind;
@@ -166,6 +167,35 @@ fn parse_size(s: &str) -> Result<usize, String> {
         Some(n) if n > 0 => Ok(n as usize),
         _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
     }
+}
+
+fn parse_sim_shape(s: &str) -> Result<sim::Shape, String> {
+    s.parse().map_err(|e: sim::SimError| e.to_string())
+}
+
+/// `bench simulate`: one simulation, one line of figures (and JSON).
+fn simulate_bench(cfg: &sim::SimConfig, json: bool) -> anyhow::Result<()> {
+    let r = sim::simulate(cfg)?;
+    println!(
+        "simulate {}: {} tasks on {} workers x {} threads: core {:.2} us/task (submit {:.2}), makespan {:.4} s = {:.3} x lower bound {:.4} s, {:.0} B/task in the core, {} transfers ({}), {:.1} s wall",
+        r.shape,
+        r.tasks,
+        r.workers,
+        r.threads,
+        r.us_per_task,
+        r.submit_us_per_task,
+        r.makespan_s,
+        r.makespan_ratio,
+        r.lower_bound_s,
+        r.scheduler_bytes_per_task,
+        r.transfers,
+        tessera::runtime::sys::human_bytes(r.moved_bytes),
+        r.wall_s
+    );
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
 }
 
 fn parse_transport(s: &str) -> Result<TransportKind, String> {
@@ -398,6 +428,43 @@ enum BenchCommand {
         #[arg(last = true, value_name = "JOBQUEUE FLAGS")]
         jobqueue: Vec<String>,
     },
+    /// The scheduler's core driving simulated workers on virtual time: its CPU
+    /// cost per task, the makespan against its lower bound, its memory per task.
+    Simulate {
+        /// Simulated workers.
+        #[arg(long, default_value_t = 100, allow_hyphen_values = true)]
+        workers: usize,
+        /// Compute threads per simulated worker.
+        #[arg(long, default_value_t = 32, allow_hyphen_values = true)]
+        threads: usize,
+        /// Tasks in the graph (shapes round to whole blocks).
+        #[arg(long, default_value_t = 100_000, allow_hyphen_values = true)]
+        tasks: usize,
+        /// Graph shape: wide, chain, tree, tsqr or matmul.
+        #[arg(long, default_value = "wide", value_parser = parse_sim_shape)]
+        shape: sim::Shape,
+        /// Mean task duration in microseconds (each task: 0.5 to 1.5 times it, from the seed).
+        #[arg(long, default_value_t = 1000.0, allow_hyphen_values = true)]
+        task_us: f64,
+        /// Bytes per second between two workers (10GB, 1GiB, ...).
+        #[arg(long, default_value = "10GB", value_parser = parse_size)]
+        bandwidth: usize,
+        /// One-way message latency in microseconds.
+        #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
+        latency: f64,
+        /// Bytes of each block (1M, 64K, ...).
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        block_bytes: usize,
+        /// Tasks queued on a worker beyond one per thread.
+        #[arg(long, default_value_t = 4)]
+        queue_extra: u32,
+        /// Seed of the task durations: same seed, same schedule.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Elastic scale-up and drain on this host: N `tessera worker` processes
     /// join a scheduler on 127.0.0.1 (time until all have joined), then all
     /// but one drain, handing their blocks to the last (time until they left).
@@ -466,6 +533,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Scale { workers, tasks, ms, repeat, log_dir, json, jobqueue }) => {
             return scale_bench(&args, workers, tasks, ms, repeat, &log_dir, json, &jobqueue)
         }
+        Command::Bench(BenchCommand::Simulate {
+            workers,
+            threads,
+            tasks,
+            shape,
+            task_us,
+            bandwidth,
+            latency,
+            block_bytes,
+            queue_extra,
+            seed,
+            json,
+        }) => {
+            let cfg = sim::SimConfig {
+                workers,
+                threads: u32::try_from(threads).context("--threads: at most 4294967295")?,
+                tasks,
+                shape,
+                task_us,
+                bandwidth: bandwidth as f64,
+                latency_us: latency,
+                block_bytes: block_bytes as u64,
+                queue_extra,
+                seed,
+            };
+            return simulate_bench(&cfg, json);
+        }
         _ => {}
     }
     let mut config = if matches!(cli.command, Command::Info { .. }) {
@@ -528,7 +622,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Workers { .. }
         | Command::Retire { .. }
         | Command::Bench(BenchCommand::Elastic { .. })
-        | Command::Bench(BenchCommand::Scale { .. }) => unreachable!("handled above"),
+        | Command::Bench(BenchCommand::Scale { .. })
+        | Command::Bench(BenchCommand::Simulate { .. }) => unreachable!("handled above"),
         Command::Jobqueue(_) => unreachable!("handled in main"),
     }
 }

@@ -40,7 +40,7 @@ mod panic;
 pub mod progress;
 pub mod protocol;
 pub mod report;
-mod scheduler;
+pub mod scheduler;
 pub mod secret;
 mod store;
 pub mod sys;

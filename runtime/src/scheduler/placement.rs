@@ -1,0 +1,274 @@
+//! Placement: which worker runs a ready task, and when it is sent.
+//!
+//! * **Locality.** A ready task with inputs is bound to the open worker
+//!   holding the most of its input bytes (ties: the least loaded); a
+//!   GPU-capable task to a GPU worker when one is open.
+//! * **Root-task queuing.** A task without inputs stays unbound until a
+//!   worker has room. Roots whose kernel makes big blocks (a mean of
+//!   [`BIG_ROOT_BYTES`] or more, or not yet known) go only to a worker with a
+//!   thread free: what they read or generate is consumed before more is made.
+//! * **Ahead assignment.** Dependents whose inputs are all on a worker (or
+//!   being computed there) are sent with the task that makes the last of
+//!   them: the worker runs them back to back, no round trip in between.
+//! * **Stealing.** A worker with room and nothing of its own takes queued
+//!   (never running) tasks of the most loaded worker, from the low-priority
+//!   end, when moving their inputs costs less than running them.
+
+use std::sync::Arc;
+
+use super::state::State;
+use super::Core;
+use crate::graph::TaskId;
+use crate::protocol::{InputLoc, RunTask};
+
+/// Tasks a worker may hold beyond its queue limit when they were sent ahead.
+pub(super) const AHEAD: u32 = 32;
+
+/// Bytes per second assumed for a transfer when weighing a steal.
+const STEAL_BANDWIDTH: f64 = 1e9;
+
+/// Hungry workers woken per backlogged worker per flush.
+const WAKE: usize = 4;
+
+/// Root tasks whose kernel's mean output is at least this big wait for a free thread.
+pub(super) const BIG_ROOT_BYTES: f64 = (1 << 20) as f64;
+
+impl Core {
+    /// Task `id` has all its inputs: binds it to a worker's queue, or to none.
+    pub(super) fn make_ready(&mut self, id: TaskId) {
+        let rec = &self.tasks[&id];
+        let mut best: Option<(u64, usize)> = rec.pin.map(|w| (0, w));
+        // A GPU-capable task goes to a GPU worker when there is one open:
+        // the one holding most of its input, else the least loaded.
+        let gpu_only =
+            best.is_none() && self.registry.is_gpu(rec.kernel) && self.workers.iter().any(|w| w.open() && w.has_gpu());
+        if best.is_none() && !rec.inputs.is_empty() {
+            // Bytes of input each worker holds (few inputs, few holders: linear scans).
+            let mut held: Vec<(usize, u64)> = Vec::new();
+            for input in &rec.inputs {
+                let r = &self.tasks[input];
+                for &w in &r.who_has {
+                    match held.iter_mut().find(|(x, _)| *x == w) {
+                        Some((_, b)) => *b += r.nbytes.max(1),
+                        None => held.push((w, r.nbytes.max(1))),
+                    }
+                }
+            }
+            for (w, bytes) in held {
+                let worker = &self.workers[w];
+                if !worker.open() || (gpu_only && !worker.has_gpu()) {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((b, bw)) => bytes > b || (bytes == b && worker.load() < self.workers[bw].load()),
+                };
+                if better {
+                    best = Some((bytes, w));
+                }
+            }
+        }
+        if gpu_only && best.is_none() {
+            best = (0..self.workers.len())
+                .filter(|&w| self.workers[w].open() && self.workers[w].has_gpu())
+                .min_by_key(|&w| self.workers[w].load())
+                .map(|w| (0, w));
+        }
+        let entry = (rec.prio, id);
+        let bound = best.map(|(_, w)| w);
+        self.tasks.get_mut(&id).expect("ready task exists").state = State::Queued(bound);
+        match bound {
+            Some(w) => self.queue_insert(w, entry),
+            None => self.unbound_insert(entry),
+        }
+        self.queued += 1;
+    }
+
+    /// Offers tasks to the workers whose load or queue changed (to every
+    /// worker when unbound tasks appeared), and to idle workers that may
+    /// steal from those left with a backlog.
+    pub(super) fn fill_all(&mut self) {
+        if std::mem::take(&mut self.fill_everyone) {
+            for w in 0..self.workers.len() {
+                self.mark_fill(w);
+            }
+        }
+        let mut i = 0;
+        while i < self.to_fill.len() {
+            let w = self.to_fill[i];
+            i += 1;
+            self.workers[w].fill_mark = false;
+            self.fill(w);
+        }
+        self.to_fill.clear();
+    }
+
+    /// Sends worker `w` tasks until it has `limit` in flight: its own
+    /// queue and the unbound ones by priority, else what it can steal. A
+    /// worker left with nothing is hungry; one left with a backlog wakes
+    /// hungry workers to steal from it.
+    fn fill(&mut self, w: usize) {
+        if self.workers[w].gone {
+            return;
+        }
+        while self.workers[w].active() < self.workers[w].limit {
+            if self.workers[w].draining {
+                // Only what is pinned here (the rest was moved off).
+                let Some((_, id)) = self.queue_pop(w) else { return };
+                self.queued -= 1;
+                self.start(w, id);
+                continue;
+            }
+            let pick = if self.queued == 0 {
+                None
+            } else {
+                let own = self.workers[w].queue.first().copied();
+                let free = self.unbound.first().copied().filter(|&(_, id)| !self.withheld(w, id));
+                match (own, free) {
+                    (Some(a), Some(b)) if b < a => self.unbound.pop_first(),
+                    (Some(_), _) => self.queue_pop(w),
+                    (None, Some(_)) => self.unbound.pop_first(),
+                    (None, None) => self.steal_for(w),
+                }
+            };
+            let Some((_, id)) = pick else {
+                if !self.workers[w].hungry {
+                    self.workers[w].hungry = true;
+                    self.hungry.push(w);
+                }
+                return;
+            };
+            self.assign(w, id);
+        }
+        // Full, with tasks still queued here: idle workers may steal them.
+        let mut wake = self.workers[w].queue.len().min(WAKE);
+        while wake > 0 {
+            let Some(h) = self.hungry.pop() else { break };
+            let idle = &mut self.workers[h];
+            idle.hungry = false;
+            if h != w && idle.open() && idle.active() < idle.limit {
+                self.mark_fill(h);
+                wake -= 1;
+            }
+        }
+    }
+
+    /// Whether root task `id` waits for worker `w` to have a thread free: it
+    /// makes a big block (or one of unknown size) and `w` is busy.
+    fn withheld(&self, w: usize, id: TaskId) -> bool {
+        let rec = &self.tasks[&id];
+        let worker = &self.workers[w];
+        if !rec.inputs.is_empty() || worker.active() < worker.threads {
+            return false;
+        }
+        let mean = self.out_bytes[rec.kernel as usize];
+        mean.is_nan() || mean >= BIG_ROOT_BYTES
+    }
+
+    /// Takes a queued task of the most loaded other worker, from the
+    /// low-priority end, if moving it costs less than running it: its input
+    /// bytes the thief lacks, at [`STEAL_BANDWIDTH`], against the kernel's
+    /// mean duration (unknown durations count as free to steal only for
+    /// inputs under 64 KiB).
+    fn steal_for(&mut self, thief: usize) -> Option<(u64, TaskId)> {
+        let mut victims = self.by_queue.iter().rev().map(|&(_, v)| v).filter(|&v| v != thief);
+        let victim = victims.next()?;
+        let pick = self.workers[victim].queue.iter().rev().take(8).copied().find(|&(_, id)| {
+            let rec = &self.tasks[&id];
+            if rec.pin.is_some() {
+                return false;
+            }
+            // GPU work stays on GPU workers.
+            if self.workers[victim].has_gpu() && !self.workers[thief].has_gpu() && self.registry.is_gpu(rec.kernel) {
+                return false;
+            }
+            let missing: u64 = rec
+                .inputs
+                .iter()
+                .map(|i| &self.tasks[i])
+                .filter(|r| !r.who_has.contains(&thief))
+                .map(|r| r.nbytes)
+                .sum();
+            let transfer_us = missing as f64 / STEAL_BANDWIDTH * 1e6;
+            let run_us = self.durations[rec.kernel as usize];
+            if run_us.is_nan() {
+                missing < 64 << 10
+            } else {
+                run_us >= 2.0 * transfer_us
+            }
+        })?;
+        self.queue_remove(victim, &pick);
+        tracing::trace!(task = %pick.1, from = self.workers[victim].rank, to = self.workers[thief].rank, "stolen");
+        Some(pick)
+    }
+
+    /// Sends queued task `id` to worker `w`, with the dependents it enables there.
+    fn assign(&mut self, w: usize, id: TaskId) {
+        self.queued -= 1;
+        self.start(w, id);
+        self.assign_ahead(w, id);
+    }
+
+    /// Sends `id` to worker `w` (in the next flush's batch).
+    pub(super) fn start(&mut self, w: usize, id: TaskId) {
+        self.workers[w].in_flight += 1;
+        let rec = self.tasks.get_mut(&id).expect("started task exists");
+        rec.state = State::Running(w);
+        if rec.waiting > 0 {
+            self.workers[w].blocked += 1;
+        }
+        let rec = &self.tasks[&id];
+        let inputs = rec
+            .inputs
+            .iter()
+            .map(|i| {
+                let r = &self.tasks[i];
+                let holders = match r.state {
+                    State::Running(x) => vec![self.workers[x].rank],
+                    _ => r.who_has.iter().map(|&h| self.workers[h].rank).collect(),
+                };
+                InputLoc { id: *i, holders, nbytes: r.nbytes }
+            })
+            .collect();
+        let task = RunTask { id, key: rec.key.clone(), kernel: rec.kernel, params: Arc::clone(&rec.params), inputs };
+        self.workers[w].outbox.push(task);
+        self.mark_flush(w);
+    }
+
+    /// Sends `w` the dependents of `id` whose inputs are all on `w` or being
+    /// computed there, ahead of time: the worker starts each the moment its
+    /// last input is stored, without a round trip through the scheduler
+    /// (chains and local reductions run back to back). Bounded by the
+    /// worker's queue limit plus [`AHEAD`].
+    fn assign_ahead(&mut self, w: usize, id: TaskId) {
+        if self.workers[w].draining {
+            return;
+        }
+        let mut stack = vec![id];
+        while let Some(t) = stack.pop() {
+            let mut i = 0;
+            while let Some(&d) = self.tasks.get(&t).and_then(|r| r.dependents.get(i)) {
+                i += 1;
+                if self.workers[w].in_flight >= self.workers[w].limit + AHEAD {
+                    return;
+                }
+                let rec = &self.tasks[&d];
+                if !matches!(rec.state, State::Waiting) || rec.pin.is_some_and(|p| p != w) {
+                    continue;
+                }
+                let local = rec.inputs.iter().all(|i| {
+                    let r = &self.tasks[i];
+                    match r.state {
+                        State::Running(x) => x == w,
+                        State::Memory => r.who_has.contains(&w),
+                        _ => false,
+                    }
+                });
+                if local {
+                    self.start(w, d);
+                    stack.push(d);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Failure and recovery: failed tasks and their cascade, workers that
+//! leave, blocks computed again.
+//!
+//! A failed task fails everything downstream of it with the same cause, and
+//! nothing else. A worker that leaves without notice has its running and
+//! queued tasks placed again; a block only it held is recomputed from its
+//! inputs when they are still held (root tasks always are), else the task
+//! fails naming the worker. An input that cannot be fetched sends its task
+//! back for placement, up to [`MAX_RETRIES`] times.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashSet;
+
+use super::state::{Failure, State, WorkerRec};
+use super::{Core, Decision};
+use crate::client::WireReply;
+use crate::graph::TaskId;
+
+/// Placements a task gets when its inputs cannot be fetched, before it fails.
+const MAX_RETRIES: u8 = 5;
+
+impl Core {
+    /// A worker reports that task `id` did not complete: returns the worker
+    /// it ran on, or `None` if the task was cancelled meanwhile (then it is
+    /// dropped here) or is not running.
+    fn unfinished(&mut self, id: TaskId) -> Option<usize> {
+        let w = match self.tasks.get(&id)?.state {
+            State::Running(w) => w,
+            State::Cancelled(w) => {
+                self.unload(w);
+                let rec = self.tasks.remove(&id).expect("present");
+                for input in rec.inputs {
+                    self.dec_ref(input);
+                }
+                return None;
+            }
+            _ => return None,
+        };
+        self.unload(w);
+        Some(w)
+    }
+
+    /// Why task `id` failed, on worker rank `rank`.
+    pub(super) fn failure(&self, id: TaskId, rank: u32, cause: String) -> Arc<Failure> {
+        let rec = &self.tasks[&id];
+        Arc::new(Failure {
+            key: rec.key.clone(),
+            kernel: self.registry.name(rec.kernel).map(|n| n.to_string()).unwrap_or_default(),
+            rank,
+            cause,
+        })
+    }
+
+    pub(super) fn on_failed(&mut self, id: TaskId, error: String) {
+        let Some(w) = self.unfinished(id) else { return };
+        let failure = self.failure(id, self.workers[w].rank, error);
+        tracing::debug!(task = %failure.key, cause = %failure.cause, "task failed");
+        self.fail(id, failure);
+        if self.workers[w].draining {
+            self.check_drain(w);
+        }
+    }
+
+    /// Fails `id` and everything downstream of it with `failure`.
+    pub(super) fn fail(&mut self, id: TaskId, failure: Arc<Failure>) {
+        // Everything downstream fails with the same cause.
+        let mut erred = vec![id];
+        let mut seen: FxHashSet<TaskId> = FxHashSet::default();
+        seen.insert(id);
+        let mut i = 0;
+        while i < erred.len() {
+            let t = erred[i];
+            i += 1;
+            // Dependents released after an earlier failure are gone.
+            let Some(rec) = self.tasks.get_mut(&t) else { continue };
+            match rec.state {
+                // Assigned ahead, waiting on the worker for the failed input.
+                State::Running(x) | State::Cancelled(x) if t != id => {
+                    if rec.waiting > 0 {
+                        let worker = &mut self.workers[x];
+                        worker.blocked = worker.blocked.saturating_sub(1);
+                    }
+                    self.unload(x);
+                    self.cancel_on(x, t);
+                }
+                State::Queued(bound) => {
+                    let entry = (rec.prio, t);
+                    self.unqueue(bound, entry);
+                }
+                _ => {}
+            }
+            let rec = self.tasks.get_mut(&t).expect("present");
+            rec.state = State::Erred(Arc::clone(&failure));
+            for &d in &rec.dependents {
+                if seen.insert(d) {
+                    erred.push(d);
+                }
+            }
+        }
+        for &t in &erred {
+            let Some(rec) = self.tasks.get_mut(&t) else { continue };
+            let waiters = std::mem::take(&mut rec.waiters);
+            for waiter in waiters {
+                if let Some(wt) = self.waiters.remove(&waiter) {
+                    self.reply(wt.reply, WireReply::Wait(Err(failure.to_error())));
+                }
+            }
+        }
+        // An erred task no longer needs its inputs.
+        for &t in &erred {
+            let inputs = match self.tasks.get_mut(&t) {
+                Some(rec) => std::mem::take(&mut rec.inputs),
+                None => continue,
+            };
+            for input in inputs {
+                self.dec_ref(input);
+            }
+        }
+        for &t in &erred {
+            if self.tasks.get(&t).is_some_and(|r| r.refs == 0) {
+                self.forget(t);
+            }
+        }
+    }
+
+
+    /// Declares silent workers lost: removed on elastic clusters, the end
+    /// of the job otherwise ([`Decision::Abort`]).
+    pub(super) fn check_liveness(&mut self) {
+        let Some(timeout) = self.config.heartbeat_timeout else { return };
+        let now = self.now;
+        // Rank 0's own worker shares this process: it cannot be lost alone.
+        let silent = |w: &WorkerRec| w.rank != 0 && !w.gone && now.saturating_sub(w.last_seen) > timeout;
+        let Some(silent) = self.workers.iter().position(silent) else { return };
+        let w = &self.workers[silent];
+        let mut reason = format!("no message for {:.1} s", now.saturating_sub(w.last_seen).as_secs_f64());
+        if let Some((_, line)) = self.remote_errors.iter().find(|(r, _)| *r == w.rank) {
+            reason = format!("{reason}; its first error: {line}");
+        }
+        if self.config.elastic {
+            tracing::warn!(rank = w.rank, %reason, "worker lost");
+            self.remove_worker(silent, reason);
+            return;
+        }
+        let rank = w.rank;
+        self.decisions.push(Decision::Abort { rank, reason });
+    }
+
+
+    /// Worker `w` has left (`reason`): its copies are forgotten, blocks only
+    /// it held are recomputed (or fail), its tasks are placed again.
+    pub(super) fn remove_worker(&mut self, w: usize, reason: String) {
+        let rank = self.workers[w].rank;
+        // Whatever it recorded is gone with it.
+        let reqs: Vec<u64> = self.collections.iter().map(|c| c.req).collect();
+        for req in reqs {
+            self.on_events(req, None, rank);
+        }
+        let graceful = self.workers[w].leaving;
+        {
+            let rec = &mut self.workers[w];
+            rec.gone = true;
+            rec.draining = false;
+            rec.in_flight = 0;
+            rec.blocked = 0;
+            rec.handoff.clear();
+            rec.outbox.clear();
+            rec.releases.clear();
+            rec.cancels.clear();
+        }
+        let mut lost: Vec<(u64, TaskId)> = Vec::new();
+        let mut rerun: Vec<TaskId> = Vec::new();
+        let mut dropped: Vec<TaskId> = Vec::new();
+        let mut orphaned: Vec<TaskId> = Vec::new();
+        let mut unbind: Vec<(u64, TaskId)> = Vec::new();
+        for (&id, rec) in self.tasks.iter_mut() {
+            match rec.state {
+                State::Memory => {
+                    if let Some(i) = rec.who_has.iter().position(|&x| x == w) {
+                        rec.who_has.swap_remove(i);
+                        if rec.who_has.is_empty() {
+                            lost.push((rec.prio, id));
+                        }
+                    }
+                }
+                State::Running(x) if x == w => rerun.push(id),
+                State::Cancelled(x) if x == w => dropped.push(id),
+                State::Queued(Some(x)) if x == w => {
+                    rec.state = State::Queued(None);
+                    unbind.push((rec.prio, id));
+                }
+                _ => {}
+            }
+            if rec.pin == Some(w) && !matches!(rec.state, State::Memory | State::Erred(_)) {
+                orphaned.push(id);
+            }
+        }
+        for entry in unbind {
+            self.queue_remove(w, &entry);
+            self.unbound_insert(entry);
+        }
+        if graceful && !lost.is_empty() {
+            tracing::warn!(rank, blocks = lost.len(), "a retired worker left blocks no one else holds");
+        } else if !graceful {
+            tracing::warn!(rank, %reason, lost_blocks = lost.len(), rerun = rerun.len(), "worker left without draining");
+        }
+        for id in dropped {
+            if let Some(rec) = self.tasks.remove(&id) {
+                for input in rec.inputs {
+                    self.dec_ref(input);
+                }
+            }
+        }
+        // Lost blocks first, inputs before dependents (priority order).
+        lost.sort_unstable();
+        for (_, id) in lost {
+            self.recompute(id, rank, &reason);
+        }
+        for id in rerun {
+            if let Some(rec) = self.tasks.get_mut(&id) {
+                if matches!(rec.state, State::Running(_)) {
+                    rec.state = State::Waiting;
+                    self.replace(id);
+                }
+            }
+        }
+        for id in orphaned {
+            if self.tasks.get(&id).is_some_and(|r| !matches!(r.state, State::Memory | State::Erred(_))) {
+                let failure =
+                    self.failure(id, rank, format!("it is pinned to worker rank {rank}, which left ({reason})"));
+                let rec = &self.tasks[&id];
+                if let State::Queued(b) = rec.state {
+                    let entry = (rec.prio, id);
+                    self.unqueue(b, entry);
+                    self.tasks.get_mut(&id).expect("present").state = State::Waiting;
+                }
+                self.fail(id, failure);
+            }
+        }
+        // Draining workers may have been handing blocks to this one.
+        for d in 0..self.workers.len() {
+            if self.workers[d].draining && !self.workers[d].handoff.is_empty() {
+                self.workers[d].handoff.clear();
+                self.check_drain(d);
+            }
+        }
+        self.settle_retirements();
+        tracing::info!(rank, %reason, workers = self.worker_infos().len(), "worker left");
+    }
+
+    /// A block only a departed worker held: compute it again if its inputs
+    /// are still held or being computed, else fail it naming the worker.
+    fn recompute(&mut self, id: TaskId, rank: u32, reason: &str) {
+        let rec = &self.tasks[&id];
+        let pinned_away = rec.pin.is_some_and(|p| self.workers[p].gone);
+        let recomputable = !pinned_away
+            && rec.inputs.iter().all(|i| self.tasks.get(i).is_some_and(|r| !matches!(r.state, State::Erred(_))));
+        let nbytes = rec.nbytes;
+        self.mem_bytes = self.mem_bytes.saturating_sub(nbytes);
+        // Dependents that counted on the block wait for it again.
+        let dependents = rec.dependents.clone();
+        for d in dependents {
+            let Some(dr) = self.tasks.get_mut(&d) else { continue };
+            match dr.state {
+                State::Waiting => dr.waiting += 1,
+                State::Queued(b) => {
+                    let entry = (dr.prio, d);
+                    dr.state = State::Waiting;
+                    dr.waiting = 1;
+                    self.unqueue(b, entry);
+                }
+                _ => {}
+            }
+        }
+        if !recomputable {
+            let why = if pinned_away { "it is pinned to that worker" } else { "its inputs were released" };
+            let cause =
+                format!("its block was lost with worker rank {rank} ({reason}) and cannot be recomputed: {why}");
+            let failure = self.failure(id, rank, cause);
+            tracing::warn!(task = %failure.key, rank, "block lost and not recomputable");
+            let rec = self.tasks.get_mut(&id).expect("present");
+            rec.state = State::Waiting;
+            rec.inputs.clear();
+            self.fail(id, failure);
+            return;
+        }
+        tracing::debug!(task = %self.tasks[&id].key, rank, "recomputing a lost block");
+        let inputs = self.tasks[&id].inputs.clone();
+        for &i in &inputs {
+            let r = self.tasks.get_mut(&i).expect("checked above");
+            r.refs += 1;
+            if !r.dependents.contains(&id) {
+                r.dependents.push(id);
+            }
+        }
+        let rec = self.tasks.get_mut(&id).expect("present");
+        rec.state = State::Waiting;
+        self.replace(id);
+    }
+
+    /// Task `id` (state `Waiting`) runs again: counts the inputs it waits
+    /// for and becomes ready if none.
+    fn replace(&mut self, id: TaskId) {
+        let inputs = std::mem::take(&mut self.tasks.get_mut(&id).expect("present").inputs);
+        let waiting =
+            inputs.iter().filter(|i| !self.tasks.get(i).is_some_and(|r| matches!(r.state, State::Memory))).count()
+                as u32;
+        let rec = self.tasks.get_mut(&id).expect("present");
+        rec.inputs = inputs;
+        rec.waiting = waiting;
+        if waiting == 0 {
+            self.make_ready(id);
+        }
+    }
+
+    /// A worker could not fetch `input` of task `id` from `rank`.
+    pub(super) fn on_input_lost(&mut self, id: TaskId, input: TaskId, rank: u32) {
+        let Some(w) = self.unfinished(id) else { return };
+        let rec = self.tasks.get_mut(&id).expect("unfinished tasks exist");
+        rec.retries += 1;
+        if rec.retries > MAX_RETRIES {
+            let cause = format!("input {input} could not be fetched from rank {rank} ({MAX_RETRIES} tries)");
+            let failure = self.failure(id, self.workers[w].rank, cause);
+            self.fail(id, failure);
+        } else {
+            tracing::debug!(task = %rec.key, %input, from = rank, "input unreachable; placing the task again");
+            rec.state = State::Waiting;
+            self.replace(id);
+        }
+        if self.workers[w].draining {
+            self.check_drain(w);
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! A deterministic simulator: the real [`Core`] driving simulated workers on
+//! virtual time (what `tessera bench simulate` runs).
+//!
+//! Each simulated worker has `threads` compute threads. A task it is sent
+//! runs once its inputs exist (on the worker, or on a peer it fetches them
+//! from: `latency + bytes / bandwidth` per missing input) for its duration
+//! (`task_us` times a factor in `[0.5, 1.5)` drawn from the seed). Messages
+//! between the scheduler and a worker take `latency`. Everything the core
+//! decides is carried out as a real cluster would: `Run`, `Release` and
+//! `Cancel` batches arrive at workers, `Done` and `Replica` at the core.
+//!
+//! The report gives the core's own CPU cost per task (real clock, around
+//! its calls only), the simulated makespan against its lower bound (the
+//! larger of the total work over all threads and the critical path), and
+//! the heap the core's records hold per task. Same seed, same schedule.
+//!
+//! ```
+//! use tessera_runtime::scheduler::sim::{simulate, Shape, SimConfig};
+//! let cfg = SimConfig { workers: 4, threads: 2, tasks: 200, shape: Shape::Tree, ..SimConfig::default() };
+//! let r = simulate(&cfg).unwrap();
+//! assert_eq!(r.tasks, 199);
+//! assert!(r.makespan_s >= r.lower_bound_s);
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashSet;
+use serde::Serialize;
+
+use super::{Core, Decision, Event, Hello, ReplyTo, SchedulerConfig};
+use crate::client::{WireReply, WireRequest};
+use crate::error::{Error, KernelError};
+use crate::graph::{Key, Task, TaskId};
+use crate::kernel::Registry;
+use crate::protocol::RunTask;
+
+/// Graph shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Independent tasks, all of them outputs.
+    Wide,
+    /// Each task depends on the one before.
+    Chain,
+    /// A binary reduction tree.
+    Tree,
+    /// Direct TSQR: a QR per row block, a binary tree over the R factors,
+    /// then each row block's Q times its part of the tree's Q.
+    Tsqr,
+    /// A blocked matrix product: block products summed by a binary tree
+    /// over the contraction axis (4 blocks deep).
+    Matmul,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = SimError;
+    fn from_str(s: &str) -> Result<Shape, SimError> {
+        match s {
+            "wide" => Ok(Shape::Wide),
+            "chain" => Ok(Shape::Chain),
+            "tree" => Ok(Shape::Tree),
+            "tsqr" => Ok(Shape::Tsqr),
+            "matmul" => Ok(Shape::Matmul),
+            other => Err(SimError::Flag {
+                flag: "--shape",
+                reason: format!("`{other}` is not a shape: expected wide, chain, tree, tsqr or matmul"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).map_err(|_| fmt::Error)?;
+        f.write_str(s.as_str().unwrap_or("?"))
+    }
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub workers: usize,
+    pub threads: u32,
+    /// About this many tasks (shapes round to whole blocks).
+    pub tasks: usize,
+    pub shape: Shape,
+    /// Mean task duration in microseconds.
+    pub task_us: f64,
+    /// Bytes per second between two workers.
+    pub bandwidth: f64,
+    /// One-way message latency in microseconds.
+    pub latency_us: f64,
+    /// Bytes of each block (R factors of TSQR: a tenth).
+    pub block_bytes: u64,
+    /// Tasks queued on a worker beyond one per thread (as `--queue-extra`).
+    pub queue_extra: u32,
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            workers: 10,
+            threads: 32,
+            tasks: 100_000,
+            shape: Shape::Wide,
+            task_us: 1000.0,
+            bandwidth: 10e9,
+            latency_us: 10.0,
+            block_bytes: 1 << 20,
+            queue_extra: 4,
+            seed: 0,
+        }
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// A setting is out of range; `flag` names the command-line flag.
+    #[error("{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
+    /// The core refused the graph.
+    #[error("the scheduler refused the simulated graph: {0}")]
+    Refused(#[source] Error),
+    /// Nothing left to happen, yet the graph is not computed: a scheduling bug.
+    #[error("the simulation stalled at {at_s:.6} s of virtual time before every output was computed ({records} tasks on record)")]
+    Stalled { at_s: f64, records: usize },
+}
+
+impl SimConfig {
+    /// Checks every setting, naming the flag of the first one out of range.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |flag, reason: &str| Err(SimError::Flag { flag, reason: reason.to_owned() });
+        if self.workers == 0 {
+            return bad("--workers", "must be at least 1");
+        }
+        if self.threads == 0 {
+            return bad("--threads", "must be at least 1");
+        }
+        if self.tasks == 0 {
+            return bad("--tasks", "must be at least 1");
+        }
+        if self.workers > 1 << 20 {
+            return bad("--workers", "at most 1048576");
+        }
+        if !(self.task_us.is_finite() && self.task_us >= 0.0) {
+            return Err(SimError::Flag { flag: "--task-us", reason: format!("must be 0 or more, got {}", self.task_us) });
+        }
+        if !(self.latency_us.is_finite() && self.latency_us >= 0.0) {
+            let reason = format!("must be 0 or more microseconds, got {}", self.latency_us);
+            return Err(SimError::Flag { flag: "--latency", reason });
+        }
+        if !(self.bandwidth.is_finite() && self.bandwidth > 0.0) {
+            let reason = format!("must be more than 0 bytes per second, got {}", self.bandwidth);
+            return Err(SimError::Flag { flag: "--bandwidth", reason });
+        }
+        Ok(())
+    }
+}
+
+/// What a simulation measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimReport {
+    pub shape: Shape,
+    pub workers: usize,
+    pub threads: u32,
+    pub tasks: usize,
+    pub seed: u64,
+    /// The core's CPU time per task (real clock, its calls only).
+    pub us_per_task: f64,
+    /// Of which: validating, culling and ordering the graph.
+    pub submit_us_per_task: f64,
+    /// Virtual seconds until the last output was computed.
+    pub makespan_s: f64,
+    /// The larger of total work over all threads and the critical path.
+    pub lower_bound_s: f64,
+    /// `makespan_s / lower_bound_s`.
+    pub makespan_ratio: f64,
+    /// Heap the core's records held per task, counted at the largest
+    /// number of records.
+    pub scheduler_bytes_per_task: f64,
+    /// Inputs fetched from another worker, and their bytes.
+    pub transfers: u64,
+    pub moved_bytes: u64,
+    /// Messages the core sent to workers.
+    pub messages: u64,
+    /// Wall-clock seconds the whole simulation took.
+    pub wall_s: f64,
+}
+
+/// A simulated graph: tasks in topological order, each task's number as
+/// its key's first index, durations and output bytes per task number.
+struct SimGraph {
+    tasks: Vec<Task>,
+    outputs: Vec<Key>,
+    inputs: Vec<Vec<usize>>,
+    duration_ns: Vec<u64>,
+    out_bytes: Vec<u64>,
+}
+
+/// The kernels simulated graphs name (never run).
+const KERNELS: [&str; 7] = ["source", "node", "qr", "rmerge", "qapply", "gemm", "add"];
+
+fn registry() -> Registry {
+    let mut r = Registry::empty();
+    for name in KERNELS {
+        r.register_raw(name, |_, _, _| Err(KernelError::msg("a simulated kernel")));
+    }
+    r
+}
+
+/// SplitMix64: the same stream for the same seed on every machine.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+struct Builder<'a> {
+    cfg: &'a SimConfig,
+    g: SimGraph,
+    name: Arc<str>,
+}
+
+impl Builder<'_> {
+    /// Adds a task of `kernel` on `inputs` (task numbers); returns its number.
+    fn add(&mut self, kernel: &str, inputs: &[usize], out_bytes: u64) -> usize {
+        let n = self.g.tasks.len();
+        let key = Key::with_shared_name(&self.name, [n as u32]);
+        let keys = inputs.iter().map(|&i| self.g.tasks[i].key.clone());
+        self.g.tasks.push(Task::new(key, kernel).inputs(keys));
+        self.g.inputs.push(inputs.to_vec());
+        let u = (mix(self.cfg.seed ^ mix(n as u64)) >> 11) as f64 / (1u64 << 53) as f64;
+        self.g.duration_ns.push((self.cfg.task_us * 1e3 * (0.5 + u)) as u64);
+        self.g.out_bytes.push(out_bytes);
+        n
+    }
+
+    /// A binary tree over `items` with `kernel`; returns its root.
+    fn tree(&mut self, kernel: &str, mut items: Vec<usize>, out_bytes: u64) -> usize {
+        while items.len() > 1 {
+            let mut next = Vec::with_capacity(items.len().div_ceil(2));
+            for pair in items.chunks(2) {
+                next.push(if pair.len() == 2 { self.add(kernel, pair, out_bytes) } else { pair[0] });
+            }
+            items = next;
+        }
+        items[0]
+    }
+
+    fn output(&mut self, n: usize) {
+        self.g.outputs.push(self.g.tasks[n].key.clone());
+    }
+}
+
+fn build(cfg: &SimConfig) -> SimGraph {
+    let g = SimGraph {
+        tasks: Vec::with_capacity(cfg.tasks),
+        outputs: Vec::new(),
+        inputs: Vec::with_capacity(cfg.tasks),
+        duration_ns: Vec::with_capacity(cfg.tasks),
+        out_bytes: Vec::with_capacity(cfg.tasks),
+    };
+    let mut b = Builder { cfg, g, name: Arc::from("sim") };
+    let m = cfg.tasks;
+    let block = cfg.block_bytes;
+    match cfg.shape {
+        Shape::Wide => {
+            for _ in 0..m {
+                let t = b.add("source", &[], block);
+                b.output(t);
+            }
+        }
+        Shape::Chain => {
+            let mut last = b.add("source", &[], block);
+            for _ in 1..m {
+                last = b.add("node", &[last], block);
+            }
+            b.output(last);
+        }
+        Shape::Tree => {
+            let leaves: Vec<usize> = (0..m.div_ceil(2)).map(|_| b.add("source", &[], block)).collect();
+            let root = b.tree("node", leaves, block);
+            b.output(root);
+        }
+        Shape::Tsqr => {
+            let n = m.div_ceil(3).max(1);
+            let r_bytes = (block / 10).max(1);
+            let leaves: Vec<usize> = (0..n).map(|_| b.add("qr", &[], block)).collect();
+            let top = b.tree("rmerge", leaves.clone(), r_bytes);
+            for leaf in leaves {
+                let q = b.add("qapply", &[leaf, top], block);
+                b.output(q);
+            }
+        }
+        Shape::Matmul => {
+            // p x p output blocks, q blocks deep: p^2 (2q - 1) + 2pq tasks.
+            let q = 4usize;
+            let p = ((m as f64 / (2 * q - 1) as f64).sqrt().floor() as usize).max(1);
+            let a: Vec<usize> = (0..p * q).map(|_| b.add("source", &[], block)).collect();
+            let bm: Vec<usize> = (0..p * q).map(|_| b.add("source", &[], block)).collect();
+            for i in 0..p {
+                for j in 0..p {
+                    let products: Vec<usize> = (0..q).map(|k| b.add("gemm", &[a[i * q + k], bm[k * p + j]], block)).collect();
+                    let c = b.tree("add", products, block);
+                    b.output(c);
+                }
+            }
+        }
+    }
+    b.g
+}
+
+/// The larger of the total work over all threads and the critical path, in ns.
+fn lower_bound_ns(g: &SimGraph, slots: u64) -> u64 {
+    let total: u64 = g.duration_ns.iter().sum();
+    let mut finish = vec![0u64; g.tasks.len()];
+    let mut path = 0;
+    for t in 0..g.tasks.len() {
+        let start = g.inputs[t].iter().map(|&i| finish[i]).max().unwrap_or(0);
+        finish[t] = start + g.duration_ns[t];
+        path = path.max(finish[t]);
+    }
+    path.max(total.div_ceil(slots))
+}
+
+/// What happens next in the simulated cluster.
+enum Happening {
+    /// A message from the core reaches worker `w`.
+    ToWorker(usize, Decision),
+    /// Worker `w` finished task `id` (after fetching `fetched`).
+    Finished { w: usize, id: TaskId, n: usize, fetched: Vec<TaskId>, micros: u64 },
+    /// A worker's message reaches the core.
+    ToCore(Event),
+}
+
+struct Item {
+    at: u64,
+    seq: u64,
+    what: Happening,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Item) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Item) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, o: &Item) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct SimWorker {
+    free: u32,
+    /// Tasks received and not started, in arrival order.
+    pending: Vec<RunTask>,
+    store: FxHashSet<TaskId>,
+}
+
+struct Sim<'a> {
+    cfg: &'a SimConfig,
+    g: &'a SimGraph,
+    workers: Vec<SimWorker>,
+    queue: BinaryHeap<Reverse<Item>>,
+    seq: u64,
+    latency_ns: u64,
+    transfers: u64,
+    moved_bytes: u64,
+    messages: u64,
+}
+
+impl Sim<'_> {
+    fn at(&mut self, at: u64, what: Happening) {
+        self.seq += 1;
+        self.queue.push(Reverse(Item { at, seq: self.seq, what }));
+    }
+
+    /// Worker `w`'s rank (the core's name for it).
+    fn rank(w: usize) -> u32 {
+        w as u32 + 1
+    }
+
+    /// Starts what worker `w` can start at `now`: tasks whose inputs exist
+    /// here or on a holder, in the order they arrived.
+    fn start(&mut self, w: usize, now: u64) {
+        while self.workers[w].free > 0 {
+            let worker = &self.workers[w];
+            let workers = &self.workers;
+            let runnable = worker.pending.iter().position(|t| {
+                t.inputs.iter().all(|i| {
+                    worker.store.contains(&i.id)
+                        || i.holders.iter().any(|&r| workers.get((r as usize).wrapping_sub(1)).is_some_and(|h| h.store.contains(&i.id)))
+                })
+            });
+            let Some(p) = runnable else { return };
+            let task = self.workers[w].pending.remove(p);
+            let mut fetch_ns = 0u64;
+            let mut fetched = Vec::new();
+            for i in &task.inputs {
+                if !self.workers[w].store.contains(&i.id) {
+                    fetch_ns += self.latency_ns + (i.nbytes as f64 / self.cfg.bandwidth * 1e9) as u64;
+                    self.transfers += 1;
+                    self.moved_bytes += i.nbytes;
+                    fetched.push(i.id);
+                }
+            }
+            let n = task.key.index()[0] as usize;
+            let run_ns = self.g.duration_ns[n];
+            self.workers[w].free -= 1;
+            let what = Happening::Finished { w, id: task.id, n, fetched, micros: run_ns / 1000 };
+            self.at(now + fetch_ns + run_ns, what);
+        }
+    }
+
+    /// Sends the core's decisions on their way (they arrive after the latency).
+    fn dispatch(&mut self, now: u64, decisions: &mut Vec<Decision>, done: &mut Option<u64>, waiting: ReplyTo) -> Result<(), SimError> {
+        for d in decisions.drain(..) {
+            match d {
+                Decision::Reply { to, answer: WireReply::Wait(result) } if to == waiting => {
+                    result.map_err(SimError::Refused)?;
+                    *done = Some(now);
+                }
+                Decision::Reply { answer: WireReply::Submit(Err(e)), .. } => return Err(SimError::Refused(e)),
+                Decision::Reply { .. } => {}
+                Decision::Abort { rank, reason } => return Err(SimError::Refused(Error::WorkerLost { rank, reason })),
+                d @ (Decision::Run { rank, .. }
+                | Decision::Release { rank, .. }
+                | Decision::Cancel { rank, .. }
+                | Decision::Acquire { rank, .. }
+                | Decision::Stop { rank, .. }
+                | Decision::CollectEvents { rank, .. }) => {
+                    self.messages += 1;
+                    self.at(now + self.latency_ns, Happening::ToWorker(rank as usize - 1, d));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one simulation.
+pub fn simulate(cfg: &SimConfig) -> Result<SimReport, SimError> {
+    cfg.validate()?;
+    let wall = Instant::now();
+    let g = build(cfg);
+    let tasks = g.tasks.len();
+    let lower_ns = lower_bound_ns(&g, cfg.workers as u64 * cfg.threads as u64);
+    let registry = Arc::new(registry());
+    let config = SchedulerConfig {
+        worker_ranks: (1..=cfg.workers as u32).collect(),
+        queue_extra: cfg.queue_extra,
+        heartbeat_timeout: None,
+        elastic: false,
+    };
+    let mut core = Core::new(Arc::clone(&registry), config);
+    core.set_transport_name("simulated");
+    for w in 0..cfg.workers {
+        let hello = Hello {
+            rank: Sim::rank(w),
+            threads: cfg.threads,
+            host: format!("node{}", w),
+            registry: registry.digest(),
+            kernels: registry.len() as u32,
+            ..Hello::default()
+        };
+        core.join(Duration::ZERO, hello).map_err(SimError::Refused)?;
+    }
+    core.started();
+    let mut sim = Sim {
+        cfg,
+        g: &g,
+        workers: (0..cfg.workers)
+            .map(|_| SimWorker { free: cfg.threads, pending: Vec::new(), store: FxHashSet::default() })
+            .collect(),
+        queue: BinaryHeap::new(),
+        seq: 0,
+        latency_ns: (cfg.latency_us * 1e3) as u64,
+        transfers: 0,
+        moved_bytes: 0,
+        messages: 0,
+    };
+
+    // Submission, then a wait for every output.
+    let mut decisions = Vec::new();
+    let t = Instant::now();
+    let req = WireRequest::Submit { tasks: g.tasks.clone(), outputs: g.outputs.clone() };
+    core.handle(Duration::ZERO, Event::Request { client: None, req, reply: ReplyTo(0) });
+    core.flush(&mut decisions);
+    let submit_ns = t.elapsed().as_nanos();
+    let answer = decisions.iter().position(|d| matches!(d, Decision::Reply { to: ReplyTo(0), .. }));
+    let ids = match answer.map(|i| decisions.remove(i)) {
+        Some(Decision::Reply { answer: WireReply::Submit(result), .. }) => result.map_err(SimError::Refused)?,
+        _ => unreachable!("a submission is answered at once"),
+    };
+    let scheduler_bytes = core.heap_bytes();
+    let t = Instant::now();
+    core.handle(Duration::ZERO, Event::Request { client: None, req: WireRequest::Wait { ids }, reply: ReplyTo(1) });
+    core.flush(&mut decisions);
+    let mut core_ns = submit_ns + t.elapsed().as_nanos();
+    let mut done = None;
+    sim.dispatch(0, &mut decisions, &mut done, ReplyTo(1))?;
+
+    let mut touched = false;
+    let mut now = 0;
+    while done.is_none() {
+        let Some(Reverse(item)) = sim.queue.pop() else {
+            return Err(SimError::Stalled { at_s: now as f64 / 1e9, records: core.task_count() });
+        };
+        now = item.at;
+        match item.what {
+            Happening::ToCore(event) => {
+                let t = Instant::now();
+                core.handle(Duration::from_nanos(now), event);
+                core_ns += t.elapsed().as_nanos();
+                touched = true;
+            }
+            Happening::ToWorker(w, d) => match d {
+                Decision::Run { tasks, .. } => {
+                    sim.workers[w].pending.extend(tasks);
+                    sim.start(w, now);
+                }
+                Decision::Release { ids, .. } => {
+                    for id in ids {
+                        sim.workers[w].store.remove(&id);
+                    }
+                }
+                Decision::Cancel { ids, .. } => sim.workers[w].pending.retain(|t| !ids.contains(&t.id)),
+                _ => {}
+            },
+            Happening::Finished { w, id, n, fetched, micros } => {
+                let rank = Sim::rank(w);
+                let arrive = now + sim.latency_ns;
+                for input in fetched {
+                    sim.workers[w].store.insert(input);
+                    sim.at(arrive, Happening::ToCore(Event::Replica { rank, id: input }));
+                }
+                sim.workers[w].store.insert(id);
+                sim.workers[w].free += 1;
+                sim.at(arrive, Happening::ToCore(Event::Done { id, nbytes: g.out_bytes[n], micros }));
+                // Ahead-assigned dependents may start now.
+                sim.start(w, now);
+            }
+        }
+        // The core flushes once per instant, as the event loop does per turn.
+        let next = sim.queue.peek().map(|Reverse(i)| i.at);
+        if touched && next != Some(now) {
+            let t = Instant::now();
+            core.flush(&mut decisions);
+            core_ns += t.elapsed().as_nanos();
+            touched = false;
+            sim.dispatch(now, &mut decisions, &mut done, ReplyTo(1))?;
+        }
+    }
+    let makespan_ns = done.unwrap_or(0);
+    let lower = lower_ns.max(1) as f64;
+    Ok(SimReport {
+        shape: cfg.shape,
+        workers: cfg.workers,
+        threads: cfg.threads,
+        tasks,
+        seed: cfg.seed,
+        us_per_task: core_ns as f64 / 1e3 / tasks as f64,
+        submit_us_per_task: submit_ns as f64 / 1e3 / tasks as f64,
+        makespan_s: makespan_ns as f64 / 1e9,
+        lower_bound_s: lower_ns as f64 / 1e9,
+        makespan_ratio: makespan_ns as f64 / lower,
+        scheduler_bytes_per_task: scheduler_bytes as f64 / tasks as f64,
+        transfers: sim.transfers,
+        moved_bytes: sim.moved_bytes,
+        messages: sim.messages,
+        wall_s: wall.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,411 @@
+//! Task and worker records, the queues that hold ready tasks, reference
+//! counts, and what a finished task changes.
+//!
+//! A task is `Waiting` for inputs, `Queued` (bound to a worker or not),
+//! `Running` on a worker (or `Cancelled` there: nobody needs it any more),
+//! in `Memory` on the workers in `who_has`, or `Erred`. Its `refs` count the
+//! dependents that still need it plus the clients' handles; at zero it is
+//! forgotten: its blocks are released, or it is cancelled.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rustc_hash::FxHashSet;
+
+use super::{Core, Decision, Hello, ReplyTo, Time};
+use crate::client::WireReply;
+use crate::error::Error;
+use crate::events::WorkerEvents;
+use crate::graph::{Key, Params, TaskId};
+use crate::protocol::RunTask;
+
+/// Why a failed task failed, shared by everything that depends on it.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub key: Key,
+    pub kernel: String,
+    pub rank: u32,
+    pub cause: String,
+}
+
+impl Failure {
+    pub fn to_error(&self) -> Error {
+        Error::TaskFailed { key: self.key.clone(), kernel: self.kernel.clone(), rank: self.rank, cause: self.cause.clone() }
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum State {
+    /// Some inputs are not computed yet.
+    Waiting,
+    /// Ready, in a scheduler-side queue: bound to a worker or not.
+    Queued(Option<usize>),
+    /// Sent to a worker.
+    Running(usize),
+    /// Running, but nobody needs the result any more.
+    Cancelled(usize),
+    /// Computed; `who_has` holds the workers with a copy.
+    Memory,
+    Erred(Arc<Failure>),
+}
+
+pub(super) struct TaskRec {
+    pub key: Key,
+    /// In `Core::keys` (an output a client holds).
+    pub keyed: bool,
+    pub kernel: u32,
+    pub params: Params,
+    pub inputs: Vec<TaskId>,
+    pub dependents: Vec<TaskId>,
+    /// Inputs not yet in memory.
+    pub waiting: u32,
+    /// Dependents that still need this task, plus client handles.
+    pub refs: u32,
+    pub prio: u64,
+    /// Worker index the task must run on.
+    pub pin: Option<usize>,
+    pub state: State,
+    pub who_has: Vec<usize>,
+    pub nbytes: u64,
+    pub waiters: Vec<u64>,
+    /// Times the task was placed again because an input could not be fetched.
+    pub retries: u8,
+}
+
+pub(super) struct WorkerRec {
+    pub rank: u32,
+    pub threads: u32,
+    pub host: String,
+    pub name: String,
+    /// The worker's GPU (empty: a CPU worker).
+    pub gpu: String,
+    /// Tasks it may have in flight (ahead assignment may exceed it).
+    pub limit: u32,
+    pub in_flight: u32,
+    /// Of those, tasks sent ahead that still wait on the worker for an
+    /// input being computed there: they hold no thread (advisory count).
+    pub blocked: u32,
+    /// Ready tasks bound here, not sent yet, by priority.
+    pub queue: BTreeSet<(u64, TaskId)>,
+    pub last_seen: Time,
+    pub gone: bool,
+    /// Takes no new task; leaves once it runs none and holds no block alone.
+    pub draining: bool,
+    /// Blocks only this draining worker held, being copied elsewhere.
+    pub handoff: FxHashSet<TaskId>,
+    /// Told to stop; gone at its `Bye` (or when its connection drops).
+    pub leaving: bool,
+    /// Batched for the next flush.
+    pub outbox: Vec<RunTask>,
+    pub releases: Vec<TaskId>,
+    pub cancels: Vec<TaskId>,
+    /// In `Core::to_fill`, `Core::to_flush`, `Core::hungry`.
+    pub fill_mark: bool,
+    pub flush_mark: bool,
+    pub hungry: bool,
+}
+
+impl WorkerRec {
+    pub fn new(hello: Hello, queue_extra: u32, now: Time) -> WorkerRec {
+        let threads = hello.threads.max(1);
+        WorkerRec {
+            rank: hello.rank,
+            threads,
+            host: hello.host,
+            name: hello.name,
+            gpu: hello.gpu,
+            limit: threads + queue_extra,
+            in_flight: 0,
+            blocked: 0,
+            queue: BTreeSet::new(),
+            last_seen: now,
+            gone: false,
+            draining: false,
+            handoff: FxHashSet::default(),
+            leaving: false,
+            outbox: Vec::new(),
+            releases: Vec::new(),
+            cancels: Vec::new(),
+            fill_mark: false,
+            flush_mark: false,
+            hungry: false,
+        }
+    }
+
+    /// Whether new tasks and handed-off blocks may go here.
+    pub fn open(&self) -> bool {
+        !self.gone && !self.draining
+    }
+
+    pub fn has_gpu(&self) -> bool {
+        !self.gpu.is_empty()
+    }
+
+    /// Tasks sent and queued here.
+    pub fn load(&self) -> usize {
+        self.in_flight as usize + self.queue.len()
+    }
+
+    /// Tasks sent here that can run now or soon (not blocked on an input).
+    pub fn active(&self) -> u32 {
+        self.in_flight.saturating_sub(self.blocked)
+    }
+}
+
+/// A client waiting for tasks to be computed.
+pub(super) struct Waiter {
+    pub ids: Vec<TaskId>,
+    pub remaining: usize,
+    pub reply: ReplyTo,
+}
+
+/// A `retire_workers` call waiting for its workers to leave.
+pub(super) struct Retirement {
+    pub ranks: Vec<u32>,
+    pub reply: ReplyTo,
+}
+
+/// A driver's request for the workers' events, until all have answered.
+pub(super) struct Collection {
+    pub req: u64,
+    pub reply: ReplyTo,
+    pub waiting: FxHashSet<u32>,
+    pub got: Vec<WorkerEvents>,
+}
+
+fn running_mean(mean: &mut f64, x: f64) {
+    *mean = if mean.is_nan() { x } else { 0.8 * *mean + 0.2 * x };
+}
+
+/// Queues, marks and replies: the bookkeeping every decision shares.
+impl Core {
+    /// Binds ready task `entry` to worker `w`'s queue.
+    pub(super) fn queue_insert(&mut self, w: usize, entry: (u64, TaskId)) {
+        let len = self.workers[w].queue.len();
+        if len > 0 {
+            self.by_queue.remove(&(len, w));
+        }
+        self.workers[w].queue.insert(entry);
+        self.by_queue.insert((len + 1, w));
+        self.mark_fill(w);
+    }
+
+    /// Takes `entry` off worker `w`'s queue; whether it was there.
+    pub(super) fn queue_remove(&mut self, w: usize, entry: &(u64, TaskId)) -> bool {
+        let len = self.workers[w].queue.len();
+        if !self.workers[w].queue.remove(entry) {
+            return false;
+        }
+        self.by_queue.remove(&(len, w));
+        if len > 1 {
+            self.by_queue.insert((len - 1, w));
+        }
+        true
+    }
+
+    /// Takes worker `w`'s first (highest-priority) queued task.
+    pub(super) fn queue_pop(&mut self, w: usize) -> Option<(u64, TaskId)> {
+        let first = *self.workers[w].queue.first()?;
+        self.queue_remove(w, &first);
+        Some(first)
+    }
+
+    /// Takes `entry` (state `Queued(bound)`) off whichever queue holds it.
+    pub(super) fn unqueue(&mut self, bound: Option<usize>, entry: (u64, TaskId)) {
+        match bound {
+            Some(w) => self.queue_remove(w, &entry),
+            None => self.unbound.remove(&entry),
+        };
+        self.queued -= 1;
+    }
+
+    /// Puts ready task `entry` in the unbound queue.
+    pub(super) fn unbound_insert(&mut self, entry: (u64, TaskId)) {
+        self.unbound.insert(entry);
+        self.fill_everyone = true;
+    }
+
+    /// Worker `w` may take tasks at the next flush.
+    pub(super) fn mark_fill(&mut self, w: usize) {
+        if !self.workers[w].fill_mark {
+            self.workers[w].fill_mark = true;
+            self.to_fill.push(w);
+        }
+    }
+
+    /// Worker `w` has batched messages.
+    pub(super) fn mark_flush(&mut self, w: usize) {
+        if !self.workers[w].flush_mark {
+            self.workers[w].flush_mark = true;
+            self.to_flush.push(w);
+        }
+    }
+
+    pub(super) fn release_on(&mut self, w: usize, id: TaskId) {
+        self.workers[w].releases.push(id);
+        self.mark_flush(w);
+    }
+
+    pub(super) fn cancel_on(&mut self, w: usize, id: TaskId) {
+        self.workers[w].cancels.push(id);
+        self.mark_flush(w);
+    }
+
+    /// One task fewer in flight on worker `w`.
+    pub(super) fn unload(&mut self, w: usize) {
+        self.workers[w].in_flight -= 1;
+        self.mark_fill(w);
+    }
+
+    pub(super) fn reply(&mut self, to: ReplyTo, answer: WireReply) {
+        self.decisions.push(Decision::Reply { to, answer });
+    }
+}
+
+/// Completion and reference counts.
+impl Core {
+    /// The worker running task `id` stored its block.
+    pub(super) fn on_done(&mut self, id: TaskId, nbytes: u64, micros: u64) {
+        let Some(rec) = self.tasks.get_mut(&id) else {
+            tracing::warn!(task = %id, "Done for an unknown task");
+            return;
+        };
+        let w = match rec.state {
+            State::Running(w) => w,
+            State::Cancelled(w) => {
+                let rec = self.tasks.remove(&id).expect("present");
+                self.unload(w);
+                self.release_on(w, id);
+                for input in rec.inputs {
+                    self.dec_ref(input);
+                }
+                return;
+            }
+            ref other => {
+                tracing::warn!(task = %id, state = ?other, "Done for a task that was not running");
+                return;
+            }
+        };
+        self.completed += 1;
+        running_mean(&mut self.durations[rec.kernel as usize], micros as f64);
+        running_mean(&mut self.out_bytes[rec.kernel as usize], nbytes as f64);
+        rec.state = State::Memory;
+        rec.who_has.push(w);
+        rec.nbytes = nbytes;
+        let waiters = std::mem::take(&mut rec.waiters);
+        // Inputs and dependents stay on record: a block lost with its
+        // worker is recomputed from them.
+        let inputs = std::mem::take(&mut rec.inputs);
+        let dependents = std::mem::take(&mut rec.dependents);
+        let unwanted = rec.refs == 0;
+        self.mem_bytes += nbytes;
+        self.peak_bytes = self.peak_bytes.max(self.mem_bytes);
+        self.unload(w);
+        self.workers[w].last_seen = self.now;
+        for waiter in waiters {
+            self.waiter_progress(waiter);
+        }
+        for &dep in &dependents {
+            let Some(d) = self.tasks.get_mut(&dep) else { continue };
+            if matches!(d.state, State::Memory | State::Erred(_)) {
+                continue;
+            }
+            d.waiting = d.waiting.saturating_sub(1);
+            if d.waiting == 0 {
+                match d.state {
+                    State::Waiting => self.make_ready(dep),
+                    // Sent ahead: it runs now, on a thread of its worker.
+                    State::Running(x) | State::Cancelled(x) => {
+                        let worker = &mut self.workers[x];
+                        worker.blocked = worker.blocked.saturating_sub(1);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for &input in &inputs {
+            self.dec_ref(input);
+        }
+        if let Some(rec) = self.tasks.get_mut(&id) {
+            rec.inputs = inputs;
+            rec.dependents = dependents;
+        }
+        if unwanted {
+            self.forget(id);
+        }
+        if self.workers[w].draining {
+            self.check_drain(w);
+        }
+    }
+
+    /// One of the tasks waiter `waiter` waits for is computed.
+    pub(super) fn waiter_progress(&mut self, waiter: u64) {
+        let Some(w) = self.waiters.get_mut(&waiter) else { return };
+        w.remaining -= 1;
+        if w.remaining == 0 {
+            let w = self.waiters.remove(&waiter).expect("present");
+            let locations = self.locations(&w.ids);
+            self.reply(w.reply, WireReply::Wait(Ok(locations)));
+        }
+    }
+
+    /// The ranks holding each of `ids`.
+    pub(super) fn locations(&self, ids: &[TaskId]) -> Vec<Vec<u32>> {
+        ids.iter().map(|id| self.tasks[id].who_has.iter().map(|&w| self.workers[w].rank).collect()).collect()
+    }
+
+    pub(super) fn dec_ref(&mut self, id: TaskId) {
+        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        debug_assert!(rec.refs > 0, "refcount underflow on {}", rec.key);
+        rec.refs = rec.refs.saturating_sub(1);
+        if rec.refs == 0 {
+            self.forget(id);
+        }
+    }
+
+    /// Nobody needs `id` any more: release its blocks or cancel it.
+    pub(super) fn forget(&mut self, id: TaskId) {
+        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        match rec.state {
+            State::Running(w) => {
+                // Let it finish; its block is released when it reports.
+                rec.state = State::Cancelled(w);
+                if std::mem::take(&mut rec.keyed) {
+                    self.keys.remove(&rec.key);
+                }
+                return;
+            }
+            State::Cancelled(_) => return,
+            State::Queued(bound) => {
+                let entry = (rec.prio, id);
+                self.unqueue(bound, entry);
+            }
+            State::Memory => {
+                self.mem_bytes -= rec.nbytes;
+                let holders = std::mem::take(&mut rec.who_has);
+                for w in holders {
+                    self.release_on(w, id);
+                }
+            }
+            State::Waiting | State::Erred(_) => {}
+        }
+        let rec = self.tasks.remove(&id).expect("present");
+        if rec.keyed {
+            self.keys.remove(&rec.key);
+        }
+        if matches!(rec.state, State::Memory) {
+            self.handed_off(id);
+        }
+        for w in rec.waiters {
+            if let Some(wt) = self.waiters.remove(&w) {
+                let err = Error::Lost { key: rec.key.clone(), reason: "it was released".into() };
+                self.reply(wt.reply, WireReply::Wait(Err(err)));
+            }
+        }
+        if !matches!(rec.state, State::Memory) {
+            for input in rec.inputs {
+                self.dec_ref(input);
+            }
+        }
+    }
+}
