@@ -55,7 +55,8 @@ pub mod mpi;
 pub mod ucx;
 
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
-pub use client::{Client, ClusterState, Persisted, WorkerInfo};
+pub use client::{Client, Persisted};
+pub use protocol::{ClusterState, WorkerInfo};
 pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks, TransportKind};
 pub use error::{Error, KernelError, Result};
 pub use events::EventLog;

@@ -48,12 +48,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::client::{ClientRequest, ClusterState, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::error::{Error, Result};
 use crate::events::{EventLog, WorkerEvents};
 use crate::graph::{Key, Params, Task, TaskId};
 use crate::kernel::Registry;
-use crate::protocol::{Endpoint, InputLoc, Msg, RunTask};
+use crate::protocol::{ClientRequest, ClusterState, Endpoint, InputLoc, Msg, Reply, RunTask, WireReply, WireRequest, WorkerInfo};
 use crate::transport::Transport;
 
 /// Tasks a worker may hold beyond its queue limit when they were sent ahead

@@ -25,9 +25,8 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::client::WireReply;
 use crate::error::Error;
-use crate::protocol::{Endpoint, Msg, Payload, Role};
+use crate::protocol::{Endpoint, Msg, Payload, Role, WireReply};
 use crate::store::BlockStore;
 
 pub mod local;
