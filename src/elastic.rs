@@ -43,7 +43,7 @@ impl SchedulerFile {
             address: address.to_owned(),
             secret_file: secret_file.to_path_buf(),
             pid: std::process::id(),
-            host: tessera_runtime::sys::hostname(),
+            host: tessera_runtime::host::sys::hostname(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -767,7 +767,7 @@ fn adapt(
     // Bad bounds are refused before anything is connected or submitted.
     let per_job = load(common, &job.spec)?.job_spec(&cwd()?)?.total_tasks().clamp(1, u64::from(u32::MAX)) as u32;
     let mut adapter = Adapter::new(policy, per_job).with_context(|| format!("adapt --min {min} --max {max}"))?;
-    let stop = tessera::runtime::sys::termination_flag();
+    let stop = tessera::runtime::host::sys::termination_flag();
     let mut pool = open_pool(common, cluster, job)?;
     let start = Instant::now();
     loopback_note(pool.scheduler());

@@ -23,7 +23,7 @@ use tessera::observe::Observe;
 use tessera::runtime::gpu::{GpuMath, GpuSelect};
 use tessera::runtime::secret::{self, Secret};
 use tessera::runtime::tcp;
-use tessera::runtime::topology::Bind;
+use tessera::runtime::host::topology::Bind;
 use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind};
 
 mod jobqueue_cmd;
@@ -162,7 +162,7 @@ fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    match tessera::runtime::sys::parse_bytes(s) {
+    match tessera::runtime::host::sys::parse_bytes(s) {
         Some(n) if n > 0 => Ok(n as usize),
         _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
     }
@@ -538,7 +538,7 @@ fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>) -> any
     let secret_path = args.secret_file.clone().unwrap_or_else(secret::default_path);
     let secret = Secret::load_or_create(&secret_path)?;
     let file_path = args.scheduler_file.clone().unwrap_or_else(SchedulerFile::default_path);
-    let stop = tessera::runtime::sys::termination_flag();
+    let stop = tessera::runtime::host::sys::termination_flag();
     let opts = tcp::SchedulerOptions {
         listen: listen.to_owned(),
         interface,
@@ -672,7 +672,7 @@ fn gemm_bench(
     let repeat = repeat.unwrap_or(if on_gpu { 5 } else { 3 });
     for &dt in dtype.dtypes() {
         if !on_gpu {
-            let r = bench::gemm(m, k, n, dt, cores.unwrap_or_else(tessera::runtime::sys::usable_cores), repeat);
+            let r = bench::gemm(m, k, n, dt, cores.unwrap_or_else(tessera::runtime::host::sys::usable_cores), repeat);
             println!(
                 "gemm {} x {} @ {} x {} {} (faer, {} threads): {:.4} s, {:.1} GFLOP/s (median of {})",
                 r.m, r.k, r.k, r.n, r.dtype, r.threads, r.seconds, r.gflops, r.repeat
@@ -748,7 +748,7 @@ fn scale_bench(
 
 fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     let features = tessera::observe::features();
-    let (mem_total, mem_avail) = tessera::runtime::sys::memory().unwrap_or((0, 0));
+    let (mem_total, mem_avail) = tessera::runtime::host::sys::memory().unwrap_or((0, 0));
     let launch = config.resolve_launch()?;
     let mpi = mpi_info(launch)?;
     if mpi.as_ref().is_some_and(|m| m["rank"] != 0) {
@@ -773,14 +773,14 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         }),
         other => json!({"unavailable": other.describe().join("; ")}),
     };
-    let interfaces: Vec<serde_json::Value> = tessera::runtime::sys::interfaces()
+    let interfaces: Vec<serde_json::Value> = tessera::runtime::host::sys::interfaces()
         .into_iter()
         .map(|(name, ip, lo)| json!({"name": name, "ipv4": ip.to_string(), "loopback": lo}))
         .collect();
-    let routable = tessera::runtime::sys::routable_address(None).map(|a| a.to_string()).unwrap_or_default();
+    let routable = tessera::runtime::host::sys::routable_address(None).map(|a| a.to_string()).unwrap_or_default();
     let (topologies, hosts) = match &mpi {
         Some(m) => (m["topologies"].clone(), m["hosts"].clone()),
-        None => match tessera::runtime::topology::detect() {
+        None => match tessera::runtime::host::topology::detect() {
             Ok(t) => (json!([t]), json!([t.host])),
             Err(e) => (json!([]), json!({"unavailable": e.to_string()})),
         },
@@ -798,10 +798,10 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
                 "secret_file": secret::default_path(), "scheduler_file": SchedulerFile::default_path()},
         "launch": format!("{launch:?}").to_lowercase(),
         "mpi": mpi,
-        "launched_by": tessera::runtime::sys::describe_mpi_launch(),
-        "host": tessera::runtime::sys::hostname(),
-        "cores": tessera::runtime::sys::host_cores(),
-        "usable_cores": tessera::runtime::sys::usable_cores(),
+        "launched_by": tessera::runtime::host::launcher::describe_mpi_launch(),
+        "host": tessera::runtime::host::sys::hostname(),
+        "cores": tessera::runtime::host::sys::host_cores(),
+        "usable_cores": tessera::runtime::host::sys::usable_cores(),
         "memory_bytes": mem_total,
         "memory_available_bytes": mem_avail,
         "kernels": registry.names().collect::<Vec<_>>(),
@@ -855,7 +855,7 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!(
         "  tcp:       workers would reach this host at {routable}; interfaces: {}",
-        tessera::runtime::sys::interfaces().iter().map(|(n, ip, _)| format!("{n} {ip}")).collect::<Vec<_>>().join(", ")
+        tessera::runtime::host::sys::interfaces().iter().map(|(n, ip, _)| format!("{n} {ip}")).collect::<Vec<_>>().join(", ")
     );
     println!("  launch:    {}", obj["launch"].as_str().unwrap_or("?"));
     println!("  host:      {}", obj["host"].as_str().unwrap_or("?"));
@@ -868,13 +868,13 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     match obj["topology"].as_array() {
         Some(hosts) if !hosts.is_empty() => {
             for t in hosts {
-                let t: tessera::runtime::topology::HostTopology = serde_json::from_value(t.clone())?;
+                let t: tessera::runtime::host::topology::HostTopology = serde_json::from_value(t.clone())?;
                 println!("  topology:  {}", t.describe().replace('\n', "\n             "));
             }
         }
         _ => println!(
             "  topology:  not read: {}",
-            tessera::runtime::topology::detect().err().map(|e| e.to_string()).unwrap_or_default()
+            tessera::runtime::host::topology::detect().err().map(|e| e.to_string()).unwrap_or_default()
         ),
     }
     println!("  binding:   {}", obj["binding"].as_str().unwrap_or("?"));

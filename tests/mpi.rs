@@ -317,7 +317,7 @@ fn check_observed(trace: &std::path::Path, logs: &std::path::Path) -> Result<(),
     if ranks.len() != 2 || distinct.len() != cores.len() {
         return Err(format!("worker threads (rank, core): {cores:?}"));
     }
-    let host = tessera::runtime::sys::hostname();
+    let host = tessera::runtime::host::sys::hostname();
     for rank in 0..3 {
         let text =
             std::fs::read_to_string(logs.join(format!("rank-{rank}.log"))).map_err(|e| format!("rank {rank}: {e}"))?;

@@ -27,7 +27,7 @@ use crate::progress::Progress;
 use crate::protocol::{Endpoint, Msg};
 use crate::scheduler::{Exit, Ready, Scheduler, SchedulerConfig};
 use crate::store::BlockStore;
-use crate::topology::Bind;
+use crate::host::topology::Bind;
 use crate::transport::local::LocalTransport;
 use crate::transport::{DataPlane, Mailboxes, Transport};
 use crate::worker::{run_worker, WorkerConfig, WorkerExit};
@@ -195,7 +195,7 @@ pub struct Config {
     /// Workers record what they run, for reports and traces (default on;
     /// see [`crate::events`]).
     pub events: bool,
-    /// How worker threads are bound to cores ([`crate::topology::plan`]).
+    /// How worker threads are bound to cores ([`crate::host::topology::plan`]).
     /// `Auto` binds MPI ranks that share a host (with the `hwloc` feature)
     /// and leaves local clusters unbound.
     pub bind: Bind,
@@ -240,7 +240,7 @@ impl Config {
                 Err(Error::FeatureDisabled { feature: "mpi", what: "running on MPI (--launch mpi)".into() })
             }
             Launch::Mpi => Ok(Launch::Mpi),
-            Launch::Auto => match crate::sys::mpi_launch_size() {
+            Launch::Auto => match crate::host::launcher::mpi_launch_size() {
                 None => Ok(Launch::Local),
                 Some(_) if cfg!(feature = "mpi") => Ok(Launch::Mpi),
                 Some(1) => {
@@ -251,7 +251,7 @@ impl Config {
                 }
                 Some(n) => Err(Error::FeatureDisabled {
                     feature: "mpi",
-                    what: format!("running as {n} MPI ranks ({})", crate::sys::describe_mpi_launch()),
+                    what: format!("running as {n} MPI ranks ({})", crate::host::launcher::describe_mpi_launch()),
                 }),
             },
         }
@@ -456,7 +456,7 @@ impl LocalCluster {
     pub fn start_with(config: Config) -> Result<LocalCluster> {
         let gpus = crate::gpu::open(&config.gpus, config.gpu_math)?;
         let cpu_workers =
-            config.workers.unwrap_or_else(|| crate::sys::usable_cores().saturating_sub(gpus.len()).max(1));
+            config.workers.unwrap_or_else(|| crate::host::sys::usable_cores().saturating_sub(gpus.len()).max(1));
         if cpu_workers + gpus.len() == 0 {
             return Err(Error::Config("a local cluster needs at least one worker".into()));
         }
@@ -465,7 +465,7 @@ impl LocalCluster {
         // The workers share this process: bind only when asked.
         let plans = match config.bind {
             Bind::Auto => vec![Vec::new(); n],
-            bind => (0..n).map(|i| crate::topology::plan(bind, i, n, threads)).collect::<Result<_>>()?,
+            bind => (0..n).map(|i| crate::host::topology::plan(bind, i, n, threads)).collect::<Result<_>>()?,
         };
         let mut gpu_of_worker = vec![None; cpu_workers];
         gpu_of_worker.extend(gpus.into_iter().map(Some));
@@ -491,7 +491,7 @@ impl LocalCluster {
         };
         let (scheduler, ready) =
             spawn_scheduler(Arc::clone(&registry), Arc::clone(&transport), sched_config, sched_inbox);
-        let host = crate::sys::hostname();
+        let host = crate::host::sys::hostname();
         let workers = worker_inboxes
             .into_iter()
             .zip(1u32..)

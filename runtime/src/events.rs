@@ -368,7 +368,7 @@ impl Recorder {
         let events = WorkerEvents {
             rank,
             host: host.to_owned(),
-            host_cores: crate::sys::host_cores(),
+            host_cores: crate::host::sys::host_cores(),
             threads,
             names: b.names.iter().map(|n| n.to_string()).collect(),
             tasks: b.tasks.snapshot(clear),

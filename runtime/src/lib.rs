@@ -34,6 +34,7 @@ mod error;
 pub mod events;
 pub mod gpu;
 mod graph;
+pub mod host;
 mod kernel;
 pub mod log;
 mod panic;
@@ -43,9 +44,7 @@ pub mod report;
 mod scheduler;
 pub mod secret;
 mod store;
-pub mod sys;
 pub mod tcp;
-pub mod topology;
 pub mod transport;
 mod worker;
 

@@ -55,7 +55,7 @@ pub struct MpiInfo {
     pub hosts: Vec<String>,
     /// The hardware of each host (one entry per host; empty without the
     /// `hwloc` feature).
-    pub topologies: Vec<crate::topology::HostTopology>,
+    pub topologies: Vec<crate::host::topology::HostTopology>,
     /// Whether the library takes GPU memory in its calls ([`cuda_aware`]).
     pub cuda_aware: Option<bool>,
 }
@@ -103,9 +103,9 @@ pub fn library_version() -> String {
 pub fn info() -> Option<MpiInfo> {
     let universe = mpi::initialize()?;
     let world = universe.world();
-    let mine = (crate::sys::hostname(), crate::topology::detect().ok());
-    let all: Vec<(String, Option<crate::topology::HostTopology>)> = all_gather_json(&world, &mine);
-    let mut topologies: Vec<crate::topology::HostTopology> = Vec::new();
+    let mine = (crate::host::sys::hostname(), crate::host::topology::detect().ok());
+    let all: Vec<(String, Option<crate::host::topology::HostTopology>)> = all_gather_json(&world, &mine);
+    let mut topologies: Vec<crate::host::topology::HostTopology> = Vec::new();
     for t in all.iter().filter_map(|(_, t)| t.clone()) {
         if !topologies.iter().any(|x| x.host == t.host) {
             topologies.push(t);
@@ -218,8 +218,8 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
     let size = world.size();
     let local = world.split_shared(rank);
     let local_size = local.size() as usize;
-    let usable = crate::sys::usable_cores();
-    let host = crate::sys::host_cores();
+    let usable = crate::host::sys::usable_cores();
+    let host = crate::host::sys::host_cores();
     // A launcher that bound us to a subset already gave us our share.
     let share = if usable < host { usable } else { (host / local_size).max(1) };
     let rank0_works = match config.scheduler_works {
@@ -273,7 +273,7 @@ where
         Err(e) => return Err(E::from(e)),
     };
     let works = rank != 0 || place.rank0_works;
-    let cpus = match crate::topology::plan(config.bind, place.local_rank, place.local_size, place.threads) {
+    let cpus = match crate::host::topology::plan(config.bind, place.local_rank, place.local_size, place.threads) {
         Ok(c) => c,
         Err(e) => return Err(E::from(e)),
     };
@@ -323,7 +323,7 @@ where
             events: config.events,
             cpus,
             gpu,
-            ..WorkerConfig::new(rank, place.threads, crate::sys::hostname())
+            ..WorkerConfig::new(rank, place.threads, crate::host::sys::hostname())
         };
         spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), store, inbox)
     });

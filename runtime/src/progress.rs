@@ -24,7 +24,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::protocol::ClusterState;
-use crate::sys::human_bytes;
+use crate::host::sys::human_bytes;
 
 /// Computations shorter than this show no progress.
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);

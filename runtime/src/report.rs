@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::events::{now_us, EventLog, ThreadInfo, WorkerEvents};
-use crate::topology::cpu_list;
+use crate::host::topology::cpu_list;
 
 /// Above this many tasks the task stream is aggregated into bins.
 pub const MAX_TASK_BARS: usize = 20_000;

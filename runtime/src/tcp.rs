@@ -64,7 +64,7 @@ use crate::worker::{WorkerConfig, WorkerExit};
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {
     /// Where to listen: `HOST:PORT`, `:PORT` or `""` (this host's routable
-    /// address, see [`crate::sys::routable_address`]; port 0 lets the system
+    /// address, see [`crate::host::sys::routable_address`]; port 0 lets the system
     /// choose). `0.0.0.0:PORT` listens everywhere and advertises the
     /// routable address.
     pub listen: String,
@@ -87,7 +87,7 @@ impl SchedulerOptions {
 /// advertise (what workers connect to).
 pub fn resolve_listen(listen: &str, interface: Option<&str>) -> Result<(SocketAddr, SocketAddr)> {
     let bad = |reason: String| Error::Config(format!("--listen `{listen}`: {reason}"));
-    let routable = || crate::sys::routable_address(interface).map_err(|e| Error::Config(format!("--interface: {e}")));
+    let routable = || crate::host::sys::routable_address(interface).map_err(|e| Error::Config(format!("--interface: {e}")));
     let listen = listen.trim();
     let bind = if listen.is_empty() {
         SocketAddr::new(routable()?, 0)
@@ -197,7 +197,7 @@ pub struct WorkerOptions {
     pub name: String,
     /// How its threads are bound to cores (`Auto`: not at all; one worker
     /// per host is the usual elastic set-up).
-    pub bind: crate::topology::Bind,
+    pub bind: crate::host::topology::Bind,
     /// Record events for reports and traces.
     pub events: bool,
     /// `Ucx`: blocks to and from other workers started so go over UCX
@@ -211,25 +211,19 @@ pub struct WorkerOptions {
     pub tcp: TcpOptions,
 }
 
-/// The batch job this process runs in, from the variables Slurm, PBS and
-/// SGE set (empty outside a job).
-pub fn batch_job_id() -> String {
-    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| std::env::var(v).ok()).unwrap_or_default()
-}
-
 impl WorkerOptions {
     pub fn new(scheduler: &str, tcp: TcpOptions) -> WorkerOptions {
         WorkerOptions {
             scheduler: scheduler.to_owned(),
-            threads: crate::sys::usable_cores(),
+            threads: crate::host::sys::usable_cores(),
             registry: Registry::builtin(),
             lifetime: None,
             lifetime_stagger: Duration::ZERO,
             drain_timeout: Duration::from_secs(120),
             interface: None,
             drain_on_signal: false,
-            name: batch_job_id(),
-            bind: crate::topology::Bind::Auto,
+            name: crate::host::launcher::batch_job_id(),
+            bind: crate::host::topology::Bind::Auto,
             events: true,
             transport: crate::cluster::TransportKind::Auto,
             gpus: crate::gpu::GpuSelect::None,
@@ -275,7 +269,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     };
     // The GPU first: a worker that cannot open it never joins.
     let ordinals = crate::gpu::resolve(&opts.gpus)?;
-    let local_rank = crate::topology::launcher_local_rank().map(|(r, _)| r);
+    let local_rank = crate::host::launcher::local_rank().map(|(r, _)| r);
     let mine = crate::gpu::pick_own(&ordinals, local_rank);
     if ordinals.len() > 1 && local_rank.is_none() {
         tracing::warn!(gpus = %opts.gpus, "an elastic worker drives one GPU: using GPU {} (start one worker per GPU)", ordinals[0]);
@@ -290,7 +284,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         // Listen where the scheduler reached us: that interface routes.
         let ip = match &interface {
             Some(name) => {
-                crate::sys::routable_address(Some(name)).map_err(|e| Error::Config(format!("--interface: {e}")))?
+                crate::host::sys::routable_address(Some(name)).map_err(|e| Error::Config(format!("--interface: {e}")))?
             }
             None => local.ip(),
         };
@@ -304,8 +298,8 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     crate::log::set_rank(rank);
     tracing::info!(rank, scheduler = %opts.scheduler, threads, "joined the cluster");
     let cpus = match opts.bind {
-        crate::topology::Bind::Auto => Vec::new(),
-        bind => crate::topology::plan(bind, 0, 1, threads)?,
+        crate::host::topology::Bind::Auto => Vec::new(),
+        bind => crate::host::topology::plan(bind, 0, 1, threads)?,
     };
 
     let mut mailboxes = Mailboxes::new();
@@ -323,11 +317,11 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         events: opts.events,
         cpus,
         gpu,
-        ..WorkerConfig::new(rank, threads, crate::sys::hostname())
+        ..WorkerConfig::new(rank, threads, crate::host::sys::hostname())
     };
     let handle = spawn_worker(wc, Arc::new(opts.registry.clone()), Arc::clone(&dyn_transport), store, inbox);
 
-    let signal = opts.drain_on_signal.then(crate::sys::termination_flag);
+    let signal = opts.drain_on_signal.then(crate::host::sys::termination_flag);
     let started = Instant::now();
     let lifetime = opts.lifetime.map(|l| staggered(l, opts.lifetime_stagger));
     if let Some(l) = lifetime {

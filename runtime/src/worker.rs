@@ -41,7 +41,7 @@ pub struct WorkerConfig {
     /// Record events for reports and traces ([`crate::events`]).
     pub events: bool,
     /// The CPUs each thread binds itself to (missing or empty: unbound);
-    /// see [`crate::topology::plan`].
+    /// see [`crate::host::topology::plan`].
     pub cpus: Vec<Vec<usize>>,
     /// The GPU of a GPU worker (see [`crate::gpu`]).
     pub gpu: Option<Arc<crate::gpu::Gpu>>,
@@ -130,7 +130,7 @@ pub fn run_worker(
             gpu: gpu_name.clone(),
         },
     );
-    let cpus: Vec<String> = config.cpus.iter().map(|c| crate::topology::cpu_list(c)).collect();
+    let cpus: Vec<String> = config.cpus.iter().map(|c| crate::host::topology::cpu_list(c)).collect();
     tracing::info!(rank, threads, host = %config.host, cpus = %cpus.join(" "), gpu = %gpu_name, "worker started");
     let handles: Vec<_> = (0..threads)
         .map(|i| {
@@ -158,10 +158,10 @@ pub fn run_worker(
 impl Worker {
     /// Binds the calling thread (thread `i`) to `cpus` and records where it runs.
     fn bind(&self, i: usize, cpus: Vec<usize>) {
-        if let Err(e) = crate::topology::bind_current_thread(&cpus) {
-            tracing::warn!(rank = self.rank, thread = i, cpus = %crate::topology::cpu_list(&cpus), "cannot bind: {e}");
+        if let Err(e) = crate::host::topology::bind_current_thread(&cpus) {
+            tracing::warn!(rank = self.rank, thread = i, cpus = %crate::host::topology::cpu_list(&cpus), "cannot bind: {e}");
         }
-        self.recorder.thread_started(i, cpus, crate::topology::current_affinity());
+        self.recorder.thread_started(i, cpus, crate::host::topology::current_affinity());
     }
 
     fn thread_loop(&self, thread: u16, inbox: &Receiver<Msg>, jobs: &Receiver<Job>, threads: usize) {
@@ -365,7 +365,7 @@ impl Worker {
             // Where the thread runs changes rarely: look every 16th task.
             thread_local!(static TASKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
             let n = TASKS.with(|c| c.replace(c.get().wrapping_add(1)));
-            let cpu = if n & 15 == 0 { crate::topology::current_cpu() } else { None };
+            let cpu = if n & 15 == 0 { crate::host::topology::current_cpu() } else { None };
             self.recorder.task(&task.key, event, cpu, store_bytes.unwrap_or_else(|| self.store.bytes()));
         }
         self.transport.send(Endpoint::SCHEDULER, msg);

@@ -41,7 +41,7 @@ use crate::block::{Block, BlockHeader};
 use crate::error::Result;
 use crate::graph::TaskId;
 use crate::protocol::{Endpoint, Msg, Payload};
-use crate::sys::EventFd;
+use crate::host::sys::EventFd;
 use crate::ucx::{self, Op, Worker};
 
 pub use crate::ucx::Options;
@@ -283,7 +283,7 @@ impl State {
                 continue;
             }
             match self.worker.arm() {
-                Ok(true) => crate::sys::sleep_on(&[self.worker.event_fd(), wake], SLEEP_MS),
+                Ok(true) => crate::host::sys::sleep_on(&[self.worker.event_fd(), wake], SLEEP_MS),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(rank = self.rank, error = %e, "cannot arm the UCP worker; polling");
