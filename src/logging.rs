@@ -1,6 +1,6 @@
 //! The `tessera` command's log: every line says which rank and host wrote
 //! it, `--log-dir DIR` adds one file per process, and a worker rank's first
-//! error also goes to the driver (see `tessera::runtime::log`).
+//! error also goes to the driver (see `tessera::runtime::observe::log`).
 //!
 //! ```text
 //! r0@node12 2025-11-23T10:00:00.123Z  WARN ...
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
-use tessera::runtime::log as rank_log;
+use tessera::runtime::observe::log as rank_log;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{DefaultFields, Format, Full, Writer};

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tessera_runtime::report::{self, RunInfo};
+use tessera_runtime::observe::report::{self, RunInfo};
 
 use crate::{Client, Config};
 

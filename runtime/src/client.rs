@@ -33,9 +33,9 @@ use rustc_hash::FxHashMap;
 
 use crate::block::Block;
 use crate::error::{Error, Result};
-use crate::events::EventLog;
+use crate::observe::events::EventLog;
 use crate::graph::{Graph, Key, TaskId};
-use crate::progress::{Baseline, Monitor, Progress};
+use crate::observe::progress::{Baseline, Monitor, Progress};
 use crate::protocol::{ClientRequest, ClusterState, Endpoint, Msg, Payload, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::transport::{ReplyRouter, Transport};
 
@@ -197,7 +197,7 @@ impl Client {
     }
 
     /// How waits for results show progress (default [`Progress::Off`]; see
-    /// [`crate::progress`]). Applies to every clone.
+    /// [`crate::observe::progress`]). Applies to every clone.
     pub fn set_progress(&self, mode: Progress) {
         self.inner.progress.store(mode.to_u8(), Ordering::Relaxed);
     }
@@ -208,7 +208,7 @@ impl Client {
 
     /// Gathers the events every worker recorded since it started (or since
     /// the last [`Client::take_events`]): what ran where, when, and how
-    /// blocks moved. Turn it into a report with [`crate::report`].
+    /// blocks moved. Turn it into a report with [`crate::observe::report`].
     pub fn events(&self) -> Result<EventLog> {
         self.collect_events(false)
     }

@@ -23,7 +23,7 @@ use crossbeam_channel::Receiver;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::Registry;
-use crate::progress::Progress;
+use crate::observe::progress::Progress;
 use crate::protocol::{Endpoint, Msg};
 use crate::scheduler::{Exit, Ready, Scheduler, SchedulerConfig};
 use crate::store::BlockStore;
@@ -193,7 +193,7 @@ pub struct Config {
     /// [`crate::secret::default_path`]).
     pub secret_file: Option<std::path::PathBuf>,
     /// Workers record what they run, for reports and traces (default on;
-    /// see [`crate::events`]).
+    /// see [`crate::observe::events`]).
     pub events: bool,
     /// How worker threads are bound to cores ([`crate::host::topology::plan`]).
     /// `Auto` binds MPI ranks that share a host (with the `hwloc` feature)

@@ -315,7 +315,7 @@ where
     let (transport, outbox) = MpiTransport::new(rank, size, mailboxes, plane.clone());
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     if rank != 0 {
-        crate::log::forward_errors_to(&dyn_transport, rank);
+        crate::observe::log::forward_errors_to(&dyn_transport, rank);
     }
 
     let worker = worker_inbox.map(|inbox| {
@@ -403,7 +403,7 @@ where
     };
     let world = universe.world();
     let rank = world.rank();
-    crate::log::set_rank(rank as u32);
+    crate::observe::log::set_rank(rank as u32);
     let result = run_on(&world, config, driver);
     if rank == 0 {
         drop(universe);

@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::block::{Block, BlockHeader};
 use crate::error::Result;
-use crate::events::{EventLog, WorkerEvents};
+use crate::observe::events::{EventLog, WorkerEvents};
 use crate::graph::{Key, Params, Task, TaskId};
 
 /// Version of the wire format; bumped on any incompatible change.
@@ -224,13 +224,13 @@ pub enum Msg {
     Request { id: u64, from: Endpoint, req: WireRequest },
     /// Scheduler -> remote client: the answer to request `id`.
     Reply { id: u64, reply: WireReply },
-    /// Scheduler -> worker: send what you recorded ([`crate::events`]),
+    /// Scheduler -> worker: send what you recorded ([`crate::observe::events`]),
     /// emptying the buffers when `clear`; answered with `Events`.
     CollectEvents { req: u64, clear: bool },
     /// Worker -> scheduler: the answer to `CollectEvents` `req`.
     Events { req: u64, events: Box<WorkerEvents> },
     /// Worker -> scheduler: the first error logged on a worker rank (the
-    /// driver shows it with the rank; see [`crate::log`]).
+    /// driver shows it with the rank; see [`crate::observe::log`]).
     Log { rank: u32, line: String },
     /// Scheduler -> every member of an elastic cluster: where ranks listen
     /// (workers that joined), their UCX addresses (workers started with
@@ -281,7 +281,7 @@ pub struct ClusterState {
     pub completed: u64,
     /// Bytes copied between workers since the cluster started.
     pub moved_bytes: u64,
-    /// The first error each worker rank reported ([`crate::log`]), by rank.
+    /// The first error each worker rank reported ([`crate::observe::log`]), by rank.
     pub errors: Vec<(u32, String)>,
 }
 

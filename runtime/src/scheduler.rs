@@ -49,7 +49,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::error::{Error, Result};
-use crate::events::{EventLog, WorkerEvents};
+use crate::observe::events::{EventLog, WorkerEvents};
 use crate::graph::{Key, Params, Task, TaskId};
 use crate::kernel::Registry;
 use crate::protocol::{ClientRequest, ClusterState, Endpoint, InputLoc, Msg, Reply, RunTask, WireReply, WireRequest, WorkerInfo};

@@ -295,7 +295,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     })?;
     let Welcome::Joined { rank, peers, ucx } = welcome else { unreachable!("refusals are errors") };
     let threads = opts.threads.max(1);
-    crate::log::set_rank(rank);
+    crate::observe::log::set_rank(rank);
     tracing::info!(rank, scheduler = %opts.scheduler, threads, "joined the cluster");
     let cpus = match opts.bind {
         crate::host::topology::Bind::Auto => Vec::new(),
@@ -311,7 +311,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     transport.learn(peers, ucx);
     transport.adopt(0, opts.scheduler.clone(), stream);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
-    crate::log::forward_errors_to(&dyn_transport, rank);
+    crate::observe::log::forward_errors_to(&dyn_transport, rank);
     let wc = WorkerConfig {
         name: opts.name.clone(),
         events: opts.events,

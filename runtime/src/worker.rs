@@ -23,7 +23,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
+use crate::observe::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::graph::TaskId;
 use crate::kernel::{KernelCtx, Registry};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
@@ -38,7 +38,7 @@ pub struct WorkerConfig {
     pub host: String,
     /// Reported to the scheduler (elastic workers: the batch job's id).
     pub name: String,
-    /// Record events for reports and traces ([`crate::events`]).
+    /// Record events for reports and traces ([`crate::observe::events`]).
     pub events: bool,
     /// The CPUs each thread binds itself to (missing or empty: unbound);
     /// see [`crate::host::topology::plan`].
@@ -116,7 +116,7 @@ pub fn run_worker(
         jobs: jobs_tx,
         exit: Mutex::new(None),
         host: config.host.clone(),
-        recorder: Recorder::new(config.events, threads, crate::events::DEFAULT_CAPACITY),
+        recorder: Recorder::new(config.events, threads, crate::observe::events::DEFAULT_CAPACITY),
     });
     worker.transport.send(
         Endpoint::SCHEDULER,
@@ -212,7 +212,7 @@ impl Worker {
                 self.input_arrived(&mut table, id);
                 drop(table);
                 if let Some((start_us, from)) = fetched {
-                    let dur_us = crate::events::now_us().saturating_sub(start_us);
+                    let dur_us = crate::observe::events::now_us().saturating_sub(start_us);
                     self.recorder.transfer(TransferEvent { from, start_us, dur_us, bytes }, store_bytes);
                 }
                 self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id, rank: self.rank });
@@ -293,7 +293,7 @@ impl Worker {
     /// Notes when block `id` was asked of `holder`, for its transfer event.
     fn fetching(&self, table: &mut Table, id: TaskId, holder: u32) {
         if self.recorder.enabled() {
-            table.fetching.insert(id, (crate::events::now_us(), holder));
+            table.fetching.insert(id, (crate::observe::events::now_us(), holder));
         }
     }
 
@@ -348,11 +348,11 @@ impl Worker {
             }
         };
         if let Msg::Failed { error, .. } = &msg {
-            crate::log::task_failed(self.rank, &task.key, error);
+            crate::observe::log::task_failed(self.rank, &task.key, error);
         }
         if self.recorder.enabled() {
             let failed = matches!(msg, Msg::Failed { .. });
-            let start_us = crate::events::instant_us(start);
+            let start_us = crate::observe::events::instant_us(start);
             let event = TaskEvent {
                 key: TaskKey::default(),
                 kernel: task.kernel,

@@ -25,7 +25,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::events::{now_us, EventLog, ThreadInfo, WorkerEvents};
+use crate::observe::events::{now_us, EventLog, ThreadInfo, WorkerEvents};
 use crate::host::topology::cpu_list;
 
 /// Above this many tasks the task stream is aggregated into bins.
@@ -349,7 +349,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{MemorySample, TaskEvent, TaskKey, TransferEvent};
+    use crate::observe::events::{MemorySample, TaskEvent, TaskKey, TransferEvent};
     use crate::graph::Key;
 
     fn log(tasks: usize) -> EventLog {
