@@ -518,7 +518,7 @@ pub fn elastic(
     use anyhow::{ensure, Context};
     use std::process::{Command, Stdio};
     use std::time::Duration;
-    use tessera_runtime::secret::Secret;
+    use tessera_runtime::transport::secret::Secret;
     use tessera_runtime::tcp::{self, SchedulerOptions};
     use tessera_runtime::transport::tcp::TcpOptions;
 
@@ -875,7 +875,7 @@ pub struct UcxRun {
 
 /// Blocks of `bytes` between two UCP workers of this process, each driven by
 /// its own thread: first bare (tagged send and receive through
-/// [`tessera_runtime::ucx`], nothing else), then through two
+/// [`tessera_runtime::transport::ucx::ucp`], nothing else), then through two
 /// [`UcxPlane`](tessera_runtime::transport::ucx::UcxPlane)s as the runtime
 /// uses them (command queue, progress thread, delivery into an inbox).
 /// 8 bytes: ping-pong latency; larger: streaming bandwidth, `window` blocks
@@ -886,7 +886,7 @@ pub fn ucx(bytes: usize, repeat: usize) -> anyhow::Result<UcxRun> {
     use tessera_runtime::protocol::{Endpoint, Msg, Payload};
     use tessera_runtime::transport::ucx::{Options, UcxPlane};
     use tessera_runtime::transport::{DataPlane, Mailboxes};
-    use tessera_runtime::ucx::Worker;
+    use tessera_runtime::transport::ucx::ucp::Worker;
     use tessera_runtime::{Block, Buffer, TaskId};
 
     let latency = bytes <= 64;
@@ -990,7 +990,7 @@ pub fn ucx(bytes: usize, repeat: usize) -> anyhow::Result<UcxRun> {
 
 /// Drives `w` until every operation in `ops` has completed.
 #[cfg(feature = "ucx")]
-fn wait_all(w: &tessera_runtime::ucx::Worker, ops: &mut [tessera_runtime::ucx::Op]) -> tessera_runtime::Result<()> {
+fn wait_all(w: &tessera_runtime::transport::ucx::ucp::Worker, ops: &mut [tessera_runtime::transport::ucx::ucp::Op]) -> tessera_runtime::Result<()> {
     for op in ops.iter_mut() {
         if op.is_done() {
             continue;

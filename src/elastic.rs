@@ -53,7 +53,7 @@ impl SchedulerFile {
 
     /// Where it goes when no `--scheduler-file` is given.
     pub fn default_path() -> PathBuf {
-        tessera_runtime::secret::config_dir().join("scheduler.json")
+        tessera_runtime::transport::secret::config_dir().join("scheduler.json")
     }
 
     /// Writes it (atomically: a reader never sees half a file).

@@ -588,7 +588,7 @@ fn open_pool(common: &Common, cluster: &ClusterArgs, job: &PoolFlags) -> anyhow:
         threads: None,
     });
     let script = jq::render(system, &spec, &payload, &settings.template(&cwd))?;
-    let secret = tessera::runtime::secret::Secret::load(&secret_file)?;
+    let secret = tessera::runtime::transport::secret::Secret::load(&secret_file)?;
     let link = ClientLink::connect(&address, cluster.tcp_options(secret))?;
     let retire_timeout = Duration::from_secs_f64(job.retire_timeout);
     let link: Arc<dyn SchedulerLink> = Arc::new(link);

@@ -21,7 +21,7 @@ use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
 use tessera::observe::Observe;
 use tessera::runtime::gpu::{GpuMath, GpuSelect};
-use tessera::runtime::secret::{self, Secret};
+use tessera::runtime::transport::secret::{self, Secret};
 use tessera::runtime::tcp;
 use tessera::runtime::host::topology::Bind;
 use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind};
@@ -890,9 +890,9 @@ fn ucx_info() -> serde_json::Value {
     #[cfg(feature = "ucx")]
     {
         let tls = std::env::var("UCX_TLS").unwrap_or_else(|_| "default (all)".into());
-        match tessera::runtime::ucx::resources() {
-            Ok(r) => json!({"version": tessera::runtime::ucx::version(), "tls": tls, "resources": r}),
-            Err(e) => json!({"version": tessera::runtime::ucx::version(), "tls": tls, "error": e.to_string()}),
+        match tessera::runtime::transport::ucx::ucp::resources() {
+            Ok(r) => json!({"version": tessera::runtime::transport::ucx::ucp::version(), "tls": tls, "resources": r}),
+            Err(e) => json!({"version": tessera::runtime::transport::ucx::ucp::version(), "tls": tls, "error": e.to_string()}),
         }
     }
     #[cfg(not(feature = "ucx"))]

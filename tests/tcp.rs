@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tessera::runtime::secret::Secret;
+use tessera::runtime::transport::secret::Secret;
 use tessera::runtime::tcp::{self, SchedulerOptions, WorkerOptions};
 use tessera::runtime::transport::tcp::TcpOptions;
 use tessera::{Client, Error, Graph, Key, Task};

@@ -44,7 +44,7 @@ fn arrays_over_ucx() {
 
 #[test]
 fn elastic_workers_move_blocks_over_ucx() {
-    use tessera::runtime::secret::Secret;
+    use tessera::runtime::transport::secret::Secret;
     use tessera::runtime::tcp::{self, SchedulerOptions, WorkerOptions};
     use tessera::runtime::transport::tcp::TcpOptions;
     let dir = std::env::temp_dir().join(format!("tessera-ucx-elastic-{}", std::process::id()));

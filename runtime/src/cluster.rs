@@ -26,7 +26,7 @@ use crate::kernel::Registry;
 use crate::observe::progress::Progress;
 use crate::protocol::{Endpoint, Msg};
 use crate::scheduler::{Exit, Ready, Scheduler, SchedulerConfig};
-use crate::store::BlockStore;
+use crate::worker::store::BlockStore;
 use crate::host::topology::Bind;
 use crate::transport::local::LocalTransport;
 use crate::transport::{DataPlane, Mailboxes, Transport};
@@ -75,7 +75,7 @@ impl TransportKind {
 /// address in its introduction), started as a plane once it is.
 pub(crate) struct PlaneSeed {
     #[cfg(feature = "ucx")]
-    worker: crate::ucx::Worker,
+    worker: crate::transport::ucx::ucp::Worker,
     address: Vec<u8>,
 }
 
@@ -90,11 +90,11 @@ impl PlaneSeed {
         }
         #[cfg(feature = "ucx")]
         {
-            let options = crate::ucx::Options {
+            let options = crate::transport::ucx::ucp::Options {
                 tls: None,
                 peer_errors: std::env::var_os("TESSERA_UCX_PEER_ERRORS").is_some_and(|v| v == "1"),
             };
-            let worker = crate::ucx::Worker::new(&options)?;
+            let worker = crate::transport::ucx::ucp::Worker::new(&options)?;
             let address = worker.address()?;
             Ok(PlaneSeed { worker, address })
         }
@@ -190,7 +190,7 @@ pub struct Config {
     /// instead of starting a cluster; `launch` is then ignored.
     pub scheduler: Option<String>,
     /// The cluster's secret when connecting to a scheduler (default:
-    /// [`crate::secret::default_path`]).
+    /// [`crate::transport::secret::default_path`]).
     pub secret_file: Option<std::path::PathBuf>,
     /// Workers record what they run, for reports and traces (default on;
     /// see [`crate::observe::events`]).
@@ -302,8 +302,8 @@ impl Config {
     /// TCP settings from this configuration: the secret from `secret_file`
     /// (or the default path), peers declared lost after `heartbeat_timeout`.
     pub fn tcp_options(&self) -> Result<crate::transport::tcp::TcpOptions> {
-        let path = self.secret_file.clone().unwrap_or_else(crate::secret::default_path);
-        let mut tcp = crate::transport::tcp::TcpOptions::new(crate::secret::Secret::load(&path)?);
+        let path = self.secret_file.clone().unwrap_or_else(crate::transport::secret::default_path);
+        let mut tcp = crate::transport::tcp::TcpOptions::new(crate::transport::secret::Secret::load(&path)?);
         tcp.dead_after = self.heartbeat_timeout;
         Ok(tcp)
     }

@@ -39,16 +39,12 @@ pub mod observe;
 mod panic;
 pub mod protocol;
 mod scheduler;
-pub mod secret;
-mod store;
 pub mod tcp;
 pub mod transport;
 mod worker;
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
-#[cfg(feature = "ucx")]
-pub mod ucx;
 
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
 pub use client::{Client, Persisted};
@@ -62,7 +58,7 @@ pub use observe::progress::Progress;
 
 #[doc(hidden)]
 pub use linkme;
-pub use store::BlockStore;
+pub use worker::store::BlockStore;
 pub use worker::WorkerExit;
 
 /// Runs `driver` on the cluster the environment calls for (see [`Config::run`]).

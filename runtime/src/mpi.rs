@@ -38,7 +38,7 @@ use crate::cluster::{drive, spawn_scheduler, spawn_worker, Config, SchedulerWork
 use crate::error::Error;
 use crate::protocol::{Endpoint, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
-use crate::store::BlockStore;
+use crate::worker::store::BlockStore;
 use crate::transport::mpi::{progress, MpiTransport};
 use crate::transport::{Mailboxes, Transport};
 use crate::worker::{WorkerConfig, WorkerExit};

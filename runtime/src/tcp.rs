@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tessera_runtime::secret::Secret;
+//! use tessera_runtime::transport::secret::Secret;
 //! use tessera_runtime::tcp::{self, SchedulerOptions, WorkerOptions};
 //! use tessera_runtime::transport::tcp::TcpOptions;
 //! use tessera_runtime::{Graph, Key, Task};
@@ -54,8 +54,8 @@ use crate::error::{Error, Result};
 use crate::kernel::Registry;
 use crate::protocol::{Endpoint, Msg, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
-pub use crate::secret::Secret;
-use crate::store::BlockStore;
+pub use crate::transport::secret::Secret;
+use crate::worker::store::BlockStore;
 use crate::transport::tcp::{connect as dial, Intro, TcpOptions, TcpTransport, Welcome};
 use crate::transport::{Mailboxes, ReplyRouter, Transport};
 use crate::worker::{WorkerConfig, WorkerExit};
@@ -253,7 +253,7 @@ impl WorkerReport {
 
 /// The lifetime after stagger: `lifetime + u * stagger`, `u` uniform in [-1, 1].
 fn staggered(lifetime: Duration, stagger: Duration) -> Duration {
-    let r = crate::secret::random_bytes::<8>().map(u64::from_le_bytes).unwrap_or(0);
+    let r = crate::transport::secret::random_bytes::<8>().map(u64::from_le_bytes).unwrap_or(0);
     let u = (r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
     Duration::from_secs_f64((lifetime.as_secs_f64() + u * stagger.as_secs_f64()).max(0.0))
 }

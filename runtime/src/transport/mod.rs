@@ -27,11 +27,12 @@ use rustc_hash::FxHashMap;
 
 use crate::error::Error;
 use crate::protocol::{Endpoint, Msg, Payload, Role, WireReply};
-use crate::store::BlockStore;
+use crate::worker::store::BlockStore;
 
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod secret;
 pub mod tcp;
 #[cfg(feature = "ucx")]
 pub mod ucx;

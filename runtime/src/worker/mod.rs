@@ -1,5 +1,10 @@
 //! Workers: compute threads sharing one inbox, one task table and one store.
 //!
+//! This folder owns what a worker rank holds and does: its threads and task
+//! table (here) and its blocks ([`store`], which the transport also reads to
+//! answer peers' fetches). The scheduler only ever sees a worker through the
+//! messages it sends; a launch starts one with [`run_worker`].
+//!
 //! Each of a worker's `threads` threads waits on two channels at once: the
 //! worker's inbox (tasks from the scheduler, fetched blocks, releases) and
 //! the queue of tasks whose inputs are all present. Whichever thread is free
@@ -27,8 +32,11 @@ use crate::observe::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::graph::TaskId;
 use crate::kernel::{KernelCtx, Registry};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
-use crate::store::BlockStore;
 use crate::transport::Transport;
+
+pub mod store;
+
+use store::BlockStore;
 
 /// Worker settings.
 #[derive(Clone, Debug)]
