@@ -91,14 +91,14 @@ impl SchedulerFile {
 /// by, and graceful retirement of the workers of a job (two round trips to
 /// observe, one to retire).
 pub struct ClientLink {
-    client: tessera_runtime::tcp::RemoteClient,
+    client: tessera_runtime::launch::elastic::RemoteClient,
     address: String,
 }
 
 impl ClientLink {
     /// Connects to the scheduler at `address` as a client.
     pub fn connect(address: &str, tcp: tessera_runtime::transport::tcp::TcpOptions) -> anyhow::Result<ClientLink> {
-        let client = tessera_runtime::tcp::connect(address, tcp)
+        let client = tessera_runtime::launch::elastic::connect(address, tcp)
             .with_context(|| format!("no scheduler reachable at {address} (is `tessera scheduler` running there?)"))?;
         Ok(ClientLink { client, address: address.to_owned() })
     }

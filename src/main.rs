@@ -21,10 +21,10 @@ use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
 use tessera::observe::Observe;
 use tessera::runtime::gpu::{GpuMath, GpuSelect};
-use tessera::runtime::transport::secret::{self, Secret};
-use tessera::runtime::tcp;
 use tessera::runtime::host::topology::Bind;
-use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind};
+use tessera::runtime::launch::elastic;
+use tessera::runtime::transport::secret::{self, Secret};
+use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind, WorkerSettings};
 
 mod jobqueue_cmd;
 mod logging;
@@ -177,19 +177,27 @@ fn parse_bind(s: &str) -> Result<Bind, String> {
 }
 
 impl ClusterArgs {
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut config = Config {
-            launch: self.launch,
-            workers: self.workers,
+    /// What every worker is started with: the same for a cluster this
+    /// process starts ([`ClusterArgs::config`]) and for `tessera worker`.
+    fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
             threads: self.threads,
-            scheduler_works: self.scheduler_works,
-            heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
-            secret_file: self.secret_file.clone(),
             bind: self.bind,
             events: !self.no_events,
             transport: self.transport,
             gpus: self.gpus.clone(),
             gpu_math: self.gpu_math,
+        }
+    }
+
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = Config {
+            launch: self.launch,
+            workers: self.workers,
+            scheduler_works: self.scheduler_works,
+            heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
+            secret_file: self.secret_file.clone(),
+            worker: self.worker_settings(),
             ..Config::default()
         };
         // A client only when asked: a scheduler address or an explicit file.
@@ -539,12 +547,12 @@ fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>) -> any
     let secret = Secret::load_or_create(&secret_path)?;
     let file_path = args.scheduler_file.clone().unwrap_or_else(SchedulerFile::default_path);
     let stop = tessera::runtime::host::sys::termination_flag();
-    let opts = tcp::SchedulerOptions {
+    let opts = elastic::SchedulerOptions {
         listen: listen.to_owned(),
         interface,
-        ..tcp::SchedulerOptions::new(args.tcp_options(secret))
+        ..elastic::SchedulerOptions::new(args.tcp_options(secret))
     };
-    let server = tcp::Scheduler::start(opts)?;
+    let server = elastic::Scheduler::start(opts)?;
     let addr = server.address().to_owned();
     SchedulerFile::new(&addr, &secret_path).write(&file_path)?;
     println!("tessera scheduler listening on {addr}");
@@ -575,24 +583,17 @@ fn worker(
 ) -> anyhow::Result<()> {
     let (addr, secret_path) = args.scheduler_address()?;
     let secret = Secret::load(&secret_path)?;
-    let mut opts = tcp::WorkerOptions::new(&addr, args.tcp_options(secret));
-    if let Some(t) = args.threads {
-        opts.threads = t;
-    }
+    let mut opts = elastic::WorkerOptions::new(&addr, args.tcp_options(secret));
+    opts.worker = args.worker_settings();
     opts.lifetime = lifetime.map(Duration::from_secs_f64);
     opts.lifetime_stagger = Duration::from_secs_f64(stagger);
     opts.drain_timeout = Duration::from_secs_f64(drain_timeout);
     opts.interface = interface;
     opts.drain_on_signal = true;
-    opts.bind = args.bind;
-    opts.gpus = args.gpus.clone();
-    opts.gpu_math = args.gpu_math;
-    opts.events = !args.no_events;
-    opts.transport = args.transport;
     if let Some(n) = name {
         opts.name = n;
     }
-    let report = tcp::run_worker(opts)?;
+    let report = elastic::run_worker(opts)?;
     match report.exit {
         tessera::runtime::WorkerExit::Shutdown { failed: false, ref reason } => {
             tracing::info!(rank = report.rank, drained = report.drained, cause = ?report.drain_cause, %reason, "done");
@@ -606,9 +607,9 @@ fn worker(
 }
 
 /// A client of the elastic cluster the flags name.
-fn connect(args: &ClusterArgs) -> anyhow::Result<tcp::RemoteClient> {
+fn connect(args: &ClusterArgs) -> anyhow::Result<elastic::RemoteClient> {
     let (addr, secret_path) = args.scheduler_address()?;
-    Ok(tcp::connect(&addr, args.tcp_options(Secret::load(&secret_path)?))?)
+    Ok(elastic::connect(&addr, args.tcp_options(Secret::load(&secret_path)?))?)
 }
 
 fn worker_json(w: &tessera::WorkerInfo) -> serde_json::Value {
@@ -666,7 +667,7 @@ fn gemm_bench(
     seed: u64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let on_gpu = config.gpus != GpuSelect::None;
+    let on_gpu = config.worker.gpus != GpuSelect::None;
     let n = n.unwrap_or(if on_gpu { 8192 } else { 4096 });
     let (m, k) = (m.unwrap_or(n), k.unwrap_or(n));
     let repeat = repeat.unwrap_or(if on_gpu { 5 } else { 3 });
@@ -855,7 +856,11 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!(
         "  tcp:       workers would reach this host at {routable}; interfaces: {}",
-        tessera::runtime::host::sys::interfaces().iter().map(|(n, ip, _)| format!("{n} {ip}")).collect::<Vec<_>>().join(", ")
+        tessera::runtime::host::sys::interfaces()
+            .iter()
+            .map(|(n, ip, _)| format!("{n} {ip}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("  launch:    {}", obj["launch"].as_str().unwrap_or("?"));
     println!("  host:      {}", obj["host"].as_str().unwrap_or("?"));
@@ -892,7 +897,9 @@ fn ucx_info() -> serde_json::Value {
         let tls = std::env::var("UCX_TLS").unwrap_or_else(|_| "default (all)".into());
         match tessera::runtime::transport::ucx::ucp::resources() {
             Ok(r) => json!({"version": tessera::runtime::transport::ucx::ucp::version(), "tls": tls, "resources": r}),
-            Err(e) => json!({"version": tessera::runtime::transport::ucx::ucp::version(), "tls": tls, "error": e.to_string()}),
+            Err(e) => {
+                json!({"version": tessera::runtime::transport::ucx::ucp::version(), "tls": tls, "error": e.to_string()})
+            }
         }
     }
     #[cfg(not(feature = "ucx"))]
@@ -971,7 +978,7 @@ fn transfer(config: Config, bytes: usize, repeat: usize, json: bool) -> anyhow::
     }
     drop(buf);
     let rank = world.rank();
-    let transport = if config.transport == TransportKind::Ucx { "mpi+ucx" } else { "mpi" };
+    let transport = if config.worker.transport == TransportKind::Ucx { "mpi+ucx" } else { "mpi" };
     let config = Config { scheduler_works: SchedulerWorks::No, ..config };
     let result = tessera::mpi::run_on(&world, config, |client| bench::transfer(client, 1, 2, bytes, repeat))
         .map_err(anyhow::Error::from);

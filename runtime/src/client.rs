@@ -3,7 +3,7 @@
 //! A [`Client`] submits graphs to the scheduler, waits for results and
 //! gathers blocks straight from the workers that hold them. In-process (the
 //! driver and the scheduler share rank 0) a request is one channel message;
-//! a remote client of an elastic cluster ([`crate::tcp::connect`]) sends the
+//! a remote client of an elastic cluster ([`crate::launch::elastic::connect`]) sends the
 //! same request as a [`WireRequest`](crate::protocol::WireRequest) over its TCP connection and gets one
 //! [`WireReply`](crate::protocol::WireReply) back: two messages per call, whatever the graph's size. Results kept on the
 //! workers are [`Persisted`]: they stay there, usable as inputs of later
@@ -33,8 +33,8 @@ use rustc_hash::FxHashMap;
 
 use crate::block::Block;
 use crate::error::{Error, Result};
-use crate::observe::events::EventLog;
 use crate::graph::{Graph, Key, TaskId};
+use crate::observe::events::EventLog;
 use crate::observe::progress::{Baseline, Monitor, Progress};
 use crate::protocol::{ClientRequest, ClusterState, Endpoint, Msg, Payload, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::transport::{ReplyRouter, Transport};

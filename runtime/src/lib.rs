@@ -12,7 +12,7 @@
 //!
 //! Ranks talk through a [`transport::Transport`]: threads of one process
 //! ([`LocalCluster`], the default), MPI ranks (feature `mpi`), or the
-//! processes of an elastic cluster over authenticated TCP ([`tcp`]:
+//! processes of an elastic cluster over authenticated TCP ([`launch::elastic`]:
 //! a long-lived scheduler that workers join and leave, and drivers connect to).
 //!
 //! ```
@@ -29,32 +29,29 @@
 
 mod block;
 mod client;
-mod cluster;
 mod error;
 pub mod gpu;
 mod graph;
 pub mod host;
 mod kernel;
+pub mod launch;
 pub mod observe;
 mod panic;
 pub mod protocol;
 mod scheduler;
-pub mod tcp;
 pub mod transport;
 mod worker;
 
-#[cfg(feature = "mpi")]
-pub mod mpi;
-
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
 pub use client::{Client, Persisted};
-pub use protocol::{ClusterState, WorkerInfo};
-pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks, TransportKind};
 pub use error::{Error, KernelError, Result};
-pub use observe::events::EventLog;
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};
+pub use launch::local::{LocalCluster, LocalClusterBuilder};
+pub use launch::{Config, Launch, SchedulerWorks, TransportKind, WorkerSettings};
+pub use observe::events::EventLog;
 pub use observe::progress::Progress;
+pub use protocol::{ClusterState, WorkerInfo};
 
 #[doc(hidden)]
 pub use linkme;

@@ -25,8 +25,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::block::{Block, BlockHeader};
 use crate::error::Result;
-use crate::observe::events::{EventLog, WorkerEvents};
 use crate::graph::{Key, Params, Task, TaskId};
+use crate::observe::events::{EventLog, WorkerEvents};
 
 /// Version of the wire format; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u8 = 6;

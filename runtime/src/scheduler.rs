@@ -49,10 +49,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::error::{Error, Result};
-use crate::observe::events::{EventLog, WorkerEvents};
 use crate::graph::{Key, Params, Task, TaskId};
 use crate::kernel::Registry;
-use crate::protocol::{ClientRequest, ClusterState, Endpoint, InputLoc, Msg, Reply, RunTask, WireReply, WireRequest, WorkerInfo};
+use crate::observe::events::{EventLog, WorkerEvents};
+use crate::protocol::{
+    ClientRequest, ClusterState, Endpoint, InputLoc, Msg, Reply, RunTask, WireReply, WireRequest, WorkerInfo,
+};
 use crate::transport::Transport;
 
 /// Tasks a worker may hold beyond its queue limit when they were sent ahead

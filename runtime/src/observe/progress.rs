@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::protocol::ClusterState;
 use crate::host::sys::human_bytes;
+use crate::protocol::ClusterState;
 
 /// Computations shorter than this show no progress.
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);

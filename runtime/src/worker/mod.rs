@@ -28,9 +28,9 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::observe::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::graph::TaskId;
 use crate::kernel::{KernelCtx, Registry};
+use crate::observe::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
 use crate::transport::Transport;
 

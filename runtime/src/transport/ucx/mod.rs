@@ -42,8 +42,8 @@ use super::{DataPlane, Delivery, Mailboxes};
 use crate::block::{Block, BlockHeader};
 use crate::error::Result;
 use crate::graph::TaskId;
-use crate::protocol::{Endpoint, Msg, Payload};
 use crate::host::sys::EventFd;
+use crate::protocol::{Endpoint, Msg, Payload};
 use ucp::{Op, Worker};
 
 pub use ucp::Options;

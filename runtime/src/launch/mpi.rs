@@ -10,7 +10,7 @@
 //! let universe = mpi::initialize().unwrap();
 //! let world = universe.world();
 //! // ... the application's own MPI work ...
-//! let out = tessera_runtime::mpi::run_on(&world, Default::default(), |client| {
+//! let out = tessera_runtime::launch::mpi::run_on(&world, Default::default(), |client| {
 //!     // only rank 0 runs this; the other ranks serve as workers meanwhile
 //!     Ok::<_, tessera_runtime::Error>(client.workers().len())
 //! })
@@ -33,14 +33,14 @@ use mpi::collective::CommunicatorCollectives;
 use mpi::environment::Threading;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
+use super::{drive, spawn_scheduler, spawn_worker, start_plane, Config, SchedulerWorks, TransportKind};
 use crate::client::Client;
-use crate::cluster::{drive, spawn_scheduler, spawn_worker, Config, SchedulerWorks};
 use crate::error::Error;
 use crate::protocol::{Endpoint, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
-use crate::worker::store::BlockStore;
 use crate::transport::mpi::{progress, MpiTransport};
 use crate::transport::{Mailboxes, Transport};
+use crate::worker::store::BlockStore;
 use crate::worker::{WorkerConfig, WorkerExit};
 
 /// Facts about the MPI library and this process's place in the world.
@@ -159,13 +159,13 @@ enum UcxOffer {
 /// configuration: a rank started differently is named in the error).
 fn mpi_plane(
     comm: &SimpleCommunicator,
-    kind: crate::cluster::TransportKind,
+    kind: TransportKind,
     mailboxes: &Mailboxes,
 ) -> Result<Option<Arc<dyn crate::transport::DataPlane>>, Error> {
     let rank = comm.rank() as u32;
     let kind = kind.check();
     let plane = match kind {
-        Ok(crate::cluster::TransportKind::Ucx) => Some(crate::cluster::start_plane(rank, mailboxes.clone())),
+        Ok(TransportKind::Ucx) => Some(start_plane(rank, mailboxes.clone())),
         _ => None,
     };
     let offer = match (&kind, &plane) {
@@ -232,14 +232,14 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
         SchedulerWorks::No => false,
         SchedulerWorks::Auto => size == 1 || share > 1,
     };
-    let mut threads = config.threads.unwrap_or(share).max(1);
-    if rank == 0 && rank0_works && config.threads.is_none() && size > 1 && share > 1 {
+    let mut threads = config.worker.threads.unwrap_or(share).max(1);
+    if rank == 0 && rank0_works && config.worker.threads.is_none() && size > 1 && share > 1 {
         threads = share - 1; // leave the scheduler a core
     }
     // The host's GPUs go to its working ranks: each tells which devices it
     // sees (by UUID; `None`: not working), and every rank shares them out alike.
     let works = rank != 0 || rank0_works;
-    let (seen, gpu_error) = match works.then(|| crate::gpu::resolve_devices(&config.gpus)).transpose() {
+    let (seen, gpu_error) = match works.then(|| crate::gpu::resolve_devices(&config.worker.gpus)).transpose() {
         Ok(devices) => (devices.map(|d| d.into_iter().map(|d| (d.ordinal, d.uuid)).collect()), None),
         Err(e) => (Some(Vec::new()), Some(e)),
     };
@@ -273,7 +273,8 @@ where
         Err(e) => return Err(E::from(e)),
     };
     let works = rank != 0 || place.rank0_works;
-    let cpus = match crate::host::topology::plan(config.bind, place.local_rank, place.local_size, place.threads) {
+    let cpus = match crate::host::topology::plan(config.worker.bind, place.local_rank, place.local_size, place.threads)
+    {
         Ok(c) => c,
         Err(e) => return Err(E::from(e)),
     };
@@ -282,7 +283,7 @@ where
     // without its GPU fails the launch everywhere, naming itself.
     let gpu = match place.gpu_error.take() {
         Some(e) => Err(e),
-        None => place.gpu.map(|o| crate::gpu::open_one(o, config.gpu_math)).transpose(),
+        None => place.gpu.map(|o| crate::gpu::open_one(o, config.worker.gpu_math)).transpose(),
     };
     let failed: Vec<Option<String>> = all_gather_json(
         &comm,
@@ -308,7 +309,7 @@ where
         mailboxes.attach_store(rank, store.clone());
     }
     let worker_inbox = works.then(|| mailboxes.open(Endpoint { rank, role: Role::Worker }));
-    let plane = match mpi_plane(&comm, config.transport, &mailboxes) {
+    let plane = match mpi_plane(&comm, config.worker.transport, &mailboxes) {
         Ok(p) => p,
         Err(e) => return Err(E::from(e)),
     };
@@ -320,7 +321,7 @@ where
 
     let worker = worker_inbox.map(|inbox| {
         let wc = WorkerConfig {
-            events: config.events,
+            events: config.worker.events,
             cpus,
             gpu,
             ..WorkerConfig::new(rank, place.threads, crate::host::sys::hostname())

@@ -18,18 +18,18 @@
 //! ```
 //! use std::time::Duration;
 //! use tessera_runtime::transport::secret::Secret;
-//! use tessera_runtime::tcp::{self, SchedulerOptions, WorkerOptions};
+//! use tessera_runtime::launch::elastic::{self, SchedulerOptions, WorkerOptions};
 //! use tessera_runtime::transport::tcp::TcpOptions;
 //! use tessera_runtime::{Graph, Key, Task};
 //!
 //! let opts = TcpOptions::new(Secret::generate()?);
-//! let scheduler = tcp::Scheduler::start(SchedulerOptions { listen: "127.0.0.1:0".into(), ..SchedulerOptions::new(opts.clone()) })?;
+//! let scheduler = elastic::Scheduler::start(SchedulerOptions { listen: "127.0.0.1:0".into(), ..SchedulerOptions::new(opts.clone()) })?;
 //! let addr = scheduler.address().to_string();
 //! let worker = std::thread::spawn({
 //!     let opts = WorkerOptions::new(&addr, opts.clone());
-//!     move || tcp::run_worker(opts)
+//!     move || elastic::run_worker(opts)
 //! });
-//! let client = tcp::connect(&addr, opts)?;
+//! let client = elastic::connect(&addr, opts)?;
 //! client.wait_for_workers(1, Duration::from_secs(30))?;
 //! let mut g = Graph::new();
 //! g.push(Task::new(Key::new("x", []), "sum").param(&41.0f64));
@@ -48,16 +48,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::{spawn_scheduler, spawn_worker, PlaneSeed, TransportKind, WorkerSettings};
 use crate::client::Client;
-use crate::cluster::{spawn_scheduler, spawn_worker};
 use crate::error::{Error, Result};
 use crate::kernel::Registry;
 use crate::protocol::{Endpoint, Msg, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
 pub use crate::transport::secret::Secret;
-use crate::worker::store::BlockStore;
 use crate::transport::tcp::{connect as dial, Intro, TcpOptions, TcpTransport, Welcome};
 use crate::transport::{Mailboxes, ReplyRouter, Transport};
+use crate::worker::store::BlockStore;
 use crate::worker::{WorkerConfig, WorkerExit};
 
 /// How to start an elastic scheduler.
@@ -87,7 +87,8 @@ impl SchedulerOptions {
 /// advertise (what workers connect to).
 pub fn resolve_listen(listen: &str, interface: Option<&str>) -> Result<(SocketAddr, SocketAddr)> {
     let bad = |reason: String| Error::Config(format!("--listen `{listen}`: {reason}"));
-    let routable = || crate::host::sys::routable_address(interface).map_err(|e| Error::Config(format!("--interface: {e}")));
+    let routable =
+        || crate::host::sys::routable_address(interface).map_err(|e| Error::Config(format!("--interface: {e}")));
     let listen = listen.trim();
     let bind = if listen.is_empty() {
         SocketAddr::new(routable()?, 0)
@@ -178,8 +179,6 @@ impl Drop for Scheduler {
 pub struct WorkerOptions {
     /// The scheduler's address (`HOST:PORT`).
     pub scheduler: String,
-    /// Compute threads (default: usable cores).
-    pub threads: usize,
     pub registry: Registry,
     /// Drain and leave after this long (the job's walltime minus a margin).
     pub lifetime: Option<Duration>,
@@ -195,19 +194,10 @@ pub struct WorkerOptions {
     /// What the worker calls itself ([`crate::WorkerInfo::name`]); default:
     /// the batch job's id from the environment, if any.
     pub name: String,
-    /// How its threads are bound to cores (`Auto`: not at all; one worker
-    /// per host is the usual elastic set-up).
-    pub bind: crate::host::topology::Bind,
-    /// Record events for reports and traces.
-    pub events: bool,
-    /// `Ucx`: blocks to and from other workers started so go over UCX
-    /// (the address travels through the scheduler).
-    pub transport: crate::cluster::TransportKind,
-    /// A GPU worker on the first GPU of this selection (one GPU per worker
-    /// process: start one worker per GPU, each with its own `--gpus N`).
-    pub gpus: crate::gpu::GpuSelect,
-    /// How its GPU multiplies f32 matrices.
-    pub gpu_math: crate::gpu::GpuMath,
+    /// Threads (default: the usable cores), binding (default: none; one
+    /// worker per host is the usual elastic set-up), events, the block
+    /// transport and the GPU, as for any worker.
+    pub worker: WorkerSettings,
     pub tcp: TcpOptions,
 }
 
@@ -215,7 +205,6 @@ impl WorkerOptions {
     pub fn new(scheduler: &str, tcp: TcpOptions) -> WorkerOptions {
         WorkerOptions {
             scheduler: scheduler.to_owned(),
-            threads: crate::host::sys::usable_cores(),
             registry: Registry::builtin(),
             lifetime: None,
             lifetime_stagger: Duration::ZERO,
@@ -223,11 +212,7 @@ impl WorkerOptions {
             interface: None,
             drain_on_signal: false,
             name: crate::host::launcher::batch_job_id(),
-            bind: crate::host::topology::Bind::Auto,
-            events: true,
-            transport: crate::cluster::TransportKind::Auto,
-            gpus: crate::gpu::GpuSelect::None,
-            gpu_math: crate::gpu::GpuMath::Exact,
+            worker: WorkerSettings::default(),
             tcp,
         }
     }
@@ -263,29 +248,29 @@ fn staggered(lifetime: Duration, stagger: Duration) -> Duration {
 /// returns how it ended. An error means it never joined (address, secret,
 /// refused) or lost the scheduler.
 pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
-    let seed = match opts.transport.check()? {
-        crate::cluster::TransportKind::Ucx => Some(crate::cluster::PlaneSeed::new()?),
-        crate::cluster::TransportKind::Auto => None,
+    let settings = &opts.worker;
+    let seed = match settings.transport.check()? {
+        TransportKind::Ucx => Some(PlaneSeed::new()?),
+        TransportKind::Auto => None,
     };
     // The GPU first: a worker that cannot open it never joins.
-    let ordinals = crate::gpu::resolve(&opts.gpus)?;
+    let ordinals = crate::gpu::resolve(&settings.gpus)?;
     let local_rank = crate::host::launcher::local_rank().map(|(r, _)| r);
     let mine = crate::gpu::pick_own(&ordinals, local_rank);
     if ordinals.len() > 1 && local_rank.is_none() {
-        tracing::warn!(gpus = %opts.gpus, "an elastic worker drives one GPU: using GPU {} (start one worker per GPU)", ordinals[0]);
+        tracing::warn!(gpus = %settings.gpus, "an elastic worker drives one GPU: using GPU {} (start one worker per GPU)", ordinals[0]);
     } else if !ordinals.is_empty() && mine.is_none() {
-        tracing::warn!(gpus = %opts.gpus, "more workers than GPUs on this node: local rank {} runs on the CPU", local_rank.unwrap_or(0));
+        tracing::warn!(gpus = %settings.gpus, "more workers than GPUs on this node: local rank {} runs on the CPU", local_rank.unwrap_or(0));
     }
-    let gpu = mine.map(|o| crate::gpu::open_one(o, opts.gpu_math)).transpose()?;
+    let gpu = mine.map(|o| crate::gpu::open_one(o, settings.gpu_math)).transpose()?;
     let ucx = seed.as_ref().map(|s| s.address().to_vec());
     let mut listener = None;
     let interface = opts.interface.clone();
     let (stream, welcome) = dial(&opts.scheduler, &opts.tcp, |local| {
         // Listen where the scheduler reached us: that interface routes.
         let ip = match &interface {
-            Some(name) => {
-                crate::host::sys::routable_address(Some(name)).map_err(|e| Error::Config(format!("--interface: {e}")))?
-            }
+            Some(name) => crate::host::sys::routable_address(Some(name))
+                .map_err(|e| Error::Config(format!("--interface: {e}")))?,
             None => local.ip(),
         };
         let l = TcpListener::bind((ip, 0)).map_err(|e| Error::Config(format!("cannot listen on {ip}: {e}")))?;
@@ -294,10 +279,10 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         Ok(Intro::Worker { listen, ucx })
     })?;
     let Welcome::Joined { rank, peers, ucx } = welcome else { unreachable!("refusals are errors") };
-    let threads = opts.threads.max(1);
+    let threads = settings.threads.unwrap_or_else(crate::host::sys::usable_cores).max(1);
     crate::observe::log::set_rank(rank);
     tracing::info!(rank, scheduler = %opts.scheduler, threads, "joined the cluster");
-    let cpus = match opts.bind {
+    let cpus = match settings.bind {
         crate::host::topology::Bind::Auto => Vec::new(),
         bind => crate::host::topology::plan(bind, 0, 1, threads)?,
     };
@@ -314,7 +299,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     crate::observe::log::forward_errors_to(&dyn_transport, rank);
     let wc = WorkerConfig {
         name: opts.name.clone(),
-        events: opts.events,
+        events: settings.events,
         cpus,
         gpu,
         ..WorkerConfig::new(rank, threads, crate::host::sys::hostname())
