@@ -260,7 +260,7 @@ pub struct WorkerInfo {
     pub gpu: String,
 }
 
-/// What the scheduler tracks at one moment (see [`Client::state`]).
+/// What the scheduler tracks at one moment (see [`crate::Client::state`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Tasks the scheduler knows: waiting, queued, running or computed.

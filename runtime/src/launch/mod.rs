@@ -7,7 +7,7 @@
 //! configuration and the environment), the threads every launch spawns
 //! (scheduler, workers) and the UCX plane it may add; then one file per
 //! launch: the in-process [`LocalCluster`](crate::LocalCluster) (`local.rs`),
-//! MPI ranks ([`mpi`], feature `mpi`) and the elastic TCP cluster
+//! MPI ranks (`mpi.rs`, feature `mpi`) and the elastic TCP cluster
 //! ([`elastic`]). The launches use this module; it never uses them, except
 //! through `run.rs`.
 //!
