@@ -259,7 +259,7 @@ pub fn wait_for_a_worker(client: &tessera::Client) -> anyhow::Result<()> {
 /// Peak resident memory of every rank: the driver's process, and each
 /// worker's (one tiny task pinned to each worker rank).
 pub fn peak_memory(client: &Client) -> anyhow::Result<Vec<(u32, u64)>> {
-    let own = tessera::runtime::sys::peak_rss_bytes().unwrap_or(0);
+    let own = tessera::runtime::host::sys::peak_rss_bytes().unwrap_or(0);
     if client.transport() == "local" {
         return Ok(vec![(0, own)]);
     }

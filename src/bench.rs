@@ -268,7 +268,7 @@ pub struct GpuGemmRun {
     pub repeat: usize,
 }
 
-/// Measures [`GpuGemmRun`] on the first GPU of `config.gpus` (needs the
+/// Measures [`GpuGemmRun`] on the first GPU of `config.worker.gpus` (needs the
 /// `cuda` feature and a CUDA driver). `config` is the command line's cluster
 /// configuration; the bench's local cluster takes its settings but runs one
 /// CPU worker and one GPU worker, on that GPU only.
@@ -280,7 +280,7 @@ pub fn gpu_gemm(
     repeat: usize,
     seed: u64,
 ) -> anyhow::Result<GpuGemmRun> {
-    let ordinal = first_gpu(&config.gpus)?;
+    let ordinal = first_gpu(&config.worker.gpus)?;
     match dtype {
         DType::F64 => gpu_gemm_as::<f64>(config, ordinal, [m, k, n], repeat, seed),
         DType::F32 => gpu_gemm_as::<f32>(config, ordinal, [m, k, n], repeat, seed),
@@ -291,7 +291,7 @@ pub fn gpu_gemm(
 /// [`gpu_gemm`] in a build without the `cuda` feature: the error that says so.
 #[cfg(not(feature = "cuda"))]
 pub fn gpu_gemm(config: Config, _: [usize; 3], _: DType, _: usize, _: u64) -> anyhow::Result<GpuGemmRun> {
-    let what = format!("bench gemm --gpus {}", config.gpus);
+    let what = format!("bench gemm --gpus {}", config.worker.gpus);
     Err(tessera_runtime::Error::FeatureDisabled { feature: "cuda", what }.into())
 }
 
@@ -332,7 +332,7 @@ where
     use cudarc::cublas::{Gemm, GemmConfig};
     use tessera_linalg::{DArray, Distribution};
     use tessera_runtime::gpu::Gpu;
-    use tessera_runtime::{LocalCluster, Progress};
+    use tessera_runtime::{LocalCluster, Progress, WorkerSettings};
 
     ensure!(m > 0 && k > 0 && n > 0, "bench gemm: every dimension must be positive");
     let dim = |x: usize| i32::try_from(x).map_err(|_| anyhow!("bench gemm: dimension {x} exceeds cuBLAS's 2^31 - 1"));
@@ -344,12 +344,13 @@ where
     // calls, and its context (the device's primary context, which the GPU
     // worker's stream belongs to as well) to wait for the worker's products.
     // The same f32 math as the worker's (`--gpu-math`).
-    let tf32 = config.gpu_math == tessera_runtime::gpu::GpuMath::Tf32 && dtype == DType::F32;
-    let gpu = Gpu::open_with(ordinal, Some(u64::MAX), config.gpu_math)?;
+    let tf32 = config.worker.gpu_math == tessera_runtime::gpu::GpuMath::Tf32 && dtype == DType::F32;
+    let gpu = Gpu::open_with(ordinal, Some(u64::MAX), config.worker.gpu_math)?;
     let device_sync = || gpu.context().synchronize().map_err(|e| anyhow!("GPU {ordinal}: synchronising: {e}"));
 
-    let config = Config { workers: Some(1), threads: Some(1), gpus: GpuSelect::List(vec![ordinal]), ..config };
-    let events = config.events;
+    let worker = WorkerSettings { threads: Some(1), gpus: GpuSelect::List(vec![ordinal]), ..config.worker };
+    let config = Config { workers: Some(1), worker, ..config };
+    let events = config.worker.events;
     let cluster = LocalCluster::start_with(config)?;
     let client = cluster.client();
     client.set_progress(Progress::Off);
@@ -518,8 +519,8 @@ pub fn elastic(
     use anyhow::{ensure, Context};
     use std::process::{Command, Stdio};
     use std::time::Duration;
-    use tessera_runtime::secret::Secret;
-    use tessera_runtime::tcp::{self, SchedulerOptions};
+    use tessera_runtime::launch::elastic::{self, SchedulerOptions};
+    use tessera_runtime::transport::secret::Secret;
     use tessera_runtime::transport::tcp::TcpOptions;
 
     ensure!(n >= 2, "bench elastic needs at least 2 workers (one receives the others' blocks)");
@@ -536,7 +537,7 @@ pub fn elastic(
     let mut tasks = 0;
     for r in 0..repeat.max(1) {
         let opts = SchedulerOptions { listen: "127.0.0.1:0".into(), ..SchedulerOptions::new(tcp_opts.clone()) };
-        let server = tcp::Scheduler::start(opts)?;
+        let server = elastic::Scheduler::start(opts)?;
         let client = server.client().clone();
         let t0 = Instant::now();
         let mut children = Vec::new();
@@ -875,7 +876,7 @@ pub struct UcxRun {
 
 /// Blocks of `bytes` between two UCP workers of this process, each driven by
 /// its own thread: first bare (tagged send and receive through
-/// [`tessera_runtime::ucx`], nothing else), then through two
+/// [`tessera_runtime::transport::ucx::ucp`], nothing else), then through two
 /// [`UcxPlane`](tessera_runtime::transport::ucx::UcxPlane)s as the runtime
 /// uses them (command queue, progress thread, delivery into an inbox).
 /// 8 bytes: ping-pong latency; larger: streaming bandwidth, `window` blocks
@@ -884,9 +885,9 @@ pub struct UcxRun {
 pub fn ucx(bytes: usize, repeat: usize) -> anyhow::Result<UcxRun> {
     use std::time::Duration;
     use tessera_runtime::protocol::{Endpoint, Msg, Payload};
+    use tessera_runtime::transport::ucx::ucp::Worker;
     use tessera_runtime::transport::ucx::{Options, UcxPlane};
     use tessera_runtime::transport::{DataPlane, Mailboxes};
-    use tessera_runtime::ucx::Worker;
     use tessera_runtime::{Block, Buffer, TaskId};
 
     let latency = bytes <= 64;
@@ -990,7 +991,10 @@ pub fn ucx(bytes: usize, repeat: usize) -> anyhow::Result<UcxRun> {
 
 /// Drives `w` until every operation in `ops` has completed.
 #[cfg(feature = "ucx")]
-fn wait_all(w: &tessera_runtime::ucx::Worker, ops: &mut [tessera_runtime::ucx::Op]) -> tessera_runtime::Result<()> {
+fn wait_all(
+    w: &tessera_runtime::transport::ucx::ucp::Worker,
+    ops: &mut [tessera_runtime::transport::ucx::ucp::Op],
+) -> tessera_runtime::Result<()> {
     for op in ops.iter_mut() {
         if op.is_done() {
             continue;

@@ -43,7 +43,7 @@ impl SchedulerFile {
             address: address.to_owned(),
             secret_file: secret_file.to_path_buf(),
             pid: std::process::id(),
-            host: tessera_runtime::sys::hostname(),
+            host: tessera_runtime::host::sys::hostname(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -53,7 +53,7 @@ impl SchedulerFile {
 
     /// Where it goes when no `--scheduler-file` is given.
     pub fn default_path() -> PathBuf {
-        tessera_runtime::secret::config_dir().join("scheduler.json")
+        tessera_runtime::transport::secret::config_dir().join("scheduler.json")
     }
 
     /// Writes it (atomically: a reader never sees half a file).
@@ -91,14 +91,14 @@ impl SchedulerFile {
 /// by, and graceful retirement of the workers of a job (two round trips to
 /// observe, one to retire).
 pub struct ClientLink {
-    client: tessera_runtime::tcp::RemoteClient,
+    client: tessera_runtime::launch::elastic::RemoteClient,
     address: String,
 }
 
 impl ClientLink {
     /// Connects to the scheduler at `address` as a client.
     pub fn connect(address: &str, tcp: tessera_runtime::transport::tcp::TcpOptions) -> anyhow::Result<ClientLink> {
-        let client = tessera_runtime::tcp::connect(address, tcp)
+        let client = tessera_runtime::launch::elastic::connect(address, tcp)
             .with_context(|| format!("no scheduler reachable at {address} (is `tessera scheduler` running there?)"))?;
         Ok(ClientLink { client, address: address.to_owned() })
     }

@@ -588,7 +588,7 @@ fn open_pool(common: &Common, cluster: &ClusterArgs, job: &PoolFlags) -> anyhow:
         threads: None,
     });
     let script = jq::render(system, &spec, &payload, &settings.template(&cwd))?;
-    let secret = tessera::runtime::secret::Secret::load(&secret_file)?;
+    let secret = tessera::runtime::transport::secret::Secret::load(&secret_file)?;
     let link = ClientLink::connect(&address, cluster.tcp_options(secret))?;
     let retire_timeout = Duration::from_secs_f64(job.retire_timeout);
     let link: Arc<dyn SchedulerLink> = Arc::new(link);
@@ -767,7 +767,7 @@ fn adapt(
     // Bad bounds are refused before anything is connected or submitted.
     let per_job = load(common, &job.spec)?.job_spec(&cwd()?)?.total_tasks().clamp(1, u64::from(u32::MAX)) as u32;
     let mut adapter = Adapter::new(policy, per_job).with_context(|| format!("adapt --min {min} --max {max}"))?;
-    let stop = tessera::runtime::sys::termination_flag();
+    let stop = tessera::runtime::host::sys::termination_flag();
     let mut pool = open_pool(common, cluster, job)?;
     let start = Instant::now();
     loopback_note(pool.scheduler());

@@ -32,7 +32,7 @@
 pub use tessera_runtime::{
     builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, DType, Error, Graph, KernelCtx,
     KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, Persisted, Progress, Registry, Result, SchedulerWorks,
-    Task, TaskId, TransportKind, WorkerInfo, HAS_CUDA, HAS_MPI, HAS_UCX,
+    Task, TaskId, TransportKind, WorkerInfo, WorkerSettings, HAS_CUDA, HAS_MPI, HAS_UCX,
 };
 
 /// The runtime crate, for what the facade does not re-export.
@@ -43,7 +43,7 @@ pub use tessera_linalg as linalg;
 
 /// Running on a communicator the application owns (feature `mpi`).
 #[cfg(feature = "mpi")]
-pub use tessera_runtime::mpi;
+pub use tessera_runtime::launch::mpi;
 
 pub mod bench;
 pub mod elastic;

@@ -1,6 +1,6 @@
 //! The `tessera` command's log: every line says which rank and host wrote
 //! it, `--log-dir DIR` adds one file per process, and a worker rank's first
-//! error also goes to the driver (see `tessera::runtime::log`).
+//! error also goes to the driver (see `tessera::runtime::observe::log`).
 //!
 //! ```text
 //! r0@node12 2025-11-23T10:00:00.123Z  WARN ...
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
-use tessera::runtime::log as rank_log;
+use tessera::runtime::observe::log as rank_log;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{DefaultFields, Format, Full, Writer};
@@ -89,9 +89,9 @@ fn filter(level: Option<&str>, default: &str) -> EnvFilter {
 /// This process's file in `dir`: `rank-R.log` under a launcher, else
 /// `HOST-PID.log` (an elastic worker learns its rank only when it joins).
 fn log_file(dir: &Path) -> PathBuf {
-    let name = match tessera::runtime::sys::launcher_rank() {
+    let name = match tessera::runtime::host::launcher::rank() {
         Some(r) => format!("rank-{r}.log"),
-        None => format!("{}-{}.log", tessera::runtime::sys::hostname(), std::process::id()),
+        None => format!("{}-{}.log", tessera::runtime::host::sys::hostname(), std::process::id()),
     };
     dir.join(name)
 }
@@ -99,7 +99,7 @@ fn log_file(dir: &Path) -> PathBuf {
 /// Installs the subscriber. `default`: the stderr filter when neither
 /// `--log` nor `RUST_LOG` says; files get at least INFO.
 pub fn init(level: Option<&str>, default: &str, log_dir: Option<&Path>) -> anyhow::Result<()> {
-    let host = tessera::runtime::sys::hostname();
+    let host = tessera::runtime::host::sys::hostname();
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

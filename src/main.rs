@@ -21,11 +21,11 @@ use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
 use tessera::observe::Observe;
 use tessera::runtime::gpu::{GpuMath, GpuSelect};
+use tessera::runtime::host::topology::Bind;
+use tessera::runtime::launch::elastic;
 use tessera::runtime::scheduler::sim;
-use tessera::runtime::secret::{self, Secret};
-use tessera::runtime::tcp;
-use tessera::runtime::topology::Bind;
-use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind};
+use tessera::runtime::transport::secret::{self, Secret};
+use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind, WorkerSettings};
 
 mod jobqueue_cmd;
 mod logging;
@@ -163,7 +163,7 @@ fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    match tessera::runtime::sys::parse_bytes(s) {
+    match tessera::runtime::host::sys::parse_bytes(s) {
         Some(n) if n > 0 => Ok(n as usize),
         _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
     }
@@ -189,7 +189,7 @@ fn simulate_bench(cfg: &sim::SimConfig, json: bool) -> anyhow::Result<()> {
         r.lower_bound_s,
         r.scheduler_bytes_per_task,
         r.transfers,
-        tessera::runtime::sys::human_bytes(r.moved_bytes),
+        tessera::runtime::host::sys::human_bytes(r.moved_bytes),
         r.wall_s
     );
     if json {
@@ -207,19 +207,27 @@ fn parse_bind(s: &str) -> Result<Bind, String> {
 }
 
 impl ClusterArgs {
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut config = Config {
-            launch: self.launch,
-            workers: self.workers,
+    /// What every worker is started with: the same for a cluster this
+    /// process starts ([`ClusterArgs::config`]) and for `tessera worker`.
+    fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
             threads: self.threads,
-            scheduler_works: self.scheduler_works,
-            heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
-            secret_file: self.secret_file.clone(),
             bind: self.bind,
             events: !self.no_events,
             transport: self.transport,
             gpus: self.gpus.clone(),
             gpu_math: self.gpu_math,
+        }
+    }
+
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = Config {
+            launch: self.launch,
+            workers: self.workers,
+            scheduler_works: self.scheduler_works,
+            heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
+            secret_file: self.secret_file.clone(),
+            worker: self.worker_settings(),
             ..Config::default()
         };
         // A client only when asked: a scheduler address or an explicit file.
@@ -633,13 +641,13 @@ fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>) -> any
     let secret_path = args.secret_file.clone().unwrap_or_else(secret::default_path);
     let secret = Secret::load_or_create(&secret_path)?;
     let file_path = args.scheduler_file.clone().unwrap_or_else(SchedulerFile::default_path);
-    let stop = tessera::runtime::sys::termination_flag();
-    let opts = tcp::SchedulerOptions {
+    let stop = tessera::runtime::host::sys::termination_flag();
+    let opts = elastic::SchedulerOptions {
         listen: listen.to_owned(),
         interface,
-        ..tcp::SchedulerOptions::new(args.tcp_options(secret))
+        ..elastic::SchedulerOptions::new(args.tcp_options(secret))
     };
-    let server = tcp::Scheduler::start(opts)?;
+    let server = elastic::Scheduler::start(opts)?;
     let addr = server.address().to_owned();
     SchedulerFile::new(&addr, &secret_path).write(&file_path)?;
     println!("tessera scheduler listening on {addr}");
@@ -670,24 +678,17 @@ fn worker(
 ) -> anyhow::Result<()> {
     let (addr, secret_path) = args.scheduler_address()?;
     let secret = Secret::load(&secret_path)?;
-    let mut opts = tcp::WorkerOptions::new(&addr, args.tcp_options(secret));
-    if let Some(t) = args.threads {
-        opts.threads = t;
-    }
+    let mut opts = elastic::WorkerOptions::new(&addr, args.tcp_options(secret));
+    opts.worker = args.worker_settings();
     opts.lifetime = lifetime.map(Duration::from_secs_f64);
     opts.lifetime_stagger = Duration::from_secs_f64(stagger);
     opts.drain_timeout = Duration::from_secs_f64(drain_timeout);
     opts.interface = interface;
     opts.drain_on_signal = true;
-    opts.bind = args.bind;
-    opts.gpus = args.gpus.clone();
-    opts.gpu_math = args.gpu_math;
-    opts.events = !args.no_events;
-    opts.transport = args.transport;
     if let Some(n) = name {
         opts.name = n;
     }
-    let report = tcp::run_worker(opts)?;
+    let report = elastic::run_worker(opts)?;
     match report.exit {
         tessera::runtime::WorkerExit::Shutdown { failed: false, ref reason } => {
             tracing::info!(rank = report.rank, drained = report.drained, cause = ?report.drain_cause, %reason, "done");
@@ -701,9 +702,9 @@ fn worker(
 }
 
 /// A client of the elastic cluster the flags name.
-fn connect(args: &ClusterArgs) -> anyhow::Result<tcp::RemoteClient> {
+fn connect(args: &ClusterArgs) -> anyhow::Result<elastic::RemoteClient> {
     let (addr, secret_path) = args.scheduler_address()?;
-    Ok(tcp::connect(&addr, args.tcp_options(Secret::load(&secret_path)?))?)
+    Ok(elastic::connect(&addr, args.tcp_options(Secret::load(&secret_path)?))?)
 }
 
 fn worker_json(w: &tessera::WorkerInfo) -> serde_json::Value {
@@ -761,13 +762,13 @@ fn gemm_bench(
     seed: u64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let on_gpu = config.gpus != GpuSelect::None;
+    let on_gpu = config.worker.gpus != GpuSelect::None;
     let n = n.unwrap_or(if on_gpu { 8192 } else { 4096 });
     let (m, k) = (m.unwrap_or(n), k.unwrap_or(n));
     let repeat = repeat.unwrap_or(if on_gpu { 5 } else { 3 });
     for &dt in dtype.dtypes() {
         if !on_gpu {
-            let r = bench::gemm(m, k, n, dt, cores.unwrap_or_else(tessera::runtime::sys::usable_cores), repeat);
+            let r = bench::gemm(m, k, n, dt, cores.unwrap_or_else(tessera::runtime::host::sys::usable_cores), repeat);
             println!(
                 "gemm {} x {} @ {} x {} {} (faer, {} threads): {:.4} s, {:.1} GFLOP/s (median of {})",
                 r.m, r.k, r.k, r.n, r.dtype, r.threads, r.seconds, r.gflops, r.repeat
@@ -843,7 +844,7 @@ fn scale_bench(
 
 fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     let features = tessera::observe::features();
-    let (mem_total, mem_avail) = tessera::runtime::sys::memory().unwrap_or((0, 0));
+    let (mem_total, mem_avail) = tessera::runtime::host::sys::memory().unwrap_or((0, 0));
     let launch = config.resolve_launch()?;
     let mpi = mpi_info(launch)?;
     if mpi.as_ref().is_some_and(|m| m["rank"] != 0) {
@@ -868,14 +869,14 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         }),
         other => json!({"unavailable": other.describe().join("; ")}),
     };
-    let interfaces: Vec<serde_json::Value> = tessera::runtime::sys::interfaces()
+    let interfaces: Vec<serde_json::Value> = tessera::runtime::host::sys::interfaces()
         .into_iter()
         .map(|(name, ip, lo)| json!({"name": name, "ipv4": ip.to_string(), "loopback": lo}))
         .collect();
-    let routable = tessera::runtime::sys::routable_address(None).map(|a| a.to_string()).unwrap_or_default();
+    let routable = tessera::runtime::host::sys::routable_address(None).map(|a| a.to_string()).unwrap_or_default();
     let (topologies, hosts) = match &mpi {
         Some(m) => (m["topologies"].clone(), m["hosts"].clone()),
-        None => match tessera::runtime::topology::detect() {
+        None => match tessera::runtime::host::topology::detect() {
             Ok(t) => (json!([t]), json!([t.host])),
             Err(e) => (json!([]), json!({"unavailable": e.to_string()})),
         },
@@ -893,10 +894,10 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
                 "secret_file": secret::default_path(), "scheduler_file": SchedulerFile::default_path()},
         "launch": format!("{launch:?}").to_lowercase(),
         "mpi": mpi,
-        "launched_by": tessera::runtime::sys::describe_mpi_launch(),
-        "host": tessera::runtime::sys::hostname(),
-        "cores": tessera::runtime::sys::host_cores(),
-        "usable_cores": tessera::runtime::sys::usable_cores(),
+        "launched_by": tessera::runtime::host::launcher::describe_mpi_launch(),
+        "host": tessera::runtime::host::sys::hostname(),
+        "cores": tessera::runtime::host::sys::host_cores(),
+        "usable_cores": tessera::runtime::host::sys::usable_cores(),
         "memory_bytes": mem_total,
         "memory_available_bytes": mem_avail,
         "kernels": registry.names().collect::<Vec<_>>(),
@@ -950,7 +951,11 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!(
         "  tcp:       workers would reach this host at {routable}; interfaces: {}",
-        tessera::runtime::sys::interfaces().iter().map(|(n, ip, _)| format!("{n} {ip}")).collect::<Vec<_>>().join(", ")
+        tessera::runtime::host::sys::interfaces()
+            .iter()
+            .map(|(n, ip, _)| format!("{n} {ip}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("  launch:    {}", obj["launch"].as_str().unwrap_or("?"));
     println!("  host:      {}", obj["host"].as_str().unwrap_or("?"));
@@ -963,13 +968,13 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     match obj["topology"].as_array() {
         Some(hosts) if !hosts.is_empty() => {
             for t in hosts {
-                let t: tessera::runtime::topology::HostTopology = serde_json::from_value(t.clone())?;
+                let t: tessera::runtime::host::topology::HostTopology = serde_json::from_value(t.clone())?;
                 println!("  topology:  {}", t.describe().replace('\n', "\n             "));
             }
         }
         _ => println!(
             "  topology:  not read: {}",
-            tessera::runtime::topology::detect().err().map(|e| e.to_string()).unwrap_or_default()
+            tessera::runtime::host::topology::detect().err().map(|e| e.to_string()).unwrap_or_default()
         ),
     }
     println!("  binding:   {}", obj["binding"].as_str().unwrap_or("?"));
@@ -985,9 +990,11 @@ fn ucx_info() -> serde_json::Value {
     #[cfg(feature = "ucx")]
     {
         let tls = std::env::var("UCX_TLS").unwrap_or_else(|_| "default (all)".into());
-        match tessera::runtime::ucx::resources() {
-            Ok(r) => json!({"version": tessera::runtime::ucx::version(), "tls": tls, "resources": r}),
-            Err(e) => json!({"version": tessera::runtime::ucx::version(), "tls": tls, "error": e.to_string()}),
+        match tessera::runtime::transport::ucx::ucp::resources() {
+            Ok(r) => json!({"version": tessera::runtime::transport::ucx::ucp::version(), "tls": tls, "resources": r}),
+            Err(e) => {
+                json!({"version": tessera::runtime::transport::ucx::ucp::version(), "tls": tls, "error": e.to_string()})
+            }
         }
     }
     #[cfg(not(feature = "ucx"))]
@@ -1066,7 +1073,7 @@ fn transfer(config: Config, bytes: usize, repeat: usize, json: bool) -> anyhow::
     }
     drop(buf);
     let rank = world.rank();
-    let transport = if config.transport == TransportKind::Ucx { "mpi+ucx" } else { "mpi" };
+    let transport = if config.worker.transport == TransportKind::Ucx { "mpi+ucx" } else { "mpi" };
     let config = Config { scheduler_works: SchedulerWorks::No, ..config };
     let result = tessera::mpi::run_on(&world, config, |client| bench::transfer(client, 1, 2, bytes, repeat))
         .map_err(anyhow::Error::from);

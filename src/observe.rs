@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tessera_runtime::report::{self, RunInfo};
+use tessera_runtime::observe::report::{self, RunInfo};
 
 use crate::{Client, Config};
 
@@ -48,7 +48,7 @@ impl Observe {
 
     /// Refuses destinations that cannot be written, before anything runs.
     pub fn check(&self, config: &Config) -> anyhow::Result<()> {
-        if self.wanted() && !config.events {
+        if self.wanted() && !config.worker.events {
             bail!("--report and --trace need the workers' events, which --no-events turns off");
         }
         for (flag, path) in [("--report", &self.report), ("--trace", &self.trace)] {

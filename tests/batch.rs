@@ -425,10 +425,11 @@ impl Scheduler {
         self.dir.join("scheduler.json").to_string_lossy().into_owned()
     }
 
-    fn client(&self) -> Result<tessera::runtime::tcp::RemoteClient, String> {
-        use tessera::runtime::{secret::Secret, tcp, transport::tcp::TcpOptions};
+    fn client(&self) -> Result<tessera::runtime::launch::elastic::RemoteClient, String> {
+        use tessera::runtime::launch::elastic;
+        use tessera::runtime::transport::{secret::Secret, tcp::TcpOptions};
         let secret = Secret::load(&self.dir.join("secret")).map_err(|e| e.to_string())?;
-        tcp::connect(&self.address, TcpOptions::new(secret)).map_err(|e| e.to_string())
+        elastic::connect(&self.address, TcpOptions::new(secret)).map_err(|e| e.to_string())
     }
 
     /// `tessera jobqueue --json scale N` for this scheduler, worker jobs of 1

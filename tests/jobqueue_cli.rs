@@ -290,7 +290,7 @@ fn the_rendered_worker_command_line_is_what_tessera_worker_accepts() {
     use tessera::jobqueue::{worker_command, JobSpec, SchedulerRef, WorkerOptions};
     let dir = scratch("worker-argv");
     let secret = dir.join("secret");
-    tessera::runtime::secret::Secret::load_or_create(&secret).unwrap();
+    tessera::runtime::transport::secret::Secret::load_or_create(&secret).unwrap();
     let help = out(&tessera(&["worker", "--help"]));
     let spec = JobSpec { cores_per_task: 2, walltime: Some("01:00:00".parse().unwrap()), ..JobSpec::default() };
     for (scheduler, fails_on) in [
@@ -341,7 +341,7 @@ fn scale_and_adapt_refuse_bad_input_before_submitting_anything() {
     refused(&o, &["cannot read scheduler file", "none.json"]);
     // A scheduler file whose scheduler is gone: not reachable, named.
     let secret = dir.join("secret");
-    tessera::runtime::secret::Secret::load_or_create(&secret).unwrap();
+    tessera::runtime::transport::secret::Secret::load_or_create(&secret).unwrap();
     let stale = dir.join("stale.json");
     std::fs::write(
         &stale,

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tessera::{Config, Graph, Key, Task};
+use tessera::{Config, Graph, Key, Task, WorkerSettings};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -28,7 +28,11 @@ fn main() {
 /// The test kernels; blocks over UCX when `TESSERA_TRANSPORT=ucx`.
 fn config() -> Config {
     let transport = std::env::var("TESSERA_TRANSPORT").map_or(Default::default(), |t| t.parse().unwrap());
-    Config { registry: common::registry(), transport, ..Config::default() }
+    Config {
+        registry: common::registry(),
+        worker: WorkerSettings { transport, ..Default::default() },
+        ..Config::default()
+    }
 }
 
 fn child(name: &str) -> i32 {
@@ -317,7 +321,7 @@ fn check_observed(trace: &std::path::Path, logs: &std::path::Path) -> Result<(),
     if ranks.len() != 2 || distinct.len() != cores.len() {
         return Err(format!("worker threads (rank, core): {cores:?}"));
     }
-    let host = tessera::runtime::sys::hostname();
+    let host = tessera::runtime::host::sys::hostname();
     for rank in 0..3 {
         let text =
             std::fs::read_to_string(logs.join(format!("rank-{rank}.log"))).map_err(|e| format!("rank {rank}: {e}"))?;

@@ -125,7 +125,7 @@ fn log_dir_gets_a_file_per_process_with_rank_and_host() {
     let files: Vec<_> = std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    let host = tessera::runtime::sys::hostname();
+    let host = tessera::runtime::host::sys::hostname();
     assert!(text.lines().any(|l| l.starts_with(&format!("r0@{host} ")) && l.contains("worker started")), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

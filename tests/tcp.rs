@@ -1,9 +1,9 @@
 //! Elastic clusters over real TCP sockets on 127.0.0.1.
 //!
-//! The scheduler runs in this process (`tessera::runtime::tcp::Scheduler`,
+//! The scheduler runs in this process (`tessera::runtime::launch::elastic::Scheduler`,
 //! with the test kernels of `common::registry`); workers are **separate
 //! processes**: this test binary started again with `TESSERA_TEST_WORKER`
-//! set, which makes [`worker_process_entry`] run `tcp::run_worker` and exit
+//! set, which makes [`worker_process_entry`] run `elastic::run_worker` and exit
 //! (the `tessera worker` command itself, with the built-in kernels, is run
 //! by `tests/cli.rs`). Some tests run workers as threads of this process
 //! instead, still over sockets.
@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tessera::runtime::secret::Secret;
-use tessera::runtime::tcp::{self, SchedulerOptions, WorkerOptions};
+use tessera::runtime::launch::elastic::{self, SchedulerOptions, WorkerOptions};
+use tessera::runtime::transport::secret::Secret;
 use tessera::runtime::transport::tcp::TcpOptions;
 use tessera::{Client, Error, Graph, Key, Task};
 
@@ -28,7 +28,7 @@ fn worker_process_entry() {
     let secret = Secret::load(Path::new(&std::env::var("TESSERA_SECRET_FILE").unwrap())).unwrap();
     if std::env::var("TESSERA_TEST_CLIENT").is_ok() {
         // A driver that persists results and then dies without releasing them.
-        let client = tcp::connect(&addr, tcp_options(secret)).unwrap();
+        let client = elastic::connect(&addr, tcp_options(secret)).unwrap();
         let mut g = Graph::new();
         let keys: Vec<Key> = (0..4u32).map(|i| Key::new("orphan", [i])).collect();
         for k in &keys {
@@ -43,12 +43,12 @@ fn worker_process_entry() {
     }
     let mut opts = WorkerOptions::new(&addr, tcp_options(secret));
     opts.registry = common::registry();
-    opts.threads = 1;
+    opts.worker.threads = Some(1);
     opts.drain_on_signal = true;
     if let Ok(l) = std::env::var("TESSERA_TEST_LIFETIME") {
         opts.lifetime = Some(Duration::from_secs_f64(l.parse().unwrap()));
     }
-    let code = match tcp::run_worker(opts) {
+    let code = match elastic::run_worker(opts) {
         Ok(r) if r.exit_ok() => 0,
         Ok(r) => {
             eprintln!("worker ended: {:?}", r.exit);
@@ -73,7 +73,7 @@ fn tcp_options(secret: Secret) -> TcpOptions {
 struct Cluster {
     dir: PathBuf,
     secret: PathBuf,
-    server: Option<tcp::Scheduler>,
+    server: Option<elastic::Scheduler>,
     children: Vec<Child>,
 }
 
@@ -96,7 +96,7 @@ impl Cluster {
             registry: common::registry(),
             ..SchedulerOptions::new(tcp)
         };
-        let server = tcp::Scheduler::start(opts).unwrap();
+        let server = elastic::Scheduler::start(opts).unwrap();
         Cluster { dir, secret, server: Some(server), children: Vec::new() }
     }
 
@@ -216,7 +216,7 @@ fn shared_bodies_pass_through_a_remote_client() {
     c.spawn(None, None);
     c.spawn(None, None);
     c.wait_workers(2);
-    let remote = tcp::connect(&c.addr(), tcp_options(Secret::load(&c.secret).unwrap())).unwrap();
+    let remote = elastic::connect(&c.addr(), tcp_options(Secret::load(&c.secret).unwrap())).unwrap();
     assert!(remote.rank() > 2, "clients get ranks of their own");
     common::all(&remote);
     // Config::run connects the same way, and leaves the cluster running.
@@ -239,8 +239,8 @@ fn shared_bodies_pass_with_in_process_workers() {
         .map(|_| {
             let mut opts = WorkerOptions::new(&c.addr(), tcp_options(secret.clone()));
             opts.registry = common::registry();
-            opts.threads = 2;
-            std::thread::spawn(move || tcp::run_worker(opts))
+            opts.worker.threads = Some(2);
+            std::thread::spawn(move || elastic::run_worker(opts))
         })
         .collect();
     c.wait_workers(2);
@@ -268,7 +268,7 @@ fn workers_with_a_wrong_or_no_secret_are_refused_and_run_nothing() {
     // A worker with no secret at all (the library allows it only to test this).
     let mut none = tcp_options(Secret::generate().unwrap());
     none.secret = None;
-    let err = tcp::run_worker(WorkerOptions::new(&c.addr(), none)).unwrap_err().to_string();
+    let err = elastic::run_worker(WorkerOptions::new(&c.addr(), none)).unwrap_err().to_string();
     assert!(err.contains("no secret presented"), "{err}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(c.client().workers().is_empty());

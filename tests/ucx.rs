@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use tessera::runtime::protocol::{Endpoint, Msg, Payload};
 use tessera::runtime::transport::ucx::{Options, UcxPlane};
 use tessera::runtime::transport::{DataPlane, Mailboxes};
-use tessera::{Block, Buffer, Config, Launch, LocalCluster, TaskId, TransportKind};
+use tessera::{Block, Buffer, Config, Launch, LocalCluster, TaskId, TransportKind, WorkerSettings};
 
 fn ucx_cluster(workers: usize) -> LocalCluster {
     let config = Config {
         launch: Launch::Local,
         workers: Some(workers),
         registry: common::registry(),
-        transport: TransportKind::Ucx,
+        worker: WorkerSettings { transport: TransportKind::Ucx, ..Default::default() },
         ..Config::default()
     };
     LocalCluster::start_with(config).unwrap()
@@ -44,8 +44,8 @@ fn arrays_over_ucx() {
 
 #[test]
 fn elastic_workers_move_blocks_over_ucx() {
-    use tessera::runtime::secret::Secret;
-    use tessera::runtime::tcp::{self, SchedulerOptions, WorkerOptions};
+    use tessera::runtime::launch::elastic::{self, SchedulerOptions, WorkerOptions};
+    use tessera::runtime::transport::secret::Secret;
     use tessera::runtime::transport::tcp::TcpOptions;
     let dir = std::env::temp_dir().join(format!("tessera-ucx-elastic-{}", std::process::id()));
     let secret = Secret::load_or_create(&dir.join("secret")).unwrap();
@@ -55,14 +55,14 @@ fn elastic_workers_move_blocks_over_ucx() {
         registry: common::registry(),
         ..SchedulerOptions::new(opts.clone())
     };
-    let server = tcp::Scheduler::start(sched).unwrap();
+    let server = elastic::Scheduler::start(sched).unwrap();
     let workers: Vec<_> = (0..2)
         .map(|_| {
             let mut w = WorkerOptions::new(server.address(), opts.clone());
             w.registry = common::registry();
-            w.threads = 1;
-            w.transport = TransportKind::Ucx;
-            std::thread::spawn(move || tcp::run_worker(w))
+            w.worker.threads = Some(1);
+            w.worker.transport = TransportKind::Ucx;
+            std::thread::spawn(move || elastic::run_worker(w))
         })
         .collect();
     let client = server.client();

@@ -77,7 +77,7 @@ pub fn register_kernels(registry: &mut Registry) {
         dispatch!(x.dtype(), T => check_finite::<T>(ctx, &p, x), _ => Err(unsupported("check_finite", x.dtype())))
     });
     registry.register("linalg.peak_memory", |_, (): (), _: &[Block]| {
-        Ok(Block::scalar(tessera_runtime::sys::peak_rss_bytes().unwrap_or(0) as f64))
+        Ok(Block::scalar(tessera_runtime::host::sys::peak_rss_bytes().unwrap_or(0) as f64))
     });
     crate::tsqr::register_kernels(registry);
     #[cfg(feature = "cuda")]

@@ -3,9 +3,9 @@
 //! A [`Client`] submits graphs to the scheduler, waits for results and
 //! gathers blocks straight from the workers that hold them. In-process (the
 //! driver and the scheduler share rank 0) a request is one channel message;
-//! a remote client of an elastic cluster ([`crate::tcp::connect`]) sends the
-//! same request as a [`WireRequest`] over its TCP connection and gets one
-//! [`WireReply`] back: two messages per call, whatever the graph's size. Results kept on the
+//! a remote client of an elastic cluster ([`crate::launch::elastic::connect`]) sends the
+//! same request as a [`WireRequest`](crate::protocol::WireRequest) over its TCP connection and gets one
+//! [`WireReply`](crate::protocol::WireReply) back: two messages per call, whatever the graph's size. Results kept on the
 //! workers are [`Persisted`]: they stay there, usable as inputs of later
 //! graphs by their keys, until the `Persisted` is dropped.
 //!
@@ -23,7 +23,6 @@
 //! assert_eq!(out[0].to_scalar(), Some(4.0));
 //! ```
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,181 +30,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
 use crate::error::{Error, Result};
-use crate::events::EventLog;
-use crate::graph::{Graph, Key, Task, TaskId};
-use crate::progress::{Baseline, Monitor, Progress};
-use crate::protocol::{Endpoint, Msg, Payload};
+use crate::graph::{Graph, Key, TaskId};
+use crate::observe::events::EventLog;
+use crate::observe::progress::{Baseline, Monitor, Progress};
+use crate::protocol::{ClientRequest, ClusterState, Endpoint, Msg, Payload, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::transport::{ReplyRouter, Transport};
-
-/// A worker as the scheduler knows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerInfo {
-    pub rank: u32,
-    pub threads: u32,
-    pub host: String,
-    /// What the worker calls itself: for elastic workers its batch job's id
-    /// by default (`SLURM_JOB_ID`, `PBS_JOBID`, `JOB_ID`), so a job queue
-    /// can tell which job holds which rank; empty otherwise.
-    pub name: String,
-    /// The GPU a GPU worker runs its GPU kernels on (`GPU 0 (NVIDIA H200)`);
-    /// empty for CPU workers.
-    pub gpu: String,
-}
-
-/// What the scheduler tracks at one moment (see [`Client::state`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterState {
-    /// Tasks the scheduler knows: waiting, queued, running or computed.
-    pub tasks: usize,
-    /// Computed blocks still held on workers.
-    pub in_memory: usize,
-    /// Bytes of those blocks (one copy each).
-    pub bytes: u64,
-    /// Most bytes held at once since the cluster started (one copy each).
-    pub peak_bytes: u64,
-    /// Tasks whose inputs are not all computed yet.
-    pub waiting: usize,
-    /// Ready tasks waiting in the scheduler's queues.
-    pub queued: usize,
-    /// Tasks sent to each worker and not yet reported, by worker rank.
-    pub in_flight: Vec<(u32, u32)>,
-    /// Tasks completed since the cluster started (what progress bars count).
-    pub completed: u64,
-    /// Bytes copied between workers since the cluster started.
-    pub moved_bytes: u64,
-    /// The first error each worker rank reported ([`crate::log`]), by rank.
-    pub errors: Vec<(u32, String)>,
-}
-
-impl ClusterState {
-    /// Tasks not computed yet: waiting for inputs, queued, or sent to a
-    /// worker. What a job queue's `adapt` sizes the cluster by.
-    pub fn backlog(&self) -> usize {
-        self.waiting + self.queued + self.in_flight.iter().map(|&(_, n)| n as usize).sum::<usize>()
-    }
-}
-
-/// Where the scheduler's answer to a request goes: a channel of an
-/// in-process client, or a message back to a remote one.
-pub struct Reply<T>(Box<dyn FnOnce(T) + Send>);
-
-impl<T> Reply<T> {
-    pub fn new(f: impl FnOnce(T) + Send + 'static) -> Reply<T> {
-        Reply(Box::new(f))
-    }
-
-    pub fn send(self, value: T) {
-        (self.0)(value)
-    }
-}
-
-impl<T> fmt::Debug for Reply<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Reply")
-    }
-}
-
-/// Requests from a client to the scheduler, as the scheduler handles them.
-#[derive(Debug)]
-pub enum ClientRequest {
-    Submit {
-        tasks: Vec<Task>,
-        outputs: Vec<Key>,
-        reply: Reply<Result<Vec<TaskId>>>,
-    },
-    /// Replies with the ranks holding each id once all are computed.
-    Wait {
-        ids: Vec<TaskId>,
-        reply: Reply<Result<Vec<Vec<u32>>>>,
-    },
-    Release {
-        ids: Vec<TaskId>,
-    },
-    Workers {
-        reply: Reply<Vec<WorkerInfo>>,
-    },
-    State {
-        reply: Reply<ClusterState>,
-    },
-    /// Drains the workers of these ranks; replies once all have left.
-    Retire {
-        ranks: Vec<u32>,
-        reply: Reply<Result<Vec<u32>>>,
-    },
-    /// Gathers the workers' recorded events.
-    Events {
-        clear: bool,
-        reply: Reply<EventLog>,
-    },
-    /// In-process only: stop the cluster.
-    Shutdown {
-        failed: bool,
-        reason: String,
-        reply: Reply<()>,
-    },
-}
-
-/// A client request as it travels (remote clients) or is built (all clients).
-#[derive(Debug, Serialize, Deserialize)]
-pub enum WireRequest {
-    Submit {
-        tasks: Vec<Task>,
-        outputs: Vec<Key>,
-    },
-    Wait {
-        ids: Vec<TaskId>,
-    },
-    /// No reply.
-    Release {
-        ids: Vec<TaskId>,
-    },
-    Workers,
-    State,
-    Retire {
-        ranks: Vec<u32>,
-    },
-    Events {
-        clear: bool,
-    },
-}
-
-/// The scheduler's answer to a [`WireRequest`].
-#[derive(Debug, Serialize, Deserialize)]
-pub enum WireReply {
-    Submit(Result<Vec<TaskId>>),
-    Wait(Result<Vec<Vec<u32>>>),
-    Workers(Vec<WorkerInfo>),
-    State(ClusterState),
-    Retire(Result<Vec<u32>>),
-    Events(EventLog),
-}
-
-impl ClientRequest {
-    /// The request the scheduler handles for `req`, answering through `reply`.
-    pub(crate) fn from_wire(req: WireRequest, reply: impl FnOnce(WireReply) + Send + 'static) -> ClientRequest {
-        match req {
-            WireRequest::Submit { tasks, outputs } => {
-                ClientRequest::Submit { tasks, outputs, reply: Reply::new(move |r| reply(WireReply::Submit(r))) }
-            }
-            WireRequest::Wait { ids } => {
-                ClientRequest::Wait { ids, reply: Reply::new(move |r| reply(WireReply::Wait(r))) }
-            }
-            WireRequest::Release { ids } => ClientRequest::Release { ids },
-            WireRequest::Workers => ClientRequest::Workers { reply: Reply::new(move |r| reply(WireReply::Workers(r))) },
-            WireRequest::State => ClientRequest::State { reply: Reply::new(move |r| reply(WireReply::State(r))) },
-            WireRequest::Retire { ranks } => {
-                ClientRequest::Retire { ranks, reply: Reply::new(move |r| reply(WireReply::Retire(r))) }
-            }
-            WireRequest::Events { clear } => {
-                ClientRequest::Events { clear, reply: Reply::new(move |r| reply(WireReply::Events(r))) }
-            }
-        }
-    }
-}
 
 /// How a client reaches its scheduler.
 enum Link {
@@ -365,7 +197,7 @@ impl Client {
     }
 
     /// How waits for results show progress (default [`Progress::Off`]; see
-    /// [`crate::progress`]). Applies to every clone.
+    /// [`crate::observe::progress`]). Applies to every clone.
     pub fn set_progress(&self, mode: Progress) {
         self.inner.progress.store(mode.to_u8(), Ordering::Relaxed);
     }
@@ -376,7 +208,7 @@ impl Client {
 
     /// Gathers the events every worker recorded since it started (or since
     /// the last [`Client::take_events`]): what ran where, when, and how
-    /// blocks moved. Turn it into a report with [`crate::report`].
+    /// blocks moved. Turn it into a report with [`crate::observe::report`].
     pub fn events(&self) -> Result<EventLog> {
         self.collect_events(false)
     }
@@ -461,7 +293,10 @@ impl Client {
     }
 
     fn wait_ids(&self, ids: &[TaskId], baseline: Option<&Baseline>) -> Result<Vec<Vec<u32>>> {
-        let _monitor = baseline.map(|b| Monitor::start(self.clone(), b.clone()));
+        let _monitor = baseline.map(|b| {
+            let client = self.clone();
+            Monitor::start(move || client.state(), b.clone())
+        });
         match self.inner.call(WireRequest::Wait { ids: ids.to_vec() })? {
             WireReply::Wait(r) => r,
             other => Err(unexpected(other)),

@@ -12,7 +12,7 @@
 //!
 //! Ranks talk through a [`transport::Transport`]: threads of one process
 //! ([`LocalCluster`], the default), MPI ranks (feature `mpi`), or the
-//! processes of an elastic cluster over authenticated TCP ([`tcp`]:
+//! processes of an elastic cluster over authenticated TCP ([`launch::elastic`]:
 //! a long-lived scheduler that workers join and leave, and drivers connect to).
 //!
 //! ```
@@ -29,43 +29,33 @@
 
 mod block;
 mod client;
-mod cluster;
 mod error;
-pub mod events;
 pub mod gpu;
 mod graph;
+pub mod host;
 mod kernel;
-pub mod log;
+pub mod launch;
+pub mod observe;
 mod panic;
-pub mod progress;
 pub mod protocol;
-pub mod report;
 pub mod scheduler;
-pub mod secret;
-mod store;
-pub mod sys;
-pub mod tcp;
-pub mod topology;
 pub mod transport;
 mod worker;
 
-#[cfg(feature = "mpi")]
-pub mod mpi;
-#[cfg(feature = "ucx")]
-pub mod ucx;
-
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
-pub use client::{Client, ClusterState, Persisted, WorkerInfo};
-pub use cluster::{Config, Launch, LocalCluster, LocalClusterBuilder, SchedulerWorks, TransportKind};
+pub use client::{Client, Persisted};
 pub use error::{Error, KernelError, Result};
-pub use events::EventLog;
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};
-pub use progress::Progress;
+pub use launch::local::{LocalCluster, LocalClusterBuilder};
+pub use launch::{Config, Launch, SchedulerWorks, TransportKind, WorkerSettings};
+pub use observe::events::EventLog;
+pub use observe::progress::Progress;
+pub use protocol::{ClusterState, WorkerInfo};
 
 #[doc(hidden)]
 pub use linkme;
-pub use store::BlockStore;
+pub use worker::store::BlockStore;
 pub use worker::WorkerExit;
 
 /// Runs `driver` on the cluster the environment calls for (see [`Config::run`]).

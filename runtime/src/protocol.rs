@@ -24,9 +24,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::block::{Block, BlockHeader};
-use crate::client::{ClientRequest, WireReply, WireRequest};
-use crate::events::WorkerEvents;
-use crate::graph::{Key, Params, TaskId};
+use crate::error::Result;
+use crate::graph::{Key, Params, Task, TaskId};
+use crate::observe::events::{EventLog, WorkerEvents};
 
 /// Version of the wire format; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u8 = 6;
@@ -224,13 +224,13 @@ pub enum Msg {
     Request { id: u64, from: Endpoint, req: WireRequest },
     /// Scheduler -> remote client: the answer to request `id`.
     Reply { id: u64, reply: WireReply },
-    /// Scheduler -> worker: send what you recorded ([`crate::events`]),
+    /// Scheduler -> worker: send what you recorded ([`crate::observe::events`]),
     /// emptying the buffers when `clear`; answered with `Events`.
     CollectEvents { req: u64, clear: bool },
     /// Worker -> scheduler: the answer to `CollectEvents` `req`.
     Events { req: u64, events: Box<WorkerEvents> },
     /// Worker -> scheduler: the first error logged on a worker rank (the
-    /// driver shows it with the rank; see [`crate::log`]).
+    /// driver shows it with the rank; see [`crate::observe::log`]).
     Log { rank: u32, line: String },
     /// Scheduler -> every member of an elastic cluster: where ranks listen
     /// (workers that joined), their UCX addresses (workers started with
@@ -243,6 +243,172 @@ pub enum Msg {
     /// broke without a `Bye` (process killed, host gone, network cut).
     #[serde(skip)]
     PeerLost { rank: u32, reason: String },
+}
+
+/// A worker as the scheduler knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub rank: u32,
+    pub threads: u32,
+    pub host: String,
+    /// What the worker calls itself: for elastic workers its batch job's id
+    /// by default (`SLURM_JOB_ID`, `PBS_JOBID`, `JOB_ID`), so a job queue
+    /// can tell which job holds which rank; empty otherwise.
+    pub name: String,
+    /// The GPU a GPU worker runs its GPU kernels on (`GPU 0 (NVIDIA H200)`);
+    /// empty for CPU workers.
+    pub gpu: String,
+}
+
+/// What the scheduler tracks at one moment (see [`crate::Client::state`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Tasks the scheduler knows: waiting, queued, running or computed.
+    pub tasks: usize,
+    /// Computed blocks still held on workers.
+    pub in_memory: usize,
+    /// Bytes of those blocks (one copy each).
+    pub bytes: u64,
+    /// Most bytes held at once since the cluster started (one copy each).
+    pub peak_bytes: u64,
+    /// Tasks whose inputs are not all computed yet.
+    pub waiting: usize,
+    /// Ready tasks waiting in the scheduler's queues.
+    pub queued: usize,
+    /// Tasks sent to each worker and not yet reported, by worker rank.
+    pub in_flight: Vec<(u32, u32)>,
+    /// Tasks completed since the cluster started (what progress bars count).
+    pub completed: u64,
+    /// Bytes copied between workers since the cluster started.
+    pub moved_bytes: u64,
+    /// The first error each worker rank reported ([`crate::observe::log`]), by rank.
+    pub errors: Vec<(u32, String)>,
+}
+
+impl ClusterState {
+    /// Tasks not computed yet: waiting for inputs, queued, or sent to a
+    /// worker. What a job queue's `adapt` sizes the cluster by.
+    pub fn backlog(&self) -> usize {
+        self.waiting + self.queued + self.in_flight.iter().map(|&(_, n)| n as usize).sum::<usize>()
+    }
+}
+
+/// Where the scheduler's answer to a request goes: a channel of an
+/// in-process client, or a message back to a remote one.
+pub struct Reply<T>(Box<dyn FnOnce(T) + Send>);
+
+impl<T> Reply<T> {
+    pub fn new(f: impl FnOnce(T) + Send + 'static) -> Reply<T> {
+        Reply(Box::new(f))
+    }
+
+    pub fn send(self, value: T) {
+        (self.0)(value)
+    }
+}
+
+impl<T> fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+/// Requests from a client to the scheduler, as the scheduler handles them.
+#[derive(Debug)]
+pub enum ClientRequest {
+    Submit {
+        tasks: Vec<Task>,
+        outputs: Vec<Key>,
+        reply: Reply<Result<Vec<TaskId>>>,
+    },
+    /// Replies with the ranks holding each id once all are computed.
+    Wait {
+        ids: Vec<TaskId>,
+        reply: Reply<Result<Vec<Vec<u32>>>>,
+    },
+    Release {
+        ids: Vec<TaskId>,
+    },
+    Workers {
+        reply: Reply<Vec<WorkerInfo>>,
+    },
+    State {
+        reply: Reply<ClusterState>,
+    },
+    /// Drains the workers of these ranks; replies once all have left.
+    Retire {
+        ranks: Vec<u32>,
+        reply: Reply<Result<Vec<u32>>>,
+    },
+    /// Gathers the workers' recorded events.
+    Events {
+        clear: bool,
+        reply: Reply<EventLog>,
+    },
+    /// In-process only: stop the cluster.
+    Shutdown {
+        failed: bool,
+        reason: String,
+        reply: Reply<()>,
+    },
+}
+
+/// A client request as it travels (remote clients) or is built (all clients).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireRequest {
+    Submit {
+        tasks: Vec<Task>,
+        outputs: Vec<Key>,
+    },
+    Wait {
+        ids: Vec<TaskId>,
+    },
+    /// No reply.
+    Release {
+        ids: Vec<TaskId>,
+    },
+    Workers,
+    State,
+    Retire {
+        ranks: Vec<u32>,
+    },
+    Events {
+        clear: bool,
+    },
+}
+
+/// The scheduler's answer to a [`WireRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireReply {
+    Submit(Result<Vec<TaskId>>),
+    Wait(Result<Vec<Vec<u32>>>),
+    Workers(Vec<WorkerInfo>),
+    State(ClusterState),
+    Retire(Result<Vec<u32>>),
+    Events(EventLog),
+}
+
+impl ClientRequest {
+    /// The request the scheduler handles for `req`, answering through `reply`.
+    pub(crate) fn from_wire(req: WireRequest, reply: impl FnOnce(WireReply) + Send + 'static) -> ClientRequest {
+        match req {
+            WireRequest::Submit { tasks, outputs } => {
+                ClientRequest::Submit { tasks, outputs, reply: Reply::new(move |r| reply(WireReply::Submit(r))) }
+            }
+            WireRequest::Wait { ids } => {
+                ClientRequest::Wait { ids, reply: Reply::new(move |r| reply(WireReply::Wait(r))) }
+            }
+            WireRequest::Release { ids } => ClientRequest::Release { ids },
+            WireRequest::Workers => ClientRequest::Workers { reply: Reply::new(move |r| reply(WireReply::Workers(r))) },
+            WireRequest::State => ClientRequest::State { reply: Reply::new(move |r| reply(WireReply::State(r))) },
+            WireRequest::Retire { ranks } => {
+                ClientRequest::Retire { ranks, reply: Reply::new(move |r| reply(WireReply::Retire(r))) }
+            }
+            WireRequest::Events { clear } => {
+                ClientRequest::Events { clear, reply: Reply::new(move |r| reply(WireReply::Events(r))) }
+            }
+        }
+    }
 }
 
 fn codec() -> impl Options {

@@ -232,7 +232,7 @@ impl Gpu {
                 super::memory_limit(free as u64)?
             }
         };
-        tracing::info!(gpu = ordinal, %name, limit = %crate::sys::human_bytes(limit), "GPU opened");
+        tracing::info!(gpu = ordinal, %name, limit = %crate::host::sys::human_bytes(limit), "GPU opened");
         Ok(Arc::new(Gpu {
             ordinal,
             name,
@@ -286,8 +286,8 @@ impl Gpu {
             return Err(KernelError::msg(format!(
                 "GPU {}: a block of {} does not fit in the {} its blocks may use (TESSERA_GPU_MEMORY)",
                 self.ordinal,
-                crate::sys::human_bytes(bytes),
-                crate::sys::human_bytes(self.limit)
+                crate::host::sys::human_bytes(bytes),
+                crate::host::sys::human_bytes(self.limit)
             )));
         }
         let mut resident = self.resident.lock();
@@ -304,9 +304,9 @@ impl Gpu {
             return Err(KernelError::msg(format!(
                 "GPU {}: out of memory for its blocks: {} needed, {} of {} in use by blocks in use",
                 self.ordinal,
-                crate::sys::human_bytes(bytes),
-                crate::sys::human_bytes(self.used_bytes()),
-                crate::sys::human_bytes(self.limit)
+                crate::host::sys::human_bytes(bytes),
+                crate::host::sys::human_bytes(self.used_bytes()),
+                crate::host::sys::human_bytes(self.limit)
             )));
         }
         Ok(())

@@ -191,8 +191,8 @@ impl Probe {
                         d.name,
                         d.capability.0,
                         d.capability.1,
-                        crate::sys::human_bytes(d.total_bytes),
-                        crate::sys::human_bytes(d.free_bytes)
+                        crate::host::sys::human_bytes(d.total_bytes),
+                        crate::host::sys::human_bytes(d.free_bytes)
                     ));
                 }
                 lines
@@ -317,7 +317,7 @@ pub fn open_one(ordinal: usize, math: GpuMath) -> Result<std::sync::Arc<Gpu>> {
 /// 90 % of what is free when the worker starts.
 pub fn memory_limit(free_bytes: u64) -> Result<u64> {
     match std::env::var("TESSERA_GPU_MEMORY") {
-        Ok(v) => crate::sys::parse_bytes(&v).ok_or_else(|| {
+        Ok(v) => crate::host::sys::parse_bytes(&v).ok_or_else(|| {
             Error::Config(format!("TESSERA_GPU_MEMORY={v}: expected bytes, optionally with a unit (40GiB, 500MB)"))
         }),
         Err(_) => Ok(free_bytes / 10 * 9),

@@ -14,9 +14,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::FxHashMap;
 
 use super::{Core, Decision, Event, Exit, Hello, ReplyTo, SchedulerConfig, Time};
-use crate::client::{ClientRequest, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::error::{Error, Result};
 use crate::kernel::Registry;
+use crate::protocol::{ClientRequest, Reply, WireReply, WireRequest, WorkerInfo};
 use crate::protocol::{Endpoint, Msg};
 use crate::transport::Transport;
 

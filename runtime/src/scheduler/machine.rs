@@ -8,10 +8,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::state::{Collection, Retirement, TaskRec, Waiter, WorkerRec};
 use super::{Decision, Event, Hello, SchedulerConfig, Time};
-use crate::client::WorkerInfo;
 use crate::error::{Error, Result};
 use crate::graph::{Key, TaskId};
 use crate::kernel::Registry;
+use crate::protocol::WorkerInfo;
 
 /// The scheduler's state machine: [`Event`]s in, [`Decision`]s out, no I/O.
 ///

@@ -10,10 +10,10 @@ use rustc_hash::FxHashMap;
 
 use super::state::{Retirement, State};
 use super::{Core, Decision, ReplyTo};
-use crate::client::WireReply;
 use crate::error::Error;
 use crate::graph::TaskId;
 use crate::protocol::InputLoc;
+use crate::protocol::WireReply;
 
 impl Core {
     /// Worker `rank` now holds a copy of block `id`.
@@ -219,5 +219,4 @@ impl Core {
         self.flush_worker(w);
         self.decisions.push(Decision::Stop { rank, failed: false, reason: "retired".into() });
     }
-
 }

@@ -54,8 +54,8 @@
 //! to fill and to flush are tracked as they change, and the most loaded
 //! worker (the one to steal from) is kept in an ordered index.
 
-mod machine;
 mod event_loop;
+mod machine;
 mod membership;
 mod placement;
 mod recovery;
@@ -72,9 +72,9 @@ pub(crate) use event_loop::{Ready, Scheduler};
 pub use machine::Core;
 
 use crate::graph::TaskId;
-use crate::client::{WireReply, WireRequest};
-use crate::events::WorkerEvents;
+use crate::observe::events::WorkerEvents;
 use crate::protocol::{InputLoc, RunTask};
+use crate::protocol::{WireReply, WireRequest};
 
 /// Time as the core sees it: since an arbitrary start, passed in with every
 /// event (the event loop's monotonic clock, or a simulator's virtual time).

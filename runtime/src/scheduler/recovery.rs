@@ -14,8 +14,8 @@ use rustc_hash::FxHashSet;
 
 use super::state::{Failure, State, WorkerRec};
 use super::{Core, Decision};
-use crate::client::WireReply;
 use crate::graph::TaskId;
+use crate::protocol::WireReply;
 
 /// Placements a task gets when its inputs cannot be fetched, before it fails.
 const MAX_RETRIES: u8 = 5;
@@ -124,7 +124,6 @@ impl Core {
         }
     }
 
-
     /// Declares silent workers lost: removed on elastic clusters, the end
     /// of the job otherwise ([`Decision::Abort`]).
     pub(super) fn check_liveness(&mut self) {
@@ -146,7 +145,6 @@ impl Core {
         let rank = w.rank;
         self.decisions.push(Decision::Abort { rank, reason });
     }
-
 
     /// Worker `w` has left (`reason`): its copies are forgotten, blocks only
     /// it held are recomputed (or fail), its tasks are placed again.

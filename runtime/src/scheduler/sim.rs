@@ -32,11 +32,11 @@ use rustc_hash::FxHashSet;
 use serde::Serialize;
 
 use super::{Core, Decision, Event, Hello, ReplyTo, SchedulerConfig};
-use crate::client::{WireReply, WireRequest};
 use crate::error::{Error, KernelError};
 use crate::graph::{Key, Task, TaskId};
 use crate::kernel::Registry;
 use crate::protocol::RunTask;
+use crate::protocol::{WireReply, WireRequest};
 
 /// Graph shapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -150,7 +150,10 @@ impl SimConfig {
             return bad("--workers", "at most 1048576");
         }
         if !(self.task_us.is_finite() && self.task_us >= 0.0) {
-            return Err(SimError::Flag { flag: "--task-us", reason: format!("must be 0 or more, got {}", self.task_us) });
+            return Err(SimError::Flag {
+                flag: "--task-us",
+                reason: format!("must be 0 or more, got {}", self.task_us),
+            });
         }
         if !(self.latency_us.is_finite() && self.latency_us >= 0.0) {
             let reason = format!("must be 0 or more microseconds, got {}", self.latency_us);
@@ -308,7 +311,8 @@ fn build(cfg: &SimConfig) -> SimGraph {
             let bm: Vec<usize> = (0..p * q).map(|_| b.add("source", &[], block)).collect();
             for i in 0..p {
                 for j in 0..p {
-                    let products: Vec<usize> = (0..q).map(|k| b.add("gemm", &[a[i * q + k], bm[k * p + j]], block)).collect();
+                    let products: Vec<usize> =
+                        (0..q).map(|k| b.add("gemm", &[a[i * q + k], bm[k * p + j]], block)).collect();
                     let c = b.tree("add", products, block);
                     b.output(c);
                 }
@@ -403,7 +407,9 @@ impl Sim<'_> {
             let runnable = worker.pending.iter().position(|t| {
                 t.inputs.iter().all(|i| {
                     worker.store.contains(&i.id)
-                        || i.holders.iter().any(|&r| workers.get((r as usize).wrapping_sub(1)).is_some_and(|h| h.store.contains(&i.id)))
+                        || i.holders.iter().any(|&r| {
+                            workers.get((r as usize).wrapping_sub(1)).is_some_and(|h| h.store.contains(&i.id))
+                        })
                 })
             });
             let Some(p) = runnable else { return };
@@ -427,7 +433,13 @@ impl Sim<'_> {
     }
 
     /// Sends the core's decisions on their way (they arrive after the latency).
-    fn dispatch(&mut self, now: u64, decisions: &mut Vec<Decision>, done: &mut Option<u64>, waiting: ReplyTo) -> Result<(), SimError> {
+    fn dispatch(
+        &mut self,
+        now: u64,
+        decisions: &mut Vec<Decision>,
+        done: &mut Option<u64>,
+        waiting: ReplyTo,
+    ) -> Result<(), SimError> {
         for d in decisions.drain(..) {
             match d {
                 Decision::Reply { to, answer: WireReply::Wait(result) } if to == waiting => {

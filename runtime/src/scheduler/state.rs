@@ -13,11 +13,11 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 
 use super::{Core, Decision, Hello, ReplyTo, Time};
-use crate::client::WireReply;
 use crate::error::Error;
-use crate::events::WorkerEvents;
 use crate::graph::{Key, Params, TaskId};
+use crate::observe::events::WorkerEvents;
 use crate::protocol::RunTask;
+use crate::protocol::WireReply;
 
 /// Why a failed task failed, shared by everything that depends on it.
 #[derive(Debug)]
@@ -30,7 +30,12 @@ pub(super) struct Failure {
 
 impl Failure {
     pub fn to_error(&self) -> Error {
-        Error::TaskFailed { key: self.key.clone(), kernel: self.kernel.clone(), rank: self.rank, cause: self.cause.clone() }
+        Error::TaskFailed {
+            key: self.key.clone(),
+            kernel: self.kernel.clone(),
+            rank: self.rank,
+            cause: self.cause.clone(),
+        }
     }
 }
 

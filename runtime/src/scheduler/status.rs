@@ -6,9 +6,9 @@ use rustc_hash::FxHashSet;
 
 use super::state::{Collection, State, TaskRec};
 use super::{Core, Decision, ReplyTo};
-use crate::client::{ClusterState, WireReply};
-use crate::events::{EventLog, WorkerEvents};
 use crate::graph::{Key, TaskId};
+use crate::observe::events::{EventLog, WorkerEvents};
+use crate::protocol::{ClusterState, WireReply};
 
 impl Core {
     /// What the scheduler tracks now.

@@ -8,9 +8,9 @@ use rustc_hash::FxHashMap;
 
 use super::state::{State, TaskRec, Waiter};
 use super::{Core, ReplyTo};
-use crate::client::{WireReply, WireRequest};
 use crate::error::{Error, Result};
 use crate::graph::{Key, Task, TaskId};
+use crate::protocol::{WireReply, WireRequest};
 
 impl Core {
     /// A client's request; `client` is a remote client's rank.
@@ -292,7 +292,8 @@ impl Core {
         for id in &ids {
             match self.tasks.get(id) {
                 None => {
-                    let err = Error::Lost { key: Key::new(format!("task{}", id.0), []), reason: "it was released".into() };
+                    let err =
+                        Error::Lost { key: Key::new(format!("task{}", id.0), []), reason: "it was released".into() };
                     self.reply(reply, WireReply::Wait(Err(err)));
                     return;
                 }
@@ -322,5 +323,4 @@ impl Core {
         }
         self.waiters.insert(w, Waiter { ids, remaining, reply });
     }
-
 }

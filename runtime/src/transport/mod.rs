@@ -25,14 +25,14 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::client::WireReply;
 use crate::error::Error;
-use crate::protocol::{Endpoint, Msg, Payload, Role};
-use crate::store::BlockStore;
+use crate::protocol::{Endpoint, Msg, Payload, Role, WireReply};
+use crate::worker::store::BlockStore;
 
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod secret;
 pub mod tcp;
 #[cfg(feature = "ucx")]
 pub mod ucx;

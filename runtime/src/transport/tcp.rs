@@ -66,7 +66,7 @@ use crate::graph::TaskId;
 use crate::protocol::{
     decode_frame, encode_frame, offload_blocks, Endpoint, Msg, Payload, Role, MAX_FRAME, PROTOCOL_VERSION,
 };
-use crate::secret::{random_bytes, Secret, TAG_LEN};
+use crate::transport::secret::{random_bytes, Secret, TAG_LEN};
 
 const MAGIC: &[u8; 7] = b"TESSERA";
 const STATUS_OK: u8 = 0;

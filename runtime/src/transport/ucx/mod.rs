@@ -1,5 +1,7 @@
 //! Block payloads over UCX (feature `ucx`): a [`DataPlane`] beside a control
-//! transport.
+//! transport. This module is the plane; [`ucp`] is the small safe layer over
+//! the UCP library that it drives, and holds every `unsafe` block of the
+//! backend.
 //!
 //! Control messages keep travelling as before (MPI frames, TCP frames, or
 //! channels in-process); a frame that carries a large block now carries only
@@ -40,11 +42,13 @@ use super::{DataPlane, Delivery, Mailboxes};
 use crate::block::{Block, BlockHeader};
 use crate::error::Result;
 use crate::graph::TaskId;
+use crate::host::sys::EventFd;
 use crate::protocol::{Endpoint, Msg, Payload};
-use crate::sys::EventFd;
-use crate::ucx::{self, Op, Worker};
+use ucp::{Op, Worker};
 
-pub use crate::ucx::Options;
+pub use ucp::Options;
+
+pub mod ucp;
 
 /// How long the progress thread keeps polling after the last activity
 /// before it sleeps on the event fds.
@@ -139,7 +143,7 @@ impl UcxPlane {
                 what: "starting the progress thread".into(),
                 status: e.to_string(),
             })?;
-        tracing::debug!(rank, version = %ucx::version(), address_bytes = address.len(), "UCX plane started");
+        tracing::debug!(rank, version = %ucp::version(), address_bytes = address.len(), "UCX plane started");
         Ok(Arc::new(UcxPlane { rank, address, commands: tx, wake, sending, sleepy, thread: Mutex::new(Some(thread)) }))
     }
 
@@ -226,7 +230,7 @@ struct State {
     worker: Worker,
     mailboxes: Mailboxes,
     addresses: FxHashMap<u32, Vec<u8>>,
-    eps: FxHashMap<u32, ucx::Endpoint>,
+    eps: FxHashMap<u32, ucp::Endpoint>,
     lost: FxHashSet<u32>,
     sends: Vec<PendingSend>,
     recvs: Vec<PendingRecv>,
@@ -283,7 +287,7 @@ impl State {
                 continue;
             }
             match self.worker.arm() {
-                Ok(true) => crate::sys::sleep_on(&[self.worker.event_fd(), wake], SLEEP_MS),
+                Ok(true) => crate::host::sys::sleep_on(&[self.worker.event_fd(), wake], SLEEP_MS),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(rank = self.rank, error = %e, "cannot arm the UCP worker; polling");
@@ -305,7 +309,7 @@ impl State {
             self.worker.progress();
             self.poll();
         }
-        // Operations still in flight leak their memory when dropped (see `ucx::Op`).
+        // Operations still in flight leak their memory when dropped (see `ucp::Op`).
         for (_, ep) in std::mem::take(&mut self.eps) {
             self.worker.close(ep, false, Duration::from_millis(200));
         }

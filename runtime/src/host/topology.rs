@@ -32,8 +32,8 @@
 //! time [`detect`] runs, since that can initialise GPU drivers. Without the
 //! feature, the functions that need hwloc say so with
 //! [`Error::FeatureDisabled`]; those that only ask the kernel or the
-//! environment ([`current_affinity`], [`current_cpu`], [`cpu_list`],
-//! [`launcher_local_rank`]) work in every build.
+//! environment ([`current_affinity`], [`current_cpu`], [`cpu_list`]) work in
+//! every build.
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,7 +41,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sys::human_bytes;
+use crate::host::sys::human_bytes;
 
 /// How worker threads are bound to cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -237,7 +237,7 @@ fn count(n: usize, what: &str) -> String {
 /// one `Vec` per thread, empty = unbound.
 ///
 /// `local_rank` / `local_size`: this worker's place among the workers that
-/// share its host (MPI local rank, see [`launcher_local_rank`], or the worker
+/// share its host (MPI local rank, see [`super::launcher::local_rank`], or the worker
 /// index of a local cluster). The host's cores are shared out among them as
 /// the [module docs](self) describe, wrap included. [`Bind::Auto`] is
 /// resolved by [`Bind::resolve`]; [`Bind::None`] gives all threads empty.
@@ -412,56 +412,6 @@ pub fn cpu_list(cpus: &[usize]) -> String {
     }
 }
 
-/// Environment variables by which launchers announce a local rank and the
-/// number of ranks on the host, in the order they are tried.
-const LOCAL_RANK_VARS: [(&str, &str); 5] = [
-    ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"), // Open MPI
-    ("MPI_LOCALRANKID", "MPI_LOCALNRANKS"),                       // MPICH's Hydra, Intel MPI
-    ("MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),   // MVAPICH
-    ("PMI_LOCAL_RANK", "PMI_LOCAL_SIZE"),                         // Cray PMI, Flux
-    ("PALS_LOCAL_RANKID", "PALS_LOCAL_SIZE"),                     // HPE Cray PALS
-];
-
-/// This process's MPI local rank and the number of ranks on its host, from
-/// the launcher's environment: Open MPI, MPICH/Hydra and Intel MPI, MVAPICH,
-/// PMI, PALS, then Slurm's `srun` (`SLURM_LOCALID` with the step's tasks on
-/// this node). `None` when no launcher started it (a Slurm batch script
-/// itself is no step task) or the variables contradict each other.
-pub fn launcher_local_rank() -> Option<(usize, usize)> {
-    local_rank_from(|v| std::env::var(v).ok())
-}
-
-fn local_rank_from(var: impl Fn(&str) -> Option<String>) -> Option<(usize, usize)> {
-    let num = |v: &str| var(v)?.trim().parse::<usize>().ok();
-    let found = LOCAL_RANK_VARS.iter().find_map(|&(rank, size)| Some((num(rank)?, num(size)?))).or_else(|| {
-        // Only srun's tasks have a step id; a batch script has SLURM_LOCALID too.
-        var("SLURM_STEP_ID")?;
-        let node = num("SLURM_STEP_NODEID").or_else(|| num("SLURM_NODEID")).unwrap_or(0);
-        let size = ["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"]
-            .iter()
-            .find_map(|v| tasks_on_node(&var(v)?, node))
-            .or_else(|| num("SLURM_NTASKS_PER_NODE"))?;
-        Some((num("SLURM_LOCALID")?, size))
-    });
-    found.filter(|&(rank, size)| rank < size)
-}
-
-/// Entry `node` of Slurm's tasks-per-node list: `2(x3),1` is 2, 2, 2, 1.
-fn tasks_on_node(list: &str, node: usize) -> Option<usize> {
-    let mut seen = 0;
-    for part in list.split(',') {
-        let (tasks, repeat) = match part.split_once("(x") {
-            Some((t, r)) => (t, r.strip_suffix(')')?.parse::<usize>().ok()?),
-            None => (part, 1),
-        };
-        seen += repeat;
-        if node < seen {
-            return tasks.trim().parse().ok();
-        }
-    }
-    None
-}
-
 #[cfg(feature = "hwloc")]
 mod hw {
     use std::sync::OnceLock;
@@ -578,7 +528,7 @@ mod hw {
             }
         };
         HostTopology {
-            host: crate::sys::hostname(),
+            host: crate::host::sys::hostname(),
             packages: t.objects_with_type(ObjectType::Package).len(),
             numa_nodes,
             cores,
@@ -835,35 +785,12 @@ mod tests {
         assert!(d.ends_with("\n  GPU 0: NVIDIA H100 (CUDA, OpenCL, 80.0 GiB, PCI 0000:19:00.0, near cpus 0-7)"), "{d}");
     }
 
-    #[test]
-    fn launcher_local_rank_reads_each_launcher() {
-        let from = |vars: &[(&str, &str)]| {
-            let vars: std::collections::HashMap<String, String> =
-                vars.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect();
-            local_rank_from(|k| vars.get(k).cloned())
-        };
-        assert_eq!(from(&[]), None);
-        assert_eq!(from(&[("OMPI_COMM_WORLD_LOCAL_RANK", "1"), ("OMPI_COMM_WORLD_LOCAL_SIZE", "4")]), Some((1, 4)));
-        assert_eq!(from(&[("MPI_LOCALRANKID", "0"), ("MPI_LOCALNRANKS", "2")]), Some((0, 2)));
-        assert_eq!(from(&[("PALS_LOCAL_RANKID", "3"), ("PALS_LOCAL_SIZE", "4")]), Some((3, 4)));
-        assert_eq!(from(&[("PMI_LOCAL_RANK", "5"), ("PMI_LOCAL_SIZE", "4")]), None, "rank beyond size");
-        let srun = [("SLURM_STEP_ID", "0"), ("SLURM_LOCALID", "1"), ("SLURM_NODEID", "3")];
-        assert_eq!(from(&[&srun[..], &[("SLURM_STEP_TASKS_PER_NODE", "4(x3),2")]].concat()), Some((1, 2)));
-        assert_eq!(from(&[&srun[..], &[("SLURM_TASKS_PER_NODE", "2(x2),3(x2)")]].concat()), Some((1, 3)));
-        assert_eq!(from(&[&srun[..], &[("SLURM_NTASKS_PER_NODE", "8")]].concat()), Some((1, 8)));
-        // A batch script: SLURM_LOCALID but no step.
-        assert_eq!(from(&[("SLURM_LOCALID", "0"), ("SLURM_TASKS_PER_NODE", "4")]), None);
-        assert_eq!(tasks_on_node("2(x3),1", 2), Some(2));
-        assert_eq!(tasks_on_node("2(x3),1", 3), Some(1));
-        assert_eq!(tasks_on_node("2(x3),1", 4), None);
-    }
-
     #[cfg(target_os = "linux")]
     #[test]
     fn the_kernel_reports_where_a_thread_may_run() {
         let affinity = current_affinity();
         assert!(!affinity.is_empty());
-        assert!(affinity.len() <= crate::sys::host_cores(), "{affinity:?}");
+        assert!(affinity.len() <= crate::host::sys::host_cores(), "{affinity:?}");
         let cpu = current_cpu().expect("sched_getcpu");
         // The thread may migrate between the two calls, but only within its affinity.
         assert!(current_affinity().contains(&cpu), "cpu {cpu} not in {affinity:?}");

@@ -10,7 +10,7 @@
 //! let universe = mpi::initialize().unwrap();
 //! let world = universe.world();
 //! // ... the application's own MPI work ...
-//! let out = tessera_runtime::mpi::run_on(&world, Default::default(), |client| {
+//! let out = tessera_runtime::launch::mpi::run_on(&world, Default::default(), |client| {
 //!     // only rank 0 runs this; the other ranks serve as workers meanwhile
 //!     Ok::<_, tessera_runtime::Error>(client.workers().len())
 //! })
@@ -33,14 +33,14 @@ use mpi::collective::CommunicatorCollectives;
 use mpi::environment::Threading;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
+use super::{drive, spawn_scheduler, spawn_worker, start_plane, Config, SchedulerWorks, TransportKind};
 use crate::client::Client;
-use crate::cluster::{drive, spawn_scheduler, spawn_worker, Config, SchedulerWorks};
 use crate::error::Error;
 use crate::protocol::{Endpoint, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
-use crate::store::BlockStore;
 use crate::transport::mpi::{progress, MpiTransport};
 use crate::transport::{Mailboxes, Transport};
+use crate::worker::store::BlockStore;
 use crate::worker::{WorkerConfig, WorkerExit};
 
 /// Facts about the MPI library and this process's place in the world.
@@ -55,7 +55,7 @@ pub struct MpiInfo {
     pub hosts: Vec<String>,
     /// The hardware of each host (one entry per host; empty without the
     /// `hwloc` feature).
-    pub topologies: Vec<crate::topology::HostTopology>,
+    pub topologies: Vec<crate::host::topology::HostTopology>,
     /// Whether the library takes GPU memory in its calls ([`cuda_aware`]).
     pub cuda_aware: Option<bool>,
 }
@@ -103,9 +103,9 @@ pub fn library_version() -> String {
 pub fn info() -> Option<MpiInfo> {
     let universe = mpi::initialize()?;
     let world = universe.world();
-    let mine = (crate::sys::hostname(), crate::topology::detect().ok());
-    let all: Vec<(String, Option<crate::topology::HostTopology>)> = all_gather_json(&world, &mine);
-    let mut topologies: Vec<crate::topology::HostTopology> = Vec::new();
+    let mine = (crate::host::sys::hostname(), crate::host::topology::detect().ok());
+    let all: Vec<(String, Option<crate::host::topology::HostTopology>)> = all_gather_json(&world, &mine);
+    let mut topologies: Vec<crate::host::topology::HostTopology> = Vec::new();
     for t in all.iter().filter_map(|(_, t)| t.clone()) {
         if !topologies.iter().any(|x| x.host == t.host) {
             topologies.push(t);
@@ -159,13 +159,13 @@ enum UcxOffer {
 /// configuration: a rank started differently is named in the error).
 fn mpi_plane(
     comm: &SimpleCommunicator,
-    kind: crate::cluster::TransportKind,
+    kind: TransportKind,
     mailboxes: &Mailboxes,
 ) -> Result<Option<Arc<dyn crate::transport::DataPlane>>, Error> {
     let rank = comm.rank() as u32;
     let kind = kind.check();
     let plane = match kind {
-        Ok(crate::cluster::TransportKind::Ucx) => Some(crate::cluster::start_plane(rank, mailboxes.clone())),
+        Ok(TransportKind::Ucx) => Some(start_plane(rank, mailboxes.clone())),
         _ => None,
     };
     let offer = match (&kind, &plane) {
@@ -218,8 +218,8 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
     let size = world.size();
     let local = world.split_shared(rank);
     let local_size = local.size() as usize;
-    let usable = crate::sys::usable_cores();
-    let host = crate::sys::host_cores();
+    let usable = crate::host::sys::usable_cores();
+    let host = crate::host::sys::host_cores();
     // A launcher that bound us to a subset already gave us our share.
     let share = if usable < host { usable } else { (host / local_size).max(1) };
     let rank0_works = match config.scheduler_works {
@@ -232,14 +232,14 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
         SchedulerWorks::No => false,
         SchedulerWorks::Auto => size == 1 || share > 1,
     };
-    let mut threads = config.threads.unwrap_or(share).max(1);
-    if rank == 0 && rank0_works && config.threads.is_none() && size > 1 && share > 1 {
+    let mut threads = config.worker.threads.unwrap_or(share).max(1);
+    if rank == 0 && rank0_works && config.worker.threads.is_none() && size > 1 && share > 1 {
         threads = share - 1; // leave the scheduler a core
     }
     // The host's GPUs go to its working ranks: each tells which devices it
     // sees (by UUID; `None`: not working), and every rank shares them out alike.
     let works = rank != 0 || rank0_works;
-    let (seen, gpu_error) = match works.then(|| crate::gpu::resolve_devices(&config.gpus)).transpose() {
+    let (seen, gpu_error) = match works.then(|| crate::gpu::resolve_devices(&config.worker.gpus)).transpose() {
         Ok(devices) => (devices.map(|d| d.into_iter().map(|d| (d.ordinal, d.uuid)).collect()), None),
         Err(e) => (Some(Vec::new()), Some(e)),
     };
@@ -273,7 +273,8 @@ where
         Err(e) => return Err(E::from(e)),
     };
     let works = rank != 0 || place.rank0_works;
-    let cpus = match crate::topology::plan(config.bind, place.local_rank, place.local_size, place.threads) {
+    let cpus = match crate::host::topology::plan(config.worker.bind, place.local_rank, place.local_size, place.threads)
+    {
         Ok(c) => c,
         Err(e) => return Err(E::from(e)),
     };
@@ -282,7 +283,7 @@ where
     // without its GPU fails the launch everywhere, naming itself.
     let gpu = match place.gpu_error.take() {
         Some(e) => Err(e),
-        None => place.gpu.map(|o| crate::gpu::open_one(o, config.gpu_math)).transpose(),
+        None => place.gpu.map(|o| crate::gpu::open_one(o, config.worker.gpu_math)).transpose(),
     };
     let failed: Vec<Option<String>> = all_gather_json(
         &comm,
@@ -308,22 +309,22 @@ where
         mailboxes.attach_store(rank, store.clone());
     }
     let worker_inbox = works.then(|| mailboxes.open(Endpoint { rank, role: Role::Worker }));
-    let plane = match mpi_plane(&comm, config.transport, &mailboxes) {
+    let plane = match mpi_plane(&comm, config.worker.transport, &mailboxes) {
         Ok(p) => p,
         Err(e) => return Err(E::from(e)),
     };
     let (transport, outbox) = MpiTransport::new(rank, size, mailboxes, plane.clone());
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     if rank != 0 {
-        crate::log::forward_errors_to(&dyn_transport, rank);
+        crate::observe::log::forward_errors_to(&dyn_transport, rank);
     }
 
     let worker = worker_inbox.map(|inbox| {
         let wc = WorkerConfig {
-            events: config.events,
+            events: config.worker.events,
             cpus,
             gpu,
-            ..WorkerConfig::new(rank, place.threads, crate::sys::hostname())
+            ..WorkerConfig::new(rank, place.threads, crate::host::sys::hostname())
         };
         spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), store, inbox)
     });
@@ -403,7 +404,7 @@ where
     };
     let world = universe.world();
     let rank = world.rank();
-    crate::log::set_rank(rank as u32);
+    crate::observe::log::set_rank(rank as u32);
     let result = run_on(&world, config, driver);
     if rank == 0 {
         drop(universe);

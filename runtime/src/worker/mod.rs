@@ -1,5 +1,10 @@
 //! Workers: compute threads sharing one inbox, one task table and one store.
 //!
+//! This folder owns what a worker rank holds and does: its threads and task
+//! table (here) and its blocks ([`store`], which the transport also reads to
+//! answer peers' fetches). The scheduler only ever sees a worker through the
+//! messages it sends; a launch starts one with [`run_worker`].
+//!
 //! Each of a worker's `threads` threads waits on two channels at once: the
 //! worker's inbox (tasks from the scheduler, fetched blocks, releases) and
 //! the queue of tasks whose inputs are all present. Whichever thread is free
@@ -23,12 +28,15 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::graph::TaskId;
 use crate::kernel::{KernelCtx, Registry};
+use crate::observe::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
-use crate::store::BlockStore;
 use crate::transport::Transport;
+
+pub mod store;
+
+use store::BlockStore;
 
 /// Worker settings.
 #[derive(Clone, Debug)]
@@ -38,10 +46,10 @@ pub struct WorkerConfig {
     pub host: String,
     /// Reported to the scheduler (elastic workers: the batch job's id).
     pub name: String,
-    /// Record events for reports and traces ([`crate::events`]).
+    /// Record events for reports and traces ([`crate::observe::events`]).
     pub events: bool,
     /// The CPUs each thread binds itself to (missing or empty: unbound);
-    /// see [`crate::topology::plan`].
+    /// see [`crate::host::topology::plan`].
     pub cpus: Vec<Vec<usize>>,
     /// The GPU of a GPU worker (see [`crate::gpu`]).
     pub gpu: Option<Arc<crate::gpu::Gpu>>,
@@ -116,7 +124,7 @@ pub fn run_worker(
         jobs: jobs_tx,
         exit: Mutex::new(None),
         host: config.host.clone(),
-        recorder: Recorder::new(config.events, threads, crate::events::DEFAULT_CAPACITY),
+        recorder: Recorder::new(config.events, threads, crate::observe::events::DEFAULT_CAPACITY),
     });
     worker.transport.send(
         Endpoint::SCHEDULER,
@@ -130,7 +138,7 @@ pub fn run_worker(
             gpu: gpu_name.clone(),
         },
     );
-    let cpus: Vec<String> = config.cpus.iter().map(|c| crate::topology::cpu_list(c)).collect();
+    let cpus: Vec<String> = config.cpus.iter().map(|c| crate::host::topology::cpu_list(c)).collect();
     tracing::info!(rank, threads, host = %config.host, cpus = %cpus.join(" "), gpu = %gpu_name, "worker started");
     let handles: Vec<_> = (0..threads)
         .map(|i| {
@@ -158,10 +166,10 @@ pub fn run_worker(
 impl Worker {
     /// Binds the calling thread (thread `i`) to `cpus` and records where it runs.
     fn bind(&self, i: usize, cpus: Vec<usize>) {
-        if let Err(e) = crate::topology::bind_current_thread(&cpus) {
-            tracing::warn!(rank = self.rank, thread = i, cpus = %crate::topology::cpu_list(&cpus), "cannot bind: {e}");
+        if let Err(e) = crate::host::topology::bind_current_thread(&cpus) {
+            tracing::warn!(rank = self.rank, thread = i, cpus = %crate::host::topology::cpu_list(&cpus), "cannot bind: {e}");
         }
-        self.recorder.thread_started(i, cpus, crate::topology::current_affinity());
+        self.recorder.thread_started(i, cpus, crate::host::topology::current_affinity());
     }
 
     fn thread_loop(&self, thread: u16, inbox: &Receiver<Msg>, jobs: &Receiver<Job>, threads: usize) {
@@ -212,7 +220,7 @@ impl Worker {
                 self.input_arrived(&mut table, id);
                 drop(table);
                 if let Some((start_us, from)) = fetched {
-                    let dur_us = crate::events::now_us().saturating_sub(start_us);
+                    let dur_us = crate::observe::events::now_us().saturating_sub(start_us);
                     self.recorder.transfer(TransferEvent { from, start_us, dur_us, bytes }, store_bytes);
                 }
                 self.transport.send(Endpoint::SCHEDULER, Msg::Replica { id, rank: self.rank });
@@ -293,7 +301,7 @@ impl Worker {
     /// Notes when block `id` was asked of `holder`, for its transfer event.
     fn fetching(&self, table: &mut Table, id: TaskId, holder: u32) {
         if self.recorder.enabled() {
-            table.fetching.insert(id, (crate::events::now_us(), holder));
+            table.fetching.insert(id, (crate::observe::events::now_us(), holder));
         }
     }
 
@@ -348,11 +356,11 @@ impl Worker {
             }
         };
         if let Msg::Failed { error, .. } = &msg {
-            crate::log::task_failed(self.rank, &task.key, error);
+            crate::observe::log::task_failed(self.rank, &task.key, error);
         }
         if self.recorder.enabled() {
             let failed = matches!(msg, Msg::Failed { .. });
-            let start_us = crate::events::instant_us(start);
+            let start_us = crate::observe::events::instant_us(start);
             let event = TaskEvent {
                 key: TaskKey::default(),
                 kernel: task.kernel,
@@ -365,7 +373,7 @@ impl Worker {
             // Where the thread runs changes rarely: look every 16th task.
             thread_local!(static TASKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
             let n = TASKS.with(|c| c.replace(c.get().wrapping_add(1)));
-            let cpu = if n & 15 == 0 { crate::topology::current_cpu() } else { None };
+            let cpu = if n & 15 == 0 { crate::host::topology::current_cpu() } else { None };
             self.recorder.task(&task.key, event, cpu, store_bytes.unwrap_or_else(|| self.store.bytes()));
         }
         self.transport.send(Endpoint::SCHEDULER, msg);

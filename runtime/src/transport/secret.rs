@@ -12,7 +12,7 @@
 //! [`crate::transport::tcp`]), and MACs are compared in constant time.
 //!
 //! ```
-//! use tessera_runtime::secret::Secret;
+//! use tessera_runtime::transport::secret::Secret;
 //! let dir = std::env::temp_dir().join(format!("tessera-doc-secret-{}", std::process::id()));
 //! let path = dir.join("secret");
 //! let created = Secret::load_or_create(&path).unwrap();

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::client::{Client, ClusterState};
-use crate::error::Error;
-use crate::sys::human_bytes;
+use crate::error::{Error, Result};
+use crate::host::sys::human_bytes;
+use crate::protocol::ClusterState;
 
 /// Computations shorter than this show no progress.
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);
@@ -48,7 +48,7 @@ pub enum Progress {
 
 impl FromStr for Progress {
     type Err = Error;
-    fn from_str(s: &str) -> Result<Progress, Error> {
+    fn from_str(s: &str) -> Result<Progress> {
         match s {
             "off" | "none" => Ok(Progress::Off),
             "auto" => Ok(Progress::Auto),
@@ -100,11 +100,13 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
-    pub(crate) fn start(client: Client, base: Baseline) -> Monitor {
+    /// Starts watching: `state` asks the scheduler for its counters (one
+    /// round trip, a few times a second while the bar or the log runs).
+    pub(crate) fn start(state: impl Fn() -> Result<ClusterState> + Send + 'static, base: Baseline) -> Monitor {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s = Arc::clone(&stop);
         let handle =
-            std::thread::Builder::new().name("tessera-progress".into()).spawn(move || watch(&client, &base, &s)).ok();
+            std::thread::Builder::new().name("tessera-progress".into()).spawn(move || watch(&state, &base, &s)).ok();
         Monitor { stop, handle }
     }
 }
@@ -139,18 +141,18 @@ fn measure(base: &Baseline, now: &ClusterState) -> (u64, u64, Option<f64>) {
     (done, moved, eta)
 }
 
-fn watch(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
+fn watch(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
     if stopped_by(stop, base.started + SHOW_AFTER) {
         return;
     }
     match base.mode.resolve() {
-        Progress::Bar => bar(client, base, stop),
-        Progress::Log => log(client, base, stop),
+        Progress::Bar => bar(state, base, stop),
+        Progress::Log => log(state, base, stop),
         _ => {}
     }
 }
 
-fn bar(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
+fn bar(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
     let style = indicatif::ProgressStyle::with_template(
         "{elapsed:>4} [{wide_bar:.cyan/blue}] {pos}/{len} tasks  {msg}  ETA {eta}",
     )
@@ -159,7 +161,7 @@ fn bar(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
     let pb = indicatif::ProgressBar::with_draw_target(Some(base.total), indicatif::ProgressDrawTarget::stderr())
         .with_style(style)
         .with_elapsed(base.started.elapsed());
-    while let Ok(now) = client.state() {
+    while let Ok(now) = state() {
         let (done, moved, _) = measure(base, &now);
         pb.set_position(done);
         pb.set_message(format!("{} moved", human_bytes(moved)));
@@ -170,9 +172,9 @@ fn bar(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
     pb.finish_and_clear();
 }
 
-fn log(client: &Client, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
+fn log(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
     loop {
-        let Ok(now) = client.state() else { return };
+        let Ok(now) = state() else { return };
         let (done, moved, eta) = measure(base, &now);
         tracing::info!(
             target: "tessera::progress",

@@ -1,6 +1,7 @@
-//! Facts about the host: name, cores, memory, and what launched us.
-
-use std::collections::BTreeMap;
+//! Facts about the host: its name, cores, memory and network interfaces,
+//! and small helpers over them (byte sizes, waiting on file descriptors,
+//! the termination signal). What the launcher announced lives in
+//! [`super::launcher`].
 
 /// This host's name.
 pub fn hostname() -> String {
@@ -40,43 +41,6 @@ pub fn memory() -> Option<(u64, u64)> {
         Some(kib * 1024)
     };
     Some((field("MemTotal:")?, field("MemAvailable:")?))
-}
-
-/// Environment variables by which MPI launchers announce a rank.
-const MPI_SIZE_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"];
-const MPI_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
-
-/// What the environment says about an MPI launch: the variables found, if
-/// any. A process started by `mpirun`, `mpiexec` or `srun --mpi=...` has some.
-pub fn mpi_launch_vars() -> BTreeMap<String, String> {
-    MPI_SIZE_VARS
-        .iter()
-        .chain(MPI_RANK_VARS.iter())
-        .filter_map(|&v| std::env::var(v).ok().map(|val| (v.to_owned(), val)))
-        .collect()
-}
-
-/// World size announced by the launcher, if launched by one.
-pub fn mpi_launch_size() -> Option<usize> {
-    MPI_SIZE_VARS
-        .iter()
-        .filter(|&&v| v != "MPI_LOCALNRANKS")
-        .find_map(|&v| std::env::var(v).ok()?.parse().ok())
-        .or_else(|| (!mpi_launch_vars().is_empty()).then_some(1))
-}
-
-/// This process's rank as the launcher announced it, if launched by one
-/// (`SLURM_PROCID` too, for `srun` without an MPI plugin, but only in a job
-/// step: a batch script has it as well, always 0).
-pub fn launcher_rank() -> Option<u32> {
-    let slurm_step = std::env::var_os("SLURM_STEP_ID").is_some();
-    let vars = MPI_RANK_VARS.iter().chain(slurm_step.then_some(&"SLURM_PROCID"));
-    vars.into_iter().find_map(|&v| std::env::var(v).ok()?.parse().ok())
-}
-
-/// One-line description of how the launcher announced itself (for messages).
-pub fn describe_mpi_launch() -> String {
-    mpi_launch_vars().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
 
 /// The most resident memory this process has used so far, in bytes

@@ -14,8 +14,8 @@
 //! backwards and ranks on hosts with synchronised clocks line up.
 //!
 //! An [`EventLog`] becomes a self-contained HTML report
-//! ([`crate::report::write_html`]) or a Chrome trace-event file
-//! ([`crate::report::write_chrome_trace`]) that Perfetto opens.
+//! ([`crate::observe::report::write_html`]) or a Chrome trace-event file
+//! ([`crate::observe::report::write_chrome_trace`]) that Perfetto opens.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -368,7 +368,7 @@ impl Recorder {
         let events = WorkerEvents {
             rank,
             host: host.to_owned(),
-            host_cores: crate::sys::host_cores(),
+            host_cores: crate::host::sys::host_cores(),
             threads,
             names: b.names.iter().map(|n| n.to_string()).collect(),
             tasks: b.tasks.snapshot(clear),

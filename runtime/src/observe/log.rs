@@ -30,7 +30,7 @@ static FORWARDED: AtomicBool = AtomicBool::new(false);
 /// (`OMPI_COMM_WORLD_RANK`, `PMI_RANK`, `PMIX_RANK`, `SLURM_PROCID`), else 0.
 pub fn rank() -> u32 {
     match RANK.load(Ordering::Relaxed) {
-        UNKNOWN => crate::sys::launcher_rank().unwrap_or(0),
+        UNKNOWN => crate::host::launcher::rank().unwrap_or(0),
         r => r,
     }
 }

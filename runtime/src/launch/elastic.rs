@@ -17,19 +17,19 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tessera_runtime::secret::Secret;
-//! use tessera_runtime::tcp::{self, SchedulerOptions, WorkerOptions};
+//! use tessera_runtime::transport::secret::Secret;
+//! use tessera_runtime::launch::elastic::{self, SchedulerOptions, WorkerOptions};
 //! use tessera_runtime::transport::tcp::TcpOptions;
 //! use tessera_runtime::{Graph, Key, Task};
 //!
 //! let opts = TcpOptions::new(Secret::generate()?);
-//! let scheduler = tcp::Scheduler::start(SchedulerOptions { listen: "127.0.0.1:0".into(), ..SchedulerOptions::new(opts.clone()) })?;
+//! let scheduler = elastic::Scheduler::start(SchedulerOptions { listen: "127.0.0.1:0".into(), ..SchedulerOptions::new(opts.clone()) })?;
 //! let addr = scheduler.address().to_string();
 //! let worker = std::thread::spawn({
 //!     let opts = WorkerOptions::new(&addr, opts.clone());
-//!     move || tcp::run_worker(opts)
+//!     move || elastic::run_worker(opts)
 //! });
-//! let client = tcp::connect(&addr, opts)?;
+//! let client = elastic::connect(&addr, opts)?;
 //! client.wait_for_workers(1, Duration::from_secs(30))?;
 //! let mut g = Graph::new();
 //! g.push(Task::new(Key::new("x", []), "sum").param(&41.0f64));
@@ -48,23 +48,23 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::{spawn_scheduler, spawn_worker, PlaneSeed, TransportKind, WorkerSettings};
 use crate::client::Client;
-use crate::cluster::{spawn_scheduler, spawn_worker};
 use crate::error::{Error, Result};
 use crate::kernel::Registry;
 use crate::protocol::{Endpoint, Msg, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
-pub use crate::secret::Secret;
-use crate::store::BlockStore;
+pub use crate::transport::secret::Secret;
 use crate::transport::tcp::{connect as dial, Intro, TcpOptions, TcpTransport, Welcome};
 use crate::transport::{Mailboxes, ReplyRouter, Transport};
+use crate::worker::store::BlockStore;
 use crate::worker::{WorkerConfig, WorkerExit};
 
 /// How to start an elastic scheduler.
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {
     /// Where to listen: `HOST:PORT`, `:PORT` or `""` (this host's routable
-    /// address, see [`crate::sys::routable_address`]; port 0 lets the system
+    /// address, see [`crate::host::sys::routable_address`]; port 0 lets the system
     /// choose). `0.0.0.0:PORT` listens everywhere and advertises the
     /// routable address.
     pub listen: String,
@@ -87,7 +87,8 @@ impl SchedulerOptions {
 /// advertise (what workers connect to).
 pub fn resolve_listen(listen: &str, interface: Option<&str>) -> Result<(SocketAddr, SocketAddr)> {
     let bad = |reason: String| Error::Config(format!("--listen `{listen}`: {reason}"));
-    let routable = || crate::sys::routable_address(interface).map_err(|e| Error::Config(format!("--interface: {e}")));
+    let routable =
+        || crate::host::sys::routable_address(interface).map_err(|e| Error::Config(format!("--interface: {e}")));
     let listen = listen.trim();
     let bind = if listen.is_empty() {
         SocketAddr::new(routable()?, 0)
@@ -178,8 +179,6 @@ impl Drop for Scheduler {
 pub struct WorkerOptions {
     /// The scheduler's address (`HOST:PORT`).
     pub scheduler: String,
-    /// Compute threads (default: usable cores).
-    pub threads: usize,
     pub registry: Registry,
     /// Drain and leave after this long (the job's walltime minus a margin).
     pub lifetime: Option<Duration>,
@@ -195,45 +194,25 @@ pub struct WorkerOptions {
     /// What the worker calls itself ([`crate::WorkerInfo::name`]); default:
     /// the batch job's id from the environment, if any.
     pub name: String,
-    /// How its threads are bound to cores (`Auto`: not at all; one worker
-    /// per host is the usual elastic set-up).
-    pub bind: crate::topology::Bind,
-    /// Record events for reports and traces.
-    pub events: bool,
-    /// `Ucx`: blocks to and from other workers started so go over UCX
-    /// (the address travels through the scheduler).
-    pub transport: crate::cluster::TransportKind,
-    /// A GPU worker on the first GPU of this selection (one GPU per worker
-    /// process: start one worker per GPU, each with its own `--gpus N`).
-    pub gpus: crate::gpu::GpuSelect,
-    /// How its GPU multiplies f32 matrices.
-    pub gpu_math: crate::gpu::GpuMath,
+    /// Threads (default: the usable cores), binding (default: none; one
+    /// worker per host is the usual elastic set-up), events, the block
+    /// transport and the GPU, as for any worker.
+    pub worker: WorkerSettings,
     pub tcp: TcpOptions,
-}
-
-/// The batch job this process runs in, from the variables Slurm, PBS and
-/// SGE set (empty outside a job).
-pub fn batch_job_id() -> String {
-    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| std::env::var(v).ok()).unwrap_or_default()
 }
 
 impl WorkerOptions {
     pub fn new(scheduler: &str, tcp: TcpOptions) -> WorkerOptions {
         WorkerOptions {
             scheduler: scheduler.to_owned(),
-            threads: crate::sys::usable_cores(),
             registry: Registry::builtin(),
             lifetime: None,
             lifetime_stagger: Duration::ZERO,
             drain_timeout: Duration::from_secs(120),
             interface: None,
             drain_on_signal: false,
-            name: batch_job_id(),
-            bind: crate::topology::Bind::Auto,
-            events: true,
-            transport: crate::cluster::TransportKind::Auto,
-            gpus: crate::gpu::GpuSelect::None,
-            gpu_math: crate::gpu::GpuMath::Exact,
+            name: crate::host::launcher::batch_job_id(),
+            worker: WorkerSettings::default(),
             tcp,
         }
     }
@@ -259,7 +238,7 @@ impl WorkerReport {
 
 /// The lifetime after stagger: `lifetime + u * stagger`, `u` uniform in [-1, 1].
 fn staggered(lifetime: Duration, stagger: Duration) -> Duration {
-    let r = crate::secret::random_bytes::<8>().map(u64::from_le_bytes).unwrap_or(0);
+    let r = crate::transport::secret::random_bytes::<8>().map(u64::from_le_bytes).unwrap_or(0);
     let u = (r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
     Duration::from_secs_f64((lifetime.as_secs_f64() + u * stagger.as_secs_f64()).max(0.0))
 }
@@ -269,29 +248,29 @@ fn staggered(lifetime: Duration, stagger: Duration) -> Duration {
 /// returns how it ended. An error means it never joined (address, secret,
 /// refused) or lost the scheduler.
 pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
-    let seed = match opts.transport.check()? {
-        crate::cluster::TransportKind::Ucx => Some(crate::cluster::PlaneSeed::new()?),
-        crate::cluster::TransportKind::Auto => None,
+    let settings = &opts.worker;
+    let seed = match settings.transport.check()? {
+        TransportKind::Ucx => Some(PlaneSeed::new()?),
+        TransportKind::Auto => None,
     };
     // The GPU first: a worker that cannot open it never joins.
-    let ordinals = crate::gpu::resolve(&opts.gpus)?;
-    let local_rank = crate::topology::launcher_local_rank().map(|(r, _)| r);
+    let ordinals = crate::gpu::resolve(&settings.gpus)?;
+    let local_rank = crate::host::launcher::local_rank().map(|(r, _)| r);
     let mine = crate::gpu::pick_own(&ordinals, local_rank);
     if ordinals.len() > 1 && local_rank.is_none() {
-        tracing::warn!(gpus = %opts.gpus, "an elastic worker drives one GPU: using GPU {} (start one worker per GPU)", ordinals[0]);
+        tracing::warn!(gpus = %settings.gpus, "an elastic worker drives one GPU: using GPU {} (start one worker per GPU)", ordinals[0]);
     } else if !ordinals.is_empty() && mine.is_none() {
-        tracing::warn!(gpus = %opts.gpus, "more workers than GPUs on this node: local rank {} runs on the CPU", local_rank.unwrap_or(0));
+        tracing::warn!(gpus = %settings.gpus, "more workers than GPUs on this node: local rank {} runs on the CPU", local_rank.unwrap_or(0));
     }
-    let gpu = mine.map(|o| crate::gpu::open_one(o, opts.gpu_math)).transpose()?;
+    let gpu = mine.map(|o| crate::gpu::open_one(o, settings.gpu_math)).transpose()?;
     let ucx = seed.as_ref().map(|s| s.address().to_vec());
     let mut listener = None;
     let interface = opts.interface.clone();
     let (stream, welcome) = dial(&opts.scheduler, &opts.tcp, |local| {
         // Listen where the scheduler reached us: that interface routes.
         let ip = match &interface {
-            Some(name) => {
-                crate::sys::routable_address(Some(name)).map_err(|e| Error::Config(format!("--interface: {e}")))?
-            }
+            Some(name) => crate::host::sys::routable_address(Some(name))
+                .map_err(|e| Error::Config(format!("--interface: {e}")))?,
             None => local.ip(),
         };
         let l = TcpListener::bind((ip, 0)).map_err(|e| Error::Config(format!("cannot listen on {ip}: {e}")))?;
@@ -300,12 +279,12 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         Ok(Intro::Worker { listen, ucx })
     })?;
     let Welcome::Joined { rank, peers, ucx } = welcome else { unreachable!("refusals are errors") };
-    let threads = opts.threads.max(1);
-    crate::log::set_rank(rank);
+    let threads = settings.threads.unwrap_or_else(crate::host::sys::usable_cores).max(1);
+    crate::observe::log::set_rank(rank);
     tracing::info!(rank, scheduler = %opts.scheduler, threads, "joined the cluster");
-    let cpus = match opts.bind {
-        crate::topology::Bind::Auto => Vec::new(),
-        bind => crate::topology::plan(bind, 0, 1, threads)?,
+    let cpus = match settings.bind {
+        crate::host::topology::Bind::Auto => Vec::new(),
+        bind => crate::host::topology::plan(bind, 0, 1, threads)?,
     };
 
     let mut mailboxes = Mailboxes::new();
@@ -317,17 +296,17 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     transport.learn(peers, ucx);
     transport.adopt(0, opts.scheduler.clone(), stream);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
-    crate::log::forward_errors_to(&dyn_transport, rank);
+    crate::observe::log::forward_errors_to(&dyn_transport, rank);
     let wc = WorkerConfig {
         name: opts.name.clone(),
-        events: opts.events,
+        events: settings.events,
         cpus,
         gpu,
-        ..WorkerConfig::new(rank, threads, crate::sys::hostname())
+        ..WorkerConfig::new(rank, threads, crate::host::sys::hostname())
     };
     let handle = spawn_worker(wc, Arc::new(opts.registry.clone()), Arc::clone(&dyn_transport), store, inbox);
 
-    let signal = opts.drain_on_signal.then(crate::sys::termination_flag);
+    let signal = opts.drain_on_signal.then(crate::host::sys::termination_flag);
     let started = Instant::now();
     let lifetime = opts.lifetime.map(|l| staggered(l, opts.lifetime_stagger));
     if let Some(l) = lifetime {

@@ -25,8 +25,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::events::{now_us, EventLog, ThreadInfo, WorkerEvents};
-use crate::topology::cpu_list;
+use crate::host::topology::cpu_list;
+use crate::observe::events::{now_us, EventLog, ThreadInfo, WorkerEvents};
 
 /// Above this many tasks the task stream is aggregated into bins.
 pub const MAX_TASK_BARS: usize = 20_000;
@@ -349,8 +349,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{MemorySample, TaskEvent, TaskKey, TransferEvent};
     use crate::graph::Key;
+    use crate::observe::events::{MemorySample, TaskEvent, TaskKey, TransferEvent};
 
     fn log(tasks: usize) -> EventLog {
         let mut w = WorkerEvents {

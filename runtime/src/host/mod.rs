@@ -1,0 +1,10 @@
+//! The host this process runs on: its name, cores, memory and interfaces
+//! ([`sys`]), its hardware topology and how worker threads are bound to its
+//! cores ([`topology`]), and what the launcher (an MPI launcher, Slurm, PBS or
+//! SGE) announced in the environment ([`launcher`]), read there and nowhere
+//! else. Nothing here knows about ranks' roles, tasks or messages: the
+//! launches ask it how many cores to use, where to bind, and who started them.
+
+pub mod launcher;
+pub mod sys;
+pub mod topology;
