@@ -165,14 +165,18 @@ impl Core {
         mean.is_nan() || mean >= BIG_ROOT_BYTES
     }
 
-    /// Takes a queued task of the most loaded other worker, from the
-    /// low-priority end, if moving it costs less than running it: its input
+    /// Takes a queued task of the most loaded other worker, when that one
+    /// is full, from the low-priority end, if moving it costs less than running it: its input
     /// bytes the thief lacks, at [`STEAL_BANDWIDTH`], against the kernel's
     /// mean duration (unknown durations count as free to steal only for
     /// inputs under 64 KiB).
     fn steal_for(&mut self, thief: usize) -> Option<(u64, TaskId)> {
         let mut victims = self.by_queue.iter().rev().map(|&(_, v)| v).filter(|&v| v != thief);
         let victim = victims.next()?;
+        // A worker with room takes its own queue (this flush, if not yet).
+        if self.workers[victim].active() < self.workers[victim].limit {
+            return None;
+        }
         let pick = self.workers[victim].queue.iter().rev().take(8).copied().find(|&(_, id)| {
             let rec = &self.tasks[&id];
             if rec.pin.is_some() {

@@ -33,6 +33,9 @@ impl Core {
                 for input in rec.inputs {
                     self.dec_ref(input);
                 }
+                if self.workers[w].draining {
+                    self.check_drain(w);
+                }
                 return None;
             }
             _ => return None,

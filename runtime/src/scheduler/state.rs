@@ -284,6 +284,9 @@ impl Core {
                 for input in rec.inputs {
                     self.dec_ref(input);
                 }
+                if self.workers[w].draining {
+                    self.check_drain(w);
+                }
                 return;
             }
             ref other => {
@@ -368,6 +371,16 @@ impl Core {
         }
     }
 
+    /// Tells `waiters` that task `key` was released before it was computed.
+    fn lost_to_waiters(&mut self, key: &Key, waiters: Vec<u64>) {
+        for w in waiters {
+            if let Some(wt) = self.waiters.remove(&w) {
+                let err = Error::Lost { key: key.clone(), reason: "it was released".into() };
+                self.reply(wt.reply, WireReply::Wait(Err(err)));
+            }
+        }
+    }
+
     /// Nobody needs `id` any more: release its blocks or cancel it.
     pub(super) fn forget(&mut self, id: TaskId) {
         let Some(rec) = self.tasks.get_mut(&id) else { return };
@@ -378,6 +391,8 @@ impl Core {
                 if std::mem::take(&mut rec.keyed) {
                     self.keys.remove(&rec.key);
                 }
+                let (key, waiters) = (rec.key.clone(), std::mem::take(&mut rec.waiters));
+                self.lost_to_waiters(&key, waiters);
                 return;
             }
             State::Cancelled(_) => return,
@@ -401,12 +416,7 @@ impl Core {
         if matches!(rec.state, State::Memory) {
             self.handed_off(id);
         }
-        for w in rec.waiters {
-            if let Some(wt) = self.waiters.remove(&w) {
-                let err = Error::Lost { key: rec.key.clone(), reason: "it was released".into() };
-                self.reply(wt.reply, WireReply::Wait(Err(err)));
-            }
-        }
+        self.lost_to_waiters(&rec.key, rec.waiters);
         if !matches!(rec.state, State::Memory) {
             for input in rec.inputs {
                 self.dec_ref(input);

@@ -299,6 +299,11 @@ impl Core {
                 }
                 Some(rec) => match &rec.state {
                     State::Memory => {}
+                    State::Cancelled(_) => {
+                        let err = Error::Lost { key: rec.key.clone(), reason: "it was released".into() };
+                        self.reply(reply, WireReply::Wait(Err(err)));
+                        return;
+                    }
                     State::Erred(f) => {
                         let err = f.to_error();
                         self.reply(reply, WireReply::Wait(Err(err)));
