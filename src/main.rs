@@ -170,7 +170,10 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 fn parse_sim_shape(s: &str) -> Result<sim::Shape, String> {
-    s.parse().map_err(|e: sim::SimError| e.to_string())
+    s.parse().map_err(|e: sim::SimError| match e {
+        sim::SimError::Flag { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// `bench simulate`: one simulation, one line of figures (and JSON).

@@ -63,6 +63,54 @@ fn bench_overhead_prints_checked_figures_for_every_shape() {
 }
 
 #[test]
+fn bench_simulate_reports_every_shape_and_repeats_its_schedule() {
+    for shape in ["wide", "chain", "tree", "tsqr", "matmul"] {
+        let args =
+            ["bench", "simulate", "--workers", "20", "--threads", "4", "--tasks", "3000", "--shape", shape, "--json"];
+        let o = tessera(&args);
+        assert!(o.status.success(), "{shape}: {}", stderr(&o));
+        let j = last_json(&o);
+        assert_eq!(j["shape"], shape);
+        assert!(j["tasks"].as_u64().unwrap() >= 2900, "{j}");
+        assert!(j["us_per_task"].as_f64().unwrap() > 0.0, "{j}");
+        let ratio = j["makespan_ratio"].as_f64().unwrap();
+        // The lower bound is a bound: no schedule beats it.
+        assert!(ratio >= 1.0 - 1e-9, "{shape}: makespan below its lower bound: {j}");
+        assert!(ratio < 10.0, "{shape}: {j}");
+        assert!(j["scheduler_bytes_per_task"].as_f64().unwrap() > 0.0, "{j}");
+        // Same seed, same schedule (the core's CPU time aside).
+        let again = last_json(&tessera(&args));
+        for field in ["makespan_s", "transfers", "moved_bytes", "messages"] {
+            assert_eq!(j[field], again[field], "{shape}: {field} differs between two runs of one seed");
+        }
+    }
+}
+
+#[test]
+fn bench_simulate_refuses_bad_settings_naming_the_flag() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--workers", "0"], "--workers"),
+        (&["--threads", "0"], "--threads"),
+        (&["--tasks", "0"], "--tasks"),
+        (&["--shape", "star"], "--shape"),
+        (&["--task-us", "-5"], "--task-us"),
+        (&["--latency", "-1"], "--latency"),
+    ];
+    for (flags, named) in cases {
+        let mut args = vec!["bench", "simulate"];
+        args.extend_from_slice(flags);
+        if flags[0] != "--tasks" {
+            args.extend_from_slice(&["--tasks", "100"]);
+        }
+        let o = tessera(&args);
+        assert!(!o.status.success(), "{flags:?} was accepted");
+        let err = stderr(&o);
+        assert!(err.contains(named), "{flags:?}: the error does not name {named}: {err}");
+        assert!(!err.contains("panicked"), "{flags:?}: {err}");
+    }
+}
+
+#[test]
 fn demo_runs_on_the_local_cluster() {
     let o = tessera(&["--workers", "2", "demo"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -166,10 +166,11 @@ impl Core {
     }
 
     /// Takes a queued task of the most loaded other worker, when that one
-    /// is full, from the low-priority end, if moving it costs less than running it: its input
-    /// bytes the thief lacks, at [`STEAL_BANDWIDTH`], against the kernel's
-    /// mean duration (unknown durations count as free to steal only for
-    /// inputs under 64 KiB).
+    /// is full, from the low-priority end, if moving it costs less than
+    /// running it or waiting for it: its input bytes the thief lacks, at
+    /// [`STEAL_BANDWIDTH`], against the kernel's mean duration, or against
+    /// the victim's queue in rounds of its threads times that duration
+    /// (unknown durations count as free to steal only for inputs under 64 KiB).
     fn steal_for(&mut self, thief: usize) -> Option<(u64, TaskId)> {
         let mut victims = self.by_queue.iter().rev().map(|&(_, v)| v).filter(|&v| v != thief);
         let victim = victims.next()?;
@@ -177,6 +178,8 @@ impl Core {
         if self.workers[victim].active() < self.workers[victim].limit {
             return None;
         }
+        // Rounds of work ahead of the victim's last queued task.
+        let rounds = self.workers[victim].queue.len() as f64 / self.workers[victim].threads as f64;
         let pick = self.workers[victim].queue.iter().rev().take(8).copied().find(|&(_, id)| {
             let rec = &self.tasks[&id];
             if rec.pin.is_some() {
@@ -198,7 +201,9 @@ impl Core {
             if run_us.is_nan() {
                 missing < 64 << 10
             } else {
-                run_us >= 2.0 * transfer_us
+                // Moving it pays when the transfer is short next to the task
+                // itself, or next to the wait it would have in the victim's queue.
+                run_us >= 2.0 * transfer_us || rounds * run_us >= 2.0 * transfer_us
             }
         })?;
         self.queue_remove(victim, &pick);

@@ -516,6 +516,31 @@ fn locality_is_not_undone_by_stealing_from_an_idle_worker() {
     assert_eq!(place_after_last_input_on_the_smaller_holder(100, 10), vec![1]);
 }
 
+/// Rank 1 (one thread) holds `a` of `nbytes`; `n` tasks reading it follow:
+/// the ranks their first sends went to.
+fn steal_from_a_backlog(nbytes: u64, n: usize) -> Vec<u32> {
+    let mut s = cluster(&[(1, 1), (2, 1)]);
+    s.submit(vec![root("a").on_rank(1)], &["a"]);
+    s.done(s.id("a"), nbytes);
+    let bs = names("b", n);
+    let (_, d) = s.submit(bs.iter().map(|b| node(b, &["a"])).collect(), &strs(&bs));
+    all_runs(&d).into_iter().map(|(r, _)| r).collect()
+}
+
+#[test]
+fn a_short_backlog_stays_where_its_big_input_is() {
+    // 4 MB at the assumed 1 GB/s: 4 ms to move, against 1 ms to run and
+    // 2 ms of queue: cheaper to wait.
+    assert_eq!(steal_from_a_backlog(4 << 20, 3), vec![1]);
+}
+
+#[test]
+fn a_long_backlog_is_stolen_despite_a_big_input() {
+    // 20 tasks queued on one thread: the last waits 19 ms, far more than
+    // the 4 ms transfer.
+    assert_eq!(steal_from_a_backlog(4 << 20, 20), vec![1, 2]);
+}
+
 /// Rank 1 holds `a` (8 bytes); `n` tasks reading it are then submitted.
 fn backlog(s: &mut Sim, n: usize, pin: Option<u32>) -> (Vec<TaskId>, Vec<Decision>) {
     let (_, d) = s.submit(vec![root("a")], &["a"]);
