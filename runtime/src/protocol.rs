@@ -20,7 +20,6 @@
 use std::fmt;
 
 use bincode::Options;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::block::{Block, BlockHeader};
@@ -411,6 +410,9 @@ impl ClientRequest {
     }
 }
 
+/// Kernel parameters travel in `RunTask`s, encoded as [`crate::Task::param`] does.
+pub use crate::graph::{decode_params, encode_params};
+
 fn codec() -> impl Options {
     bincode::DefaultOptions::new().with_limit(MAX_FRAME)
 }
@@ -431,16 +433,6 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(Role, Msg)>, bincode::Error> {
         )))),
         None => Err(Box::new(bincode::ErrorKind::Custom("empty frame".into()))),
     }
-}
-
-/// Serialises kernel parameters (the encoding [`crate::Task::param`] uses).
-pub fn encode_params<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    codec().serialize(value).expect("kernel parameters serialise")
-}
-
-/// Decodes kernel parameters.
-pub fn decode_params<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    codec().deserialize(bytes)
 }
 
 #[cfg(test)]
