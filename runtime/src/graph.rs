@@ -246,6 +246,26 @@ impl FromIterator<Task> for Graph {
     }
 }
 
+/// Kernel parameters can be no larger than a protocol frame.
+const MAX_PARAMS: u64 = 256 << 20;
+
+fn params_codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_limit(MAX_PARAMS)
+}
+
+/// Serialises kernel parameters (the encoding [`Task::param`] uses).
+pub fn encode_params<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    use bincode::Options;
+    params_codec().serialize(value).expect("kernel parameters serialise")
+}
+
+/// Decodes kernel parameters.
+pub fn decode_params<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    use bincode::Options;
+    params_codec().deserialize(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,24 +311,4 @@ mod tests {
         assert_eq!(Key::new("a", [1, 2]).to_string(), "a[1, 2]");
         assert_eq!(Key::new("total", []).to_string(), "total");
     }
-}
-
-/// Kernel parameters can be no larger than a protocol frame.
-const MAX_PARAMS: u64 = 256 << 20;
-
-fn params_codec() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new().with_limit(MAX_PARAMS)
-}
-
-/// Serialises kernel parameters (the encoding [`Task::param`] uses).
-pub fn encode_params<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    use bincode::Options;
-    params_codec().serialize(value).expect("kernel parameters serialise")
-}
-
-/// Decodes kernel parameters.
-pub fn decode_params<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    use bincode::Options;
-    params_codec().deserialize(bytes)
 }
