@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use super::state::State;
+use super::state::{State, TaskRec};
 use super::Core;
 use crate::graph::TaskId;
 use crate::protocol::{InputLoc, RunTask};
@@ -26,6 +26,9 @@ pub(super) const AHEAD: u32 = 32;
 
 /// Bytes per second assumed for a transfer when weighing a steal.
 const STEAL_BANDWIDTH: f64 = 1e9;
+
+/// Roots are dealt out to workers when there are this many per thread or more.
+const DEAL: usize = 2;
 
 /// Hungry workers woken per backlogged worker per flush.
 const WAKE: usize = 4;
@@ -84,6 +87,45 @@ impl Core {
         self.queued += 1;
     }
 
+    /// Deals the roots among `ready` that feed other tasks out to the open
+    /// CPU workers when they are many more than the cluster's threads: contiguous runs of the
+    /// priority order, one run per worker (Dask's co-assignment of root
+    /// groups). Each worker then works through its own part of the graph
+    /// depth-first: sibling blocks are made where they are combined, and
+    /// every part of the graph advances at once, so none is left to start
+    /// last. Idle workers steal roots from the others' queues. The roots
+    /// dealt are taken out of `ready`.
+    pub(super) fn deal_roots(&mut self, ready: &mut Vec<TaskId>) {
+        let open: Vec<usize> =
+            (0..self.workers.len()).filter(|&w| self.workers[w].open() && !self.workers[w].has_gpu()).collect();
+        let slots: usize = open.iter().map(|&w| self.workers[w].threads as usize).sum();
+        // Roots that feed other tasks: dealing independent ones gains nothing.
+        let registry = Arc::clone(&self.registry);
+        let is_root = move |rec: &TaskRec| {
+            rec.inputs.is_empty() && !rec.dependents.is_empty() && rec.pin.is_none() && !registry.is_gpu(rec.kernel)
+        };
+        let roots = ready.iter().filter(|id| is_root(&self.tasks[*id])).count();
+        if open.len() < 2 || roots < DEAL * slots {
+            return;
+        }
+        let mut rest = Vec::with_capacity(ready.len() - roots);
+        let mut i = 0;
+        for id in std::mem::take(ready) {
+            let rec = self.tasks.get_mut(&id).expect("ready task exists");
+            if !is_root(rec) {
+                rest.push(id);
+                continue;
+            }
+            let w = open[i * open.len() / roots];
+            i += 1;
+            rec.state = State::Queued(Some(w));
+            let entry = (rec.prio, id);
+            self.queue_insert(w, entry);
+            self.queued += 1;
+        }
+        *ready = rest;
+    }
+
     /// Offers tasks to the workers whose load or queue changed (to every
     /// worker when unbound tasks appeared), and to idle workers that may
     /// steal from those left with a backlog.
@@ -119,10 +161,14 @@ impl Core {
                 self.start(w, id);
                 continue;
             }
+            let own = self.workers[w].queue.first().copied();
+            if own.is_some_and(|(_, id)| self.withheld(w, id)) {
+                // Its next task is a big root and its threads are busy: it waits.
+                return;
+            }
             let pick = if self.queued == 0 {
                 None
             } else {
-                let own = self.workers[w].queue.first().copied();
                 let free = self.unbound.first().copied().filter(|&(_, id)| !self.withheld(w, id));
                 match (own, free) {
                     (Some(a), Some(b)) if b < a => self.unbound.pop_first(),
@@ -165,8 +211,8 @@ impl Core {
         mean.is_nan() || mean >= BIG_ROOT_BYTES
     }
 
-    /// Takes a queued task of the most loaded other worker, when that one
-    /// is full, from the low-priority end, if moving it costs less than
+    /// Takes a queued task of the most loaded other worker, when all its
+    /// threads are busy, from the low-priority end, if moving it costs less than
     /// running it or waiting for it: its input bytes the thief lacks, at
     /// [`STEAL_BANDWIDTH`], against the kernel's mean duration, or against
     /// the victim's queue in rounds of its threads times that duration
@@ -174,15 +220,15 @@ impl Core {
     fn steal_for(&mut self, thief: usize) -> Option<(u64, TaskId)> {
         let mut victims = self.by_queue.iter().rev().map(|&(_, v)| v).filter(|&v| v != thief);
         let victim = victims.next()?;
-        // A worker with room takes its own queue (this flush, if not yet).
-        if self.workers[victim].active() < self.workers[victim].limit {
+        // A worker with a thread free takes its own queue (this flush, if not yet).
+        if self.workers[victim].active() < self.workers[victim].threads {
             return None;
         }
         // Rounds of work ahead of the victim's last queued task.
         let rounds = self.workers[victim].queue.len() as f64 / self.workers[victim].threads as f64;
         let pick = self.workers[victim].queue.iter().rev().take(8).copied().find(|&(_, id)| {
             let rec = &self.tasks[&id];
-            if rec.pin.is_some() {
+            if rec.pin.is_some() || self.withheld(thief, id) {
                 return false;
             }
             // GPU work stays on GPU workers.

@@ -280,6 +280,7 @@ impl Core {
                 self.keys.insert(rec.key.clone(), *id);
             }
         }
+        self.deal_roots(&mut ready);
         for id in ready {
             self.make_ready(id);
         }

@@ -389,7 +389,8 @@ fn probe(s: &mut Sim, nbytes: u64) {
 fn roots_stay_unbound_and_go_out_up_to_each_limit() {
     let mut s = Setup::new(&[(1, 2), (2, 2)]).extra(1).build();
     probe(&mut s, 8);
-    let roots = names("r", 10);
+    // 7 roots: fewer than two per thread, so not dealt out.
+    let roots = names("r", 7);
     let outputs = strs(&roots);
     let tasks = roots.iter().map(|n| root(n)).collect();
     s.core.handle(
@@ -403,18 +404,79 @@ fn roots_stay_unbound_and_go_out_up_to_each_limit() {
     for n in &roots {
         assert!(matches!(s.core.tasks[&s.id(n)].state, State::Queued(None)), "{n} is bound to no worker");
     }
-    assert_eq!(s.core.unbound.len(), 10);
+    assert_eq!(s.core.unbound.len(), 7);
     assert!(s.core.workers.iter().all(|w| w.queue.is_empty()));
     let d = s.flush();
     // threads 2 + queue_extra 1 each, no more.
     assert_eq!(runs(&d, 1).len(), 3);
     assert_eq!(runs(&d, 2).len(), 3);
-    assert_eq!(s.core.unbound.len(), 4);
+    assert_eq!(s.core.unbound.len(), 1);
     let first = runs(&d, 1)[0];
     let d = s.done(first, 8);
     assert_eq!(runs(&d, 1).len(), 1, "one slot freed on rank 1");
     assert!(runs(&d, 2).is_empty());
-    assert_eq!(s.core.unbound.len(), 3);
+    assert_eq!(s.core.unbound.len(), 0);
+}
+
+/// Roots named `roots` and a sum `t` of them all.
+fn with_sum(roots: &[String]) -> Vec<Task> {
+    let mut tasks: Vec<Task> = roots.iter().map(|n| root(n)).collect();
+    tasks.push(node("t", &strs(roots)));
+    tasks
+}
+
+#[test]
+fn independent_roots_are_not_dealt_out() {
+    let mut s = Setup::new(&[(1, 2), (2, 2)]).extra(1).build();
+    probe(&mut s, 8);
+    let roots = names("r", 40);
+    s.submit(roots.iter().map(|n| root(n)).collect(), &strs(&roots));
+    assert_eq!(s.core.unbound.len(), 34, "40 roots, 6 sent, the rest unbound");
+}
+
+#[test]
+fn many_roots_are_dealt_out_in_runs_of_the_priority_order() {
+    let mut s = Setup::new(&[(1, 2), (2, 2)]).extra(1).build();
+    probe(&mut s, 8);
+    // 40 roots feeding one sum, 4 threads: rank 1 gets the first 20 (by
+    // priority), rank 2 the rest.
+    let roots = names("r", 40);
+    let (_, d) = s.submit(with_sum(&roots), &["t"]);
+    assert!(s.core.unbound.is_empty());
+    let mut by_prio: Vec<(u64, TaskId)> = roots.iter().map(|n| (s.core.tasks[&s.id(n)].prio, s.id(n))).collect();
+    by_prio.sort();
+    let first_half: Vec<TaskId> = by_prio[..20].iter().map(|&(_, id)| id).collect();
+    for (i, &(_, id)) in by_prio.iter().enumerate() {
+        let rank = if i < 20 { 1 } else { 2 };
+        match s.core.tasks[&id].state {
+            State::Queued(Some(w)) | State::Running(w) => assert_eq!(s.core.workers[w].rank, rank, "root {i}"),
+            ref other => panic!("root {i} is {other:?}"),
+        }
+    }
+    let sent1 = runs(&d, 1);
+    assert_eq!(sent1, first_half[..3].to_vec(), "rank 1 starts at the front of its run");
+    assert_eq!(runs(&d, 2).len(), 3);
+}
+
+#[test]
+fn an_idle_worker_steals_dealt_roots() {
+    let mut s = Setup::new(&[(1, 1), (2, 1)]).build();
+    probe(&mut s, 8);
+    let roots = names("r", 8);
+    let (_, d) = s.submit(with_sum(&roots), &["t"]);
+    let mine = runs(&d, 2);
+    assert_eq!(mine.len(), 1);
+    // Rank 2 finishes its run of four; then it takes rank 1's last queued root.
+    let mut d = s.done(mine[0], 8);
+    for _ in 0..3 {
+        let next = runs(&d, 2);
+        assert_eq!(next.len(), 1, "{d:?}");
+        d = s.done(next[0], 8);
+    }
+    let stolen = runs(&d, 2);
+    assert_eq!(stolen.len(), 1, "rank 2 steals once its own run is done: {d:?}");
+    let w1 = s.core.worker_of_rank[&1];
+    assert!(s.core.workers[w1].queue.len() <= 2, "rank 1 kept the front of its run");
 }
 
 #[test]
