@@ -30,6 +30,15 @@ const STEAL_BANDWIDTH: f64 = 1e9;
 /// Roots are dealt out to workers when there are this many per thread or more.
 const DEAL: usize = 2;
 
+/// Tasks a worker may hold past its limit when they are short (see `short`).
+const SHORT_AHEAD: u32 = 32;
+
+/// Microseconds of short tasks a worker may hold past its limit.
+const SHORT_WORK_US: f64 = 1000.0;
+
+/// Roots held past the limit must make blocks smaller than this on average.
+const SMALL_ROOT_BYTES: f64 = (16 << 10) as f64;
+
 /// Hungry workers woken per backlogged worker per flush.
 const WAKE: usize = 4;
 
@@ -145,36 +154,53 @@ impl Core {
         self.to_fill.clear();
     }
 
-    /// Sends worker `w` tasks until it has `limit` in flight: its own
-    /// queue and the unbound ones by priority, else what it can steal. A
+    /// Sends worker `w` tasks until it has `limit` in flight (plus up to a
+    /// millisecond of short tasks): its own queue and the unbound ones by
+    /// priority, else what it can steal. A
     /// worker left with nothing is hungry; one left with a backlog wakes
     /// hungry workers to steal from it.
     fn fill(&mut self, w: usize) {
         if self.workers[w].gone {
             return;
         }
-        while self.workers[w].active() < self.workers[w].limit {
-            if self.workers[w].draining {
+        loop {
+            let worker = &self.workers[w];
+            let (active, limit) = (worker.active(), worker.limit);
+            if active >= limit + SHORT_AHEAD {
+                break;
+            }
+            // Past its limit a worker only takes a little more short work.
+            let beyond = active >= limit;
+            if worker.draining {
                 // Only what is pinned here (the rest was moved off).
+                if beyond {
+                    break;
+                }
                 let Some((_, id)) = self.queue_pop(w) else { return };
                 self.queued -= 1;
                 self.start(w, id);
                 continue;
             }
-            let own = self.workers[w].queue.first().copied();
+            let own = worker.queue.first().copied();
             if own.is_some_and(|(_, id)| self.withheld(w, id)) {
                 // Its next task is a big root and its threads are busy: it waits.
-                return;
+                break;
             }
             let pick = if self.queued == 0 {
                 None
             } else {
                 let free = self.unbound.first().copied().filter(|&(_, id)| !self.withheld(w, id));
-                match (own, free) {
-                    (Some(a), Some(b)) if b < a => self.unbound.pop_first(),
-                    (Some(_), _) => self.queue_pop(w),
-                    (None, Some(_)) => self.unbound.pop_first(),
-                    (None, None) => self.steal_for(w),
+                let from_unbound = match (own, free) {
+                    (Some(a), Some(b)) => b < a,
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                match if from_unbound { free } else { own } {
+                    Some((_, id)) if beyond && !self.short(id, active + 1 - limit) => break,
+                    Some(_) if from_unbound => self.unbound.pop_first(),
+                    Some(_) => self.queue_pop(w),
+                    None if beyond => break,
+                    None => self.steal_for(w),
                 }
             };
             let Some((_, id)) = pick else {
@@ -197,6 +223,20 @@ impl Core {
                 wake -= 1;
             }
         }
+    }
+
+    /// Whether task `id` is short enough to be the `n`th task queued on a
+    /// worker past its limit: `n` such tasks stay under [`SHORT_WORK_US`].
+    /// Workers then run trivial tasks back to back without waiting for the
+    /// scheduler's next turn, and at most that much work is out of reach of
+    /// stealing.
+    /// Roots qualify only when their blocks are small: queued roots make
+    /// data before anything consumes it.
+    fn short(&self, id: TaskId, n: u32) -> bool {
+        let rec = &self.tasks[&id];
+        let mean = self.durations[rec.kernel as usize];
+        let small = !rec.inputs.is_empty() || self.out_bytes[rec.kernel as usize] < SMALL_ROOT_BYTES;
+        small && !mean.is_nan() && (n as f64 * mean) < SHORT_WORK_US
     }
 
     /// Whether root task `id` waits for worker `w` to have a thread free: it

@@ -705,6 +705,27 @@ fn cpu_tasks_are_not_confined_to_gpu_workers() {
     assert_eq!(runs(&d, 2).len(), 1);
 }
 
+#[test]
+fn short_tasks_are_queued_past_the_limit_up_to_a_millisecond() {
+    let mut s = Setup::new(&[(1, 1)]).build();
+    // The kernel's tasks take 100 us: 9 more fit under 1 ms past the limit.
+    let (_, d) = s.submit(vec![root("probe")], &["probe"]);
+    s.step(Event::Done { id: all_runs(&d)[0].1, nbytes: 8, micros: 100 });
+    let rs = names("r", 40);
+    let (_, d) = s.submit(rs.iter().map(|n| root(n)).collect(), &strs(&rs));
+    assert_eq!(runs(&d, 1).len(), 1 + 9, "limit 1, plus 9 tasks of 100 us");
+}
+
+#[test]
+fn long_tasks_stop_at_the_limit() {
+    let mut s = Setup::new(&[(1, 1)]).build();
+    let (_, d) = s.submit(vec![root("probe")], &["probe"]);
+    s.step(Event::Done { id: all_runs(&d)[0].1, nbytes: 8, micros: 5000 });
+    let rs = names("r", 40);
+    let (_, d) = s.submit(rs.iter().map(|n| root(n)).collect(), &strs(&rs));
+    assert_eq!(runs(&d, 1).len(), 1);
+}
+
 // ---------------------------------------------------------------- batching
 
 #[test]
@@ -719,7 +740,7 @@ fn one_run_decision_per_worker_per_flush() {
     // Three tasks finish before the next flush: one Run carries their successors.
     let first = runs(&d, 1);
     for &id in &first[..3] {
-        s.core.handle(s.now, Event::Done { id, nbytes: 8, micros: 10 });
+        s.core.handle(s.now, Event::Done { id, nbytes: 8, micros: 1000 });
     }
     let d = s.flush();
     assert_eq!(run_decisions(&d, 1), 1);
