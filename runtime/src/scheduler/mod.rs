@@ -38,10 +38,14 @@
 //!   inputs stays unbound until some worker has room; roots whose kernel
 //!   makes big blocks go only to a worker with a thread free (root-task
 //!   queuing), so an out-of-core pass holds about one input block per thread.
+//! * **Co-assignment.** Roots that feed other tasks, when there are at least
+//!   two per thread of the cluster, are dealt out in runs of the priority
+//!   order, one run per worker: each worker reduces its own part of the graph.
 //! * **Queues.** Each worker gets up to `threads + queue_extra` tasks at a
-//!   time, plus dependents sent ahead whose inputs are all computed there; the
-//!   rest wait here in priority order. A worker with room and nothing of its
-//!   own steals queued (never running) tasks of the most loaded worker.
+//!   time (plus up to a millisecond of tasks known to be short), and the
+//!   dependents sent ahead whose inputs are all computed there; the rest wait
+//!   here in priority order. A worker with room and nothing of its own steals
+//!   queued (never running) tasks of the most loaded busy worker.
 //! * **Memory.** Every task counts the dependents that still need it plus the
 //!   clients' handles; at zero its blocks are released on every worker that
 //!   holds a copy, and a task nobody needs any more is cancelled.
