@@ -65,10 +65,10 @@ impl Inner {
         match &self.link {
             Link::Local => {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                let request = ClientRequest::from_wire(req, move |r| {
+                let reply = Some(Reply::new(move |r| {
                     let _ = tx.send(r);
-                });
-                self.transport.send(Endpoint::SCHEDULER, Msg::Client(request));
+                }));
+                self.transport.send(Endpoint::SCHEDULER, Msg::Client(ClientRequest::Wire { req, reply }));
                 rx.recv().map_err(|_| Error::ShutDown)
             }
             Link::Remote { replies, next } => {
@@ -84,8 +84,7 @@ impl Inner {
     fn notify(&self, req: WireRequest) {
         match &self.link {
             Link::Local => {
-                let request = ClientRequest::from_wire(req, |_| {});
-                self.transport.send(Endpoint::SCHEDULER, Msg::Client(request));
+                self.transport.send(Endpoint::SCHEDULER, Msg::Client(ClientRequest::Wire { req, reply: None }));
             }
             Link::Remote { .. } => self.transport.send(Endpoint::SCHEDULER, Msg::Request { id: 0, from: self.me, req }),
         }

@@ -312,44 +312,14 @@ impl<T> fmt::Debug for Reply<T> {
     }
 }
 
-/// Requests from a client to the scheduler, as the scheduler handles them.
+/// A request from a client in the scheduler's process.
 #[derive(Debug)]
 pub enum ClientRequest {
-    Submit {
-        tasks: Vec<Task>,
-        outputs: Vec<Key>,
-        reply: Reply<Result<Vec<TaskId>>>,
-    },
-    /// Replies with the ranks holding each id once all are computed.
-    Wait {
-        ids: Vec<TaskId>,
-        reply: Reply<Result<Vec<Vec<u32>>>>,
-    },
-    Release {
-        ids: Vec<TaskId>,
-    },
-    Workers {
-        reply: Reply<Vec<WorkerInfo>>,
-    },
-    State {
-        reply: Reply<ClusterState>,
-    },
-    /// Drains the workers of these ranks; replies once all have left.
-    Retire {
-        ranks: Vec<u32>,
-        reply: Reply<Result<Vec<u32>>>,
-    },
-    /// Gathers the workers' recorded events.
-    Events {
-        clear: bool,
-        reply: Reply<EventLog>,
-    },
-    /// In-process only: stop the cluster.
-    Shutdown {
-        failed: bool,
-        reason: String,
-        reply: Reply<()>,
-    },
+    /// The request a remote client would send, and where its answer goes
+    /// (`None`: a release, which has no answer).
+    Wire { req: WireRequest, reply: Option<Reply<WireReply>> },
+    /// Stop the cluster.
+    Shutdown { failed: bool, reason: String, reply: Reply<()> },
 }
 
 /// A client request as it travels (remote clients) or is built (all clients).
@@ -385,29 +355,6 @@ pub enum WireReply {
     State(ClusterState),
     Retire(Result<Vec<u32>>),
     Events(EventLog),
-}
-
-impl ClientRequest {
-    /// The request the scheduler handles for `req`, answering through `reply`.
-    pub(crate) fn from_wire(req: WireRequest, reply: impl FnOnce(WireReply) + Send + 'static) -> ClientRequest {
-        match req {
-            WireRequest::Submit { tasks, outputs } => {
-                ClientRequest::Submit { tasks, outputs, reply: Reply::new(move |r| reply(WireReply::Submit(r))) }
-            }
-            WireRequest::Wait { ids } => {
-                ClientRequest::Wait { ids, reply: Reply::new(move |r| reply(WireReply::Wait(r))) }
-            }
-            WireRequest::Release { ids } => ClientRequest::Release { ids },
-            WireRequest::Workers => ClientRequest::Workers { reply: Reply::new(move |r| reply(WireReply::Workers(r))) },
-            WireRequest::State => ClientRequest::State { reply: Reply::new(move |r| reply(WireReply::State(r))) },
-            WireRequest::Retire { ranks } => {
-                ClientRequest::Retire { ranks, reply: Reply::new(move |r| reply(WireReply::Retire(r))) }
-            }
-            WireRequest::Events { clear } => {
-                ClientRequest::Events { clear, reply: Reply::new(move |r| reply(WireReply::Events(r))) }
-            }
-        }
-    }
 }
 
 /// Kernel parameters travel in `RunTask`s, encoded as [`crate::Task::param`] does.

@@ -40,54 +40,6 @@ pub struct Scheduler {
     decisions: Vec<Decision>,
 }
 
-/// A client request split into what the core handles and where the answer goes.
-enum Split {
-    Request(WireRequest, Option<Reply<WireReply>>),
-    Shutdown { failed: bool, reason: String, reply: Reply<()> },
-}
-
-/// An in-process request as the core sees it: the wire form, with its typed
-/// reply unwrapped from the core's answer.
-fn split(req: ClientRequest) -> Split {
-    fn answer<T: Send + 'static>(
-        reply: Reply<T>,
-        unwrap: impl FnOnce(WireReply) -> Option<T> + Send + 'static,
-    ) -> Option<Reply<WireReply>> {
-        Some(Reply::new(move |a: WireReply| match unwrap(a) {
-            Some(v) => reply.send(v),
-            None => tracing::error!("the scheduler answered a request with another kind of reply"),
-        }))
-    }
-    match req {
-        ClientRequest::Submit { tasks, outputs, reply } => Split::Request(
-            WireRequest::Submit { tasks, outputs },
-            answer(reply, |a| if let WireReply::Submit(r) = a { Some(r) } else { None }),
-        ),
-        ClientRequest::Wait { ids, reply } => Split::Request(
-            WireRequest::Wait { ids },
-            answer(reply, |a| if let WireReply::Wait(r) = a { Some(r) } else { None }),
-        ),
-        ClientRequest::Release { ids } => Split::Request(WireRequest::Release { ids }, None),
-        ClientRequest::Workers { reply } => Split::Request(
-            WireRequest::Workers,
-            answer(reply, |a| if let WireReply::Workers(r) = a { Some(r) } else { None }),
-        ),
-        ClientRequest::State { reply } => Split::Request(
-            WireRequest::State,
-            answer(reply, |a| if let WireReply::State(r) = a { Some(r) } else { None }),
-        ),
-        ClientRequest::Retire { ranks, reply } => Split::Request(
-            WireRequest::Retire { ranks },
-            answer(reply, |a| if let WireReply::Retire(r) = a { Some(r) } else { None }),
-        ),
-        ClientRequest::Events { clear, reply } => Split::Request(
-            WireRequest::Events { clear },
-            answer(reply, |a| if let WireReply::Events(r) = a { Some(r) } else { None }),
-        ),
-        ClientRequest::Shutdown { failed, reason, reply } => Split::Shutdown { failed, reason, reply },
-    }
-}
-
 impl Scheduler {
     pub fn new(registry: Arc<Registry>, transport: Arc<dyn Transport>, config: SchedulerConfig) -> Scheduler {
         let elastic = config.elastic;
@@ -139,7 +91,8 @@ impl Scheduler {
     /// Waits for every expected worker's hello (at most 120 s).
     fn roll_call(&mut self, inbox: &Receiver<Msg>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while self.core.missing_worker().is_some() {
+        let expected = self.core.config.worker_ranks.len();
+        while self.core.joined() < expected {
             let msg = inbox.recv_deadline(deadline).map_err(|_| Error::WorkerLost {
                 rank: self.core.missing_worker().unwrap_or(0),
                 reason: "did not start within 120 s".into(),
@@ -246,20 +199,18 @@ impl Scheduler {
                 let reply = self.expect_reply(reply);
                 Event::Request { client: Some(from.rank), req, reply }
             }
-            Msg::Client(req) => match split(req) {
-                Split::Request(req, reply) => {
-                    let reply = self.expect_reply(reply);
-                    Event::Request { client: None, req, reply }
-                }
-                Split::Shutdown { failed, reason, reply } => {
-                    self.carry_out();
-                    self.core.shutdown(failed, &reason);
-                    self.carry_out();
-                    self.wait_for_byes(inbox, Duration::from_secs(30));
-                    reply.send(());
-                    return Some(Exit::Clean);
-                }
-            },
+            Msg::Client(ClientRequest::Wire { req, reply }) => {
+                let reply = self.expect_reply(reply);
+                Event::Request { client: None, req, reply }
+            }
+            Msg::Client(ClientRequest::Shutdown { failed, reason, reply }) => {
+                self.carry_out();
+                self.core.shutdown(failed, &reason);
+                self.carry_out();
+                self.wait_for_byes(inbox, Duration::from_secs(30));
+                reply.send(());
+                return Some(Exit::Clean);
+            }
             other => {
                 tracing::warn!(msg = ?other, "scheduler got an unexpected message");
                 return None;
