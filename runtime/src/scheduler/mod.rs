@@ -7,7 +7,7 @@
 //! tasks on that worker, release or cancel these blocks, copy blocks off a
 //! leaving worker, stop a worker, reply to a client). It never touches a
 //! transport, a thread or the clock, so its decisions are tested on small
-//! hand-built states (`tests.rs`) and driven at the scale of thousands of
+//! hand-built states (`tests/`) and driven at the scale of thousands of
 //! workers by a simulator on virtual time ([`sim`], `tessera bench simulate`).
 //! The event loop (`event_loop.rs`, [`Scheduler`]) turns transport messages
 //! into events and decisions into messages: the only part that does I/O.

@@ -1,0 +1,234 @@
+//! Failure and recovery: cascades, lost workers, recomputation, liveness.
+
+use super::*;
+
+#[test]
+fn a_failure_fails_dependents_and_no_further() {
+    let mut s = cluster(&[(1, 1), (2, 1)]);
+    let tasks = vec![root("a").on_rank(1), node("b", &["a"]), root("c").on_rank(2), node("d", &["c"])];
+    let (ids, d) = s.submit(tasks, &["b", "d"]);
+    let (a, c) = (s.id("a"), s.id("c"));
+    assert_eq!(runs(&d, 1), vec![a, ids[0]]);
+    assert_eq!(runs(&d, 2), vec![c, ids[1]]);
+    let (wb, _) = s.wait(&[ids[0]]);
+    let (wd, _) = s.wait(&[ids[1]]);
+    let d = s.step(Event::Failed { id: a, error: "boom".into() });
+    match wait_reply(&d, wb) {
+        Some(Err(Error::TaskFailed { key, kernel, rank, cause })) => {
+            assert_eq!((key, kernel.as_str(), *rank, cause.as_str()), (&k("a"), "sum", 1, "boom"));
+        }
+        other => panic!("b's waiter gets a's failure: {other:?}"),
+    }
+    assert!(reply(&d, wd).is_none(), "d does not depend on a");
+    assert!(cancelled(&d, 2).is_empty());
+    s.done(c, 8);
+    let d = s.done(ids[1], 8);
+    assert_eq!(wait_reply(&d, wd).unwrap().as_ref().unwrap(), &vec![vec![2]]);
+    // A later graph on the failed output gets the same failure.
+    let (r, _) = s.try_submit(vec![node("e", &["b"])], &["e"]);
+    assert!(matches!(r, Err(Error::TaskFailed { key, .. }) if key == k("a")));
+}
+
+#[test]
+fn a_dependent_sent_ahead_of_a_failed_input_is_cancelled() {
+    let mut s = cluster(&[(1, 1)]);
+    let (ids, d) = s.submit(vec![root("a"), node("b", &["a"]), node("c", &["b"])], &["c"]);
+    let (a, b) = (s.id("a"), s.id("b"));
+    assert_eq!(runs(&d, 1), vec![a, b, ids[0]]);
+    let d = s.step(Event::Failed { id: a, error: "boom".into() });
+    assert_eq!(sorted(cancelled(&d, 1)), sorted(vec![b, ids[0]]));
+    assert_eq!(s.core.workers[0].in_flight, 0);
+    assert!(matches!(&s.core.tasks[&ids[0]].state, State::Erred(f) if f.key == k("a")));
+}
+
+#[test]
+fn input_lost_places_the_task_again_then_fails_it() {
+    let mut s = cluster(&[(1, 1), (2, 1)]);
+    let (a, _) = s.submit(vec![root("a")], &["a"]);
+    s.done(a[0], 8);
+    let (b, d) = s.submit(vec![node("b", &["a"]).on_rank(2)], &["b"]);
+    assert_eq!(runs(&d, 2), b);
+    let (to, _) = s.wait(&b);
+    for attempt in 1..=5 {
+        let d = s.step(Event::InputLost { id: b[0], input: a[0], from: 1 });
+        assert_eq!(runs(&d, 2), b, "retry {attempt}");
+        assert!(reply(&d, to).is_none());
+    }
+    let d = s.step(Event::InputLost { id: b[0], input: a[0], from: 1 });
+    assert!(all_runs(&d).is_empty());
+    match wait_reply(&d, to) {
+        Some(Err(Error::TaskFailed { key, rank: 2, cause, .. })) => {
+            assert_eq!(key, &k("b"));
+            assert!(cause.contains("could not be fetched from rank 1"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_lost_workers_running_tasks_are_placed_again() {
+    let mut s = Setup::new(&[(1, 1), (2, 2)]).elastic().build();
+    let (ids, d) = s.submit(vec![root("r0"), root("r1")], &["r0", "r1"]);
+    assert_eq!(runs(&d, 1), vec![ids[0]]);
+    assert_eq!(runs(&d, 2), vec![ids[1]]);
+    let d = s.step(Event::PeerLost { rank: 1, reason: "reset".into() });
+    assert_eq!(runs(&d, 2), vec![ids[0]]);
+    assert!(runs(&d, 1).is_empty());
+}
+
+#[test]
+fn a_lost_root_block_is_recomputed() {
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let (ids, _) = s.submit(vec![root("a")], &["a"]);
+    s.done(ids[0], 8);
+    let (to, d) = s.wait(&ids);
+    assert!(wait_reply(&d, to).is_some());
+    let d = s.step(Event::PeerLost { rank: 1, reason: "reset".into() });
+    assert_eq!(runs(&d, 2), ids);
+    assert_eq!(s.core.mem_bytes, 0);
+}
+
+#[test]
+fn a_lost_block_is_recomputed_from_inputs_still_held() {
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let (a, _) = s.submit(vec![root("a")], &["a"]);
+    s.done(a[0], 8);
+    s.step(Event::Replica { rank: 2, id: a[0] });
+    let (b, d) = s.submit(vec![node("b", &["a"])], &["b"]);
+    assert_eq!(runs(&d, 1), b);
+    s.done(b[0], 8);
+    let d = s.step(Event::PeerLost { rank: 1, reason: "reset".into() });
+    let Some(Decision::Run { rank: 2, tasks }) = d.iter().find(|x| matches!(x, Decision::Run { .. })) else {
+        panic!("b is computed again on rank 2: {d:?}")
+    };
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].id, b[0]);
+    assert_eq!(tasks[0].inputs[0].holders, vec![2]);
+    let (to, _) = s.wait(&b);
+    let d = s.done(b[0], 8);
+    assert_eq!(wait_reply(&d, to).unwrap().as_ref().unwrap(), &vec![vec![2]]);
+}
+
+#[test]
+fn a_lost_block_whose_inputs_were_released_fails() {
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let (b, d) = s.submit(vec![root("a"), node("b", &["a"])], &["b"]);
+    let a = s.id("a");
+    assert_eq!(runs(&d, 1), vec![a, b[0]]);
+    s.done(a, 8);
+    let d = s.done(b[0], 8);
+    assert_eq!(released(&d, 1), vec![a]);
+    let d = s.step(Event::PeerLost { rank: 1, reason: "reset".into() });
+    assert!(all_runs(&d).is_empty());
+    let (to, d) = s.wait(&b);
+    match wait_reply(&d, to) {
+        Some(Err(Error::TaskFailed { key, rank: 1, cause, .. })) => {
+            assert_eq!(key, &k("b"));
+            assert!(cause.contains("worker rank 1") && cause.contains("inputs were released"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_task_pinned_to_a_lost_worker_fails() {
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let (ids, d) = s.submit(vec![root("x").on_rank(1), root("p").on_rank(1)], &["x", "p"]);
+    assert_eq!(runs(&d, 1), vec![ids[0]]);
+    let (wx, _) = s.wait(&[ids[0]]);
+    let (wp, _) = s.wait(&[ids[1]]);
+    let d = s.step(Event::PeerLost { rank: 1, reason: "reset".into() });
+    assert!(all_runs(&d).is_empty(), "{d:?}");
+    for to in [wx, wp] {
+        match wait_reply(&d, to) {
+            Some(Err(Error::TaskFailed { rank: 1, cause, .. })) => assert!(cause.contains("pinned to worker rank 1")),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(s.core.queued, 0);
+}
+
+#[test]
+fn a_remote_client_that_leaves_has_its_results_released() {
+    let mut s = elastic(&[(1, 1)]);
+    let (ids, _) = s.try_submit_from(Some(7), vec![root("a"), root("b")], &["a", "b"]);
+    let ids = ids.unwrap();
+    s.done(ids[0], 8);
+    let d = s.step(Event::PeerLost { rank: 7, reason: "closed".into() });
+    assert_eq!(released(&d, 1), vec![ids[0]]);
+    assert!(!s.has("a"));
+    assert!(matches!(s.core.tasks[&ids[1]].state, State::Cancelled(0)), "b runs on, unwanted");
+}
+
+#[test]
+fn a_remote_client_cannot_release_what_it_does_not_hold() {
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let (mine, _) = s.submit(vec![root("a")], &["a"]);
+    let (theirs, _) = s.try_submit_from(Some(8), vec![root("b")], &["b"]);
+    let theirs = theirs.unwrap();
+    s.done(mine[0], 8);
+    s.done(theirs[0], 8);
+    for client in [7, 8] {
+        let (_, d) = s.request_from(Some(client), WireRequest::Release { ids: mine.clone() });
+        assert!(!any_release(&d), "client {client}: {d:?}");
+    }
+    assert!(matches!(s.core.tasks[&mine[0]].state, State::Memory));
+    let (_, d) = s.request_from(Some(8), WireRequest::Release { ids: theirs.clone() });
+    assert_eq!(released(&d, 2), theirs);
+    // Released once: a second release of the same id is ignored.
+    let (_, d) = s.request_from(Some(8), WireRequest::Release { ids: theirs.clone() });
+    assert!(!any_release(&d));
+}
+
+#[test]
+fn an_elastic_silent_worker_is_removed() {
+    let mut s = Setup::new(&[(1, 1), (2, 1)]).elastic().timeout(10).build();
+    let (ids, d) = s.submit(vec![root("r")], &["r"]);
+    assert_eq!(runs(&d, 1), ids);
+    s.at(15);
+    s.step(Event::Heartbeat { rank: 2 });
+    let d = s.step(Event::Tick);
+    assert_eq!(runs(&d, 2), ids);
+    assert!(!d.iter().any(|x| matches!(x, Decision::Abort { .. })));
+    assert_eq!(s.core.worker_infos().iter().map(|w| w.rank).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn a_silent_worker_aborts_a_non_elastic_job() {
+    let mut s = Setup::new(&[(1, 1), (2, 1)]).timeout(10).build();
+    s.at(15);
+    s.step(Event::Heartbeat { rank: 2 });
+    let d = s.step(Event::Tick);
+    let aborts: Vec<_> = d
+        .iter()
+        .filter_map(|x| match x {
+            Decision::Abort { rank, reason } => Some((*rank, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(aborts.len(), 1, "{d:?}");
+    assert_eq!(aborts[0].0, 1);
+    assert!(aborts[0].1.contains("no message"), "{}", aborts[0].1);
+}
+
+#[test]
+fn a_heartbeat_keeps_a_worker_alive() {
+    let mut s = Setup::new(&[(1, 1)]).timeout(10).build();
+    s.at(8);
+    s.step(Event::Heartbeat { rank: 1 });
+    s.at(15);
+    assert!(s.step(Event::Tick).is_empty(), "seen 7 s ago");
+    s.at(19);
+    let d = s.step(Event::Tick);
+    assert!(matches!(d.as_slice(), [Decision::Abort { rank: 1, .. }]), "silent 11 s: {d:?}");
+}
+
+#[test]
+fn a_done_counts_as_a_sign_of_life() {
+    let mut s = Setup::new(&[(1, 1)]).timeout(10).build();
+    let (ids, _) = s.submit(vec![root("r")], &["r"]);
+    s.at(9);
+    s.done(ids[0], 8);
+    s.at(15);
+    assert!(s.step(Event::Tick).is_empty());
+}
