@@ -28,14 +28,7 @@ impl Core {
         let w = match self.tasks.get(&id)?.state {
             State::Running(w) => w,
             State::Cancelled(w) => {
-                self.unload(w);
-                let rec = self.tasks.remove(&id).expect("present");
-                for input in rec.inputs {
-                    self.dec_ref(input);
-                }
-                if self.workers[w].draining {
-                    self.check_drain(w);
-                }
+                self.drop_cancelled(id, w);
                 return None;
             }
             _ => return None,

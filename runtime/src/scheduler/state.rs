@@ -278,15 +278,9 @@ impl Core {
         let w = match rec.state {
             State::Running(w) => w,
             State::Cancelled(w) => {
-                let rec = self.tasks.remove(&id).expect("present");
-                self.unload(w);
+                // Nobody wants the block it stored.
                 self.release_on(w, id);
-                for input in rec.inputs {
-                    self.dec_ref(input);
-                }
-                if self.workers[w].draining {
-                    self.check_drain(w);
-                }
+                self.drop_cancelled(id, w);
                 return;
             }
             ref other => {
@@ -340,6 +334,19 @@ impl Core {
         }
         if unwanted {
             self.forget(id);
+        }
+        if self.workers[w].draining {
+            self.check_drain(w);
+        }
+    }
+
+    /// Cancelled task `id` reported back from worker `w`: its slot frees,
+    /// its inputs lose a dependent, a draining `w` may be done.
+    pub(super) fn drop_cancelled(&mut self, id: TaskId, w: usize) {
+        let rec = self.tasks.remove(&id).expect("cancelled tasks are on record");
+        self.unload(w);
+        for input in rec.inputs {
+            self.dec_ref(input);
         }
         if self.workers[w].draining {
             self.check_drain(w);
