@@ -180,7 +180,7 @@ fn parse_sim_shape(s: &str) -> Result<sim::Shape, String> {
 fn simulate_bench(cfg: &sim::SimConfig, json: bool) -> anyhow::Result<()> {
     let r = sim::simulate(cfg)?;
     println!(
-        "simulate {}: {} tasks on {} workers x {} threads: core {:.2} us/task (submit {:.2}), makespan {:.4} s = {:.3} x lower bound {:.4} s, {:.0} B/task in the core, {} transfers ({}), {:.1} s wall",
+        "simulate {}: {} tasks on {} workers x {} threads: core {:.2} us/task (submit {:.2}), makespan {:.4} s = {:.3} x lower bound {:.4} s ({:.3} x work/threads or critical path), {:.0} B/task in the core, {} transfers ({}), {:.1} s wall",
         r.shape,
         r.tasks,
         r.workers,
@@ -190,6 +190,7 @@ fn simulate_bench(cfg: &sim::SimConfig, json: bool) -> anyhow::Result<()> {
         r.makespan_s,
         r.makespan_ratio,
         r.lower_bound_s,
+        r.work_path_ratio,
         r.scheduler_bytes_per_task,
         r.transfers,
         tessera::runtime::host::sys::human_bytes(r.moved_bytes),

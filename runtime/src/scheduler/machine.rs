@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::state::{Collection, Retirement, TaskRec, Waiter, WorkerRec};
+use super::state::{Collection, Retirement, TaskTable, Waiter, WorkerRec};
 use super::{Decision, Event, Hello, SchedulerConfig, Time};
 use crate::error::{Error, Result};
 use crate::graph::{Key, TaskId};
@@ -41,7 +41,7 @@ pub struct Core {
     pub(super) transport_name: String,
     /// The time of the event being handled.
     pub(super) now: Time,
-    pub(super) tasks: FxHashMap<TaskId, TaskRec>,
+    pub(super) tasks: TaskTable,
     /// Outputs the clients hold, by key (later graphs name them).
     pub(super) keys: FxHashMap<Key, TaskId>,
     pub(super) next_id: u64,
@@ -99,7 +99,7 @@ impl Core {
             config,
             transport_name: String::new(),
             now: Time::ZERO,
-            tasks: FxHashMap::default(),
+            tasks: TaskTable::default(),
             keys: FxHashMap::default(),
             next_id: 0,
             submissions: 0,

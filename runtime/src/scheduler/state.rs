@@ -7,7 +7,8 @@
 //! dependents that still need it plus the clients' handles; at zero it is
 //! forgotten: its blocks are released, or it is cancelled.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
@@ -52,6 +53,36 @@ pub(super) enum State {
     /// Computed; `who_has` holds the workers with a copy.
     Memory,
     Erred(Arc<Failure>),
+}
+
+/// The task table: every task the core knows, by id.
+pub(super) type TaskTable = HashMap<TaskId, TaskRec, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a task id to itself in the bits that pick its bucket, so that
+/// consecutive ids sit in consecutive buckets of the task table: ids are
+/// handed out in priority order, and the tasks a worker runs one after
+/// another (and their inputs and dependents) then share cache lines and
+/// pages instead of each costing a miss. The top 7 bits, which the table
+/// keeps as a tag to tell keys apart, are mixed from the whole id.
+#[derive(Default, Clone, Copy)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        const TAG: u64 = 0x7f << 57;
+        self.0 = (id & !TAG) | (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Task ids hash as one u64; anything else folds in byte by byte.
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ b as u64);
+        }
+    }
 }
 
 pub(super) struct TaskRec {

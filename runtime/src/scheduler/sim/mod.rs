@@ -33,7 +33,7 @@ use serde::Serialize;
 
 mod shapes;
 
-use self::shapes::{build, lower_bound_ns, registry, SimGraph};
+use self::shapes::{build, lower_bounds, registry, SimGraph};
 use super::{Core, Decision, Event, Hello, ReplyTo, SchedulerConfig};
 use crate::error::Error;
 use crate::graph::TaskId;
@@ -183,10 +183,16 @@ pub struct SimReport {
     pub submit_us_per_task: f64,
     /// Virtual seconds until the last output was computed.
     pub makespan_s: f64,
-    /// The larger of total work over all threads and the critical path.
+    /// No schedule can be shorter: the largest of the total work over all
+    /// threads, the critical path and the level bounds (see below).
     pub lower_bound_s: f64,
     /// `makespan_s / lower_bound_s`.
     pub makespan_ratio: f64,
+    /// The larger of the total work over all threads and the critical path
+    /// alone (weaker than `lower_bound_s` for trees wider than the cluster).
+    pub work_path_bound_s: f64,
+    /// `makespan_s / work_path_bound_s`.
+    pub work_path_ratio: f64,
     /// Heap the core's records held per task, counted at the largest
     /// number of records.
     pub scheduler_bytes_per_task: f64,
@@ -334,7 +340,7 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, SimError> {
     let wall = Instant::now();
     let g = build(cfg);
     let tasks = g.tasks.len();
-    let lower_ns = lower_bound_ns(&g, cfg.workers as u64 * cfg.threads as u64);
+    let bounds = lower_bounds(&g.inputs, &g.duration_ns, cfg.workers as u64 * cfg.threads as u64);
     let registry = Arc::new(registry());
     let config = SchedulerConfig {
         worker_ranks: (1..=cfg.workers as u32).collect(),
@@ -442,7 +448,7 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, SimError> {
         }
     }
     let makespan_ns = done.unwrap_or(0);
-    let lower = lower_ns.max(1) as f64;
+    let lower = bounds.level_ns.max(1) as f64;
     Ok(SimReport {
         shape: cfg.shape,
         workers: cfg.workers,
@@ -452,8 +458,10 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, SimError> {
         us_per_task: core_ns as f64 / 1e3 / tasks as f64,
         submit_us_per_task: submit_ns as f64 / 1e3 / tasks as f64,
         makespan_s: makespan_ns as f64 / 1e9,
-        lower_bound_s: lower_ns as f64 / 1e9,
+        lower_bound_s: bounds.level_ns as f64 / 1e9,
         makespan_ratio: makespan_ns as f64 / lower,
+        work_path_bound_s: bounds.work_path_ns as f64 / 1e9,
+        work_path_ratio: makespan_ns as f64 / bounds.work_path_ns.max(1) as f64,
         scheduler_bytes_per_task: scheduler_bytes as f64 / tasks as f64,
         transfers: sim.transfers,
         moved_bytes: sim.moved_bytes,
