@@ -20,12 +20,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// The name of a task's output: a name and a block index.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Key {
     name: Arc<str>,
-    index: Vec<u32>,
+    /// Up to two indices (a block of a matrix) are kept inline: cloning a
+    /// key allocates nothing.
+    index: SmallVec<[u32; 2]>,
 }
 
 impl Key {

@@ -21,6 +21,7 @@ use std::fmt;
 
 use bincode::Options;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
 
 use crate::block::{Block, BlockHeader};
 use crate::error::Result;
@@ -77,7 +78,8 @@ pub struct RunTask {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InputLoc {
     pub id: TaskId,
-    pub holders: Vec<u32>,
+    /// Ranks holding it (usually one: inline, no allocation).
+    pub holders: SmallVec<[u32; 2]>,
     pub nbytes: u64,
 }
 
@@ -400,7 +402,7 @@ mod tests {
                     key: Key::new("x", [1, 2]),
                     kernel: 3,
                     params: Arc::from(encode_params(&2.5f64)),
-                    inputs: vec![InputLoc { id: TaskId(5), holders: vec![1, 2], nbytes: 16 }],
+                    inputs: vec![InputLoc { id: TaskId(5), holders: smallvec::smallvec![1, 2], nbytes: 16 }],
                 }]),
             ),
             (Role::Client, Msg::Block { id: TaskId(7), payload: Payload::Ready(block) }),
@@ -412,7 +414,7 @@ mod tests {
             Msg::Run(tasks) => {
                 assert_eq!(tasks[0].key, Key::new("x", [1, 2]));
                 assert_eq!(decode_params::<f64>(&tasks[0].params).unwrap(), 2.5);
-                assert_eq!(tasks[0].inputs[0].holders, vec![1, 2]);
+                assert_eq!(tasks[0].inputs[0].holders[..], [1, 2]);
             }
             other => panic!("decoded {other:?}"),
         }

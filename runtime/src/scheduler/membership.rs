@@ -180,7 +180,7 @@ impl Core {
             let nbytes = self.tasks[&id].nbytes;
             let slot = targets.iter_mut().min_by_key(|(b, _)| *b).expect("targets is not empty");
             slot.0 += nbytes.max(1);
-            batches.entry(slot.1).or_default().push(InputLoc { id, holders: vec![from], nbytes });
+            batches.entry(slot.1).or_default().push(InputLoc { id, holders: smallvec::smallvec![from], nbytes });
             self.workers[w].handoff.insert(id);
         }
         if !self.handing_off.contains(&w) {

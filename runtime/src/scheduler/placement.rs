@@ -319,7 +319,7 @@ impl Core {
             .map(|i| {
                 let r = &self.tasks[i];
                 let holders = match r.state {
-                    State::Running(x) => vec![self.workers[x].rank],
+                    State::Running(x) => smallvec::smallvec![self.workers[x].rank],
                     _ => r.who_has.iter().map(|&h| self.workers[h].rank).collect(),
                 };
                 InputLoc { id: *i, holders, nbytes: r.nbytes }

@@ -12,6 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
+use smallvec::SmallVec;
 
 use super::{Core, Decision, Hello, ReplyTo, Time};
 use crate::error::Error;
@@ -85,14 +86,18 @@ impl Hasher for IdHasher {
     }
 }
 
+/// A task's inputs or dependents: most tasks have one or two, kept in
+/// the record itself (no allocation to make, free or miss in the cache).
+pub(super) type Ids = SmallVec<[TaskId; 2]>;
+
 pub(super) struct TaskRec {
     pub key: Key,
     /// In `Core::keys` (an output a client holds).
     pub keyed: bool,
     pub kernel: u32,
     pub params: Params,
-    pub inputs: Vec<TaskId>,
-    pub dependents: Vec<TaskId>,
+    pub inputs: Ids,
+    pub dependents: Ids,
     /// Inputs not yet in memory.
     pub waiting: u32,
     /// Dependents that still need this task, plus client handles.
@@ -101,7 +106,7 @@ pub(super) struct TaskRec {
     /// Worker index the task must run on.
     pub pin: Option<usize>,
     pub state: State,
-    pub who_has: Vec<usize>,
+    pub who_has: SmallVec<[usize; 2]>,
     pub nbytes: u64,
     pub waiters: Vec<u64>,
     /// Times the task was placed again because an input could not be fetched.

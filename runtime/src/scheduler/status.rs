@@ -82,9 +82,12 @@ impl Core {
         let table = |cap: usize, entry: usize| cap * (entry + 1);
         let mut bytes = table(self.tasks.capacity(), size_of::<(TaskId, TaskRec)>())
             + table(self.keys.capacity(), size_of::<(Key, TaskId)>());
+        // Small vectors count only when they spilled to the heap.
+        let spilled = |cap: usize, inline: bool, item: usize| if inline { 0 } else { cap * item };
         for r in self.tasks.values() {
-            bytes += (r.inputs.capacity() + r.dependents.capacity()) * size_of::<TaskId>()
-                + r.who_has.capacity() * size_of::<usize>()
+            bytes += spilled(r.inputs.capacity(), !r.inputs.spilled(), size_of::<TaskId>())
+                + spilled(r.dependents.capacity(), !r.dependents.spilled(), size_of::<TaskId>())
+                + spilled(r.who_has.capacity(), !r.who_has.spilled(), size_of::<usize>())
                 + r.waiters.capacity() * size_of::<u64>()
                 + std::mem::size_of_val(r.key.index())
                 + 2 * size_of::<usize>()

@@ -5,8 +5,9 @@
 //! remote client holds.
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
-use super::state::{State, TaskRec, Waiter};
+use super::state::{Ids, State, TaskRec, Waiter};
 use super::{Core, ReplyTo};
 use crate::error::{Error, Result};
 use crate::graph::{Key, Task, TaskId};
@@ -224,7 +225,7 @@ impl Core {
         for (n, &i) in order.iter().enumerate() {
             let t = tasks[i].take().expect("each task once");
             let id = ids[i];
-            let mut inputs = Vec::with_capacity(deps[i].len());
+            let mut inputs = Ids::with_capacity(deps[i].len());
             let mut waiting = 0;
             for d in &deps[i] {
                 let input = match *d {
@@ -247,13 +248,13 @@ impl Core {
                     kernel: kernels[i],
                     params: t.params,
                     inputs,
-                    dependents: Vec::new(),
+                    dependents: Ids::new(),
                     waiting,
                     refs: 0,
                     prio: base | n as u64,
                     pin: pins[i],
                     state: State::Waiting,
-                    who_has: Vec::new(),
+                    who_has: SmallVec::new(),
                     nbytes: 0,
                     waiters: Vec::new(),
                     retries: 0,

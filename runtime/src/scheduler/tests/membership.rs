@@ -83,7 +83,7 @@ fn a_draining_worker_hands_its_blocks_off_then_stops() {
     assert_eq!(acquires.len(), 1, "{d:?}");
     assert_eq!(acquires[0].0, 2);
     assert_eq!(acquires[0].1.len(), 1);
-    assert_eq!((acquires[0].1[0].id, &acquires[0].1[0].holders, acquires[0].1[0].nbytes), (ids[0], &vec![1], 8));
+    assert_eq!((acquires[0].1[0].id, &acquires[0].1[0].holders[..], acquires[0].1[0].nbytes), (ids[0], &[1][..], 8));
     assert!(stops(&d).is_empty(), "not before the copy exists");
     let d = s.step(Event::Replica { rank: 2, id: ids[0] });
     assert_eq!(stops(&d), vec![(1, false)]);

@@ -236,7 +236,7 @@ fn ahead_assignment_tells_where_inputs_are_made() {
     assert_eq!(tasks[1].id, s.id("b"));
     assert_eq!(tasks[1].inputs.len(), 1);
     assert_eq!(tasks[1].inputs[0].id, s.id("a"));
-    assert_eq!(tasks[1].inputs[0].holders, vec![1], "a is being computed on rank 1");
+    assert_eq!(tasks[1].inputs[0].holders[..], [1], "a is being computed on rank 1");
 }
 
 #[test]

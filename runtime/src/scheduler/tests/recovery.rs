@@ -103,7 +103,7 @@ fn a_lost_block_is_recomputed_from_inputs_still_held() {
     };
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].id, b[0]);
-    assert_eq!(tasks[0].inputs[0].holders, vec![2]);
+    assert_eq!(tasks[0].inputs[0].holders[..], [2]);
     let (to, _) = s.wait(&b);
     let d = s.done(b[0], 8);
     assert_eq!(wait_reply(&d, to).unwrap().as_ref().unwrap(), &vec![vec![2]]);

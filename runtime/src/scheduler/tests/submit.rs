@@ -118,7 +118,7 @@ fn a_later_graph_uses_an_earlier_output_by_key() {
     };
     assert_eq!(tasks[0].id, b[0]);
     assert_eq!(tasks[0].inputs[0].id, a[0]);
-    assert_eq!(tasks[0].inputs[0].holders, vec![2]);
+    assert_eq!(tasks[0].inputs[0].holders[..], [2]);
     assert_eq!(tasks[0].inputs[0].nbytes, 64);
 }
 
