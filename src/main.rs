@@ -510,6 +510,12 @@ fn parse_duration(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`tessera info | head -3`) ends the command
+    // quietly, as it ends any Unix tool: SIGPIPE back to its default action.
+    // Simpler and more robust than checking every `println!` for EPIPE; the
+    // runtime's sockets do not raise it (see `default_sigpipe`), and MPI and
+    // UCX are C libraries, at home in a process with the default action.
+    tessera::runtime::host::sys::default_sigpipe();
     let cli = Cli::parse();
     // The long-running roles log their lifecycle (joins, drains) by default.
     let quiet = if matches!(cli.command, Command::Scheduler { .. } | Command::Worker { .. }) { "info" } else { "warn" };

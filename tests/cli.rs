@@ -198,6 +198,34 @@ fn asking_for_mpi_without_the_feature_names_the_feature() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["info"][..],
+        &["info", "--json"],
+        &["bench", "simulate", "--workers", "4", "--tasks", "200", "--json"],
+        &["jobqueue", "script", "--system", "slurm", "--", "tessera", "demo"],
+    ] {
+        // As `tessera ... | head -0`: the reader closes before the first line.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("OMPI_COMM_WORLD_SIZE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+        assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
+        // Ended by SIGPIPE, as Unix tools are (or done before it wrote).
+        assert!(o.status.signal() == Some(libc::SIGPIPE) || o.status.success(), "{args:?}: {:?} {err}", o.status);
+    }
+}
+
+#[test]
 fn the_examples_run_locally() {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples");
     for (name, want) in [("local_cluster", "sum of squares = 140000"), ("run", "sum of 1..=4096 = 8390656")] {
