@@ -29,6 +29,7 @@ use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind, WorkerSet
 
 mod jobqueue_cmd;
 mod logging;
+mod values;
 
 /// The scheduler allocates and frees a few small objects per task; mimalloc
 /// does that in a fraction of glibc malloc's time (measured: docs/benchmarks.md).
@@ -80,24 +81,25 @@ struct ObserveArgs {
 #[derive(Args, Debug, Clone)]
 struct ClusterArgs {
     /// Where to run: MPI when launched by mpirun/srun, else local (auto); or force one.
-    #[arg(long, global = true, default_value = "auto", value_parser = parse_launch)]
+    #[arg(long, global = true, default_value = "auto", value_parser = values::parser::<values::LaunchArg, Launch>())]
     launch: Launch,
 
     /// Local cluster: number of workers [default: usable cores].
-    #[arg(long, global = true, env = "TESSERA_WORKERS")]
+    #[arg(long, global = true, env = "TESSERA_WORKERS", value_parser = at_least_one)]
     workers: Option<usize>,
 
     /// Compute threads per worker [default: 1 locally, the rank's share of cores under MPI].
-    #[arg(long, global = true, env = "TESSERA_THREADS")]
+    #[arg(long, global = true, env = "TESSERA_THREADS", value_parser = at_least_one)]
     threads: Option<usize>,
 
     /// MPI: whether rank 0 (scheduler and driver) also runs a worker.
-    #[arg(long, global = true, default_value = "auto", value_parser = parse_works)]
+    #[arg(long, global = true, default_value = "auto", value_parser = values::parser::<values::SchedulerWorksArg, SchedulerWorks>())]
     scheduler_works: SchedulerWorks,
 
     /// MPI: seconds a worker rank may stay silent before the job is aborted.
     /// TCP: seconds a peer may stay silent before it is declared lost.
-    #[arg(long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs)]
+    #[arg(long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs,
+          allow_negative_numbers = true)]
     heartbeat_timeout: f64,
 
     /// Elastic cluster: the scheduler's address (HOST:PORT). `worker` joins it;
@@ -118,7 +120,7 @@ struct ClusterArgs {
     /// Bind worker threads to cores: distinct cores per thread (core), the NUMA node
     /// of that core (numa), or not at all (none). auto: core when several MPI ranks
     /// share a host, else none. Needs the `hwloc` feature.
-    #[arg(long, global = true, default_value = "auto", env = "TESSERA_BIND", value_parser = parse_bind)]
+    #[arg(long, global = true, default_value = "auto", env = "TESSERA_BIND", value_parser = values::parser::<values::BindArg, Bind>())]
     bind: Bind,
 
     /// Workers record no events (what --report and --trace draw from); the baseline
@@ -129,7 +131,7 @@ struct ClusterArgs {
     /// How blocks move between workers: auto (the launch's own: in-process, MPI or
     /// TCP) or ucx (UCP: shared memory, TCP, InfiniBand, as UCX_TLS allows; control
     /// messages stay on MPI or TCP). Needs the `ucx` feature.
-    #[arg(long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = parse_transport)]
+    #[arg(long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = values::parser::<values::TransportArg, TransportKind>())]
     transport: TransportKind,
 
     /// GPU workers, one per GPU, beside the CPU workers: `all` (every GPU this
@@ -154,12 +156,13 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_launch(s: &str) -> Result<Launch, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
-}
-
-fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
+/// A count where 0 means nothing (workers, threads, tasks, repetitions).
+pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -167,13 +170,6 @@ fn parse_size(s: &str) -> Result<usize, String> {
         Some(n) if n > 0 => Ok(n as usize),
         _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
     }
-}
-
-fn parse_sim_shape(s: &str) -> Result<sim::Shape, String> {
-    s.parse().map_err(|e: sim::SimError| match e {
-        sim::SimError::Flag { reason, .. } => reason,
-        other => other.to_string(),
-    })
 }
 
 /// `bench simulate`: one simulation, one line of figures (and JSON).
@@ -199,14 +195,6 @@ fn simulate_bench(cfg: &sim::SimConfig, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     }
     Ok(())
-}
-
-fn parse_transport(s: &str) -> Result<TransportKind, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
-}
-
-fn parse_bind(s: &str) -> Result<Bind, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
 }
 
 impl ClusterArgs {
@@ -299,14 +287,14 @@ enum Command {
     /// at the end of --lifetime or on SIGTERM, then exits 0.
     Worker {
         /// Seconds after which to drain and leave (a batch job's walltime minus a margin).
-        #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+        #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
         lifetime: Option<f64>,
         /// Move the lifetime by a random amount up to this many seconds either
         /// way, so the workers of one batch do not all leave at once.
-        #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_duration)]
+        #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_duration, allow_negative_numbers = true)]
         lifetime_stagger: f64,
         /// Seconds a drain may take before the worker leaves anyway.
-        #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_duration)]
+        #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_duration, allow_negative_numbers = true)]
         drain_timeout: f64,
         /// Listen for peer workers on this interface [default: the one that reaches the scheduler].
         #[arg(long, value_name = "NAME")]
@@ -343,13 +331,13 @@ enum BenchCommand {
     /// Per-task scheduling overhead on trivial tasks.
     Overhead {
         /// Number of tasks in the graph.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
         tasks: usize,
         /// Graph shape.
         #[arg(long, value_enum, default_value = "wide")]
         shape: Shape,
         /// Repetitions; the median is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
         /// Print one JSON object as the last line.
         #[arg(long)]
@@ -359,12 +347,12 @@ enum BenchCommand {
     /// against a plain MPI send/recv of the same size in the same run.
     Transfer {
         /// Block size in MiB.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         mib: usize,
         /// Block size in bytes, or with a K, M or G suffix (instead of --mib).
         #[arg(long, conflicts_with = "mib", value_parser = parse_size)]
         size: Option<usize>,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
         #[arg(long)]
         json: bool,
@@ -376,7 +364,7 @@ enum BenchCommand {
         /// larger: streaming bandwidth).
         #[arg(long, value_delimiter = ',', default_value = "8,1M,64M", value_parser = parse_size)]
         sizes: Vec<usize>,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
         #[arg(long)]
         json: bool,
@@ -389,22 +377,22 @@ enum BenchCommand {
     /// a Tessera GPU worker (a local cluster of one CPU and one GPU worker), in one run.
     Gemm {
         /// Rows of A and C [default: --n].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         m: Option<usize>,
         /// Columns of A, rows of B [default: --n].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         k: Option<usize>,
         /// Columns of B and C; alone, the size of square matrices [default: 4096, with --gpus 8192].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         n: Option<usize>,
         /// Element type: f64, f32, or both (one measurement each).
         #[arg(long, value_enum, default_value = "f64")]
         dtype: bench::GemmDtype,
         /// Threads of the CPU product [default: usable cores].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         cores: Option<usize>,
         /// Timed products after one warm-up; the median is reported [default: 3, with --gpus 5].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         repeat: Option<usize>,
         /// With --gpus: seed of the random (standard normal) operands.
         #[arg(long, default_value_t = 0)]
@@ -419,15 +407,15 @@ enum BenchCommand {
     /// the others left and their jobs ended), 1 -> 0; every task counted once.
     Scale {
         /// Workers to scale up to.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         workers: usize,
         /// Sleep tasks in each run's graph (plus as many small ones and a sum).
-        #[arg(long, default_value_t = 400)]
+        #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
         tasks: u32,
         /// Milliseconds each sleep task takes.
         #[arg(long, default_value_t = 20)]
         ms: u64,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
         /// Where the worker jobs' scripts and output go (a directory per run).
         #[arg(long, value_name = "DIR", default_value = "tessera-bench-scale")]
@@ -443,16 +431,16 @@ enum BenchCommand {
     /// cost per task, the makespan against its lower bound, its memory per task.
     Simulate {
         /// Simulated workers.
-        #[arg(long, default_value_t = 100, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 100, allow_hyphen_values = true, value_parser = at_least_one)]
         workers: usize,
         /// Compute threads per simulated worker.
-        #[arg(long, default_value_t = 32, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 32, allow_hyphen_values = true, value_parser = at_least_one)]
         threads: usize,
         /// Tasks in the graph (shapes round to whole blocks).
-        #[arg(long, default_value_t = 100_000, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 100_000, allow_hyphen_values = true, value_parser = at_least_one)]
         tasks: usize,
-        /// Graph shape: wide, chain, tree, tsqr or matmul.
-        #[arg(long, default_value = "wide", value_parser = parse_sim_shape)]
+        /// Graph shape.
+        #[arg(long, default_value = "wide", value_parser = values::parser::<values::SimShapeArg, sim::Shape>())]
         shape: sim::Shape,
         /// Mean task duration in microseconds (each task: 0.5 to 1.5 times it, from the seed).
         #[arg(long, default_value_t = 1000.0, allow_hyphen_values = true)]
@@ -481,12 +469,12 @@ enum BenchCommand {
     /// but one drain, handing their blocks to the last (time until they left).
     Elastic {
         /// Workers to start.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         workers: usize,
         /// MiB of blocks each worker holds when the drain starts.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = at_least_one)]
         mib: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
         #[arg(long)]
         json: bool,

@@ -133,8 +133,8 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("seconds >= 2"), "{}", stderr(&o));
     let o = tessera(&["--workers", "0", "bench", "overhead", "--tasks", "10"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("at least one worker"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--workers") && stderr(&o).contains("at least 1"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     let o = tessera(&["--gpus", "first", "info"]);
     assert_eq!(o.status.code(), Some(2));
@@ -142,6 +142,48 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
     let o = tessera(&["--gpu-math", "bf16", "info"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("`bf16`") && stderr(&o).contains("tf32"), "{}", stderr(&o));
+}
+
+/// A bad value is a usage error (exit 2) whose message names the flag and,
+/// for a fixed set of values, lists them; `0` is refused where it means nothing.
+#[test]
+fn bad_values_are_usage_errors_naming_the_flag() {
+    let cases: [(&[&str], &str, &str); 16] = [
+        (&["--launch", "cloud", "info"], "--launch", "auto, local, mpi"),
+        (&["--scheduler-works", "maybe", "info"], "--scheduler-works", "auto, yes, no"),
+        (&["--bind", "socket", "info"], "--bind", "auto, none, core, numa"),
+        (&["--transport", "tcp", "info"], "--transport", "auto, ucx"),
+        (&["--gpus", "two", "info"], "--gpus", "`two`"),
+        (&["--threads", "0", "info"], "--threads", "at least 1"),
+        (&["--workers", "0", "info"], "--workers", "at least 1"),
+        (&["--heartbeat-timeout", "-1", "info"], "--heartbeat-timeout", "`-1` is not a number of seconds"),
+        (&["worker", "--lifetime", "-5"], "--lifetime", "`-5` is not a number of seconds"),
+        (&["svd", "--random", "100x10", "--chunk-rows", "0"], "--chunk-rows", "at least 1"),
+        (&["qr", "--random", "100x10", "--chunk-rows", "0"], "--chunk-rows", "at least 1"),
+        (&["bench", "overhead", "--repeat", "0"], "--repeat", "at least 1"),
+        (&["bench", "gemm", "--n", "0"], "--n", "at least 1"),
+        (&["bench", "simulate", "--shape", "star"], "--shape", "wide, chain, tree, tsqr, matmul"),
+        (&["bench", "elastic", "--workers", "0"], "--workers", "at least 1"),
+        (&["bench", "scale", "--tasks", "0"], "--tasks", "0 is not in 1.."),
+    ];
+    for (args, flag, says) in cases {
+        let o = tessera(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{args:?}: expected {flag} and {says:?} in: {err}");
+        assert!(!err.contains("unexpected argument") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    // The values are listed in the help.
+    let o = tessera(&["info", "--help"]);
+    assert!(
+        stdout(&o).contains("[possible values: auto, local, mpi]") || stdout(&o).contains("- local:"),
+        "{}",
+        stdout(&o)
+    );
+    // The environment is read by the same parser.
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).arg("info").env("TESSERA_BIND", "everywhere").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--bind") && stderr(&o).contains("everywhere"), "{}", stderr(&o));
 }
 
 #[test]
