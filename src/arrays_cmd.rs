@@ -86,6 +86,7 @@ pub struct SvdArgs {
     /// Singular triplets to keep [default: all, the exact thin SVD].
     #[arg(long)]
     pub k: Option<usize>,
+    /// Exact or randomized SVD.
     #[arg(long, value_enum, default_value = "auto")]
     pub method: Method,
     /// Randomized SVD: extra columns of the test matrix.
@@ -123,8 +124,10 @@ pub struct MatmulArgs {
     /// Seeded random operands of M x K and K x N instead of files.
     #[arg(long, value_name = "MxKxN", value_parser = parse_dims::<3>)]
     pub random: Option<[usize; 3]>,
+    /// Seed of the random operands (B's is the next one).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Element type of the random operands.
     #[arg(long, value_enum, default_value = "f64")]
     pub dtype: Elem,
     /// Blocks of A, R x C (B gets C x C); one number means square blocks.

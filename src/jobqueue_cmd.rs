@@ -26,19 +26,22 @@ pub struct JobqueueArgs {
     command: JqCommand,
 }
 
+/// Help heading of the options every `jobqueue` command takes.
+const JOBQUEUE: &str = "Jobqueue options";
+
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Config file [default: ~/.config/tessera/jobqueue.toml, or TESSERA_JOBQUEUE_CONFIG].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = JOBQUEUE, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Profile (a table of the config file) [default: TESSERA_JOBQUEUE_PROFILE, or the file's `default`].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = JOBQUEUE)]
     profile: Option<String>,
     /// Batch system [default: the profile's, or detected from the commands on PATH].
-    #[arg(long, global = true, ignore_case = true)]
+    #[arg(long, global = true, help_heading = JOBQUEUE, ignore_case = true)]
     system: Option<SystemArg>,
     /// Print JSON (one object or array) instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = JOBQUEUE)]
     json: bool,
 }
 
@@ -59,11 +62,13 @@ enum JqCommand {
     },
     /// Normalised state of jobs: pending, running, completed, failed (with exit code), cancelled, timeout, unknown.
     Status {
+        /// Job ids, as the batch system prints them.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
     /// Wait until a job ends; exit with its exit code (124 for a timeout, 143 when cancelled).
     Wait {
+        /// The job id, as the batch system prints it.
         #[arg(value_name = "ID")]
         id: String,
         /// Seconds between polls.
@@ -75,6 +80,7 @@ enum JqCommand {
     },
     /// Cancel jobs (an id the system does not know is an error).
     Cancel {
+        /// Job ids, as the batch system prints them.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },

@@ -36,18 +36,23 @@ mod values;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Help headings of the options every command takes, apart from its own.
+const CLUSTER: &str = "Cluster options";
+const ELASTIC: &str = "Elastic cluster";
+const DIAGNOSTICS: &str = "Diagnostics";
+
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about = "A Rust runtime for HPC clusters", propagate_version = true)]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); overrides RUST_LOG.
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(help_heading = DIAGNOSTICS, long, global = true, value_name = "LEVEL")]
     log: Option<String>,
 
     /// Also write each process's log to a file of its own in DIR
     /// (`rank-R.log` under mpirun/srun, else `HOST-PID.log`), at INFO or finer.
     /// Goes before the subcommand (`tessera --log-dir DIR svd ...`): `jobqueue`
     /// and `bench scale` have a `--log-dir` of their own, for job scripts and output.
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = DIAGNOSTICS, long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
 
     #[command(flatten)]
@@ -65,73 +70,73 @@ struct Cli {
 struct ObserveArgs {
     /// Write a performance report: one self-contained HTML file (task stream,
     /// transfers, memory per worker, time per kernel, where each thread ran).
-    #[arg(long, global = true, value_name = "FILE.html")]
+    #[arg(help_heading = DIAGNOSTICS, long, global = true, value_name = "FILE.html")]
     report: Option<PathBuf>,
 
     /// Write a Chrome trace-event file (opens in Perfetto or chrome://tracing).
-    #[arg(long, global = true, value_name = "FILE.json")]
+    #[arg(help_heading = DIAGNOSTICS, long, global = true, value_name = "FILE.json")]
     trace: Option<PathBuf>,
 
     /// No progress bar or progress lines (shown for computations longer than a second:
     /// a bar on a terminal, a log line every 5 s otherwise).
-    #[arg(long, short, global = true)]
+    #[arg(help_heading = DIAGNOSTICS, long, short, global = true)]
     quiet: bool,
 }
 
 #[derive(Args, Debug, Clone)]
 struct ClusterArgs {
     /// Where to run: MPI when launched by mpirun/srun, else local (auto); or force one.
-    #[arg(long, global = true, default_value = "auto", value_parser = values::parser::<values::LaunchArg, Launch>())]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", value_parser = values::parser::<values::LaunchArg, Launch>())]
     launch: Launch,
 
     /// Local cluster: number of workers [default: usable cores].
-    #[arg(long, global = true, env = "TESSERA_WORKERS", value_parser = at_least_one)]
+    #[arg(help_heading = CLUSTER, long, global = true, env = "TESSERA_WORKERS", value_parser = at_least_one)]
     workers: Option<usize>,
 
     /// Compute threads per worker [default: 1 locally, the rank's share of cores under MPI].
-    #[arg(long, global = true, env = "TESSERA_THREADS", value_parser = at_least_one)]
+    #[arg(help_heading = CLUSTER, long, global = true, env = "TESSERA_THREADS", value_parser = at_least_one)]
     threads: Option<usize>,
 
     /// MPI: whether rank 0 (scheduler and driver) also runs a worker.
-    #[arg(long, global = true, default_value = "auto", value_parser = values::parser::<values::SchedulerWorksArg, SchedulerWorks>())]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", value_parser = values::parser::<values::SchedulerWorksArg, SchedulerWorks>())]
     scheduler_works: SchedulerWorks,
 
     /// MPI: seconds a worker rank may stay silent before the job is aborted.
     /// TCP: seconds a peer may stay silent before it is declared lost.
-    #[arg(long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs,
+    #[arg(help_heading = CLUSTER, long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs,
           allow_negative_numbers = true)]
     heartbeat_timeout: f64,
 
     /// Elastic cluster: the scheduler's address (HOST:PORT). `worker` joins it;
     /// `demo`, `bench`, `workers`, `retire` and `jobqueue scale`/`adapt` use it.
-    #[arg(long, global = true, env = "TESSERA_SCHEDULER", value_name = "ADDR")]
+    #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SCHEDULER", value_name = "ADDR")]
     scheduler: Option<String>,
 
     /// Elastic cluster: the file `tessera scheduler` writes its address to
     /// (and where its secret is) [default: ~/.config/tessera/scheduler.json].
-    #[arg(long, global = true, env = "TESSERA_SCHEDULER_FILE", value_name = "FILE")]
+    #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SCHEDULER_FILE", value_name = "FILE")]
     scheduler_file: Option<PathBuf>,
 
     /// Elastic cluster: the shared secret (created mode 0600 by `tessera scheduler`;
     /// refused if group or others can read it) [default: ~/.config/tessera/secret].
-    #[arg(long, global = true, env = "TESSERA_SECRET_FILE", value_name = "FILE")]
+    #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SECRET_FILE", value_name = "FILE")]
     secret_file: Option<PathBuf>,
 
     /// Bind worker threads to cores: distinct cores per thread (core), the NUMA node
     /// of that core (numa), or not at all (none). auto: core when several MPI ranks
     /// share a host, else none. Needs the `hwloc` feature.
-    #[arg(long, global = true, default_value = "auto", env = "TESSERA_BIND", value_parser = values::parser::<values::BindArg, Bind>())]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", env = "TESSERA_BIND", value_parser = values::parser::<values::BindArg, Bind>())]
     bind: Bind,
 
     /// Workers record no events (what --report and --trace draw from); the baseline
     /// for measuring what recording costs.
-    #[arg(long, global = true)]
+    #[arg(help_heading = CLUSTER, long, global = true)]
     no_events: bool,
 
     /// How blocks move between workers: auto (the launch's own: in-process, MPI or
     /// TCP) or ucx (UCP: shared memory, TCP, InfiniBand, as UCX_TLS allows; control
     /// messages stay on MPI or TCP). Needs the `ucx` feature.
-    #[arg(long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = values::parser::<values::TransportArg, TransportKind>())]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = values::parser::<values::TransportArg, TransportKind>())]
     transport: TransportKind,
 
     /// GPU workers, one per GPU, beside the CPU workers: `all` (every GPU this
@@ -139,13 +144,13 @@ struct ClusterArgs {
     /// numbered after CUDA_VISIBLE_DEVICES). Under MPI the working ranks of each host
     /// share its GPUs out, one each; `tessera worker` drives one. GEMM, random blocks
     /// and TSQR leaves then run on the GPUs. Needs the `cuda` feature.
-    #[arg(long, global = true, default_value = "none", env = "TESSERA_GPUS")]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "none", env = "TESSERA_GPUS")]
     gpus: GpuSelect,
 
     /// How GPU workers multiply f32 matrices: `exact` (IEEE f32, as on the CPU) or
     /// `tf32` (tensor cores with 10-bit-mantissa inputs: several times faster,
     /// relative error about 1e-3 instead of 1e-7). f64 is always exact.
-    #[arg(long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH")]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH")]
     gpu_math: GpuMath,
 }
 
@@ -267,6 +272,7 @@ enum Command {
     /// Singular value decomposition: exact (TSQR) or randomized; writes /U, /S, /VT.
     Svd(arrays_cmd::SvdArgs),
     /// QR decomposition of a tall-and-skinny (or short-and-fat) matrix; writes /Q, /R.
+    #[command(mut_arg("seed", |a| a.help("Seed of the random input.")))]
     Qr(arrays_cmd::QrArgs),
     /// Blocked matrix product C = A @ B; writes C.
     Matmul(arrays_cmd::MatmulArgs),
@@ -274,10 +280,10 @@ enum Command {
     /// (`tessera worker`) and clients (`tessera demo --scheduler ADDR`) until
     /// SIGTERM or Ctrl-C, then stops its workers.
     Scheduler {
-        /// Where to listen: HOST:PORT, :PORT, or 0.0.0.0:PORT (every interface).
-        /// [default: this host's routable address, a free port]
-        #[arg(long, value_name = "ADDR", default_value = "")]
-        listen: String,
+        /// Where to listen: HOST:PORT, :PORT, or 0.0.0.0:PORT (every interface)
+        /// [default: this host's routable address, a free port].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         /// Take the address workers use from this network interface (e.g. ib0, eth0).
         #[arg(long, value_name = "NAME")]
         interface: Option<String>,
@@ -316,6 +322,7 @@ enum Command {
         /// Worker ranks, or worker names (batch job ids) as `tessera workers` shows them.
         #[arg(required = true, value_name = "RANK|NAME")]
         which: Vec<String>,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -352,8 +359,10 @@ enum BenchCommand {
         /// Block size in bytes, or with a K, M or G suffix (instead of --mib).
         #[arg(long, conflicts_with = "mib", value_parser = parse_size)]
         size: Option<usize>,
+        /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
+        /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
     },
@@ -364,8 +373,10 @@ enum BenchCommand {
         /// larger: streaming bandwidth).
         #[arg(long, value_delimiter = ',', default_value = "8,1M,64M", value_parser = parse_size)]
         sizes: Vec<usize>,
+        /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
+        /// Print one JSON object per size, after its line.
         #[arg(long)]
         json: bool,
     },
@@ -415,11 +426,13 @@ enum BenchCommand {
         /// Milliseconds each sleep task takes.
         #[arg(long, default_value_t = 20)]
         ms: u64,
+        /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
         /// Where the worker jobs' scripts and output go (a directory per run).
         #[arg(long, value_name = "DIR", default_value = "tessera-bench-scale")]
         log_dir: PathBuf,
+        /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
         /// Flags for `tessera jobqueue scale` (the worker jobs), after `--`:
@@ -474,8 +487,10 @@ enum BenchCommand {
         /// MiB of blocks each worker holds when the drain starts.
         #[arg(long, default_value_t = 16, value_parser = at_least_one)]
         mib: usize,
+        /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
+        /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
     },
@@ -526,7 +541,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let args = cli.cluster.clone();
     match cli.command {
-        Command::Scheduler { listen, interface } => return scheduler(&args, &listen, interface),
+        Command::Scheduler { listen, interface } => {
+            return scheduler(&args, listen.as_deref().unwrap_or_default(), interface)
+        }
         Command::Worker { lifetime, lifetime_stagger, drain_timeout, interface, name } => {
             return worker(&args, lifetime, lifetime_stagger, drain_timeout, interface, name)
         }
@@ -1145,4 +1162,57 @@ fn mpi_hello() -> anyhow::Result<()> {
 #[cfg(not(feature = "mpi"))]
 fn mpi_hello() -> anyhow::Result<()> {
     Err(tessera::Error::FeatureDisabled { feature: "mpi", what: "bench mpi-hello".into() }.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every subcommand, as `path: --flag`, that `missing` picks.
+    fn walk(cmd: &clap::Command, path: &str, missing: &dyn Fn(&clap::Arg) -> bool, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if missing(a) {
+                out.push(format!(
+                    "{path}: {}",
+                    a.get_long().map(|l| format!("--{l}")).unwrap_or(a.get_id().to_string())
+                ));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing, out);
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut out = Vec::new();
+        let no_help = |a: &clap::Arg| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) && !a.is_hide_set();
+        walk(&cmd, "tessera", &no_help, &mut out);
+        assert!(out.is_empty(), "arguments without help:\n{}", out.join("\n"));
+    }
+
+    #[test]
+    fn the_options_every_command_takes_are_under_their_own_headings() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut out = Vec::new();
+        let no_heading = |a: &clap::Arg| a.is_global_set() && a.get_help_heading().is_none();
+        walk(&cmd, "tessera", &no_heading, &mut out);
+        assert!(out.is_empty(), "global options without a help heading:\n{}", out.join("\n"));
+        // And a subcommand's help shows them apart from its own flags.
+        let status = cmd.find_subcommand_mut("jobqueue").unwrap().find_subcommand_mut("status").unwrap();
+        let help = status.render_help().to_string();
+        let (own, rest) = help.split_once("Cluster options:").expect("a Cluster options heading");
+        assert!(!own.contains("--gpus") && rest.contains("--gpus"), "{help}");
+        assert!(help.contains("Diagnostics:") && help.contains("Elastic cluster:"), "{help}");
+    }
 }

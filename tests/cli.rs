@@ -186,6 +186,37 @@ fn bad_values_are_usage_errors_naming_the_flag() {
     assert!(stderr(&o).contains("--bind") && stderr(&o).contains("everywhere"), "{}", stderr(&o));
 }
 
+/// A subcommand's help shows its own flags first, the options every command
+/// takes under their own headings, and a description for each (the whole
+/// tree is walked by the binary's unit tests).
+#[test]
+fn help_puts_global_options_under_headings() {
+    let o = tessera(&["jobqueue", "status", "-h"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let help = stdout(&o);
+    let (own, rest) = help.split_once("\nCluster options:").unwrap_or_else(|| panic!("no Cluster options: {help}"));
+    assert!(!own.contains("--gpus") && !own.contains("--bind") && rest.contains("--gpus"), "{help}");
+    for heading in ["Diagnostics:", "Elastic cluster:", "Jobqueue options:"] {
+        assert!(help.contains(heading), "{heading}: {help}");
+    }
+    let qr = stdout(&tessera(&["qr", "-h"]));
+    let seed = qr.lines().find(|l| l.contains("--seed")).unwrap_or_else(|| panic!("{qr}"));
+    assert!(seed.contains("Seed of the random input") && !seed.contains("SVD"), "{seed}");
+    let help = stdout(&tessera(&["scheduler", "-h"]));
+    let listen = help.lines().find(|l| l.contains("--listen")).unwrap_or_else(|| panic!("{help}"));
+    assert_eq!(listen.matches("[default:").count(), 1, "one default for --listen: {listen}");
+    let script = stdout(&tessera(&["jobqueue", "script", "-h"]));
+    for flag in ["--nodes <NODES>", "--cores-per-task <CORES_PER_TASK>", "--gpus-per-node <GPUS_PER_NODE>"] {
+        // The description follows on the flag's line, or on the next (clap's
+        // layout when some flag's description is long).
+        let lines: Vec<&str> = script.lines().collect();
+        let i = lines.iter().position(|l| l.contains(flag)).unwrap_or_else(|| panic!("{flag}: {script}"));
+        let same = lines[i].split_once(flag).map(|(_, d)| d.trim()).unwrap_or_default();
+        let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or_default();
+        assert!(!same.is_empty() || !(next.is_empty() || next.starts_with('-')), "{flag} has no description: {script}");
+    }
+}
+
 #[test]
 fn transport_ucx_runs_or_names_the_feature() {
     let o = tessera(&["--transport", "infiniband", "demo"]);
