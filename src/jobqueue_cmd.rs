@@ -175,7 +175,7 @@ struct SpecFlags {
     /// GPUs per node [default: none].
     #[arg(long)]
     gpus_per_node: Option<u32>,
-    /// HH:MM:SS or D-HH:MM:SS.
+    /// Wall-clock limit: HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or 90m, 1h, 2d, 1h30m.
     #[arg(long)]
     walltime: Option<String>,
     /// Partition (Slurm) or queue.

@@ -145,6 +145,30 @@ fn bad_flag_values_are_usage_errors_naming_the_flag() {
 }
 
 #[test]
+fn walltimes_as_slurm_takes_them_and_with_units() {
+    for (walltime, slurm, pbs) in [
+        ("1h", "01:00:00", "01:00:00"),
+        ("90m", "01:30:00", "01:30:00"),
+        ("1h30m", "01:30:00", "01:30:00"),
+        ("2-12:00:00", "2-12:00:00", "60:00:00"),
+        ("2-12", "2-12:00:00", "60:00:00"),
+        ("1-06:30", "1-06:30:00", "30:30:00"),
+        ("36:00:00", "1-12:00:00", "36:00:00"),
+    ] {
+        for (system, line) in [("slurm", format!("#SBATCH --time={slurm}\n")), ("pbs", format!("walltime={pbs}\n"))] {
+            let o =
+                tessera(&["jobqueue", "script", "--system", system, "--walltime", walltime, "--", "tessera", "demo"]);
+            assert!(o.status.success(), "{walltime}: {}", err(&o));
+            assert!(out(&o).contains(&line), "{walltime} on {system}: expected {line:?} in {}", out(&o));
+        }
+    }
+    for bad in ["1x", "2-24", "1m1h", "0h"] {
+        let o = tessera(&["jobqueue", "script", "--system", "slurm", "--walltime", bad, "--", "tessera", "demo"]);
+        refused(&o, &["walltime (from flag --walltime)", &format!("`{bad}`")]);
+    }
+}
+
+#[test]
 fn malformed_walltime_and_memory_units() {
     let script = |extra: &[&str]| {
         let mut a = vec!["jobqueue", "script", "--system", "slurm"];
