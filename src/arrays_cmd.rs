@@ -17,8 +17,8 @@ use tessera::{Client, Config, DType};
 /// Where an array comes from.
 #[derive(Args, Debug, Clone)]
 pub struct InputArgs {
-    /// Input dataset as FILE.h5:/DATASET.
-    #[arg(value_name = "FILE.h5:/DATASET", required_unless_present = "random", conflicts_with = "random")]
+    /// Input dataset as FILE.h5:/DATASET (or give --random MxN).
+    #[arg(value_name = "FILE.h5:/DATASET", conflicts_with = "random")]
     pub input: Option<String>,
 
     /// A seeded random input of M x N instead of a file (uniform on [0, 1)).
@@ -204,7 +204,7 @@ fn input_array(a: &InputArgs, one_axis: bool) -> anyhow::Result<(DArray, String)
         let arr = DArray::random(&shape, &sizes, dist, a.seed, a.dtype.dtype())?;
         return Ok((arr, format!("random {}x{} (seed {})", shape[0], shape[1], a.seed)));
     }
-    let spec = a.input.as_deref().expect("clap requires an input");
+    let Some(spec) = a.input.as_deref() else { bail!("give FILE.h5:/DATASET or --random MxN") };
     Ok((read_input(spec, a, one_axis)?, spec.to_owned()))
 }
 
@@ -427,7 +427,7 @@ fn shape_of(a: &InputArgs) -> anyhow::Result<[usize; 2]> {
     if let Some(s) = a.random {
         return Ok(s);
     }
-    let spec = a.input.as_deref().expect("clap requires an input");
+    let Some(spec) = a.input.as_deref() else { bail!("give FILE.h5:/DATASET or --random MxN") };
     #[cfg(feature = "hdf5")]
     {
         let (file, dataset) = linalg::hdf5::parse_spec(spec)?;

@@ -15,7 +15,7 @@ mod arrays_cmd;
 
 #[allow(unused_imports)]
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
 use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
@@ -50,8 +50,9 @@ struct Cli {
 
     /// Also write each process's log to a file of its own in DIR
     /// (`rank-R.log` under mpirun/srun, else `HOST-PID.log`), at INFO or finer.
-    /// Goes before the subcommand (`tessera --log-dir DIR svd ...`): `jobqueue`
-    /// and `bench scale` have a `--log-dir` of their own, for job scripts and output.
+    /// Before or after the subcommand, except that `jobqueue` and `bench scale`
+    /// have a `--log-dir` of their own (for job scripts and output): there it
+    /// goes before the subcommand (`tessera --log-dir DIR jobqueue ...`).
     #[arg(help_heading = DIAGNOSTICS, long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
 
@@ -512,6 +513,58 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The id of `--log-dir` given after the subcommand.
+const LOG_DIR_AFTER: &str = "log_dir_after";
+
+/// The command line: [`Cli`], with `--log-dir` accepted after every
+/// subcommand that has none of its own. Not clap's `global`: a global
+/// argument takes its value from any argument of the same id below it, and
+/// the `--log-dir` of `jobqueue` and `bench scale` means their job logs.
+fn command() -> clap::Command {
+    let cmd = Cli::command();
+    let arg = cmd.get_arguments().find(|a| a.get_id() == "log_dir").expect("Cli has --log-dir").clone();
+    fn add(cmd: clap::Command, arg: &clap::Arg) -> clap::Command {
+        let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_owned()).collect();
+        names.into_iter().fold(cmd, |cmd, name| {
+            cmd.mut_subcommand(name, |sub| {
+                let own = sub.get_name() == "jobqueue" || sub.get_arguments().any(|a| a.get_long() == Some("log-dir"));
+                if own {
+                    sub
+                } else {
+                    add(sub.arg(arg.clone()), arg)
+                }
+            })
+        })
+    }
+    add(cmd, &arg.id(LOG_DIR_AFTER))
+}
+
+/// Parses the command line (exit 2 with clap's message on a usage error).
+fn parse() -> Cli {
+    let matches = command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The last --log-dir given wins, as for any flag.
+    let mut m = &matches;
+    while let Some((_, sub)) = m.subcommand() {
+        if let Ok(Some(dir)) = sub.try_get_one::<PathBuf>(LOG_DIR_AFTER) {
+            cli.log_dir = Some(dir.clone());
+        }
+        m = sub;
+    }
+    let (name, input) = match &cli.command {
+        Command::Svd(a) => ("svd", &a.input),
+        Command::Qr(a) => ("qr", &a.input),
+        _ => return cli,
+    };
+    if input.input.is_none() && input.random.is_none() {
+        let mut cmd = command();
+        cmd.build(); // names the subcommand in its usage line
+        let sub = cmd.find_subcommand_mut(name).expect("a subcommand");
+        sub.error(clap::error::ErrorKind::MissingRequiredArgument, "give FILE.h5:/DATASET or --random MxN").exit();
+    }
+    cli
+}
+
 fn main() -> ExitCode {
     // A reader that goes away (`tessera info | head -3`) ends the command
     // quietly, as it ends any Unix tool: SIGPIPE back to its default action.
@@ -519,7 +572,7 @@ fn main() -> ExitCode {
     // runtime's sockets do not raise it (see `default_sigpipe`), and MPI and
     // UCX are C libraries, at home in a process with the default action.
     tessera::runtime::host::sys::default_sigpipe();
-    let cli = Cli::parse();
+    let cli = parse();
     // The long-running roles log their lifecycle (joins, drains) by default.
     let quiet = if matches!(cli.command, Command::Scheduler { .. } | Command::Worker { .. }) { "info" } else { "warn" };
     if let Err(e) = logging::init(cli.log.as_deref(), quiet, cli.log_dir.as_deref()) {
@@ -1166,9 +1219,7 @@ fn mpi_hello() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
-    use super::Cli;
+    use super::command;
 
     /// Every argument of every subcommand, as `path: --flag`, that `missing` picks.
     fn walk(cmd: &clap::Command, path: &str, missing: &dyn Fn(&clap::Arg) -> bool, out: &mut Vec<String>) {
@@ -1187,12 +1238,12 @@ mod tests {
 
     #[test]
     fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
     fn every_argument_has_help_text() {
-        let mut cmd = Cli::command();
+        let mut cmd = command();
         cmd.build();
         let mut out = Vec::new();
         let no_help = |a: &clap::Arg| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) && !a.is_hide_set();
@@ -1202,7 +1253,7 @@ mod tests {
 
     #[test]
     fn the_options_every_command_takes_are_under_their_own_headings() {
-        let mut cmd = Cli::command();
+        let mut cmd = command();
         cmd.build();
         let mut out = Vec::new();
         let no_heading = |a: &clap::Arg| a.is_global_set() && a.get_help_heading().is_none();

@@ -218,6 +218,47 @@ fn help_puts_global_options_under_headings() {
 }
 
 #[test]
+fn flags_go_where_a_user_puts_them() {
+    // --log-dir after the subcommand, as before it; the last one given wins.
+    let dir = temp_dir("log-dir-after");
+    let (before, after) = (dir.join("before"), dir.join("after"));
+    let o = tessera(&["--log-dir", before.to_str().unwrap(), "info", "--log-dir", after.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logs = |d: &Path| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    assert_eq!((logs(&before), logs(&after)), (0, 1), "one log file, in the last --log-dir");
+    let o = tessera(&["--workers", "2", "bench", "overhead", "--tasks", "10", "--log-dir", before.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(logs(&before), 1);
+    // jobqueue keeps its own --log-dir (the jobs' output); the process log stays out of it.
+    let jobs = dir.join("jobs");
+    let o = tessera(&[
+        "jobqueue",
+        "submit",
+        "--dry-run",
+        "--system",
+        "slurm",
+        "--log-dir",
+        jobs.to_str().unwrap(),
+        "--",
+        "tessera",
+        "demo",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> =
+        std::fs::read_dir(&jobs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.is_empty() && names.iter().all(|n| !n.ends_with(".log")), "{names:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // svd and qr without an input say what to give, as a usage error.
+    for cmd in ["svd", "qr"] {
+        let o = tessera(&[cmd]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("give FILE.h5:/DATASET or --random MxN"), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("tessera {cmd}")), "the usage line: {}", stderr(&o));
+    }
+}
+
+#[test]
 fn transport_ucx_runs_or_names_the_feature() {
     let o = tessera(&["--transport", "infiniband", "demo"]);
     assert_eq!(o.status.code(), Some(2));
