@@ -145,6 +145,21 @@ fn files_are_read_and_written_whole() {
 
 #[cfg(feature = "hdf5")]
 #[test]
+fn short_and_fat_files_are_read_in_whole_columns() {
+    let dir = Dir::new("fat");
+    let x = dir.path("x.h5");
+    json(&tessera(&["matmul", "--random", "12x12x3000", "--chunks", "12x12", "-o", &format!("{x}:/W"), "--json"]));
+    let s = json(&tessera(&["svd", &format!("{x}:/W"), "--json"]));
+    assert_eq!((s["shape"].clone(), s["k"].as_u64()), (serde_json::json!([12, 3000]), Some(12)), "{s}");
+    assert!(s["chunks"].as_str().unwrap().starts_with("((12,), ("), "whole columns: {s}");
+    let q = json(&tessera(&["qr", &format!("{x}:/W"), "--json"]));
+    assert_eq!(q["r_diagonal"].as_array().unwrap().len(), 12, "{q}");
+    // The largest singular value bounds |R_00| (the first column's norm).
+    assert!(q["r_diagonal"][0].as_f64().unwrap().abs() <= s["s"][0].as_f64().unwrap() * (1.0 + 1e-12), "{q} {s}");
+}
+
+#[cfg(feature = "hdf5")]
+#[test]
 fn bad_files_get_clear_errors_and_leave_nothing_behind() {
     use tessera::linalg::hdf5::h5lib;
     let dir = Dir::new("bad");
