@@ -38,8 +38,8 @@ struct Common {
     #[arg(long, global = true, help_heading = JOBQUEUE)]
     profile: Option<String>,
     /// Batch system [default: the profile's, or detected from the commands on PATH].
-    #[arg(long, global = true, help_heading = JOBQUEUE, ignore_case = true)]
-    system: Option<SystemArg>,
+    #[arg(long, global = true, help_heading = JOBQUEUE, ignore_case = true, value_parser = values::parser::<SystemArg, System>())]
+    system: Option<System>,
     /// Print JSON (one object or array) instead of text.
     #[arg(long, global = true, help_heading = JOBQUEUE)]
     json: bool,
@@ -324,8 +324,7 @@ pub fn main(args: JobqueueArgs, cluster: &ClusterArgs) -> ExitCode {
 
 fn load(common: &Common, job: &SpecFlags) -> anyhow::Result<Settings> {
     let opts = ConfigOptions { file: common.config.clone(), profile: common.profile.clone() };
-    let system = common.system.as_ref().map(values::name);
-    Ok(Settings::load(&opts, job.layer(system.as_deref())?)?)
+    Ok(Settings::load(&opts, job.layer(common.system.map(System::name))?)?)
 }
 
 fn cwd() -> anyhow::Result<PathBuf> {

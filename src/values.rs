@@ -1,14 +1,20 @@
 //! The command line's fixed choices as clap value enums: clap lists their
 //! values in `--help` and refuses any other value as a usage error (exit 2),
-//! naming the flag. Each converts into the library type it stands for (the
-//! libraries do not depend on clap), through [`parser`].
+//! naming the flag and, in the library's words, the values it takes. Each
+//! converts into the library type it stands for (the libraries do not depend
+//! on clap), through [`parser`].
 //!
 //! ```text
 //! #[arg(long, default_value = "auto", value_parser = values::parser::<values::LaunchArg, Launch>())]
 //! launch: Launch,
 //! ```
 
-use clap::builder::{EnumValueParser, TypedValueParser};
+use std::ffi::OsStr;
+use std::fmt::Display;
+use std::marker::PhantomData;
+use std::str::FromStr;
+
+use clap::builder::{PossibleValue, TypedValueParser};
 use clap::ValueEnum;
 use tessera::jobqueue::System;
 use tessera::runtime::host::topology::Bind;
@@ -16,12 +22,45 @@ use tessera::runtime::scheduler::sim;
 use tessera::{Launch, SchedulerWorks, TransportKind};
 
 /// A value parser for the choices `C` giving the library's `T`.
-pub fn parser<C, T>() -> impl TypedValueParser<Value = T>
+pub fn parser<C, T>() -> Choice<C, T> {
+    Choice(PhantomData)
+}
+
+/// Parses one of the choices `C` into `T`; any other value is refused with
+/// the message of `T`'s own parser.
+pub struct Choice<C, T>(PhantomData<fn() -> (C, T)>);
+
+impl<C, T> Clone for Choice<C, T> {
+    fn clone(&self) -> Self {
+        Choice(PhantomData)
+    }
+}
+
+impl<C, T> TypedValueParser for Choice<C, T>
 where
     C: ValueEnum + Clone + Send + Sync + 'static,
-    T: From<C> + Clone + Send + Sync + 'static,
+    T: From<C> + FromStr + Clone + Send + Sync + 'static,
+    T::Err: Display,
 {
-    EnumValueParser::<C>::new().map(T::from)
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let ignore_case = arg.is_some_and(clap::Arg::is_ignore_case_set);
+        let parse = move |s: &str| -> Result<T, String> {
+            match C::from_str(s, ignore_case) {
+                Ok(c) => Ok(T::from(c)),
+                Err(_) => Err(match s.parse::<T>() {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("`{s}` is not one of the values --help lists"),
+                }),
+            }
+        };
+        parse.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(C::value_variants().iter().filter_map(ValueEnum::to_possible_value)))
+    }
 }
 
 /// The name a choice has on the command line (and in a profile).

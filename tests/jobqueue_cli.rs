@@ -99,12 +99,13 @@ fn script_json_and_every_system() {
 
 #[test]
 fn unknown_system() {
-    // A bad flag value is a usage error (exit 2) listing the systems.
+    // A bad flag value is a usage error (exit 2; it was 1).
     let o = tessera(&["jobqueue", "script", "--system", "lsf", "--", "tessera", "demo"]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
-    for says in ["'lsf'", "--system", "slurm, pbs, torque, sge"] {
+    for says in ["unknown batch system", "`lsf`", "slurm, pbs, torque or sge", "--system"] {
         assert!(err(&o).contains(says), "expected `{says}` in: {}", err(&o));
     }
+    assert!(!err(&o).contains("panicked"), "{}", err(&o));
     // The names the library accepts, in any case.
     let o = tessera(&["jobqueue", "script", "--json", "--system", "OpenPBS", "--", "tessera", "demo"]);
     assert!(o.status.success(), "{}", err(&o));
