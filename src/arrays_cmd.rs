@@ -17,8 +17,8 @@ use tessera::{Client, Config, DType};
 /// Where an array comes from.
 #[derive(Args, Debug, Clone)]
 pub struct InputArgs {
-    /// Input dataset as FILE.h5:/DATASET.
-    #[arg(value_name = "FILE.h5:/DATASET", required_unless_present = "random", conflicts_with = "random")]
+    /// Input dataset as FILE.h5:/DATASET (or give --random MxN).
+    #[arg(value_name = "FILE.h5:/DATASET", conflicts_with = "random")]
     pub input: Option<String>,
 
     /// A seeded random input of M x N instead of a file (uniform on [0, 1)).
@@ -34,7 +34,7 @@ pub struct InputArgs {
     pub dtype: Elem,
 
     /// Rows per block (whole rows per block; what TSQR needs).
-    #[arg(long, value_name = "R", conflicts_with = "chunks")]
+    #[arg(long, value_name = "R", conflicts_with = "chunks", value_parser = crate::at_least_one)]
     pub chunk_rows: Option<usize>,
 
     /// Block shape, rows x columns (0 = the whole axis).
@@ -86,6 +86,7 @@ pub struct SvdArgs {
     /// Singular triplets to keep [default: all, the exact thin SVD].
     #[arg(long)]
     pub k: Option<usize>,
+    /// Exact or randomized SVD.
     #[arg(long, value_enum, default_value = "auto")]
     pub method: Method,
     /// Randomized SVD: extra columns of the test matrix.
@@ -123,8 +124,10 @@ pub struct MatmulArgs {
     /// Seeded random operands of M x K and K x N instead of files.
     #[arg(long, value_name = "MxKxN", value_parser = parse_dims::<3>)]
     pub random: Option<[usize; 3]>,
+    /// Seed of the random operands (B's is the next one).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Element type of the random operands.
     #[arg(long, value_enum, default_value = "f64")]
     pub dtype: Elem,
     /// Blocks of A, R x C (B gets C x C); one number means square blocks.
@@ -160,51 +163,60 @@ fn parse_chunks(s: &str) -> Result<[usize; 2], String> {
     }
 }
 
-/// Per-block sizes from the flags, for an array of `shape`; `whole_rows`
-/// asks for one column block unless --chunks says otherwise.
-fn block_sizes(a: &InputArgs, shape: [usize; 2], whole_rows: bool) -> Option<[usize; 2]> {
+/// Per-block sizes from the flags, for an array of `shape`; `one_axis`
+/// asks for blocks along one axis unless --chunks or --chunk-rows say
+/// otherwise: whole rows of a tall-and-skinny array, whole columns of a
+/// short-and-fat one (what TSQR and the short-and-fat QR need).
+fn block_sizes(a: &InputArgs, shape: [usize; 2], one_axis: bool) -> Option<[usize; 2]> {
     if let Some(c) = a.chunks {
         return Some(c);
     }
     if let Some(r) = a.chunk_rows {
         return Some([r, 0]);
     }
-    whole_rows.then(|| {
-        // About 64 MiB per block, whole rows, at least 4 blocks when there
-        // are rows enough: every worker gets work.
-        let row_bytes = shape[1].max(1) * 8;
-        let rows = ((64usize << 20) / row_bytes).clamp(shape[1].max(1), shape[0].max(1));
-        let rows = rows.min(shape[0].div_ceil(4).max(shape[1].max(1)));
-        [rows, 0]
+    one_axis.then(|| {
+        // About 64 MiB per block, each at least as long as the short side is
+        // wide (the QR of the first block is square or tall), at least 4
+        // blocks when the long side is long enough: every worker gets work.
+        let [m, n] = shape.map(|d| d.max(1));
+        let (long, short) = (m.max(n), m.min(n));
+        let per_block = ((64usize << 20) / (short * 8)).clamp(short, long);
+        let per_block = per_block.min(long.div_ceil(4).max(short));
+        if m >= n {
+            [per_block, 0]
+        } else {
+            [0, per_block]
+        }
     })
 }
 
 /// The input array, as asked for, and a description of where it came from.
-/// `whole_rows` asks a file to be read in whole rows (as TSQR needs) rather
-/// than in its own chunks; random arrays always come in whole rows.
-fn input_array(a: &InputArgs, whole_rows: bool) -> anyhow::Result<(DArray, String)> {
+/// `one_axis` asks a file to be read in blocks along one axis (as TSQR
+/// needs, see [`block_sizes`]) rather than in its own chunks; random arrays
+/// always come that way.
+fn input_array(a: &InputArgs, one_axis: bool) -> anyhow::Result<(DArray, String)> {
     if let Some(shape) = a.random {
         if shape[0] == 0 || shape[1] == 0 {
             bail!("--random {}x{}: both dimensions must be positive", shape[0], shape[1]);
         }
-        let sizes = block_sizes(a, shape, true).expect("whole rows always give sizes");
+        let sizes = block_sizes(a, shape, true).expect("one axis always gives sizes");
         let dist = Distribution::Uniform { low: 0.0, high: 1.0 };
         let arr = DArray::random(&shape, &sizes, dist, a.seed, a.dtype.dtype())?;
         return Ok((arr, format!("random {}x{} (seed {})", shape[0], shape[1], a.seed)));
     }
-    let spec = a.input.as_deref().expect("clap requires an input");
-    Ok((read_input(spec, a, whole_rows)?, spec.to_owned()))
+    let Some(spec) = a.input.as_deref() else { bail!("give FILE.h5:/DATASET or --random MxN") };
+    Ok((read_input(spec, a, one_axis)?, spec.to_owned()))
 }
 
 #[cfg(feature = "hdf5")]
-fn read_input(spec: &str, a: &InputArgs, whole_rows: bool) -> anyhow::Result<DArray> {
+fn read_input(spec: &str, a: &InputArgs, one_axis: bool) -> anyhow::Result<DArray> {
     let (file, dataset) = linalg::hdf5::parse_spec(spec)?;
     let ds = linalg::hdf5::Hdf5Dataset::open(&file, &dataset)?;
     let [m, n] = match ds.shape[..] {
         [m, n] => [m, n],
         _ => bail!("{spec}: the dataset has shape {:?}; this command needs a matrix (2-D)", ds.shape),
     };
-    let sizes = block_sizes(a, [m, n], whole_rows);
+    let sizes = block_sizes(a, [m, n], one_axis);
     let chunks = sizes.map(|s| linalg::Chunks::regular(&ds.shape, &s)).transpose()?;
     Ok(ds.read(chunks)?)
 }
@@ -357,16 +369,8 @@ pub fn svd(config: Config, observe: &Observe, args: SvdArgs) -> anyhow::Result<(
             (Method::Auto, _) => Method::Tsqr,
             (m, _) => m,
         };
-        let tall = m >= n;
-        let whole_rows = method == Method::Tsqr && tall;
-        let (a, from) = input_array(&args.input, whole_rows)?;
-        let a = if method == Method::Tsqr && !tall && args.input.chunks.is_none() && args.input.chunk_rows.is_none() {
-            // Short and fat: whole columns instead.
-            let cols = (n.div_ceil(4)).max(m);
-            a.rechunk(&[0, cols])?
-        } else {
-            a
-        };
+        // TSQR: whole rows of a tall array, whole columns of a short-and-fat one.
+        let (a, from) = input_array(&args.input, method == Method::Tsqr)?;
         let (a, input_seconds) = persist_if(client, a, args.input.persist_input)?;
         let t = Instant::now();
         let f: Svd = match method {
@@ -423,7 +427,7 @@ fn shape_of(a: &InputArgs) -> anyhow::Result<[usize; 2]> {
     if let Some(s) = a.random {
         return Ok(s);
     }
-    let spec = a.input.as_deref().expect("clap requires an input");
+    let Some(spec) = a.input.as_deref() else { bail!("give FILE.h5:/DATASET or --random MxN") };
     #[cfg(feature = "hdf5")]
     {
         let (file, dataset) = linalg::hdf5::parse_spec(spec)?;

@@ -15,6 +15,7 @@ use tessera::jobqueue::pool::{Event, Pool, SchedulerLink};
 use tessera::jobqueue::scale::{plan, AdaptPolicy, Adapter, Observation};
 use tessera::jobqueue::{self as jq, BatchSystem, JobSpec, JobStatus, Payload, SchedulerRef, System, WorkerOptions};
 
+use crate::values::{self, LauncherArg, SystemArg};
 use crate::ClusterArgs;
 
 #[derive(Args, Debug)]
@@ -25,19 +26,22 @@ pub struct JobqueueArgs {
     command: JqCommand,
 }
 
+/// Help heading of the options every `jobqueue` command takes.
+const JOBQUEUE: &str = "Jobqueue options";
+
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Config file [default: ~/.config/tessera/jobqueue.toml, or TESSERA_JOBQUEUE_CONFIG].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = JOBQUEUE, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Profile (a table of the config file) [default: TESSERA_JOBQUEUE_PROFILE, or the file's `default`].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = JOBQUEUE)]
     profile: Option<String>,
-    /// Batch system: slurm, pbs, torque or sge [default: the profile's, or detected from the commands on PATH].
-    #[arg(long, global = true)]
-    system: Option<String>,
+    /// Batch system [default: the profile's, or detected from the commands on PATH].
+    #[arg(long, global = true, help_heading = JOBQUEUE, ignore_case = true, value_parser = values::parser::<SystemArg, System>())]
+    system: Option<System>,
     /// Print JSON (one object or array) instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = JOBQUEUE)]
     json: bool,
 }
 
@@ -58,22 +62,25 @@ enum JqCommand {
     },
     /// Normalised state of jobs: pending, running, completed, failed (with exit code), cancelled, timeout, unknown.
     Status {
+        /// Job ids, as the batch system prints them.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
     /// Wait until a job ends; exit with its exit code (124 for a timeout, 143 when cancelled).
     Wait {
+        /// The job id, as the batch system prints it.
         #[arg(value_name = "ID")]
         id: String,
         /// Seconds between polls.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = parse_secs, allow_negative_numbers = true)]
         poll: f64,
         /// Give up after this many seconds (exit 1) [default: never].
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS", value_parser = parse_secs, allow_negative_numbers = true)]
         timeout: Option<f64>,
     },
     /// Cancel jobs (an id the system does not know is an error).
     Cancel {
+        /// Job ids, as the batch system prints them.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
@@ -93,7 +100,7 @@ enum JqCommand {
         #[command(flatten)]
         job: PoolFlags,
         /// Wait up to this many seconds until the N workers have joined (0: return once submitted).
-        #[arg(long, value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_secs)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_secs, allow_negative_numbers = true)]
         wait_ready: f64,
     },
     /// Size the elastic cluster by the scheduler's backlog, between --min and --max
@@ -106,22 +113,22 @@ enum JqCommand {
         #[arg(long, value_name = "N")]
         max: u32,
         /// Seconds between looks at the backlog.
-        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_secs)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_secs, allow_negative_numbers = true)]
         interval: f64,
         /// Backlog tasks per worker: the target is ceil(backlog / this) workers [default: 2 per worker thread].
         #[arg(long, value_name = "N")]
         tasks_per_worker: Option<u32>,
         /// Seconds a lower target must hold before jobs are removed.
-        #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_secs)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_secs, allow_negative_numbers = true)]
         down_after: f64,
         /// Seconds after a scale-up during which nothing is removed.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = parse_secs)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = parse_secs, allow_negative_numbers = true)]
         cooldown: f64,
         /// Seconds a job may run without its workers joining before it is cancelled as broken.
-        #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_secs)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_secs, allow_negative_numbers = true)]
         wait_ready: f64,
         /// Stop after this many seconds [default: run until SIGTERM or Ctrl-C].
-        #[arg(long, value_name = "SECONDS", value_parser = parse_secs)]
+        #[arg(long, value_name = "SECONDS", value_parser = parse_secs, allow_negative_numbers = true)]
         duration: Option<f64>,
         #[command(flatten)]
         job: PoolFlags,
@@ -153,19 +160,22 @@ struct SpecFlags {
     /// Job name [default: tessera-<subcommand>].
     #[arg(long)]
     job_name: Option<String>,
-    #[arg(long)]
+    /// Nodes per job.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     nodes: Option<u32>,
     /// MPI ranks (or workers) per node.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     tasks_per_node: Option<u32>,
-    #[arg(long)]
+    /// Cores per rank (or worker): its compute threads.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     cores_per_task: Option<u32>,
     /// Memory per node with its unit: 4GiB (2^30 bytes) or 4GB (10^9 bytes).
     #[arg(long)]
     memory: Option<String>,
+    /// GPUs per node [default: none].
     #[arg(long)]
     gpus_per_node: Option<u32>,
-    /// HH:MM:SS or D-HH:MM:SS.
+    /// Wall-clock limit: HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or 90m, 1h, 2d, 1h30m.
     #[arg(long)]
     walltime: Option<String>,
     /// Partition (Slurm) or queue.
@@ -204,9 +214,9 @@ struct SpecFlags {
     /// minijinja template file replacing the built-in layout.
     #[arg(long)]
     template: Option<String>,
-    /// How ranks start: auto (srun on Slurm, mpirun elsewhere), srun, mpirun, none.
+    /// How ranks start.
     #[arg(long)]
-    launcher: Option<String>,
+    launcher: Option<LauncherArg>,
     /// srun's MPI plugin: pmix, pmi2 (Slurm).
     #[arg(long)]
     mpi: Option<String>,
@@ -245,7 +255,7 @@ struct PoolFlags {
     #[arg(long, value_name = "SECONDS")]
     drain_before: Option<u64>,
     /// Seconds a job whose workers were asked to leave may take to end before it is cancelled.
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = parse_secs)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = parse_secs, allow_negative_numbers = true)]
     retire_timeout: f64,
 }
 
@@ -269,7 +279,7 @@ impl SpecFlags {
         str_("array", "array", &self.array);
         str_("parallel_env", "parallel-env", &self.parallel_env);
         str_("template", "template", &self.template);
-        str_("launcher", "launcher", &self.launcher);
+        str_("launcher", "launcher", &self.launcher.as_ref().map(values::name));
         str_("mpi", "mpi", &self.mpi);
         str_("tessera", "tessera", &self.tessera);
         for (key, name, v) in [
@@ -314,7 +324,7 @@ pub fn main(args: JobqueueArgs, cluster: &ClusterArgs) -> ExitCode {
 
 fn load(common: &Common, job: &SpecFlags) -> anyhow::Result<Settings> {
     let opts = ConfigOptions { file: common.config.clone(), profile: common.profile.clone() };
-    Ok(Settings::load(&opts, job.layer(common.system.as_deref())?)?)
+    Ok(Settings::load(&opts, job.layer(common.system.map(System::name))?)?)
 }
 
 fn cwd() -> anyhow::Result<PathBuf> {

@@ -15,7 +15,7 @@ mod arrays_cmd;
 
 #[allow(unused_imports)]
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
 use tessera::bench::{self, Shape};
 use tessera::elastic::SchedulerFile;
@@ -29,24 +29,31 @@ use tessera::{Config, Launch, Progress, SchedulerWorks, TransportKind, WorkerSet
 
 mod jobqueue_cmd;
 mod logging;
+mod values;
 
 /// The scheduler allocates and frees a few small objects per task; mimalloc
 /// does that in a fraction of glibc malloc's time (measured: docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Help headings of the options every command takes, apart from its own.
+const CLUSTER: &str = "Cluster options";
+const ELASTIC: &str = "Elastic cluster";
+const DIAGNOSTICS: &str = "Diagnostics";
+
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about = "A Rust runtime for HPC clusters", propagate_version = true)]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); overrides RUST_LOG.
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(help_heading = DIAGNOSTICS, long, global = true, value_name = "LEVEL")]
     log: Option<String>,
 
     /// Also write each process's log to a file of its own in DIR
     /// (`rank-R.log` under mpirun/srun, else `HOST-PID.log`), at INFO or finer.
-    /// Goes before the subcommand (`tessera --log-dir DIR svd ...`): `jobqueue`
-    /// and `bench scale` have a `--log-dir` of their own, for job scripts and output.
-    #[arg(long, value_name = "DIR")]
+    /// Before or after the subcommand, except that `jobqueue` and `bench scale`
+    /// have a `--log-dir` of their own (for job scripts and output): there it
+    /// goes before the subcommand (`tessera --log-dir DIR jobqueue ...`).
+    #[arg(help_heading = DIAGNOSTICS, long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
 
     #[command(flatten)]
@@ -64,72 +71,73 @@ struct Cli {
 struct ObserveArgs {
     /// Write a performance report: one self-contained HTML file (task stream,
     /// transfers, memory per worker, time per kernel, where each thread ran).
-    #[arg(long, global = true, value_name = "FILE.html")]
+    #[arg(help_heading = DIAGNOSTICS, long, global = true, value_name = "FILE.html")]
     report: Option<PathBuf>,
 
     /// Write a Chrome trace-event file (opens in Perfetto or chrome://tracing).
-    #[arg(long, global = true, value_name = "FILE.json")]
+    #[arg(help_heading = DIAGNOSTICS, long, global = true, value_name = "FILE.json")]
     trace: Option<PathBuf>,
 
     /// No progress bar or progress lines (shown for computations longer than a second:
     /// a bar on a terminal, a log line every 5 s otherwise).
-    #[arg(long, short, global = true)]
+    #[arg(help_heading = DIAGNOSTICS, long, short, global = true)]
     quiet: bool,
 }
 
 #[derive(Args, Debug, Clone)]
 struct ClusterArgs {
     /// Where to run: MPI when launched by mpirun/srun, else local (auto); or force one.
-    #[arg(long, global = true, default_value = "auto", value_parser = parse_launch)]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", value_parser = values::parser::<values::LaunchArg, Launch>())]
     launch: Launch,
 
     /// Local cluster: number of workers [default: usable cores].
-    #[arg(long, global = true, env = "TESSERA_WORKERS")]
+    #[arg(help_heading = CLUSTER, long, global = true, env = "TESSERA_WORKERS", value_parser = at_least_one)]
     workers: Option<usize>,
 
     /// Compute threads per worker [default: 1 locally, the rank's share of cores under MPI].
-    #[arg(long, global = true, env = "TESSERA_THREADS")]
+    #[arg(help_heading = CLUSTER, long, global = true, env = "TESSERA_THREADS", value_parser = at_least_one)]
     threads: Option<usize>,
 
     /// MPI: whether rank 0 (scheduler and driver) also runs a worker.
-    #[arg(long, global = true, default_value = "auto", value_parser = parse_works)]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", value_parser = values::parser::<values::SchedulerWorksArg, SchedulerWorks>())]
     scheduler_works: SchedulerWorks,
 
     /// MPI: seconds a worker rank may stay silent before the job is aborted.
     /// TCP: seconds a peer may stay silent before it is declared lost.
-    #[arg(long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs)]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs,
+          allow_negative_numbers = true)]
     heartbeat_timeout: f64,
 
     /// Elastic cluster: the scheduler's address (HOST:PORT). `worker` joins it;
     /// `demo`, `bench`, `workers`, `retire` and `jobqueue scale`/`adapt` use it.
-    #[arg(long, global = true, env = "TESSERA_SCHEDULER", value_name = "ADDR")]
+    #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SCHEDULER", value_name = "ADDR")]
     scheduler: Option<String>,
 
     /// Elastic cluster: the file `tessera scheduler` writes its address to
     /// (and where its secret is) [default: ~/.config/tessera/scheduler.json].
-    #[arg(long, global = true, env = "TESSERA_SCHEDULER_FILE", value_name = "FILE")]
+    #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SCHEDULER_FILE", value_name = "FILE")]
     scheduler_file: Option<PathBuf>,
 
     /// Elastic cluster: the shared secret (created mode 0600 by `tessera scheduler`;
     /// refused if group or others can read it) [default: ~/.config/tessera/secret].
-    #[arg(long, global = true, env = "TESSERA_SECRET_FILE", value_name = "FILE")]
+    #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SECRET_FILE", value_name = "FILE")]
     secret_file: Option<PathBuf>,
 
     /// Bind worker threads to cores: distinct cores per thread (core), the NUMA node
     /// of that core (numa), or not at all (none). auto: core when several MPI ranks
     /// share a host, else none. Needs the `hwloc` feature.
-    #[arg(long, global = true, default_value = "auto", env = "TESSERA_BIND", value_parser = parse_bind)]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", env = "TESSERA_BIND", value_parser = values::parser::<values::BindArg, Bind>())]
     bind: Bind,
 
     /// Workers record no events (what --report and --trace draw from); the baseline
     /// for measuring what recording costs.
-    #[arg(long, global = true)]
+    #[arg(help_heading = CLUSTER, long, global = true)]
     no_events: bool,
 
     /// How blocks move between workers: auto (the launch's own: in-process, MPI or
     /// TCP) or ucx (UCP: shared memory, TCP, InfiniBand, as UCX_TLS allows; control
     /// messages stay on MPI or TCP). Needs the `ucx` feature.
-    #[arg(long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = parse_transport)]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "auto", env = "TESSERA_TRANSPORT", value_parser = values::parser::<values::TransportArg, TransportKind>())]
     transport: TransportKind,
 
     /// GPU workers, one per GPU, beside the CPU workers: `all` (every GPU this
@@ -137,13 +145,13 @@ struct ClusterArgs {
     /// numbered after CUDA_VISIBLE_DEVICES). Under MPI the working ranks of each host
     /// share its GPUs out, one each; `tessera worker` drives one. GEMM, random blocks
     /// and TSQR leaves then run on the GPUs. Needs the `cuda` feature.
-    #[arg(long, global = true, default_value = "none", env = "TESSERA_GPUS")]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "none", env = "TESSERA_GPUS")]
     gpus: GpuSelect,
 
     /// How GPU workers multiply f32 matrices: `exact` (IEEE f32, as on the CPU) or
     /// `tf32` (tensor cores with 10-bit-mantissa inputs: several times faster,
     /// relative error about 1e-3 instead of 1e-7). f64 is always exact.
-    #[arg(long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH")]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH")]
     gpu_math: GpuMath,
 }
 
@@ -154,12 +162,13 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_launch(s: &str) -> Result<Launch, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
-}
-
-fn parse_works(s: &str) -> Result<SchedulerWorks, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
+/// A count where 0 means nothing (workers, threads, tasks, repetitions).
+pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -167,13 +176,6 @@ fn parse_size(s: &str) -> Result<usize, String> {
         Some(n) if n > 0 => Ok(n as usize),
         _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
     }
-}
-
-fn parse_sim_shape(s: &str) -> Result<sim::Shape, String> {
-    s.parse().map_err(|e: sim::SimError| match e {
-        sim::SimError::Flag { reason, .. } => reason,
-        other => other.to_string(),
-    })
 }
 
 /// `bench simulate`: one simulation, one line of figures (and JSON).
@@ -202,14 +204,6 @@ fn simulate_bench(cfg: &sim::SimConfig, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     }
     Ok(())
-}
-
-fn parse_transport(s: &str) -> Result<TransportKind, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
-}
-
-fn parse_bind(s: &str) -> Result<Bind, String> {
-    s.parse().map_err(|e: tessera::Error| e.to_string())
 }
 
 impl ClusterArgs {
@@ -282,6 +276,7 @@ enum Command {
     /// Singular value decomposition: exact (TSQR) or randomized; writes /U, /S, /VT.
     Svd(arrays_cmd::SvdArgs),
     /// QR decomposition of a tall-and-skinny (or short-and-fat) matrix; writes /Q, /R.
+    #[command(mut_arg("seed", |a| a.help("Seed of the random input.")))]
     Qr(arrays_cmd::QrArgs),
     /// Blocked matrix product C = A @ B; writes C.
     Matmul(arrays_cmd::MatmulArgs),
@@ -289,10 +284,10 @@ enum Command {
     /// (`tessera worker`) and clients (`tessera demo --scheduler ADDR`) until
     /// SIGTERM or Ctrl-C, then stops its workers.
     Scheduler {
-        /// Where to listen: HOST:PORT, :PORT, or 0.0.0.0:PORT (every interface).
-        /// [default: this host's routable address, a free port]
-        #[arg(long, value_name = "ADDR", default_value = "")]
-        listen: String,
+        /// Where to listen: HOST:PORT, :PORT, or 0.0.0.0:PORT (every interface)
+        /// [default: this host's routable address, a free port].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         /// Take the address workers use from this network interface (e.g. ib0, eth0).
         #[arg(long, value_name = "NAME")]
         interface: Option<String>,
@@ -302,14 +297,14 @@ enum Command {
     /// at the end of --lifetime or on SIGTERM, then exits 0.
     Worker {
         /// Seconds after which to drain and leave (a batch job's walltime minus a margin).
-        #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+        #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
         lifetime: Option<f64>,
         /// Move the lifetime by a random amount up to this many seconds either
         /// way, so the workers of one batch do not all leave at once.
-        #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_duration)]
+        #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_duration, allow_negative_numbers = true)]
         lifetime_stagger: f64,
         /// Seconds a drain may take before the worker leaves anyway.
-        #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_duration)]
+        #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_duration, allow_negative_numbers = true)]
         drain_timeout: f64,
         /// Listen for peer workers on this interface [default: the one that reaches the scheduler].
         #[arg(long, value_name = "NAME")]
@@ -331,6 +326,7 @@ enum Command {
         /// Worker ranks, or worker names (batch job ids) as `tessera workers` shows them.
         #[arg(required = true, value_name = "RANK|NAME")]
         which: Vec<String>,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -346,13 +342,13 @@ enum BenchCommand {
     /// Per-task scheduling overhead on trivial tasks.
     Overhead {
         /// Number of tasks in the graph.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
         tasks: usize,
         /// Graph shape.
         #[arg(long, value_enum, default_value = "wide")]
         shape: Shape,
         /// Repetitions; the median is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
         /// Print one JSON object as the last line.
         #[arg(long)]
@@ -362,13 +358,15 @@ enum BenchCommand {
     /// against a plain MPI send/recv of the same size in the same run.
     Transfer {
         /// Block size in MiB.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         mib: usize,
         /// Block size in bytes, or with a K, M or G suffix (instead of --mib).
         #[arg(long, conflicts_with = "mib", value_parser = parse_size)]
         size: Option<usize>,
-        #[arg(long, default_value_t = 5)]
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
+        /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
     },
@@ -379,8 +377,10 @@ enum BenchCommand {
         /// larger: streaming bandwidth).
         #[arg(long, value_delimiter = ',', default_value = "8,1M,64M", value_parser = parse_size)]
         sizes: Vec<usize>,
-        #[arg(long, default_value_t = 5)]
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
+        /// Print one JSON object per size, after its line.
         #[arg(long)]
         json: bool,
     },
@@ -392,22 +392,22 @@ enum BenchCommand {
     /// a Tessera GPU worker (a local cluster of one CPU and one GPU worker), in one run.
     Gemm {
         /// Rows of A and C [default: --n].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         m: Option<usize>,
         /// Columns of A, rows of B [default: --n].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         k: Option<usize>,
         /// Columns of B and C; alone, the size of square matrices [default: 4096, with --gpus 8192].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         n: Option<usize>,
         /// Element type: f64, f32, or both (one measurement each).
         #[arg(long, value_enum, default_value = "f64")]
         dtype: bench::GemmDtype,
         /// Threads of the CPU product [default: usable cores].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         cores: Option<usize>,
         /// Timed products after one warm-up; the median is reported [default: 3, with --gpus 5].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         repeat: Option<usize>,
         /// With --gpus: seed of the random (standard normal) operands.
         #[arg(long, default_value_t = 0)]
@@ -422,19 +422,21 @@ enum BenchCommand {
     /// the others left and their jobs ended), 1 -> 0; every task counted once.
     Scale {
         /// Workers to scale up to.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         workers: usize,
         /// Sleep tasks in each run's graph (plus as many small ones and a sum).
-        #[arg(long, default_value_t = 400)]
+        #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
         tasks: u32,
         /// Milliseconds each sleep task takes.
         #[arg(long, default_value_t = 20)]
         ms: u64,
-        #[arg(long, default_value_t = 3)]
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
         /// Where the worker jobs' scripts and output go (a directory per run).
         #[arg(long, value_name = "DIR", default_value = "tessera-bench-scale")]
         log_dir: PathBuf,
+        /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
         /// Flags for `tessera jobqueue scale` (the worker jobs), after `--`:
@@ -446,16 +448,16 @@ enum BenchCommand {
     /// cost per task, the makespan against its lower bound, its memory per task.
     Simulate {
         /// Simulated workers.
-        #[arg(long, default_value_t = 100, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 100, allow_hyphen_values = true, value_parser = at_least_one)]
         workers: usize,
         /// Compute threads per simulated worker.
-        #[arg(long, default_value_t = 32, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 32, allow_hyphen_values = true, value_parser = at_least_one)]
         threads: usize,
         /// Tasks in the graph (shapes round to whole blocks).
-        #[arg(long, default_value_t = 100_000, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 100_000, allow_hyphen_values = true, value_parser = at_least_one)]
         tasks: usize,
-        /// Graph shape: wide, chain, tree, tsqr or matmul.
-        #[arg(long, default_value = "wide", value_parser = parse_sim_shape)]
+        /// Graph shape.
+        #[arg(long, default_value = "wide", value_parser = values::parser::<values::SimShapeArg, sim::Shape>())]
         shape: sim::Shape,
         /// Mean task duration in microseconds (each task: 0.5 to 1.5 times it, from the seed).
         #[arg(long, default_value_t = 1000.0, allow_hyphen_values = true)]
@@ -488,13 +490,15 @@ enum BenchCommand {
     /// but one drain, handing their blocks to the last (time until they left).
     Elastic {
         /// Workers to start.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         workers: usize,
         /// MiB of blocks each worker holds when the drain starts.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = at_least_one)]
         mib: usize,
-        #[arg(long, default_value_t = 3)]
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
+        /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
     },
@@ -516,8 +520,66 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The id of `--log-dir` given after the subcommand.
+const LOG_DIR_AFTER: &str = "log_dir_after";
+
+/// The command line: [`Cli`], with `--log-dir` accepted after every
+/// subcommand that has none of its own. Not clap's `global`: a global
+/// argument takes its value from any argument of the same id below it, and
+/// the `--log-dir` of `jobqueue` and `bench scale` means their job logs.
+fn command() -> clap::Command {
+    let cmd = Cli::command();
+    let arg = cmd.get_arguments().find(|a| a.get_id() == "log_dir").expect("Cli has --log-dir").clone();
+    fn add(cmd: clap::Command, arg: &clap::Arg) -> clap::Command {
+        let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_owned()).collect();
+        names.into_iter().fold(cmd, |cmd, name| {
+            cmd.mut_subcommand(name, |sub| {
+                let own = sub.get_name() == "jobqueue" || sub.get_arguments().any(|a| a.get_long() == Some("log-dir"));
+                if own {
+                    sub
+                } else {
+                    add(sub.arg(arg.clone()), arg)
+                }
+            })
+        })
+    }
+    add(cmd, &arg.id(LOG_DIR_AFTER))
+}
+
+/// Parses the command line (exit 2 with clap's message on a usage error).
+fn parse() -> Cli {
+    let matches = command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The last --log-dir given wins, as for any flag.
+    let mut m = &matches;
+    while let Some((_, sub)) = m.subcommand() {
+        if let Ok(Some(dir)) = sub.try_get_one::<PathBuf>(LOG_DIR_AFTER) {
+            cli.log_dir = Some(dir.clone());
+        }
+        m = sub;
+    }
+    let (name, input) = match &cli.command {
+        Command::Svd(a) => ("svd", &a.input),
+        Command::Qr(a) => ("qr", &a.input),
+        _ => return cli,
+    };
+    if input.input.is_none() && input.random.is_none() {
+        let mut cmd = command();
+        cmd.build(); // names the subcommand in its usage line
+        let sub = cmd.find_subcommand_mut(name).expect("a subcommand");
+        sub.error(clap::error::ErrorKind::MissingRequiredArgument, "give FILE.h5:/DATASET or --random MxN").exit();
+    }
+    cli
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A reader that goes away (`tessera info | head -3`) ends the command
+    // quietly, as it ends any Unix tool: SIGPIPE back to its default action.
+    // Simpler and more robust than checking every `println!` for EPIPE; the
+    // runtime's sockets do not raise it (see `default_sigpipe`), and MPI and
+    // UCX are C libraries, at home in a process with the default action.
+    tessera::runtime::host::sys::default_sigpipe();
+    let cli = parse();
     // The long-running roles log their lifecycle (joins, drains) by default.
     let quiet = if matches!(cli.command, Command::Scheduler { .. } | Command::Worker { .. }) { "info" } else { "warn" };
     if let Err(e) = logging::init(cli.log.as_deref(), quiet, cli.log_dir.as_deref()) {
@@ -539,7 +601,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let args = cli.cluster.clone();
     match cli.command {
-        Command::Scheduler { listen, interface } => return scheduler(&args, &listen, interface),
+        Command::Scheduler { listen, interface } => {
+            return scheduler(&args, listen.as_deref().unwrap_or_default(), interface)
+        }
         Command::Worker { lifetime, lifetime_stagger, drain_timeout, interface, name } => {
             return worker(&args, lifetime, lifetime_stagger, drain_timeout, interface, name)
         }
@@ -1160,4 +1224,55 @@ fn mpi_hello() -> anyhow::Result<()> {
 #[cfg(not(feature = "mpi"))]
 fn mpi_hello() -> anyhow::Result<()> {
     Err(tessera::Error::FeatureDisabled { feature: "mpi", what: "bench mpi-hello".into() }.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command;
+
+    /// Every argument of every subcommand, as `path: --flag`, that `missing` picks.
+    fn walk(cmd: &clap::Command, path: &str, missing: &dyn Fn(&clap::Arg) -> bool, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if missing(a) {
+                out.push(format!(
+                    "{path}: {}",
+                    a.get_long().map(|l| format!("--{l}")).unwrap_or(a.get_id().to_string())
+                ));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing, out);
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut cmd = command();
+        cmd.build();
+        let mut out = Vec::new();
+        let no_help = |a: &clap::Arg| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) && !a.is_hide_set();
+        walk(&cmd, "tessera", &no_help, &mut out);
+        assert!(out.is_empty(), "arguments without help:\n{}", out.join("\n"));
+    }
+
+    #[test]
+    fn the_options_every_command_takes_are_under_their_own_headings() {
+        let mut cmd = command();
+        cmd.build();
+        let mut out = Vec::new();
+        let no_heading = |a: &clap::Arg| a.is_global_set() && a.get_help_heading().is_none();
+        walk(&cmd, "tessera", &no_heading, &mut out);
+        assert!(out.is_empty(), "global options without a help heading:\n{}", out.join("\n"));
+        // And a subcommand's help shows them apart from its own flags.
+        let status = cmd.find_subcommand_mut("jobqueue").unwrap().find_subcommand_mut("status").unwrap();
+        let help = status.render_help().to_string();
+        let (own, rest) = help.split_once("Cluster options:").expect("a Cluster options heading");
+        assert!(!own.contains("--gpus") && rest.contains("--gpus"), "{help}");
+        assert!(help.contains("Diagnostics:") && help.contains("Elastic cluster:"), "{help}");
+    }
 }

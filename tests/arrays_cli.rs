@@ -69,6 +69,38 @@ fn svd_qr_and_matmul_report_checked_figures() {
 }
 
 #[test]
+fn short_and_fat_inputs_work_as_in_the_library() {
+    // 20 x 600 uniform [0, 1) entries: the squares of all 20 singular values
+    // add up to |A|_F^2, about m n / 3 (E[a^2] = 1/3; its spread over 12,000
+    // entries is about 1%).
+    let (m, n) = (20usize, 600usize);
+    for method in ["tsqr", "auto"] {
+        let j = json(&tessera(&["svd", "--random", &format!("{m}x{n}"), "--method", method, "--json"]));
+        assert_eq!(j["shape"], serde_json::json!([m, n]));
+        assert_eq!(j["k"].as_u64(), Some(m as u64), "{j}");
+        let s: Vec<f64> = j["s"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(s.windows(2).all(|w| w[0] >= w[1]) && s[m - 1] > 0.0, "{s:?}");
+        let frob2: f64 = s.iter().map(|x| x * x).sum();
+        let expected = (m * n) as f64 / 3.0;
+        assert!((frob2 / expected - 1.0).abs() < 0.05, "sum of s^2 = {frob2}, expected about {expected}");
+    }
+    // A few triplets of a short-and-fat array, and its QR (R is m x n; its
+    // diagonal has m entries, none zero for a random array).
+    let j = json(&tessera(&["svd", "--random", "30x400", "--k", "3", "--json"]));
+    assert_eq!(j["k"].as_u64(), Some(3), "{j}");
+    let q = json(&tessera(&["qr", "--random", &format!("{m}x{n}"), "--json"]));
+    let d: Vec<f64> = q["r_diagonal"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(d.len(), m, "{q}");
+    assert!(d.iter().all(|x| x.abs() > 1e-8), "{d:?}");
+    // |R_ii| is the part of column i of A outside the span of the columns
+    // before it: at most that column's norm, below sqrt(m) for entries < 1.
+    assert!(d.iter().all(|x| x.abs() < (m as f64).sqrt()), "{d:?}");
+    // Explicit column blocks, the first at least m wide, work too.
+    let q = json(&tessera(&["qr", "--random", "16x300", "--chunks", "16x100", "--json"]));
+    assert_eq!(q["r_diagonal"].as_array().unwrap().len(), 16, "{q}");
+}
+
+#[test]
 fn bad_parameters_are_refused_before_any_work() {
     fails(&["svd", "--random", "100x10", "--k", "0"], &["k = 0", "min(m, n) = 10"]);
     fails(&["svd", "--random", "100x10", "--k", "11"], &["k = 11"]);
@@ -109,6 +141,21 @@ fn files_are_read_and_written_whole() {
     assert_eq!(u.shape, vec![5000, 12]);
     let vt = tessera::linalg::hdf5::Hdf5Dataset::open(&out, "/VT").unwrap();
     assert_eq!(vt.shape, vec![12, 12]);
+}
+
+#[cfg(feature = "hdf5")]
+#[test]
+fn short_and_fat_files_are_read_in_whole_columns() {
+    let dir = Dir::new("fat");
+    let x = dir.path("x.h5");
+    json(&tessera(&["matmul", "--random", "12x12x3000", "--chunks", "12x12", "-o", &format!("{x}:/W"), "--json"]));
+    let s = json(&tessera(&["svd", &format!("{x}:/W"), "--json"]));
+    assert_eq!((s["shape"].clone(), s["k"].as_u64()), (serde_json::json!([12, 3000]), Some(12)), "{s}");
+    assert!(s["chunks"].as_str().unwrap().starts_with("((12,), ("), "whole columns: {s}");
+    let q = json(&tessera(&["qr", &format!("{x}:/W"), "--json"]));
+    assert_eq!(q["r_diagonal"].as_array().unwrap().len(), 12, "{q}");
+    // The largest singular value bounds |R_00| (the first column's norm).
+    assert!(q["r_diagonal"][0].as_f64().unwrap().abs() <= s["s"][0].as_f64().unwrap() * (1.0 + 1e-12), "{q} {s}");
 }
 
 #[cfg(feature = "hdf5")]

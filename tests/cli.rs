@@ -133,8 +133,8 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("seconds >= 2"), "{}", stderr(&o));
     let o = tessera(&["--workers", "0", "bench", "overhead", "--tasks", "10"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("at least one worker"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--workers") && stderr(&o).contains("at least 1"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     let o = tessera(&["--gpus", "first", "info"]);
     assert_eq!(o.status.code(), Some(2));
@@ -142,6 +142,118 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
     let o = tessera(&["--gpu-math", "bf16", "info"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("`bf16`") && stderr(&o).contains("tf32"), "{}", stderr(&o));
+}
+
+/// A bad value is a usage error (exit 2) whose message names the flag and,
+/// for a fixed set of values, lists them; `0` is refused where it means nothing.
+#[test]
+fn bad_values_are_usage_errors_naming_the_flag() {
+    let cases: [(&[&str], &str, &str); 16] = [
+        (&["--launch", "cloud", "info"], "--launch", "expected auto, local or mpi"),
+        (&["--scheduler-works", "maybe", "info"], "--scheduler-works", "expected auto, yes or no"),
+        (&["--bind", "socket", "info"], "--bind", "expected auto, none, core or numa"),
+        (&["--transport", "tcp", "info"], "--transport", "or ucx"),
+        (&["--gpus", "two", "info"], "--gpus", "`two`"),
+        (&["--threads", "0", "info"], "--threads", "at least 1"),
+        (&["--workers", "0", "info"], "--workers", "at least 1"),
+        (&["--heartbeat-timeout", "-1", "info"], "--heartbeat-timeout", "`-1` is not a number of seconds"),
+        (&["worker", "--lifetime", "-5"], "--lifetime", "`-5` is not a number of seconds"),
+        (&["svd", "--random", "100x10", "--chunk-rows", "0"], "--chunk-rows", "at least 1"),
+        (&["qr", "--random", "100x10", "--chunk-rows", "0"], "--chunk-rows", "at least 1"),
+        (&["bench", "overhead", "--repeat", "0"], "--repeat", "at least 1"),
+        (&["bench", "gemm", "--n", "0"], "--n", "at least 1"),
+        (&["bench", "simulate", "--shape", "star"], "--shape", "expected wide, chain, tree, tsqr or matmul"),
+        (&["bench", "elastic", "--workers", "0"], "--workers", "at least 1"),
+        (&["bench", "scale", "--tasks", "0"], "--tasks", "0 is not in 1.."),
+    ];
+    for (args, flag, says) in cases {
+        let o = tessera(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{args:?}: expected {flag} and {says:?} in: {err}");
+        assert!(!err.contains("unexpected argument") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    // The values are listed in the help, each with what it means.
+    let o = tessera(&["info", "--help"]);
+    assert!(stdout(&o).contains("- local:") && stdout(&o).contains("- numa:"), "{}", stdout(&o));
+    let o = tessera(&["info", "-h"]);
+    assert!(stdout(&o).contains("[possible values: auto, local, mpi]"), "{}", stdout(&o));
+    // The environment is read by the same parser.
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).arg("info").env("TESSERA_BIND", "everywhere").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--bind") && stderr(&o).contains("everywhere"), "{}", stderr(&o));
+}
+
+/// A subcommand's help shows its own flags first, the options every command
+/// takes under their own headings, and a description for each (the whole
+/// tree is walked by the binary's unit tests).
+#[test]
+fn help_puts_global_options_under_headings() {
+    let o = tessera(&["jobqueue", "status", "-h"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let help = stdout(&o);
+    let (own, rest) = help.split_once("\nCluster options:").unwrap_or_else(|| panic!("no Cluster options: {help}"));
+    assert!(!own.contains("--gpus") && !own.contains("--bind") && rest.contains("--gpus"), "{help}");
+    for heading in ["Diagnostics:", "Elastic cluster:", "Jobqueue options:"] {
+        assert!(help.contains(heading), "{heading}: {help}");
+    }
+    let qr = stdout(&tessera(&["qr", "-h"]));
+    let seed = qr.lines().find(|l| l.contains("--seed")).unwrap_or_else(|| panic!("{qr}"));
+    assert!(seed.contains("Seed of the random input") && !seed.contains("SVD"), "{seed}");
+    let help = stdout(&tessera(&["scheduler", "-h"]));
+    let listen = help.lines().find(|l| l.contains("--listen")).unwrap_or_else(|| panic!("{help}"));
+    assert_eq!(listen.matches("[default:").count(), 1, "one default for --listen: {listen}");
+    let script = stdout(&tessera(&["jobqueue", "script", "-h"]));
+    for flag in ["--nodes <NODES>", "--cores-per-task <CORES_PER_TASK>", "--gpus-per-node <GPUS_PER_NODE>"] {
+        // The description follows on the flag's line, or on the next (clap's
+        // layout when some flag's description is long).
+        let lines: Vec<&str> = script.lines().collect();
+        let i = lines.iter().position(|l| l.contains(flag)).unwrap_or_else(|| panic!("{flag}: {script}"));
+        let same = lines[i].split_once(flag).map(|(_, d)| d.trim()).unwrap_or_default();
+        let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or_default();
+        assert!(!same.is_empty() || !(next.is_empty() || next.starts_with('-')), "{flag} has no description: {script}");
+    }
+}
+
+#[test]
+fn flags_go_where_a_user_puts_them() {
+    // --log-dir after the subcommand, as before it; the last one given wins.
+    let dir = temp_dir("log-dir-after");
+    let (before, after) = (dir.join("before"), dir.join("after"));
+    let o = tessera(&["--log-dir", before.to_str().unwrap(), "info", "--log-dir", after.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logs = |d: &Path| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    assert_eq!((logs(&before), logs(&after)), (0, 1), "one log file, in the last --log-dir");
+    let o = tessera(&["--workers", "2", "bench", "overhead", "--tasks", "10", "--log-dir", before.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(logs(&before), 1);
+    // jobqueue keeps its own --log-dir (the jobs' output); the process log stays out of it.
+    let jobs = dir.join("jobs");
+    let o = tessera(&[
+        "jobqueue",
+        "submit",
+        "--dry-run",
+        "--system",
+        "slurm",
+        "--log-dir",
+        jobs.to_str().unwrap(),
+        "--",
+        "tessera",
+        "demo",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> =
+        std::fs::read_dir(&jobs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.is_empty() && names.iter().all(|n| !n.ends_with(".log")), "{names:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // svd and qr without an input say what to give, as a usage error.
+    for cmd in ["svd", "qr"] {
+        let o = tessera(&[cmd]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("give FILE.h5:/DATASET or --random MxN"), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("tessera {cmd}")), "the usage line: {}", stderr(&o));
+    }
 }
 
 #[test]
@@ -195,6 +307,34 @@ fn asking_for_mpi_without_the_feature_names_the_feature() {
     let o = tessera(&["bench", "transfer"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("`mpi` feature"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["info"][..],
+        &["info", "--json"],
+        &["bench", "simulate", "--workers", "4", "--tasks", "200", "--json"],
+        &["jobqueue", "script", "--system", "slurm", "--", "tessera", "demo"],
+    ] {
+        // As `tessera ... | head -0`: the reader closes before the first line.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("OMPI_COMM_WORLD_SIZE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+        assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
+        // Ended by SIGPIPE, as Unix tools are (or done before it wrote).
+        assert!(o.status.signal() == Some(libc::SIGPIPE) || o.status.success(), "{args:?}: {:?} {err}", o.status);
+    }
 }
 
 #[test]

@@ -99,10 +99,74 @@ fn script_json_and_every_system() {
 
 #[test]
 fn unknown_system() {
+    // A bad flag value is a usage error (exit 2; it was 1).
     let o = tessera(&["jobqueue", "script", "--system", "lsf", "--", "tessera", "demo"]);
-    refused(&o, &["unknown batch system", "`lsf`", "slurm, pbs, torque or sge", "--system"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    for says in ["unknown batch system", "`lsf`", "slurm, pbs, torque or sge", "--system"] {
+        assert!(err(&o).contains(says), "expected `{says}` in: {}", err(&o));
+    }
+    assert!(!err(&o).contains("panicked"), "{}", err(&o));
+    // The names the library accepts, in any case.
+    let o = tessera(&["jobqueue", "script", "--json", "--system", "OpenPBS", "--", "tessera", "demo"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out(&o)).unwrap()["system"], "pbs");
+    // A profile or the environment is not the command line: exit 1, named.
     let o = tessera_env(&["jobqueue", "status", "1"], &[("TESSERA_JOBQUEUE_SYSTEM", "loadleveler")]);
     refused(&o, &["TESSERA_JOBQUEUE_SYSTEM", "`loadleveler`"]);
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors_naming_the_flag() {
+    let script = |extra: &[&str]| {
+        let mut a = vec!["jobqueue", "script", "--system", "slurm"];
+        a.extend(extra);
+        a.extend(["--", "tessera", "demo"]);
+        tessera(&a)
+    };
+    for (flags, flag, says) in [
+        (&["--launcher", "aprun"][..], "--launcher", "auto, srun, mpirun, none"),
+        (&["--nodes", "0"], "--nodes", "0 is not in 1.."),
+        (&["--tasks-per-node", "0"], "--tasks-per-node", "0 is not in 1.."),
+        (&["--cores-per-task", "0"], "--cores-per-task", "0 is not in 1.."),
+    ] {
+        let o = script(flags);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", err(&o));
+        assert!(err(&o).contains(flag) && err(&o).contains(says), "{flags:?}: {}", err(&o));
+    }
+    for args in [&["jobqueue", "wait", "1", "--poll", "-1"][..], &["jobqueue", "scale", "2", "--wait-ready", "-3"]] {
+        let o = tessera(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+        assert!(err(&o).contains("is not a number of seconds"), "{args:?}: {}", err(&o));
+        assert!(!err(&o).contains("unexpected argument"), "{args:?}: {}", err(&o));
+    }
+    // A valid launcher still reaches the script.
+    let o = script(&["--launcher", "mpirun"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("mpirun"), "{}", out(&o));
+}
+
+#[test]
+fn walltimes_as_slurm_takes_them_and_with_units() {
+    for (walltime, slurm, pbs) in [
+        ("1h", "01:00:00", "01:00:00"),
+        ("90m", "01:30:00", "01:30:00"),
+        ("1h30m", "01:30:00", "01:30:00"),
+        ("2-12:00:00", "2-12:00:00", "60:00:00"),
+        ("2-12", "2-12:00:00", "60:00:00"),
+        ("1-06:30", "1-06:30:00", "30:30:00"),
+        ("36:00:00", "1-12:00:00", "36:00:00"),
+    ] {
+        for (system, line) in [("slurm", format!("#SBATCH --time={slurm}\n")), ("pbs", format!("walltime={pbs}\n"))] {
+            let o =
+                tessera(&["jobqueue", "script", "--system", system, "--walltime", walltime, "--", "tessera", "demo"]);
+            assert!(o.status.success(), "{walltime}: {}", err(&o));
+            assert!(out(&o).contains(&line), "{walltime} on {system}: expected {line:?} in {}", out(&o));
+        }
+    }
+    for bad in ["1x", "2-24", "1m1h", "0h"] {
+        let o = tessera(&["jobqueue", "script", "--system", "slurm", "--walltime", bad, "--", "tessera", "demo"]);
+        refused(&o, &["walltime (from flag --walltime)", &format!("`{bad}`")]);
+    }
 }
 
 #[test]

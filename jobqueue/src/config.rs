@@ -50,7 +50,7 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
     ("cores_per_task", Kind::Count, "cores per rank"),
     ("memory", Kind::Str, "memory per node with its unit: 4GiB, 4000MB"),
     ("gpus_per_node", Kind::Count, "GPUs per node"),
-    ("walltime", Kind::Str, "HH:MM:SS or D-HH:MM:SS"),
+    ("walltime", Kind::Str, "HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or 90m, 1h, 2d"),
     ("queue", Kind::Str, "partition (Slurm) or queue"),
     ("account", Kind::Str, "account (Slurm, PBS) or project (SGE)"),
     ("log_dir", Kind::Str, "where job output and submitted scripts go"),

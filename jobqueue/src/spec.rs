@@ -315,13 +315,23 @@ impl Serialize for Memory {
     }
 }
 
-/// A wall-clock limit, parsed from `HH:MM:SS` or `D-HH:MM:SS` (minutes and
-/// seconds below 60; hours may exceed 23 without a day part).
+/// A wall-clock limit, parsed as Slurm reads one with a day part, or as a
+/// number with a unit:
+///
+/// - `HH:MM:SS` (hours may exceed 23);
+/// - `D-HH`, `D-HH:MM` or `D-HH:MM:SS` (days, then hours below 24);
+/// - `90m`, `1h`, `2d`, `45s`, or several in that order (`1h30m`).
+///
+/// Minutes and seconds are below 60. A bare number (`90`: minutes or
+/// seconds?) and `MM:SS` (`10:00`: ten minutes in Slurm, ten hours to a
+/// reader of `HH:MM`) are refused rather than guessed.
 ///
 /// ```
 /// use tessera_jobqueue::Walltime;
 /// assert_eq!("01:30:00".parse::<Walltime>()?.seconds(), 5400);
 /// assert_eq!("2-00:00:00".parse::<Walltime>()?.seconds(), 172_800);
+/// assert_eq!("2-12".parse::<Walltime>()?.seconds(), 216_000);
+/// assert_eq!("90m".parse::<Walltime>()?.seconds(), 5400);
 /// assert!("90".parse::<Walltime>().is_err()); // minutes? seconds? refused
 /// # Ok::<(), tessera_jobqueue::Error>(())
 /// ```
@@ -361,32 +371,75 @@ impl FromStr for Walltime {
             Error::invalid(
                 "walltime",
                 s,
-                "expected HH:MM:SS or D-HH:MM:SS (for example 00:30:00 or 1-12:00:00), minutes and seconds below 60",
+                "expected HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (for example 00:30:00, 2-12 or 1-12:00:00, minutes and \
+                 seconds below 60, hours below 24 after a day), or a number with a unit: 90m, 1h, 2d, 1h30m",
             )
         };
         let t = s.trim();
-        let (days, hms) = match t.split_once('-') {
-            Some((d, rest)) => (Some(d), rest),
-            None => (None, t),
+        let total = if t.ends_with(|c: char| c.is_ascii_alphabetic()) {
+            with_units(t).ok_or_else(bad)?
+        } else {
+            clock(t).ok_or_else(bad)?
         };
-        let num = |p: &str, max_len: usize| -> Result<u64> {
-            if p.is_empty() || p.len() > max_len || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            p.parse().map_err(|_| bad())
-        };
-        let parts: Vec<&str> = hms.split(':').collect();
-        let [h, m, sec] = parts[..] else { return Err(bad()) };
-        let (d, h, m, sec) = (days.map(|d| num(d, 4)).transpose()?.unwrap_or(0), num(h, 6)?, num(m, 2)?, num(sec, 2)?);
-        if m >= 60 || sec >= 60 || (days.is_some() && h >= 24) {
-            return Err(bad());
-        }
-        let total = d * 86_400 + h * 3600 + m * 60 + sec;
         if total == 0 {
             return Err(Error::invalid("walltime", s, "must be more than zero"));
         }
         Ok(Walltime(total))
     }
+}
+
+/// Seconds of `HH:MM:SS`, `D-HH`, `D-HH:MM` or `D-HH:MM:SS`.
+fn clock(t: &str) -> Option<u64> {
+    let num = |p: &str, max_len: usize| -> Option<u64> {
+        if p.is_empty() || p.len() > max_len || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    let (days, hms) = match t.split_once('-') {
+        Some((d, rest)) => (Some(num(d, 4)?), rest),
+        None => (None, t),
+    };
+    let parts: Vec<&str> = hms.split(':').collect();
+    let (h, m, sec) = match (days, &parts[..]) {
+        (_, [h, m, sec]) => (num(h, 6)?, num(m, 2)?, num(sec, 2)?),
+        (Some(_), [h, m]) => (num(h, 2)?, num(m, 2)?, 0),
+        (Some(_), [h]) => (num(h, 2)?, 0, 0),
+        _ => return None,
+    };
+    if m >= 60 || sec >= 60 || (days.is_some() && h >= 24) {
+        return None;
+    }
+    Some(days.unwrap_or(0) * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+/// Seconds of numbers with units, largest unit first: `90m`, `1h30m`, `2d`.
+fn with_units(t: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut rest = t;
+    let mut last_unit = u64::MAX;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        let unit_len = rest[digits..].find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len() - digits);
+        let unit = match &rest[digits..digits + unit_len] {
+            "d" => 86_400,
+            "h" => 3600,
+            "m" | "min" => 60,
+            "s" => 1,
+            _ => return None,
+        };
+        if unit >= last_unit {
+            return None; // `1m1h`, `1h1h`
+        }
+        last_unit = unit;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        rest = &rest[digits + unit_len..];
+    }
+    Some(total)
 }
 
 impl fmt::Display for Walltime {
@@ -526,6 +579,42 @@ mod tests {
             let e = bad.parse::<Walltime>().unwrap_err().to_string();
             assert!(e.starts_with("walltime:"), "{bad}: {e}");
         }
+        // Slurm's day forms and numbers with units.
+        assert_eq!(s("2-12:00:00").unwrap(), 216_000);
+        assert_eq!(s("2-12").unwrap(), 216_000);
+        assert_eq!(s("1-02:30").unwrap(), 95_400);
+        assert_eq!(s("0-1").unwrap(), 3600);
+        assert_eq!(s("1h").unwrap(), 3600);
+        assert_eq!(s("90m").unwrap(), 5400);
+        assert_eq!(s("90min").unwrap(), 5400);
+        assert_eq!(s("2d").unwrap(), 172_800);
+        assert_eq!(s("45s").unwrap(), 45);
+        assert_eq!(s("1h30m").unwrap(), 5400);
+        assert_eq!(s(" 1d12h ").unwrap(), 129_600);
+        for bad in [
+            "1x",
+            "h",
+            "1.5h",
+            "1m1h",
+            "1h1h",
+            "-1h",
+            "0h",
+            "0-0",
+            "2-24",
+            "2-1:60",
+            "2-",
+            "-2",
+            "1-2-3",
+            "2-123",
+            "1h 30m",
+            "99999999999d",
+        ] {
+            let e = bad.parse::<Walltime>().unwrap_err().to_string();
+            assert!(e.starts_with("walltime:") && e.contains(&format!("`{}`", bad)), "{bad}: {e}");
+        }
+        // The message names the forms it takes.
+        let e = "1x".parse::<Walltime>().unwrap_err().to_string();
+        assert!(e.contains("D-HH:MM") && e.contains("90m"), "{e}");
         assert_eq!(Walltime::from_seconds(93_784).slurm(), "1-02:03:04");
         assert_eq!(Walltime::from_seconds(93_784).hms(), "26:03:04");
     }

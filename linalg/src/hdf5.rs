@@ -114,12 +114,15 @@ impl Hdf5Dataset {
     }
 
     /// Blocks of about [`TARGET_BLOCK_BYTES`], whole rows when they fit,
-    /// each a whole number of the file's chunks.
+    /// each a whole number of the file's chunks. An empty dataset is one
+    /// empty block, as [`Chunks::regular`] makes it.
     pub fn default_chunks(&self) -> Chunks {
         let elem = self.dtype.size();
+        // A contiguous dataset reads best in whole rows: its "chunks" are
+        // rows (a 1-D one, one row), at least one element long.
         let fc = self.file_chunks.clone().unwrap_or_else(|| {
             let mut c = vec![1; self.shape.len()];
-            *c.last_mut().expect("1-D or 2-D") = *self.shape.last().expect("1-D or 2-D");
+            *c.last_mut().expect("1-D or 2-D") = (*self.shape.last().expect("1-D or 2-D")).max(1);
             c
         });
         let size: Vec<usize> = match (&self.shape[..], &fc[..]) {

@@ -420,8 +420,21 @@ pub fn hdf5_files(client: &Client) {
     let f = h5lib::File::create(dir.0.join("odd.h5")).unwrap();
     f.new_dataset::<i32>().shape([4, 4]).create("ints").unwrap();
     f.new_dataset::<f64>().shape([2, 2, 2]).create("cube").unwrap();
+    // Empty datasets, contiguous (1-D: its default blocks were sized by a
+    // division by its length) and chunked.
+    f.new_dataset::<f64>().no_chunk().shape([0]).create("empty").unwrap();
+    f.new_dataset::<f64>().no_chunk().shape([0, 3]).create("empty_rows").unwrap();
+    f.new_dataset::<f64>().no_chunk().shape([3, 0]).create("empty_cols").unwrap();
+    f.new_dataset::<f64>().shape([0]).create("empty_chunked").unwrap();
     drop(f);
     let odd = dir.0.join("odd.h5");
+    for (dataset, shape) in
+        [("/empty", &[0][..]), ("/empty_rows", &[0, 3]), ("/empty_cols", &[3, 0]), ("/empty_chunked", &[0])]
+    {
+        let a = from_hdf5(&format!("{}:{dataset}", odd.display()), None).unwrap();
+        assert_eq!(a.shape(), shape, "{dataset}");
+        assert_eq!(a.to_ndarray::<f64>(client).unwrap().shape(), shape, "{dataset}");
+    }
     let cases = [
         (dir.0.join("missing.h5"), "/A", "no such file"),
         (path.clone(), "/B", "no such dataset"),

@@ -129,6 +129,19 @@ pub fn termination_flag() -> &'static std::sync::atomic::AtomicBool {
     &FLAG
 }
 
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it), so
+/// that a command line program writing to a pipe whose reader has gone (`tessera
+/// info | head -3`) ends as Unix tools do instead of failing on every write.
+/// Sockets are unaffected: std's `TcpStream` writes with `MSG_NOSIGNAL`, so a
+/// lost peer is still an error to handle, never a signal.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety
+    // preconditions; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// `1536` -> `1.5 KiB`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
