@@ -76,6 +76,8 @@ pub struct Core {
     pub(super) durations: Vec<f64>,
     /// Running mean of each kernel's output size in bytes (NaN: unknown).
     pub(super) out_bytes: Vec<f64>,
+    /// Tasks of each kernel finished (what the means above rest on).
+    pub(super) finished: Vec<u32>,
     pub(super) retirements: Vec<Retirement>,
     /// Results each remote client holds (by rank, with multiplicity):
     /// released if the client goes away without releasing them.
@@ -95,6 +97,7 @@ impl Core {
         Core {
             durations: vec![f64::NAN; registry.len()],
             out_bytes: vec![f64::NAN; registry.len()],
+            finished: vec![0; registry.len()],
             registry,
             config,
             transport_name: String::new(),

@@ -10,11 +10,18 @@
 //! * **Ahead assignment.** Dependents whose inputs are all on a worker (or
 //!   being computed there) are sent with the task that makes the last of
 //!   them: the worker runs them back to back, no round trip in between.
+//!   And a dependent whose inputs are all computed but those one worker is
+//!   computing goes to that worker as soon as the others are done, when it
+//!   holds as much of its input there as anywhere: the worker fetches the
+//!   rest while the last input is computed (the levels of a reduction tree
+//!   spanning workers then cost no round trip each).
 //! * **Stealing.** A worker with room and nothing of its own takes queued
 //!   (never running) tasks of the most loaded worker, from the low-priority
 //!   end, when moving their inputs costs less than running them.
 
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use super::state::{State, TaskRec};
 use super::Core;
@@ -38,6 +45,11 @@ const SHORT_WORK_US: f64 = 1000.0;
 
 /// Roots held past the limit must make blocks smaller than this on average.
 const SMALL_ROOT_BYTES: f64 = (16 << 10) as f64;
+
+/// Tasks of a kernel that must have finished before its mean output size
+/// counts as an estimate (for sending a task ahead to where its last input
+/// is computed).
+const KNOWN_AFTER: u32 = 8;
 
 /// Hungry workers woken per backlogged worker per flush.
 const WAKE: usize = 4;
@@ -365,5 +377,54 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Sends waiting task `id` ahead to the worker computing all of its
+    /// inputs not yet in memory, when there is one such worker, it is open
+    /// and has room, and it will hold at least as many of the task's input
+    /// bytes as any other worker (inputs being computed count at their
+    /// kernel's mean output size, once [`KNOWN_AFTER`] of its tasks have
+    /// finished; before that nothing is sent ahead). The worker fetches the
+    /// inputs held elsewhere at once, while the last one is computed.
+    pub(super) fn send_ahead_to_last(&mut self, id: TaskId) {
+        let rec = &self.tasks[&id];
+        let mut target = None;
+        let mut there = 0.0;
+        let mut elsewhere: SmallVec<[(usize, f64); 4]> = SmallVec::new();
+        for input in &rec.inputs {
+            let r = &self.tasks[input];
+            match r.state {
+                State::Running(x) if target.is_none_or(|t| t == x) => {
+                    if self.finished[r.kernel as usize] < KNOWN_AFTER {
+                        return;
+                    }
+                    target = Some(x);
+                    there += self.out_bytes[r.kernel as usize];
+                }
+                State::Memory => {
+                    for &h in &r.who_has {
+                        match elsewhere.iter_mut().find(|(w, _)| *w == h) {
+                            Some((_, b)) => *b += r.nbytes as f64,
+                            None => elsewhere.push((h, r.nbytes as f64)),
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+        let Some(x) = target else { return };
+        let worker = &self.workers[x];
+        if !worker.open()
+            || worker.in_flight >= worker.limit + AHEAD
+            || rec.pin.is_some_and(|p| p != x)
+            || (self.registry.is_gpu(rec.kernel) && !worker.has_gpu())
+        {
+            return;
+        }
+        let held_here = there + elsewhere.iter().find(|(w, _)| *w == x).map_or(0.0, |(_, b)| *b);
+        if elsewhere.iter().any(|&(w, b)| w != x && b > held_here) {
+            return;
+        }
+        self.start(x, id);
     }
 }

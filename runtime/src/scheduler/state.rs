@@ -327,6 +327,8 @@ impl Core {
         self.completed += 1;
         running_mean(&mut self.durations[rec.kernel as usize], micros as f64);
         running_mean(&mut self.out_bytes[rec.kernel as usize], nbytes as f64);
+        let finished = &mut self.finished[rec.kernel as usize];
+        *finished = finished.saturating_add(1);
         rec.state = State::Memory;
         rec.who_has.push(w);
         rec.nbytes = nbytes;
@@ -359,6 +361,8 @@ impl Core {
                     }
                     _ => {}
                 }
+            } else if matches!(d.state, State::Waiting) {
+                self.send_ahead_to_last(dep);
             }
         }
         for &input in &inputs {

@@ -1,17 +1,20 @@
 //! A deterministic simulator: the real [`Core`] driving simulated workers on
 //! virtual time (what `tessera bench simulate` runs).
 //!
-//! Each simulated worker has `threads` compute threads. A task it is sent
-//! runs once its inputs exist (on the worker, or on a peer it fetches them
-//! from: `latency + bytes / bandwidth` per missing input) for its duration
-//! (`task_us` times a factor in `[0.5, 1.5)` drawn from the seed). Messages
-//! between the scheduler and a worker take `latency`. Everything the core
+//! Each simulated worker has `threads` compute threads. As a real worker
+//! does, it starts fetching a task's inputs held by peers the moment the
+//! task arrives (`latency + bytes / bandwidth` each, one fetch per block),
+//! awaits the inputs it computes itself, and runs the task once all are in
+//! its store, for its duration (`task_us` times a factor in `[0.5, 1.5)`
+//! drawn from the seed). Messages between the scheduler and a worker take
+//! `latency`. Everything the core
 //! decides is carried out as a real cluster would: `Run`, `Release` and
 //! `Cancel` batches arrive at workers, `Done` and `Replica` at the core.
 //!
 //! The report gives the core's own CPU cost per task (real clock, around
 //! its calls only), the simulated makespan against its lower bound (the
-//! larger of the total work over all threads and the critical path), and
+//! largest of the total work over all threads, the critical path and the
+//! level bounds), and
 //! the heap the core's records hold per task. Same seed, same schedule.
 //!
 //! ```
@@ -221,8 +224,10 @@ pub struct SimReport {
 enum Happening {
     /// A message from the core reaches worker `w`.
     ToWorker(usize, Decision),
-    /// Worker `w` finished task `id` (after fetching `fetched`).
-    Finished { w: usize, id: TaskId, n: usize, fetched: Vec<TaskId>, micros: u64 },
+    /// Worker `w` finished task `id`.
+    Finished { w: usize, id: TaskId, n: usize, micros: u64 },
+    /// Block `id` fetched from a peer reached worker `w`'s store.
+    Fetched { w: usize, id: TaskId },
     /// A worker's message reaches the core.
     ToCore(Event),
 }
@@ -232,6 +237,8 @@ struct SimWorker {
     /// Tasks received and not started, in arrival order.
     pending: Vec<RunTask>,
     store: FxHashSet<TaskId>,
+    /// Blocks being fetched from peers.
+    incoming: FxHashSet<TaskId>,
 }
 
 struct Sim<'a> {
@@ -279,37 +286,47 @@ impl Sim<'_> {
         w as u32 + 1
     }
 
-    /// Starts what worker `w` can start at `now`: tasks whose inputs exist
-    /// here or on a holder, in the order they arrived.
+    /// Starts fetching the inputs of worker `w`'s pending tasks that a
+    /// peer holds and `w` neither holds nor is fetching (from `from` on in
+    /// `pending`: the tasks that just arrived).
+    fn fetch_inputs(&mut self, w: usize, now: u64, from: usize) {
+        for t in from..self.workers[w].pending.len() {
+            for k in 0..self.workers[w].pending[t].inputs.len() {
+                let worker = &self.workers[w];
+                let input = &worker.pending[t].inputs[k];
+                let (id, nbytes) = (input.id, input.nbytes);
+                if worker.store.contains(&id) || worker.incoming.contains(&id) {
+                    continue;
+                }
+                let at_peer = input.holders.iter().any(|&r| {
+                    r != Sim::rank(w)
+                        && self.workers.get((r as usize).wrapping_sub(1)).is_some_and(|h| h.store.contains(&id))
+                });
+                if !at_peer {
+                    continue; // computed here, or not yet anywhere
+                }
+                self.workers[w].incoming.insert(id);
+                self.transfers += 1;
+                self.moved_bytes += nbytes;
+                let ns = self.latency_ns + (nbytes as f64 / self.cfg.bandwidth * 1e9) as u64;
+                self.at(now + ns, Happening::Fetched { w, id });
+            }
+        }
+    }
+
+    /// Starts what worker `w` can start at `now`: tasks whose inputs are all
+    /// in its store, in the order they arrived.
     fn start(&mut self, w: usize, now: u64) {
         while self.workers[w].free > 0 {
             let worker = &self.workers[w];
-            let workers = &self.workers;
-            let runnable = worker.pending.iter().position(|t| {
-                t.inputs.iter().all(|i| {
-                    worker.store.contains(&i.id)
-                        || i.holders.iter().any(|&r| {
-                            workers.get((r as usize).wrapping_sub(1)).is_some_and(|h| h.store.contains(&i.id))
-                        })
-                })
-            });
+            let runnable = worker.pending.iter().position(|t| t.inputs.iter().all(|i| worker.store.contains(&i.id)));
             let Some(p) = runnable else { return };
             let task = self.workers[w].pending.remove(p);
-            let mut fetch_ns = 0u64;
-            let mut fetched = Vec::new();
-            for i in &task.inputs {
-                if !self.workers[w].store.contains(&i.id) {
-                    fetch_ns += self.latency_ns + (i.nbytes as f64 / self.cfg.bandwidth * 1e9) as u64;
-                    self.transfers += 1;
-                    self.moved_bytes += i.nbytes;
-                    fetched.push(i.id);
-                }
-            }
             let n = task.key.index()[0] as usize;
             let run_ns = self.g.duration_ns[n];
             self.workers[w].free -= 1;
-            let what = Happening::Finished { w, id: task.id, n, fetched, micros: run_ns / 1000 };
-            self.at(now + fetch_ns + run_ns, what);
+            let what = Happening::Finished { w, id: task.id, n, micros: run_ns / 1000 };
+            self.at(now + run_ns, what);
         }
     }
 
@@ -423,7 +440,12 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
         cfg,
         g,
         workers: (0..cfg.workers)
-            .map(|_| SimWorker { free: cfg.threads, pending: Vec::new(), store: FxHashSet::default() })
+            .map(|_| SimWorker {
+                free: cfg.threads,
+                pending: Vec::new(),
+                store: FxHashSet::default(),
+                incoming: FxHashSet::default(),
+            })
             .collect(),
         queue: BinaryHeap::new(),
         happenings: Vec::new(),
@@ -471,7 +493,9 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
             }
             Happening::ToWorker(w, d) => match d {
                 Decision::Run { tasks, .. } => {
+                    let from = sim.workers[w].pending.len();
                     sim.workers[w].pending.extend(tasks);
+                    sim.fetch_inputs(w, now, from);
                     sim.start(w, now);
                 }
                 Decision::Release { ids, .. } => {
@@ -482,13 +506,14 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
                 Decision::Cancel { ids, .. } => sim.workers[w].pending.retain(|t| !ids.contains(&t.id)),
                 _ => {}
             },
-            Happening::Finished { w, id, n, fetched, micros } => {
-                let rank = Sim::rank(w);
+            Happening::Fetched { w, id } => {
+                sim.workers[w].incoming.remove(&id);
+                sim.workers[w].store.insert(id);
+                sim.at(now + sim.latency_ns, Happening::ToCore(Event::Replica { rank: Sim::rank(w), id }));
+                sim.start(w, now);
+            }
+            Happening::Finished { w, id, n, micros } => {
                 let arrive = now + sim.latency_ns;
-                for input in fetched {
-                    sim.workers[w].store.insert(input);
-                    sim.at(arrive, Happening::ToCore(Event::Replica { rank, id: input }));
-                }
                 sim.workers[w].store.insert(id);
                 sim.workers[w].free += 1;
                 sim.at(arrive, Happening::ToCore(Event::Done { id, nbytes: g.out_bytes[n], micros }));

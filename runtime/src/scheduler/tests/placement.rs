@@ -1,6 +1,7 @@
 //! Placement: locality, root-task queuing and dealing, ahead assignment, stealing, GPU workers, and one batch per worker per flush.
 
 use super::*;
+use crate::protocol::RunTask;
 
 #[test]
 fn placement_prefers_the_worker_holding_most_input_bytes() {
@@ -441,4 +442,73 @@ fn releases_are_batched_per_worker() {
     let n = d.iter().filter(|x| matches!(x, Decision::Release { rank: 1, .. })).count();
     assert_eq!(n, 1);
     assert_eq!(sorted(released(&d, 1)), sorted(ids));
+}
+
+/// Two ranks of one thread; eight "sum" tasks finished first (so the
+/// kernel's mean output size is known), `a` (`na` bytes) done on rank 1
+/// while `b` still runs on rank 2; `c` reads both. Returns the core and the
+/// decisions of `a`'s Done.
+fn a_done_while_b_runs(mean: u64, na: u64) -> (Sim, Vec<Decision>) {
+    let mut s = cluster(&[(1, 1), (2, 1)]);
+    let warm = names("w", 8);
+    let (_, d) = s.submit(warm.iter().map(|w| root(w)).collect(), &strs(&warm));
+    s.run_all(d, mean);
+    s.submit(vec![root("a").on_rank(1), root("b").on_rank(2), node("c", &["a", "b"])], &["c"]);
+    let d = s.done(s.id("a"), na);
+    (s, d)
+}
+
+#[test]
+fn sent_ahead_to_the_worker_computing_its_last_input() {
+    let (mut s, d) = a_done_while_b_runs(1000, 1000);
+    let c = s.id("c");
+    // Equal halves: c goes where b is being made, and rank 2 fetches a
+    // from rank 1 while b runs.
+    let sent: Vec<&RunTask> = d
+        .iter()
+        .filter_map(|x| match x {
+            Decision::Run { rank: 2, tasks } => Some(tasks.iter()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(sent.iter().map(|t| t.id).collect::<Vec<_>>(), vec![c]);
+    let holders: Vec<(TaskId, &[u32])> = sent[0].inputs.iter().map(|i| (i.id, &i.holders[..])).collect();
+    assert_eq!(holders, vec![(s.id("a"), &[1][..]), (s.id("b"), &[2][..])]);
+    assert_eq!(s.core.workers[1].blocked, 1, "c waits for b on rank 2 without a thread");
+    // b's Done sends nothing more: c runs on rank 2.
+    assert!(all_runs(&s.done(s.id("b"), 1000)).is_empty());
+    assert_eq!(s.core.workers[1].blocked, 0);
+    assert!(matches!(s.core.tasks[&c].state, State::Running(1)));
+}
+
+#[test]
+fn not_sent_ahead_when_more_input_is_held_elsewhere() {
+    // a is ten times what b's kernel makes on average: c waits for b and
+    // is placed by the bytes then.
+    let (mut s, d) = a_done_while_b_runs(1000, 10_000);
+    assert!(all_runs(&d).is_empty());
+    let d = s.done(s.id("b"), 1000);
+    assert_eq!(runs(&d, 1), vec![s.id("c")]);
+}
+
+#[test]
+fn not_sent_ahead_while_the_kernels_sizes_are_unknown() {
+    let mut s = cluster(&[(1, 1), (2, 1)]);
+    s.submit(vec![root("a").on_rank(1), root("b").on_rank(2), node("c", &["a", "b"])], &["c"]);
+    assert!(all_runs(&s.done(s.id("a"), 1000)).is_empty(), "one finished task is no estimate");
+}
+
+#[test]
+fn not_sent_ahead_when_inputs_are_made_on_two_workers() {
+    let mut s = cluster(&[(1, 1), (2, 1), (3, 1)]);
+    let warm = names("w", 8);
+    let (_, d) = s.submit(warm.iter().map(|w| root(w)).collect(), &strs(&warm));
+    s.run_all(d, 1000);
+    let tasks = vec![root("a").on_rank(1), root("b").on_rank(2), root("e").on_rank(3), node("c", &["a", "b", "e"])];
+    s.submit(tasks, &["c"]);
+    // b and e still run on two workers: no single place for c yet.
+    assert!(all_runs(&s.done(s.id("a"), 1000)).is_empty());
+    // e done too: b is the last, on rank 2.
+    assert_eq!(runs(&s.done(s.id("e"), 1000), 2), vec![s.id("c")]);
 }
