@@ -335,6 +335,20 @@ enum Command {
     Bench(BenchCommand),
     /// Batch jobs: scripts, submit, status, wait, cancel, list (Slurm, PBS, Torque, SGE).
     Jobqueue(Box<jobqueue_cmd::JobqueueArgs>),
+    /// Shell completions on stdout, e.g.
+    /// `tessera completions bash > ~/.local/share/bash-completion/completions/tessera`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Writes the man pages, tessera.1 and one per subcommand (tessera-svd.1,
+    /// tessera-jobqueue-submit.1, ...), into DIR, e.g. ~/.local/share/man/man1.
+    Man {
+        /// Directory to write the pages to (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -608,6 +622,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return worker(&args, lifetime, lifetime_stagger, drain_timeout, interface, name)
         }
         Command::Workers { json } => return list_workers(&args, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "tessera", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { dir } => return man_pages(&dir),
         Command::Retire { which, json } => return retire(&args, &which, json),
         Command::Bench(BenchCommand::Elastic { workers, mib, repeat, json }) => {
             return elastic_bench(&args, workers, mib, repeat, json)
@@ -707,9 +726,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Retire { .. }
         | Command::Bench(BenchCommand::Elastic { .. })
         | Command::Bench(BenchCommand::Scale { .. })
-        | Command::Bench(BenchCommand::Simulate { .. }) => unreachable!("handled above"),
+        | Command::Bench(BenchCommand::Simulate { .. })
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled above"),
         Command::Jobqueue(_) => unreachable!("handled in main"),
     }
+}
+
+/// `tessera man DIR`: the man pages of every command, from the same
+/// definitions as `--help`.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the man page directory {}", dir.display()))?;
+    clap_mangen::generate_to(command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    let pages = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("tessera") && e.path().extension().is_some_and(|x| x == "1")
+        })
+        .count();
+    eprintln!(
+        "tessera: {pages} man pages in {} (`man tessera` finds them when DIR is a man1 directory on MANPATH)",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// `tessera scheduler`: listen, write the scheduler file, serve until a signal.

@@ -350,6 +350,43 @@ fn the_examples_run_locally() {
     }
 }
 
+/// Completions for each shell and man pages come from the same definitions as `--help`.
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line() {
+    for (shell, mark) in [("bash", "complete -F"), ("zsh", "#compdef tessera"), ("fish", "complete -c tessera")] {
+        let o = tessera(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(mark), "{shell}: no `{mark}`: {script}");
+        for word in ["jobqueue", "svd", "scheduler-file"] {
+            assert!(script.contains(word), "{shell}: `{word}` is not completed");
+        }
+    }
+    let o = tessera(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tcsh") && stderr(&o).contains("bash"), "{}", stderr(&o));
+
+    let dir = temp_dir("man");
+    let man1 = dir.join("share/man/man1");
+    let o = tessera(&["man", man1.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (page, says) in [
+        ("tessera.1", "A Rust runtime for HPC clusters"),
+        ("tessera-svd.1", "Singular value decomposition"),
+        ("tessera-jobqueue-submit.1", "submit"),
+    ] {
+        let text = std::fs::read_to_string(man1.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH") && text.contains(says), "{page}: {text}");
+    }
+    // A directory that cannot be made is named.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let o = tessera(&["man", file.join("man1").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("a-file/man1") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---- elastic clusters: `tessera scheduler` and `tessera worker` -------------
 
 use std::io::{BufRead, BufReader, Read, Write};
