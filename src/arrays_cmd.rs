@@ -3,7 +3,8 @@
 //! Each runs on whatever cluster the environment gives (a local cluster, or
 //! the ranks of `mpirun`/`srun`), reads its input from HDF5 or generates it
 //! (`--random`), writes its results with the workers holding them, prints a
-//! one-line summary and, with `--json`, one JSON object as the last line.
+//! one-line summary and, with `--json`, one JSON object on stdout instead
+//! (the summary then goes to stderr).
 
 use std::time::Instant;
 
@@ -65,7 +66,7 @@ impl Elem {
 /// Options every array command shares.
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {
-    /// Print one JSON object as the last line of stdout.
+    /// Print one JSON object on stdout (the one-line summary goes to stderr).
     #[arg(long)]
     pub json: bool,
 }
@@ -321,7 +322,8 @@ impl Report {
         let peaks = peak_memory(client)?;
         let peak_text = peaks.iter().map(|(r, b)| format!("r{r} {:.2}", gib(*b))).collect::<Vec<_>>().join(", ");
         let gflops = flops / seconds / 1e9;
-        println!(
+        say!(
+            json_out,
             "{what}: {summary}; {seconds:.3} s, {gflops:.1} GFLOP/s{}; {} over {}; peak GiB {peak_text}",
             input_seconds.map(|s| format!(" (input {s:.3} s before)")).unwrap_or_default(),
             workers_text(client),
@@ -562,10 +564,10 @@ fn workers_text(client: &Client) -> String {
 
 /// `tessera demo`: a randomized SVD of a matrix with known singular values
 /// and a blocked matmul, both checked, with their timings.
-pub fn demo(config: Config, observe: &Observe) -> anyhow::Result<()> {
+pub fn demo(config: Config, observe: &Observe, json_out: bool) -> anyhow::Result<()> {
     observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
-        println!("tessera demo: {} over the {} transport", workers_text(client), client.transport());
+        say!(json_out, "tessera demo: {} over the {} transport", workers_text(client), client.transport());
         // A = G diag(w) with G Gaussian: singular values close to w's.
         let (m, n, k) = (20_000, 400, 5);
         let t = Instant::now();
@@ -577,10 +579,12 @@ pub fn demo(config: Config, observe: &Observe) -> anyhow::Result<()> {
         let s = f.s.to_ndarray::<f64>(client)?;
         let scale = (m as f64).sqrt();
         let shown: Vec<String> = s.iter().map(|x| format!("{:.2}", x / scale)).collect();
-        println!(
+        let svd_seconds = t.elapsed().as_secs_f64();
+        say!(
+            json_out,
             "  randomized SVD of {m} x {n} (k = {k}, 2 power iterations): s / sqrt(m) = [{}] (expected about [50, 40, 30, 20, 10]), {:.3} s",
             shown.join(", "),
-            t.elapsed().as_secs_f64()
+            svd_seconds
         );
         let ok = s.iter().enumerate().all(|(j, x)| (x / scale - 10.0 * (k - j) as f64).abs() < 0.05 * 10.0 * (k - j) as f64);
         if !ok {
@@ -599,10 +603,23 @@ pub fn demo(config: Config, observe: &Observe) -> anyhow::Result<()> {
         if (total - want).abs() > 1e-9 * want {
             bail!("matmul check failed: sum(X Xt) = {total}, expected {want}");
         }
-        println!(
-            "  matmul {size} x {size} @ {size} x {size} in blocks of 500: {secs:.3} s, {:.1} GFLOP/s (result checked)",
-            2.0 * (size as f64).powi(3) / secs / 1e9
+        let gflops = 2.0 * (size as f64).powi(3) / secs / 1e9;
+        say!(
+            json_out,
+            "  matmul {size} x {size} @ {size} x {size} in blocks of 500: {secs:.3} s, {gflops:.1} GFLOP/s (result checked)"
         );
+        if json_out {
+            println!(
+                "{}",
+                json!({"command": "demo", "transport": client.transport(), "workers": client.workers().len(),
+                       "threads": client.total_threads(),
+                       "svd": {"shape": [m, n], "k": k, "s_over_sqrt_m": s.iter().map(|x| x / scale).collect::<Vec<_>>(),
+                               "expected": (0..k).map(|j| 10.0 * (k - j) as f64).collect::<Vec<_>>(),
+                               "seconds": svd_seconds, "checked": true},
+                       "matmul": {"shape": [size, size], "chunks": [500, 500], "seconds": secs, "gflops": gflops,
+                                  "checked": true}})
+            );
+        }
         Ok(())
     })
 }

@@ -77,6 +77,15 @@ impl SchedulerFile {
         serde_json::from_str(&text).with_context(|| format!("scheduler file {} is malformed", path.display()))
     }
 
+    /// Whether the scheduler that wrote this file is known to have exited: it
+    /// ran on this host and its process is gone (read from `/proc`; where
+    /// there is none, or on another host, nothing is known and this is false).
+    pub fn is_gone(&self) -> bool {
+        self.host == tessera_runtime::host::sys::hostname()
+            && Path::new("/proc/self").exists()
+            && !Path::new("/proc").join(self.pid.to_string()).exists()
+    }
+
     /// Removes `path` if it still describes this process (a newer scheduler
     /// may have replaced it).
     pub fn remove_if_mine(path: &Path) {
@@ -134,5 +143,23 @@ impl tessera_jobqueue::pool::SchedulerLink for ClientLink {
             Err(tessera_runtime::Error::UnknownWorker { .. }) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SchedulerFile;
+
+    #[test]
+    fn a_file_of_a_live_scheduler_on_this_host_is_not_gone_and_one_of_an_exited_one_is() {
+        let live = SchedulerFile::new("127.0.0.1:1", "secret".as_ref());
+        assert!(!live.is_gone(), "this process runs");
+        let mut child = std::process::Command::new("true").spawn().expect("run `true`");
+        let pid = child.id();
+        child.wait().expect("wait for `true`");
+        let exited = SchedulerFile { pid, ..live.clone() };
+        assert_eq!(exited.is_gone(), std::path::Path::new("/proc/self").exists());
+        let elsewhere = SchedulerFile { host: format!("{}-elsewhere", exited.host), ..exited };
+        assert!(!elsewhere.is_gone(), "nothing is known of a process on another host");
     }
 }

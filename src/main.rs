@@ -11,6 +11,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// A line for a person: on stdout, or on stderr when stdout carries JSON
+/// (`--json`: stdout is JSON and nothing else, so `tessera ... --json | jq` works).
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
 mod arrays_cmd;
 
 #[allow(unused_imports)]
@@ -108,13 +120,23 @@ struct ClusterArgs {
           allow_negative_numbers = true)]
     heartbeat_timeout: f64,
 
-    /// Elastic cluster: the scheduler's address (HOST:PORT). `worker` joins it;
-    /// `demo`, `bench`, `workers`, `retire` and `jobqueue scale`/`adapt` use it.
+    /// Elastic cluster: the scheduler's address (HOST:PORT); wins over any scheduler file.
+    ///
+    /// Every command finds the elastic cluster by one rule: --scheduler ADDR
+    /// (or TESSERA_SCHEDULER), else --scheduler-file F (or
+    /// TESSERA_SCHEDULER_FILE), else the default scheduler file
+    /// (~/.config/tessera/scheduler.json) when it exists. svd, qr, matmul, demo
+    /// and bench overhead skip the default file under mpirun/srun and with
+    /// --launch local or mpi, and without a cluster run on the local cluster
+    /// or MPI (their summary and --json name the transport: local, mpi or tcp);
+    /// worker, workers, retire, bench scale and jobqueue scale/adapt need one.
+    /// A default file whose scheduler ran on this host and is gone is ignored.
     #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SCHEDULER", value_name = "ADDR")]
     scheduler: Option<String>,
 
     /// Elastic cluster: the file `tessera scheduler` writes its address to
-    /// (and where its secret is) [default: ~/.config/tessera/scheduler.json].
+    /// (and where its secret is) [default: ~/.config/tessera/scheduler.json,
+    /// used when it exists; see --scheduler for the rule].
     #[arg(help_heading = ELASTIC, long, global = true, env = "TESSERA_SCHEDULER_FILE", value_name = "FILE")]
     scheduler_file: Option<PathBuf>,
 
@@ -181,7 +203,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 /// `bench simulate`: one simulation, one line of figures (and JSON).
 fn simulate_bench(cfg: &sim::SimConfig, json: bool) -> anyhow::Result<()> {
     let r = sim::simulate(cfg)?;
-    println!(
+    say!(
+        json,
         "simulate {}: {} tasks on {} workers x {} threads: core {:.2} us/task (submit {:.2}; first of {} runs {:.2}), makespan {:.4} s = {:.3} x lower bound {:.4} s ({:.3} x work/threads or critical path), {:.0} B/task in the core, {} transfers ({}), {:.1} s wall",
         r.shape,
         r.tasks,
@@ -220,6 +243,9 @@ impl ClusterArgs {
         }
     }
 
+    /// The configuration of a computing command (svd, qr, matmul, demo, bench
+    /// overhead, info): a client of the elastic cluster [`ClusterArgs::elastic`]
+    /// finds, else a local or MPI cluster.
     fn config(&self) -> anyhow::Result<Config> {
         let mut config = Config {
             launch: self.launch,
@@ -230,25 +256,84 @@ impl ClusterArgs {
             worker: self.worker_settings(),
             ..Config::default()
         };
-        // A client only when asked: a scheduler address or an explicit file.
-        if self.scheduler.is_some() || self.scheduler_file.is_some() {
-            let (addr, secret_file) = self.scheduler_address()?;
-            config.scheduler = Some(addr);
-            config.secret_file = Some(secret_file);
+        if let Some(found) = self.elastic(Need::IfAny)? {
+            if let Found::DefaultFile(path) = &found.from {
+                eprintln!(
+                    "tessera: running on the elastic cluster at {} (from the scheduler file {}; --launch local runs locally)",
+                    found.address,
+                    path.display()
+                );
+            }
+            config.scheduler = Some(found.address);
+            config.secret_file = Some(found.secret_file);
         }
         Ok(config)
     }
 
-    /// The scheduler to join and the secret to use: `--scheduler` (secret
-    /// from `--secret-file` or the default), else the scheduler file's.
-    fn scheduler_address(&self) -> anyhow::Result<(String, PathBuf)> {
+    /// The elastic cluster the flags, the environment or the default scheduler
+    /// file name: one rule for every command (stated in `--scheduler`'s help).
+    /// `need` says whether the command needs one (an error when none is found)
+    /// or runs without (then the default file counts only outside mpirun/srun
+    /// and without an explicit --launch).
+    fn elastic(&self, need: Need) -> anyhow::Result<Option<Elastic>> {
+        let secret = |from_file: PathBuf| self.secret_file.clone().unwrap_or(from_file);
         if let Some(addr) = &self.scheduler {
-            return Ok((addr.clone(), self.secret_file.clone().unwrap_or_else(secret::default_path)));
+            return Ok(Some(Elastic {
+                address: addr.clone(),
+                secret_file: secret(secret::default_path()),
+                from: Found::Address,
+            }));
         }
-        let path = self.scheduler_file_path();
-        let file = SchedulerFile::read(&path)
-            .context("no --scheduler ADDR given, so the address comes from the scheduler file")?;
-        Ok((file.address, self.secret_file.clone().unwrap_or(file.secret_file)))
+        if let Some(path) = &self.scheduler_file {
+            let file = SchedulerFile::read(path).context("--scheduler-file (or TESSERA_SCHEDULER_FILE)")?;
+            return Ok(Some(Elastic {
+                address: file.address,
+                secret_file: secret(file.secret_file),
+                from: Found::File(path.clone()),
+            }));
+        }
+        let path = SchedulerFile::default_path();
+        let skip = need == Need::IfAny
+            && (self.launch != Launch::Auto || tessera::runtime::host::launcher::mpi_launch_size().is_some());
+        if skip || !path.exists() {
+            if need == Need::Required {
+                bail!(
+                    "no elastic cluster: give --scheduler ADDR or --scheduler-file FILE, or start `tessera scheduler` \
+                     (which writes the default scheduler file {})",
+                    path.display()
+                );
+            }
+            return Ok(None);
+        }
+        let file = SchedulerFile::read(&path).with_context(|| {
+            format!(
+                "the default scheduler file exists; remove {} or give --launch local to run locally",
+                path.display()
+            )
+        })?;
+        if file.is_gone() {
+            eprintln!(
+                "tessera: ignoring the scheduler file {}: its scheduler (pid {} on this host) has exited",
+                path.display(),
+                file.pid
+            );
+            if need == Need::Required {
+                bail!("no elastic cluster: the scheduler of {} has exited; start `tessera scheduler`", path.display());
+            }
+            return Ok(None);
+        }
+        Ok(Some(Elastic {
+            address: file.address,
+            secret_file: secret(file.secret_file),
+            from: Found::DefaultFile(path),
+        }))
+    }
+
+    /// The scheduler to join and the secret to use, for the commands that need
+    /// an elastic cluster (see [`ClusterArgs::elastic`]).
+    fn scheduler_address(&self) -> anyhow::Result<(String, PathBuf)> {
+        let found = self.elastic(Need::Required)?.expect("required");
+        Ok((found.address, found.secret_file))
     }
 
     /// The scheduler file: `--scheduler-file`, else the default one.
@@ -263,16 +348,46 @@ impl ClusterArgs {
     }
 }
 
+/// Whether a command needs an elastic cluster or runs without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    Required,
+    IfAny,
+}
+
+/// Where [`ClusterArgs::elastic`] found the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Found {
+    /// --scheduler ADDR or TESSERA_SCHEDULER.
+    Address,
+    /// --scheduler-file F or TESSERA_SCHEDULER_FILE.
+    File(PathBuf),
+    /// The default scheduler file, which exists.
+    DefaultFile(PathBuf),
+}
+
+/// An elastic cluster to join.
+#[derive(Clone, Debug)]
+struct Elastic {
+    address: String,
+    secret_file: PathBuf,
+    from: Found,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Version, compiled features, MPI library and world, cores and memory.
     Info {
-        /// Print one JSON object.
+        /// Print one JSON object (and nothing else on stdout).
         #[arg(long)]
         json: bool,
     },
     /// Runs a small randomized SVD and a matmul on the cluster, checks them and prints what they took.
-    Demo,
+    Demo {
+        /// Print one JSON object on stdout (the text goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Singular value decomposition: exact (TSQR) or randomized; writes /U, /S, /VT.
     Svd(arrays_cmd::SvdArgs),
     /// QR decomposition of a tall-and-skinny (or short-and-fat) matrix; writes /Q, /R.
@@ -291,6 +406,9 @@ enum Command {
         /// Take the address workers use from this network interface (e.g. ib0, eth0).
         #[arg(long, value_name = "NAME")]
         interface: Option<String>,
+        /// Status as JSON lines on stdout: one object when listening, one when stopped.
+        #[arg(long)]
+        json: bool,
     },
     /// Joins an elastic cluster as a worker and runs its tasks until the
     /// scheduler stops it; drains first (hands its blocks to other workers)
@@ -313,10 +431,13 @@ enum Command {
         /// from SLURM_JOB_ID, PBS_JOBID or JOB_ID].
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+        /// Print one JSON object on stdout when the worker ends (its rank, whether it drained, why it stopped).
+        #[arg(long)]
+        json: bool,
     },
     /// Lists the workers of a running elastic cluster (--scheduler or --scheduler-file).
     Workers {
-        /// Print one JSON object.
+        /// Print one JSON object (and nothing else on stdout).
         #[arg(long)]
         json: bool,
     },
@@ -326,7 +447,7 @@ enum Command {
         /// Worker ranks, or worker names (batch job ids) as `tessera workers` shows them.
         #[arg(required = true, value_name = "RANK|NAME")]
         which: Vec<String>,
-        /// Print one JSON object.
+        /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -335,6 +456,20 @@ enum Command {
     Bench(BenchCommand),
     /// Batch jobs: scripts, submit, status, wait, cancel, list (Slurm, PBS, Torque, SGE).
     Jobqueue(Box<jobqueue_cmd::JobqueueArgs>),
+    /// Shell completions on stdout, e.g.
+    /// `tessera completions bash > ~/.local/share/bash-completion/completions/tessera`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Writes the man pages, tessera.1 and one per subcommand (tessera-svd.1,
+    /// tessera-jobqueue-submit.1, ...), into DIR, e.g. ~/.local/share/man/man1.
+    Man {
+        /// Directory to write the pages to (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,7 +485,7 @@ enum BenchCommand {
         /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
-        /// Print one JSON object as the last line.
+        /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -366,7 +501,7 @@ enum BenchCommand {
         /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
-        /// Print one JSON object as the last line.
+        /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -380,12 +515,16 @@ enum BenchCommand {
         /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         repeat: usize,
-        /// Print one JSON object per size, after its line.
+        /// Print one JSON object per size on stdout, a line each (the text goes to stderr).
         #[arg(long)]
         json: bool,
     },
     /// MPI start-up reference: initialise, barrier, finalise (needs `mpi`).
-    MpiHello,
+    MpiHello {
+        /// Print one JSON object on stdout (ranks and seconds) instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// One matrix product at full speed. Without --gpus: faer on this process's
     /// cores, the ceiling for blocked products. With --gpus (needs `cuda`): on the
     /// first GPU selected, cuBLAS called directly against the same product through
@@ -412,7 +551,7 @@ enum BenchCommand {
         /// With --gpus: seed of the random (standard normal) operands.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Print one JSON object per element type, after its line.
+        /// Print one JSON object per element type on stdout, a line each (the text goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -436,7 +575,7 @@ enum BenchCommand {
         /// Where the worker jobs' scripts and output go (a directory per run).
         #[arg(long, value_name = "DIR", default_value = "tessera-bench-scale")]
         log_dir: PathBuf,
-        /// Print one JSON object as the last line.
+        /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
         json: bool,
         /// Flags for `tessera jobqueue scale` (the worker jobs), after `--`:
@@ -481,7 +620,7 @@ enum BenchCommand {
         /// is the lowest (the first also faults in fresh memory).
         #[arg(long, default_value_t = 1)]
         runs: usize,
-        /// Print one JSON object as the last line.
+        /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -498,7 +637,7 @@ enum BenchCommand {
         /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeat: usize,
-        /// Print one JSON object as the last line.
+        /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -601,13 +740,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let args = cli.cluster.clone();
     match cli.command {
-        Command::Scheduler { listen, interface } => {
-            return scheduler(&args, listen.as_deref().unwrap_or_default(), interface)
+        Command::Scheduler { listen, interface, json } => {
+            return scheduler(&args, listen.as_deref().unwrap_or_default(), interface, json)
         }
-        Command::Worker { lifetime, lifetime_stagger, drain_timeout, interface, name } => {
-            return worker(&args, lifetime, lifetime_stagger, drain_timeout, interface, name)
+        Command::Worker { lifetime, lifetime_stagger, drain_timeout, interface, name, json } => {
+            return worker(&args, lifetime, lifetime_stagger, drain_timeout, interface, name, json)
         }
         Command::Workers { json } => return list_workers(&args, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "tessera", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { dir } => return man_pages(&dir),
         Command::Retire { which, json } => return retire(&args, &which, json),
         Command::Bench(BenchCommand::Elastic { workers, mib, repeat, json }) => {
             return elastic_bench(&args, workers, mib, repeat, json)
@@ -647,7 +791,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let mut config = if matches!(cli.command, Command::Info { .. }) {
-        args.config().unwrap_or_else(|_| Config { launch: args.launch, ..Config::default() })
+        // Info joins no cluster; it says which one the others would use.
+        Config { launch: args.launch, ..Config::default() }
     } else {
         args.config()?
     };
@@ -663,7 +808,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let computes = matches!(
         cli.command,
-        Command::Demo
+        Command::Demo { .. }
             | Command::Svd(_)
             | Command::Qr(_)
             | Command::Matmul(_)
@@ -673,8 +818,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         bail!("--report and --trace go with a computing command: svd, qr, matmul, demo or bench overhead");
     }
     match cli.command {
-        Command::Info { json } => info(&config, json),
-        Command::Demo => arrays_cmd::demo(config, &observe),
+        Command::Info { json } => info(&config, json, elastic_json(&args)),
+        Command::Demo { json } => arrays_cmd::demo(config, &observe, json),
         Command::Svd(args) => arrays_cmd::svd(config, &observe, args),
         Command::Qr(args) => arrays_cmd::qr(config, &observe, args),
         Command::Matmul(args) => arrays_cmd::matmul(config, &observe, args),
@@ -684,7 +829,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 arrays_cmd::wait_for_a_worker(client)?;
                 bench::overhead(client, shape, tasks, repeat).map_err(anyhow::Error::from)
             })?;
-            println!(
+            say!(
+                json,
                 "overhead {:?}: {} tasks in {:.4} s (median of {}; min {:.4} s): {:.2} us/task, {:.0} tasks/s; {} workers x {} threads total, {} transport",
                 r.shape, r.tasks, r.seconds, r.repeat, r.seconds_min, r.us_per_task, r.tasks_per_second, r.workers, r.threads, r.transport
             );
@@ -696,7 +842,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Transfer { mib, size, repeat, json }) => {
             transfer(config, size.unwrap_or(mib << 20), repeat, json)
         }
-        Command::Bench(BenchCommand::MpiHello) => mpi_hello(),
+        Command::Bench(BenchCommand::MpiHello { json }) => mpi_hello(json),
         Command::Bench(BenchCommand::Ucx { sizes, repeat, json }) => ucx_bench(&sizes, repeat, json),
         Command::Bench(BenchCommand::Gemm { m, k, n, dtype, cores, repeat, seed, json }) => {
             gemm_bench(config, [m, k, n], dtype, cores, repeat, seed, json)
@@ -707,13 +853,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Retire { .. }
         | Command::Bench(BenchCommand::Elastic { .. })
         | Command::Bench(BenchCommand::Scale { .. })
-        | Command::Bench(BenchCommand::Simulate { .. }) => unreachable!("handled above"),
+        | Command::Bench(BenchCommand::Simulate { .. })
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled above"),
         Command::Jobqueue(_) => unreachable!("handled in main"),
     }
 }
 
+/// `tessera man DIR`: the man pages of every command, from the same
+/// definitions as `--help`.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the man page directory {}", dir.display()))?;
+    clap_mangen::generate_to(command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    let pages = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("tessera") && e.path().extension().is_some_and(|x| x == "1")
+        })
+        .count();
+    eprintln!(
+        "tessera: {pages} man pages in {} (`man tessera` finds them when DIR is a man1 directory on MANPATH)",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// `tessera scheduler`: listen, write the scheduler file, serve until a signal.
-fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>) -> anyhow::Result<()> {
+fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>, json: bool) -> anyhow::Result<()> {
     let secret_path = args.secret_file.clone().unwrap_or_else(secret::default_path);
     let secret = Secret::load_or_create(&secret_path)?;
     let file_path = args.scheduler_file.clone().unwrap_or_else(SchedulerFile::default_path);
@@ -726,11 +893,19 @@ fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>) -> any
     let server = elastic::Scheduler::start(opts)?;
     let addr = server.address().to_owned();
     SchedulerFile::new(&addr, &secret_path).write(&file_path)?;
-    println!("tessera scheduler listening on {addr}");
-    println!("  secret file:    {} (mode 0600; workers and clients need to read it)", secret_path.display());
-    println!("  scheduler file: {}", file_path.display());
-    println!("  workers join:   tessera worker --scheduler {addr} --secret-file {}", secret_path.display());
-    println!("  clients run:    tessera demo --scheduler {addr} --secret-file {}", secret_path.display());
+    if json {
+        println!(
+            "{}",
+            json!({"event": "listening", "address": addr, "secret_file": secret_path, "scheduler_file": file_path,
+                   "pid": std::process::id()})
+        );
+    } else {
+        println!("tessera scheduler listening on {addr}");
+        println!("  secret file:    {} (mode 0600; workers and clients need to read it)", secret_path.display());
+        println!("  scheduler file: {}", file_path.display());
+        println!("  workers join:   tessera worker --scheduler {addr} --secret-file {}", secret_path.display());
+        println!("  clients run:    tessera demo --scheduler {addr} --secret-file {}", secret_path.display());
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -739,7 +914,11 @@ fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>) -> any
     tracing::info!("stopping: telling the workers to stop");
     server.shutdown();
     SchedulerFile::remove_if_mine(&file_path);
-    println!("tessera scheduler stopped");
+    if json {
+        println!("{}", json!({"event": "stopped", "address": addr}));
+    } else {
+        println!("tessera scheduler stopped");
+    }
     Ok(())
 }
 
@@ -751,6 +930,7 @@ fn worker(
     drain_timeout: f64,
     interface: Option<String>,
     name: Option<String>,
+    json: bool,
 ) -> anyhow::Result<()> {
     let (addr, secret_path) = args.scheduler_address()?;
     let secret = Secret::load(&secret_path)?;
@@ -765,6 +945,17 @@ fn worker(
         opts.name = n;
     }
     let report = elastic::run_worker(opts)?;
+    if json {
+        let (stopped, failed, reason) = match &report.exit {
+            tessera::runtime::WorkerExit::Shutdown { failed, reason } => ("shutdown", *failed, Some(reason.as_str())),
+            tessera::runtime::WorkerExit::Disconnected => ("disconnected", true, None),
+        };
+        println!(
+            "{}",
+            json!({"event": "stopped", "rank": report.rank, "scheduler": addr, "drained": report.drained,
+                   "drain_cause": report.drain_cause, "stopped": stopped, "failed": failed, "reason": reason})
+        );
+    }
     match report.exit {
         tessera::runtime::WorkerExit::Shutdown { failed: false, ref reason } => {
             tracing::info!(rank = report.rank, drained = report.drained, cause = ?report.drain_cause, %reason, "done");
@@ -791,13 +982,14 @@ fn worker_json(w: &tessera::WorkerInfo) -> serde_json::Value {
 fn list_workers(args: &ClusterArgs, json: bool) -> anyhow::Result<()> {
     let client = connect(args)?;
     let workers = client.try_workers()?;
+    if json {
+        println!("{}", json!({"workers": workers.iter().map(worker_json).collect::<Vec<_>>()}));
+        return Ok(());
+    }
     println!("{} workers", workers.len());
     for w in &workers {
         let gpu = if w.gpu.is_empty() { String::new() } else { format!(", {}", w.gpu) };
         println!("  rank {:>4}  {:<16} {} threads on {}{gpu}", w.rank, w.name, w.threads, w.host);
-    }
-    if json {
-        println!("{}", json!({"workers": workers.iter().map(worker_json).collect::<Vec<_>>()}));
     }
     Ok(())
 }
@@ -820,7 +1012,7 @@ fn retire(args: &ClusterArgs, which: &[String], json: bool) -> anyhow::Result<()
     ranks.dedup();
     let start = std::time::Instant::now();
     let left = client.retire_workers(&ranks)?;
-    println!("retired {} workers in {:.3} s: ranks {left:?}", left.len(), start.elapsed().as_secs_f64());
+    say!(json, "retired {} workers in {:.3} s: ranks {left:?}", left.len(), start.elapsed().as_secs_f64());
     if json {
         println!("{}", json!({"retired": left, "seconds": start.elapsed().as_secs_f64()}));
     }
@@ -845,9 +1037,18 @@ fn gemm_bench(
     for &dt in dtype.dtypes() {
         if !on_gpu {
             let r = bench::gemm(m, k, n, dt, cores.unwrap_or_else(tessera::runtime::host::sys::usable_cores), repeat);
-            println!(
+            say!(
+                json,
                 "gemm {} x {} @ {} x {} {} (faer, {} threads): {:.4} s, {:.1} GFLOP/s (median of {})",
-                r.m, r.k, r.k, r.n, r.dtype, r.threads, r.seconds, r.gflops, r.repeat
+                r.m,
+                r.k,
+                r.k,
+                r.n,
+                r.dtype,
+                r.threads,
+                r.seconds,
+                r.gflops,
+                r.repeat
             );
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -856,7 +1057,8 @@ fn gemm_bench(
         }
         let r = bench::gpu_gemm(config.clone(), [m, k, n], dt, repeat, seed)?;
         let task = r.task_seconds.map(|s| format!(", the task itself {s:.4} s")).unwrap_or_default();
-        println!(
+        say!(
+            json,
             "gemm {} x {} @ {} x {} {} on {}: cuBLAS directly {:.4} s, {:.2} TFLOP/s; through a Tessera GPU worker {:.4} s, {:.2} TFLOP/s (task reported done after {:.4} s{task}); tessera/direct {:.3} (median of {}; products agree to {:.1e})",
             r.m, r.k, r.k, r.n, r.dtype, r.gpu, r.direct_seconds, r.direct_tflops, r.tessera_seconds, r.tessera_tflops,
             r.tessera_reported_seconds, r.ratio, r.repeat, r.max_rel_diff
@@ -871,7 +1073,8 @@ fn gemm_bench(
 fn elastic_bench(args: &ClusterArgs, workers: usize, mib: usize, repeat: usize, json: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the tessera executable to start workers")?;
     let r = bench::elastic(&exe, workers, mib, repeat, Duration::from_secs_f64(args.heartbeat_timeout))?;
-    println!(
+    say!(
+        json,
         "elastic, {} workers on this host: all joined {:.3} s after they were started (first {:.3} s); {} drained {} MiB of blocks to the last in {:.3} s, processes gone after {:.3} s (median of {}); all {} blocks intact on the last worker; a {mib} MiB block between workers {:.2} GiB/s (plain loopback TCP {:.2} GiB/s)",
         r.workers, r.join_all_seconds, r.join_first_seconds, r.workers - 1, r.handed_off_mib, r.drain_seconds, r.exit_seconds, r.repeat, r.tasks, r.transfer_gib_per_s, r.plain_tcp_gib_per_s
     );
@@ -908,7 +1111,8 @@ fn scale_bench(
     let workers = u32::try_from(workers).context("--workers: too many")?;
     let r = bench::scale(&client, &exe, &cluster, jobqueue, &log_dir, workers, tasks, ms, repeat)?;
     let f = |x: [f64; 3]| format!("{:.3} s ({:.3}-{:.3})", x[0], x[1], x[2]);
-    println!(
+    say!(
+        json,
         "scale 0 -> {n}: all {n} workers joined {}; {n} -> 1 in the middle of the graph: workers left {}, jobs ended {}; 1 -> 0: job ended {} (median, min-max of {}); every one of the {} tasks of each run ran exactly once",
         f(r.up_seconds), f(r.down_left_seconds), f(r.down_gone_seconds), f(r.zero_gone_seconds), r.repeat, r.tasks, n = r.workers
     );
@@ -918,7 +1122,23 @@ fn scale_bench(
     Ok(())
 }
 
-fn info(config: &Config, json: bool) -> anyhow::Result<()> {
+/// The elastic cluster the computing commands would use, for `info`.
+fn elastic_json(args: &ClusterArgs) -> serde_json::Value {
+    match args.elastic(Need::IfAny) {
+        Ok(None) => serde_json::Value::Null,
+        Ok(Some(Elastic { address, secret_file, from })) => {
+            let from = match from {
+                Found::Address => json!({"flag": "--scheduler"}),
+                Found::File(f) => json!({"scheduler_file": f}),
+                Found::DefaultFile(f) => json!({"default_scheduler_file": f}),
+            };
+            json!({"address": address, "secret_file": secret_file, "from": from})
+        }
+        Err(e) => json!({"error": format!("{e:#}")}),
+    }
+}
+
+fn info(config: &Config, json: bool, elastic: serde_json::Value) -> anyhow::Result<()> {
     let features = tessera::observe::features();
     let (mem_total, mem_avail) = tessera::runtime::host::sys::memory().unwrap_or((0, 0));
     let launch = config.resolve_launch()?;
@@ -969,6 +1189,7 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         "tcp": {"routable_address": routable, "interfaces": interfaces,
                 "secret_file": secret::default_path(), "scheduler_file": SchedulerFile::default_path()},
         "launch": format!("{launch:?}").to_lowercase(),
+        "elastic": elastic,
         "mpi": mpi,
         "launched_by": tessera::runtime::host::launcher::describe_mpi_launch(),
         "host": tessera::runtime::host::sys::hostname(),
@@ -978,6 +1199,10 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
         "memory_available_bytes": mem_avail,
         "kernels": registry.names().collect::<Vec<_>>(),
     });
+    if json {
+        println!("{obj}");
+        return Ok(());
+    }
     println!("tessera {}", env!("CARGO_PKG_VERSION"));
     println!(
         "  features:  {}",
@@ -1034,6 +1259,11 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
             .join(", ")
     );
     println!("  launch:    {}", obj["launch"].as_str().unwrap_or("?"));
+    match &obj["elastic"] {
+        serde_json::Value::Null => println!("  elastic:   none (computing commands run on the launch's cluster)"),
+        e if e["error"].is_string() => println!("  elastic:   {}", e["error"].as_str().unwrap_or("")),
+        e => println!("  elastic:   the scheduler at {} ({})", e["address"].as_str().unwrap_or("?"), e["from"]),
+    }
     println!("  host:      {}", obj["host"].as_str().unwrap_or("?"));
     println!("  cores:     {} ({} usable by this process)", obj["cores"], obj["usable_cores"]);
     println!(
@@ -1055,9 +1285,6 @@ fn info(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!("  binding:   {}", obj["binding"].as_str().unwrap_or("?"));
     println!("  kernels:   {}", registry.names().collect::<Vec<_>>().join(", "));
-    if json {
-        println!("{obj}");
-    }
     Ok(())
 }
 
@@ -1169,7 +1396,8 @@ fn transfer(config: Config, bytes: usize, repeat: usize, json: bool) -> anyhow::
     let pf = bench::median(&mut plain_fresh);
     let t = bench::median(&mut times);
     let gib = |s: f64| bytes as f64 / s / (1u64 << 30) as f64;
-    println!(
+    say!(
+        json,
         "transfer {bytes} B rank 1 -> rank 2 over {transport}: tessera {:.6} s ({:.2} GiB/s); plain MPI send/recv {:.6} s ({:.2} GiB/s) into a reused buffer, {:.6} s into a fresh one; ratio {:.3} (reused), {:.3} (fresh) (median of {})",
         t, gib(t), p, gib(p), pf, p / t, pf / t, times.len()
     );
@@ -1193,9 +1421,16 @@ fn ucx_bench(sizes: &[usize], repeat: usize, json: bool) -> anyhow::Result<()> {
     for &bytes in sizes {
         let r = bench::ucx(bytes, repeat)?;
         let what = if r.unit == "us" { "latency (half round trip)" } else { "bandwidth" };
-        println!(
+        say!(
+            json,
             "ucx {} B, UCX_TLS={}: {what}: bare UCP {:.2} {}, tessera plane {:.2} {}: ratio {:.3} (median of {repeat})",
-            r.bytes, r.tls, r.probe, r.unit, r.plane, r.unit, r.ratio
+            r.bytes,
+            r.tls,
+            r.probe,
+            r.unit,
+            r.plane,
+            r.unit,
+            r.ratio
         );
         if json {
             println!("{}", serde_json::to_string(&r)?);
@@ -1210,19 +1445,24 @@ fn ucx_bench(_: &[usize], _: usize, _: bool) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "mpi")]
-fn mpi_hello() -> anyhow::Result<()> {
+fn mpi_hello(json: bool) -> anyhow::Result<()> {
     use mpi::traits::*;
+    let start = std::time::Instant::now();
     let universe = mpi::initialize().context("MPI was already initialised")?;
     let world = universe.world();
     world.barrier();
     if world.rank() == 0 {
-        println!("hello from {} MPI ranks", world.size());
+        if json {
+            println!("{}", json!({"ranks": world.size(), "init_barrier_seconds": start.elapsed().as_secs_f64()}));
+        } else {
+            println!("hello from {} MPI ranks", world.size());
+        }
     }
     Ok(())
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_hello() -> anyhow::Result<()> {
+fn mpi_hello(_: bool) -> anyhow::Result<()> {
     Err(tessera::Error::FeatureDisabled { feature: "mpi", what: "bench mpi-hello".into() }.into())
 }
 

@@ -350,6 +350,133 @@ fn the_examples_run_locally() {
     }
 }
 
+/// Every JSON value on stdout, which holds JSON and nothing else (one
+/// document, or one per line where a command streams).
+fn json_values(o: &Output) -> Vec<serde_json::Value> {
+    let out = stdout(o);
+    serde_json::Deserializer::from_str(&out)
+        .into_iter::<serde_json::Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_else(|e| panic!("stdout is not only JSON ({e}):\n{out}\nstderr: {}", stderr(o)))
+}
+
+/// The one JSON document that is the whole of stdout.
+fn only_json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "stdout: {} stderr: {}", stdout(o), stderr(o));
+    let mut values = json_values(o);
+    assert_eq!(values.len(), 1, "one JSON document expected on stdout: {}", stdout(o));
+    values.pop().unwrap()
+}
+
+/// `--json`: stdout parses as JSON and nothing else (`tessera ... --json | jq`),
+/// for every command that runs without MPI, a scheduler or a batch system;
+/// the one-line summaries go to stderr.
+#[test]
+fn json_output_is_only_json_on_stdout() {
+    let j = only_json(&tessera(&["info", "--json"]));
+    assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+
+    let o = tessera(&["--workers", "2", "svd", "--random", "600x8", "--json"]);
+    let j = only_json(&o);
+    assert_eq!(j["command"], "svd");
+    assert_eq!(j["s"].as_array().unwrap().len(), 8);
+    assert!(stderr(&o).contains("svd: 600 x 8"), "the summary goes to stderr: {}", stderr(&o));
+
+    let j = only_json(&tessera(&["--workers", "2", "qr", "--random", "600x8", "--json"]));
+    assert_eq!(j["r_diagonal"].as_array().unwrap().len(), 8);
+    let j = only_json(&tessera(&["--workers", "2", "matmul", "--random", "300x40x50", "--json"]));
+    assert_eq!(j["shape"], serde_json::json!([300, 50]));
+    assert!(j["norm"].as_f64().unwrap() > 0.0);
+
+    let o = tessera(&["--workers", "2", "demo", "--json"]);
+    let j = only_json(&o);
+    assert_eq!(j["command"], "demo");
+    assert_eq!(j["transport"], "local");
+    assert_eq!(j["svd"]["checked"], true);
+    assert_eq!(j["matmul"]["checked"], true);
+    assert!(stderr(&o).contains("randomized SVD"), "the text goes to stderr: {}", stderr(&o));
+
+    let j = only_json(&tessera(&["bench", "simulate", "--workers", "4", "--threads", "2", "--tasks", "500", "--json"]));
+    assert!(j["makespan_s"].as_f64().unwrap() > 0.0, "{j}");
+    let j = only_json(&tessera(&["--workers", "2", "bench", "overhead", "--tasks", "500", "--repeat", "1", "--json"]));
+    assert_eq!(j["transport"], "local");
+    // One JSON line per element type.
+    let o = tessera(&["bench", "gemm", "--n", "64", "--dtype", "both", "--repeat", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(lines.len(), 2, "{}", stdout(&o));
+
+    // jobqueue commands that need no batch system, with no user config in the way.
+    let dir = temp_dir("jqjson");
+    let jq = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("XDG_CONFIG_HOME", dir.join("no-config"))
+            .output()
+            .unwrap()
+    };
+    let j = only_json(&jq(&["jobqueue", "script", "--json", "--system", "slurm", "--", "tessera", "demo"]));
+    assert!(j["script"].as_str().unwrap().contains("#SBATCH"), "{j}");
+    let logs = dir.join("logs");
+    let j = only_json(&jq(&[
+        "jobqueue",
+        "submit",
+        "--dry-run",
+        "--json",
+        "--system",
+        "pbs",
+        "--log-dir",
+        logs.to_str().unwrap(),
+        "--",
+        "tessera",
+        "demo",
+    ]));
+    assert_eq!(j["submitted"], false);
+    assert!(j["script"].as_str().unwrap().contains("#PBS"), "{j}");
+    let j = only_json(&jq(&["jobqueue", "config", "show", "--json", "--system", "sge"]));
+    assert!(j["settings"].is_object(), "{j}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Completions for each shell and man pages come from the same definitions as `--help`.
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line() {
+    for (shell, mark) in [("bash", "complete -F"), ("zsh", "#compdef tessera"), ("fish", "complete -c tessera")] {
+        let o = tessera(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(mark), "{shell}: no `{mark}`: {script}");
+        for word in ["jobqueue", "svd", "scheduler-file"] {
+            assert!(script.contains(word), "{shell}: `{word}` is not completed");
+        }
+    }
+    let o = tessera(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tcsh") && stderr(&o).contains("bash"), "{}", stderr(&o));
+
+    let dir = temp_dir("man");
+    let man1 = dir.join("share/man/man1");
+    let o = tessera(&["man", man1.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (page, says) in [
+        ("tessera.1", "A Rust runtime for HPC clusters"),
+        ("tessera-svd.1", "Singular value decomposition"),
+        ("tessera-jobqueue-submit.1", "submit"),
+    ] {
+        let text = std::fs::read_to_string(man1.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH") && text.contains(says), "{page}: {text}");
+    }
+    // A directory that cannot be made is named.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let o = tessera(&["man", file.join("man1").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("a-file/man1") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---- elastic clusters: `tessera scheduler` and `tessera worker` -------------
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -600,5 +727,107 @@ fn bench_elastic_prints_join_and_drain_figures() {
     assert!(j["join_all_seconds"].as_f64().unwrap() > 0.0);
     assert!(j["drain_seconds"].as_f64().unwrap() > 0.0);
     assert!(j["exit_seconds"].as_f64().unwrap() >= j["drain_seconds"].as_f64().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One rule finds the elastic cluster for every command: --scheduler, else
+/// --scheduler-file (or TESSERA_SCHEDULER_FILE), else the default scheduler
+/// file when it exists (not for a computing command given --launch local);
+/// the computing commands say which transport they ran on.
+#[test]
+fn every_command_finds_the_elastic_cluster_by_one_rule() {
+    let dir = temp_dir("rule");
+    let file = dir.join("scheduler.json");
+    let mut sched = tessera_cmd(&dir)
+        .args(["scheduler", "--listen", "127.0.0.1:0", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sched.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let listening: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("scheduler --json: {e}: {first}"));
+    assert_eq!(listening["event"], "listening");
+    let addr = listening["address"].as_str().unwrap().to_owned();
+    let mut procs = Procs(vec![sched]);
+    for i in 0..2 {
+        let mut w = tessera_cmd(&dir);
+        w.args(["worker", "--threads", "1", "--json", "--name", &format!("w{i}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        procs.0.push(w.spawn().unwrap());
+    }
+    // No environment: only what each case gives.
+    let bare = || {
+        let mut c = tessera_cmd(&dir);
+        c.env_remove("TESSERA_SCHEDULER_FILE");
+        c
+    };
+    let start = Instant::now();
+    loop {
+        let o = bare().arg("--scheduler-file").arg(&file).args(["workers", "--json"]).output().unwrap();
+        if only_json(&o)["workers"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the workers did not join");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let svd = |c: &mut Command| {
+        let o = c.args(["svd", "--random", "400x6", "--json"]).output().unwrap();
+        (only_json(&o), stderr(&o))
+    };
+    // An explicit scheduler file, and an explicit address.
+    let (j, _) = svd(bare().arg("--scheduler-file").arg(&file));
+    assert_eq!((j["transport"].as_str(), j["workers"].as_u64()), (Some("tcp"), Some(2)), "{j}");
+    let (j, _) = svd(bare().args(["--scheduler", &addr]));
+    assert_eq!(j["transport"], "tcp", "{j}");
+    // Nothing given and no default file: the local cluster.
+    let (j, _) = svd(bare().args(["--workers", "2"]));
+    assert_eq!(j["transport"], "local", "{j}");
+    let o = bare().args(["workers"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no elastic cluster") && stderr(&o).contains("--scheduler"), "{}", stderr(&o));
+    // The default scheduler file, where `tessera scheduler` writes it by default.
+    let default = dir.join(".config/tessera/scheduler.json");
+    std::fs::create_dir_all(default.parent().unwrap()).unwrap();
+    std::fs::copy(&file, &default).unwrap();
+    let (j, err) = svd(&mut bare());
+    assert_eq!(j["transport"], "tcp", "{j}");
+    assert!(err.contains("elastic cluster at") && err.contains(".config/tessera/scheduler.json"), "{err}");
+    let info = only_json(&bare().args(["info", "--json"]).output().unwrap());
+    assert_eq!(info["elastic"]["address"], addr.as_str(), "{info}");
+    let o = bare().args(["workers", "--json"]).output().unwrap();
+    assert_eq!(only_json(&o)["workers"].as_array().unwrap().len(), 2);
+    // ... which an explicit --launch local passes over.
+    let (j, _) = svd(bare().args(["--launch", "local", "--workers", "2"]));
+    assert_eq!(j["transport"], "local", "{j}");
+
+    // The workers and the scheduler end with a JSON line each.
+    sigterm(&procs.0[0]);
+    assert_eq!(wait_child(&mut procs.0[0], Duration::from_secs(30)), Some(0));
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let stopped: serde_json::Value = serde_json::from_str(rest.trim()).unwrap_or_else(|e| panic!("{e}: {rest}"));
+    assert_eq!(stopped["event"], "stopped");
+    for w in &mut procs.0[1..] {
+        assert_eq!(wait_child(w, Duration::from_secs(30)), Some(0));
+        let mut text = String::new();
+        w.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("worker --json: {e}: {text}"));
+        assert_eq!((j["stopped"].as_str(), j["failed"].as_bool()), (Some("shutdown"), Some(false)), "{j}");
+    }
+    // A default file left by a scheduler on this host that has exited is ignored, and said so.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let stale = serde_json::json!({"address": addr, "secret_file": dir.join("secret"), "pid": pid,
+        "host": tessera::runtime::host::sys::hostname(), "started": 0});
+    std::fs::write(&default, stale.to_string()).unwrap();
+    let (j, err) = svd(bare().args(["--workers", "2"]));
+    assert_eq!(j["transport"], "local", "{j}");
+    assert!(err.contains("ignoring the scheduler file") && err.contains("has exited"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

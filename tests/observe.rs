@@ -180,8 +180,12 @@ fn binding_is_read_back_from_each_thread() {
 fn info_describes_the_topology_or_says_binding_is_unavailable() {
     let o = tessera(&["info", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let json = String::from_utf8_lossy(&o.stdout).into_owned();
+    let j: Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    // The text is what `info` prints without --json (with it, stdout is only JSON).
+    let o = tessera(&["info"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let j: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     if tessera::runtime::HAS_HWLOC {
         let t = &j["topology"][0];
         assert!(t["cores"].as_u64().unwrap() >= 1 && t["pus"].as_u64() >= t["cores"].as_u64(), "{t}");
