@@ -78,8 +78,15 @@ fn bench_simulate_reports_every_shape_and_repeats_its_schedule() {
         assert!(ratio >= 1.0 - 1e-9, "{shape}: makespan below its lower bound: {j}");
         assert!(ratio < 10.0, "{shape}: {j}");
         assert!(j["scheduler_bytes_per_task"].as_f64().unwrap() > 0.0, "{j}");
-        // Same seed, same schedule (the core's CPU time aside).
-        let again = last_json(&tessera(&args));
+        // The level bound is at least the simpler one.
+        assert!(j["work_path_ratio"].as_f64().unwrap() >= ratio - 1e-9, "{j}");
+        // Same seed, same schedule (the core's CPU time aside), and runs
+        // of one graph in one process repeat it too.
+        let mut twice = args.to_vec();
+        twice.extend_from_slice(&["--runs", "2"]);
+        let again = last_json(&tessera(&twice));
+        assert_eq!(again["runs"], 2);
+        assert!(again["us_per_task"].as_f64().unwrap() <= again["first_us_per_task"].as_f64().unwrap(), "{again}");
         for field in ["makespan_s", "transfers", "moved_bytes", "messages"] {
             assert_eq!(j[field], again[field], "{shape}: {field} differs between two runs of one seed");
         }
@@ -88,8 +95,9 @@ fn bench_simulate_reports_every_shape_and_repeats_its_schedule() {
 
 #[test]
 fn bench_simulate_refuses_bad_settings_naming_the_flag() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--workers", "0"], "--workers"),
+        (&["--runs", "0"], "--runs"),
         (&["--threads", "0"], "--threads"),
         (&["--tasks", "0"], "--tasks"),
         (&["--shape", "star"], "--shape"),
