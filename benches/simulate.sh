@@ -35,10 +35,10 @@ done
 python3 - "$out/simulate.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| shape | workers | tasks | core us/task | first run | of which submit | makespan / lower bound | / work or path | core bytes/task | blocks moved |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| shape | workers | tasks | core us/task | first run | of which submit | us/event | makespan / lower bound | / work or path | core bytes/task | blocks moved |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r['shape']} | {r['workers']:,} | {r['tasks']:,} | {r['us_per_task']:.2f} | {r['first_us_per_task']:.2f} "
-          f"| {r['submit_us_per_task']:.2f} | {r['makespan_ratio']:.3f} | {r['work_path_ratio']:.3f} "
+          f"| {r['submit_us_per_task']:.2f} | {r['us_per_event']:.2f} | {r['makespan_ratio']:.3f} | {r['work_path_ratio']:.3f} "
           f"| {r['scheduler_bytes_per_task']:.0f} | {r['transfers']:,} |")
 PY

@@ -216,6 +216,10 @@ pub struct SimReport {
     pub moved_bytes: u64,
     /// Messages the core sent to workers.
     pub messages: u64,
+    /// Events the core handled (completions, copies, requests); the
+    /// core's CPU time per event is `us_per_task * tasks / events`.
+    pub events: u64,
+    pub us_per_event: f64,
     /// Wall-clock seconds the whole simulation took.
     pub wall_s: f64,
 }
@@ -399,6 +403,8 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, SimError> {
         transfers: first.transfers,
         moved_bytes: first.moved_bytes,
         messages: first.messages,
+        events: first.events,
+        us_per_event: best as f64 / 1e3 / first.events.max(1) as f64,
         wall_s: wall.elapsed().as_secs_f64(),
     })
 }
@@ -412,6 +418,7 @@ struct Run {
     transfers: u64,
     moved_bytes: u64,
     messages: u64,
+    events: u64,
 }
 
 fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
@@ -479,6 +486,7 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
 
     let mut touched = false;
     let mut now = 0;
+    let mut events = 2u64; // the submission and the wait
     while done.is_none() {
         let Some((at, what)) = sim.next() else {
             return Err(SimError::Stalled { at_s: now as f64 / 1e9, records: core.task_count() });
@@ -486,6 +494,7 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
         now = at;
         match what {
             Happening::ToCore(event) => {
+                events += 1;
                 let t = Instant::now();
                 core.handle(Duration::from_nanos(now), event);
                 core_ns += t.elapsed().as_nanos();
@@ -539,5 +548,6 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
         transfers: sim.transfers,
         moved_bytes: sim.moved_bytes,
         messages: sim.messages,
+        events,
     })
 }
