@@ -158,27 +158,10 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// `1234`, `64K`, `64KiB`, `500MB`, `40GiB`, `1.5GB` as bytes: `K`/`KiB`...
-/// are powers of 1024, `KB`... powers of 1000.
-pub fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let x: f64 = num.parse().ok()?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        "tib" | "t" => 1 << 40,
-        _ => return None,
-    };
-    (x >= 0.0 && x.is_finite()).then_some((x * scale as f64) as u64)
-}
+/// Byte sizes (`1234`, `64KiB`, `500MB`, `1.5GB`; `4G` is refused as
+/// ambiguous) by the one rule every size in Tessera follows: see
+/// [`tessera_units`].
+pub use tessera_units::parse_bytes;
 
 /// A Linux eventfd: how one thread wakes another that sleeps in [`sleep_on`].
 pub struct EventFd {
@@ -236,18 +219,5 @@ mod tests {
         assert_eq!(super::human_bytes(12), "12 B");
         assert_eq!(super::human_bytes(1536), "1.5 KiB");
         assert_eq!(super::human_bytes(64 << 30), "64.0 GiB");
-    }
-
-    #[test]
-    fn byte_sizes() {
-        use super::parse_bytes;
-        assert_eq!(parse_bytes("1234"), Some(1234));
-        assert_eq!(parse_bytes("40GiB"), Some(40 << 30));
-        assert_eq!(parse_bytes("500MB"), Some(500_000_000));
-        assert_eq!(parse_bytes("1.5 GB"), Some(1_500_000_000));
-        assert_eq!(parse_bytes("64M"), Some(64 << 20));
-        assert_eq!(parse_bytes("1k"), Some(1024));
-        assert_eq!(parse_bytes("12 parsecs"), None);
-        assert_eq!(parse_bytes(""), None);
     }
 }
