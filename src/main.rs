@@ -505,15 +505,6 @@ enum BenchCommand {
     },
 }
 
-/// `arg` quoted for a shell when it needs it (for the report's command line).
-fn shell_word(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
 fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
@@ -658,7 +649,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         trace: cli.observe.trace.clone(),
         command: ["tessera".to_owned()]
             .into_iter()
-            .chain(std::env::args().skip(1).map(|a| shell_word(&a)))
+            .chain(std::env::args().skip(1).map(|a| tessera::jobqueue::shell_quote(&a)))
             .collect::<Vec<_>>()
             .join(" "),
     };
