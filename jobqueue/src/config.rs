@@ -27,7 +27,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use toml_edit::{ImDocument, Item, TableLike};
+use toml_edit::{Document, Item, TableLike};
 
 use crate::render::{absolute, Launcher, Template};
 use crate::{Error, JobSpec, Result, System};
@@ -195,7 +195,7 @@ impl Settings {
 
     /// Reads one profile of a config file's text.
     pub fn from_toml(path: &Path, text: &str, profile: Option<&str>) -> Result<Settings> {
-        let doc = ImDocument::parse(text.to_string()).map_err(|e| {
+        let doc = Document::parse(text.to_string()).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             Error::ConfigSyntax { file: path.into(), line, column, message: e.message().trim().to_string() }
         })?;

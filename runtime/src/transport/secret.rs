@@ -131,7 +131,7 @@ impl Secret {
 /// `N` bytes from the operating system's random source.
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
-    getrandom::getrandom(&mut b).map_err(|e| Error::Config(format!("no random numbers from the system: {e}")))?;
+    getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no random numbers from the system: {e}")))?;
     Ok(b)
 }
 
