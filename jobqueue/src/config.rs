@@ -148,6 +148,9 @@ pub struct ConfigOptions {
 
 /// The per-user config file: `$XDG_CONFIG_HOME/tessera/jobqueue.toml`, else
 /// `~/.config/tessera/jobqueue.toml`.
+///
+/// The same rule as the runtime's `transport::secret::config_dir` (this crate
+/// does not depend on the runtime, so the few lines are not shared).
 pub fn user_config_file() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())

@@ -144,9 +144,15 @@ pub fn default_path() -> PathBuf {
     config_dir().join("secret")
 }
 
-/// `$XDG_CONFIG_HOME/tessera`, else `~/.config/tessera`.
+/// `$XDG_CONFIG_HOME/tessera` (unless empty), else `~/.config/tessera`.
+///
+/// The same rule as `tessera_jobqueue::config::user_config_file`, which
+/// cannot call this one (jobqueue does not depend on the runtime); the
+/// crates that do it well (`dirs`, `etcetera`) bring an MPL-2.0 dependency or
+/// a newer Rust than this workspace's minimum.
 pub fn config_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
         .unwrap_or_else(|| PathBuf::from("."));
