@@ -36,8 +36,8 @@ UCX_TLS=posix,self $bin bench ucx --repeat "$repeat" | grep '^ucx'
 UCX_TLS=tcp $bin bench ucx --repeat "$repeat" | grep '^ucx'
 
 echo "== 2. task-level transfer rank 1 -> rank 2 under mpirun -n 3"
-for size in 8 1M 64M; do
-  reps=$([[ $size == 64M ]] && echo 5 || echo 50)
+for size in 8 1MiB 64MiB; do
+  reps=$([[ $size == 64MiB ]] && echo 5 || echo 50)
   mpi $bin -q bench transfer --size $size --repeat $reps | grep '^transfer'
   mpi $bin -q --transport ucx bench transfer --size $size --repeat $reps | grep '^transfer'
   UCX_TLS=tcp mpi $bin -q --transport ucx bench transfer --size $size --repeat $reps | grep '^transfer' | sed 's/$/ [UCX_TLS=tcp]/'

@@ -41,6 +41,19 @@ cargo fmt --all --check
 cargo clippy --workspace --exclude tessera-ucx-sys --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features tessera/full,tessera/cuda -- -D warnings
 
+step "dependencies: cargo deny (licenses, duplicate versions, sources, advisories; deny.toml)"
+if cargo deny --version >/dev/null 2>&1; then
+  cargo deny check licenses bans sources
+  # The advisory database is a git repository: without network access it cannot be fetched.
+  if cargo deny fetch db >/dev/null 2>&1; then
+    cargo deny check advisories
+  else
+    echo "note: the advisory database could not be fetched (no network?): cargo deny check advisories skipped"
+  fi
+else
+  echo "note: cargo-deny is not installed (cargo install cargo-deny --locked): dependency checks skipped"
+fi
+
 batch_env=()
 if [[ $(id -u) -eq 0 && -z ${TESSERA_NO_BATCH:-} ]]; then
   step "batch systems: local Slurm (3 nodes) and SGE"

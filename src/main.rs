@@ -195,8 +195,9 @@ pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
 
 fn parse_size(s: &str) -> Result<usize, String> {
     match tessera::runtime::host::sys::parse_bytes(s) {
-        Some(n) if n > 0 => Ok(n as usize),
-        _ => Err(format!("`{s}` is not a size in bytes (like 8, 1M or 64M)")),
+        Ok(0) => Err("must be more than zero bytes".to_owned()),
+        Ok(n) => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
+        Err(e) => Err(format!("`{s}`: {e}")),
     }
 }
 
@@ -495,7 +496,7 @@ enum BenchCommand {
         /// Block size in MiB.
         #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         mib: usize,
-        /// Block size in bytes, or with a K, M or G suffix (instead of --mib).
+        /// Block size in bytes, or with a unit: KiB, MiB, GiB or KB, MB, GB (instead of --mib).
         #[arg(long, conflicts_with = "mib", value_parser = parse_size)]
         size: Option<usize>,
         /// Repetitions; the median is reported.
@@ -508,9 +509,9 @@ enum BenchCommand {
     /// Blocks between two UCP workers of this process: a bare UCP probe against
     /// Tessera's UCX plane, in one run (needs `ucx`; set UCX_TLS to choose transports).
     Ucx {
-        /// Block sizes: bytes, or with a K, M or G suffix (8 B: ping-pong latency;
-        /// larger: streaming bandwidth).
-        #[arg(long, value_delimiter = ',', default_value = "8,1M,64M", value_parser = parse_size)]
+        /// Block sizes: bytes, or with a unit, KiB, MiB, GiB or KB, MB, GB (8 B: ping-pong
+        /// latency; larger: streaming bandwidth).
+        #[arg(long, value_delimiter = ',', default_value = "8,1MiB,64MiB", value_parser = parse_size)]
         sizes: Vec<usize>,
         /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = at_least_one)]
@@ -607,8 +608,8 @@ enum BenchCommand {
         /// One-way message latency in microseconds.
         #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
         latency: f64,
-        /// Bytes of each block (1M, 64K, ...).
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        /// Bytes of each block (1MiB, 64KiB, ...).
+        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
         block_bytes: usize,
         /// Tasks queued on a worker beyond one per thread.
         #[arg(long, default_value_t = 4)]
@@ -641,15 +642,6 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// `arg` quoted for a shell when it needs it (for the report's command line).
-fn shell_word(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }
 
 fn parse_duration(s: &str) -> Result<f64, String> {
@@ -802,7 +794,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         trace: cli.observe.trace.clone(),
         command: ["tessera".to_owned()]
             .into_iter()
-            .chain(std::env::args().skip(1).map(|a| shell_word(&a)))
+            .chain(std::env::args().skip(1).map(|a| tessera::jobqueue::shell_quote(&a)))
             .collect::<Vec<_>>()
             .join(" "),
     };

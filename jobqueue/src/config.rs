@@ -27,7 +27,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use toml_edit::{ImDocument, Item, TableLike};
+use toml_edit::{Document, Item, TableLike};
 
 use crate::render::{absolute, Launcher, Template};
 use crate::{Error, JobSpec, Result, System};
@@ -148,6 +148,9 @@ pub struct ConfigOptions {
 
 /// The per-user config file: `$XDG_CONFIG_HOME/tessera/jobqueue.toml`, else
 /// `~/.config/tessera/jobqueue.toml`.
+///
+/// The same rule as the runtime's `transport::secret::config_dir` (this crate
+/// does not depend on the runtime, so the few lines are not shared).
 pub fn user_config_file() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
@@ -195,7 +198,7 @@ impl Settings {
 
     /// Reads one profile of a config file's text.
     pub fn from_toml(path: &Path, text: &str, profile: Option<&str>) -> Result<Settings> {
-        let doc = ImDocument::parse(text.to_string()).map_err(|e| {
+        let doc = Document::parse(text.to_string()).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             Error::ConfigSyntax { file: path.into(), line, column, message: e.message().trim().to_string() }
         })?;

@@ -68,7 +68,10 @@ pub use system::{find_program, System};
 
 /// The pure parsers of each system's command output, for tools of one's own.
 pub mod parse {
-    pub use crate::pbs::{parse_qstat_f, parse_qstat_json, parse_qsub, pbs_status, torque_status};
+    pub use crate::pbs::{
+        parse_qstat_f, parse_qstat_json, parse_qsub, parse_torque_qstat_xml, pbs_status, torque_status,
+        tracejob_status, TorqueJob, TRACEJOB_DAYS,
+    };
     pub use crate::sge::{
         parse_qacct, parse_qstat_table_ids, parse_qstat_xml, parse_qsub_terse, qacct_status, sge_state, QstatJob,
     };

@@ -1,9 +1,12 @@
-//! PBS Pro / OpenPBS (`qstat -x -f -F json`) and Torque (`qstat -f`): `qsub`,
-//! `qstat`, `qdel`.
+//! PBS Pro / OpenPBS (`qstat -x -f -F json`) and Torque (`qstat -x`, XML;
+//! `tracejob`): `qsub`, `qstat`, `qdel`.
 //!
-//! PBS Pro keeps finished jobs in `qstat -x` while job history is enabled;
-//! Torque keeps them (state `C`) for `keep_completed` seconds, after which
-//! neither can tell a finished job from one that never existed.
+//! PBS Pro keeps finished jobs in `qstat -x` while job history is enabled.
+//! Torque keeps them (state `C`) for `keep_completed` seconds; after that its
+//! `tracejob`, where installed and allowed to read the server's logs, still
+//! tells how a job ended from the server and accounting logs of the last
+//! [`TRACEJOB_DAYS`] days. Past both, a finished job cannot be told from one
+//! that never existed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -138,6 +141,121 @@ pub fn torque_status(job_id: &str, fields: &BTreeMap<String, String>) -> JobStat
     }
 }
 
+/// A Torque job as `qstat` shows it: its id and its fields.
+pub type TorqueJob = (String, BTreeMap<String, String>);
+
+/// Torque's `qstat -x` (XML): one field map per `<Job>`, keyed as in
+/// `qstat -f` (`Job_Id` is the id; nested resources read
+/// `Resource_List.walltime`). Empty output is no jobs; output that is not XML
+/// is an error naming why.
+pub fn parse_torque_qstat_xml(stdout: &str) -> std::result::Result<Vec<TorqueJob>, String> {
+    if stdout.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let doc = roxmltree::Document::parse(stdout).map_err(|e| format!("not XML: {e}"))?;
+    let mut jobs = Vec::new();
+    for job in doc.descendants().filter(|n| n.has_tag_name("Job")) {
+        let mut fields = BTreeMap::new();
+        for field in job.children().filter(roxmltree::Node::is_element) {
+            let key = field.tag_name().name();
+            match field.children().find(roxmltree::Node::is_element) {
+                None => {
+                    fields.insert(key.to_string(), field.text().unwrap_or("").trim().to_string());
+                }
+                Some(_) => {
+                    for sub in field.children().filter(roxmltree::Node::is_element) {
+                        let k = format!("{key}.{}", sub.tag_name().name());
+                        fields.insert(k, sub.text().unwrap_or("").trim().to_string());
+                    }
+                }
+            }
+        }
+        let id = fields.remove("Job_Id").ok_or_else(|| "a <Job> without <Job_Id>".to_string())?;
+        jobs.push((id, fields));
+    }
+    Ok(jobs)
+}
+
+/// How many days of logs `tracejob` searches (`-n`).
+pub const TRACEJOB_DAYS: u32 = 7;
+
+/// What Torque's `tracejob` output says about how a job ended: `None` when
+/// it found no record of the job, else its status, `Unknown` if the records
+/// stop before the job ended.
+///
+/// Lines are `MM/DD/YYYY HH:MM:SS[.mmm]  SOURCE  message`, SOURCE `S`
+/// (server log), `A` (accounting), `M` (MOM), `C` (scheduler). An
+/// `Exit_status=N` (server or accounting `E` record) ends the job; a deletion
+/// ("Job deleted at request of", accounting `requestor=`) cancels it, with or
+/// without an exit status; a walltime overrun (-11, or a log line saying the
+/// walltime was exceeded) is a timeout. Lines about other jobs' log files
+/// ("No such file or directory") are skipped.
+pub fn tracejob_status(job_id: &str, stdout: &str) -> Option<JobStatus> {
+    let mut records = 0;
+    let (mut exit, mut deleted, mut walltime, mut name) = (None, false, false, None);
+    for line in stdout.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(date), Some(_time), Some(source)) = (words.next(), words.next(), words.next()) else { continue };
+        let dated = date.len() == 10 && date.bytes().enumerate().all(|(i, b)| (i == 2 || i == 5) == (b == b'/'));
+        if !dated || !matches!(source, "S" | "A" | "M" | "C") {
+            continue;
+        }
+        records += 1;
+        let message = line.split_once(source).map_or("", |(_, m)| m).trim();
+        for word in message.split_whitespace() {
+            if let Some(e) = word.strip_prefix("Exit_status=") {
+                exit = e.trim_end_matches(',').parse::<i32>().ok().or(exit);
+            } else if let Some(n) = word.strip_prefix("jobname=") {
+                name = Some(n.to_string());
+            }
+        }
+        if let Some((_, rest)) = message.split_once("job name = ") {
+            name = rest.split(',').next().map(|n| n.trim().to_string());
+        }
+        if message.starts_with("Job deleted") || (source == "A" && message.starts_with("requestor=")) {
+            deleted = true;
+        }
+        let lower = message.to_ascii_lowercase();
+        if lower.contains("walltime") && lower.contains("exceeded") {
+            walltime = true;
+        }
+    }
+    if records == 0 {
+        return None;
+    }
+    let comment = if deleted {
+        "terminated"
+    } else if walltime {
+        "exceeded resource walltime"
+    } else {
+        ""
+    };
+    let (state, exit_code) =
+        if exit.is_some() || deleted { pbs_state("C", exit, None, comment) } else { (JobState::Unknown, None) };
+    let mut detail = match exit {
+        Some(e) => format!("tracejob: Exit_status={e}"),
+        None => "tracejob: no exit status".to_string(),
+    };
+    if !comment.is_empty() {
+        detail.push_str(&format!(" ({})", if deleted { "deleted" } else { "walltime exceeded" }));
+    }
+    if state == JobState::Unknown {
+        detail = format!(
+            "tracejob has {records} log records of this job but none of how it ended (older than {TRACEJOB_DAYS} days?)"
+        );
+    }
+    Some(JobStatus {
+        job_id: job_id.to_string(),
+        system: System::Torque,
+        state,
+        exit_code,
+        detail,
+        name,
+        source: "tracejob",
+        elements: Vec::new(),
+    })
+}
+
 fn unknown_job(system: System, job_id: &str, stderr: &str) -> Error {
     Error::UnknownJob { system, job_id: job_id.into(), detail: format!(" ({})", stderr.trim()) }
 }
@@ -147,6 +265,35 @@ fn unknown_job(system: System, job_id: &str, stderr: &str) -> Error {
 impl Pbs {
     fn flavour(&self) -> System {
         self.run.system
+    }
+
+    /// A Torque job `qstat` no longer knows: what `tracejob` finds in the
+    /// logs, or `Unknown` (as before this fallback) when tracejob is not
+    /// installed, cannot read the logs, or has no record.
+    fn torque_tracejob(&self, job_id: &str) -> Result<JobStatus> {
+        let days = TRACEJOB_DAYS.to_string();
+        let args = ["-n", days.as_str(), job_id];
+        let why = match self.run.run("tracejob", &args) {
+            Ok(o) => match tracejob_status(job_id, &o.stdout) {
+                Some(s) => return Ok(s),
+                None => format!("tracejob has no record of it in the last {TRACEJOB_DAYS} days of logs it can read"),
+            },
+            Err(Error::CommandNotFound { .. }) => "tracejob is not installed here".to_string(),
+            Err(e) => return Err(e),
+        };
+        Ok(JobStatus {
+            job_id: job_id.into(),
+            system: System::Torque,
+            state: JobState::Unknown,
+            exit_code: None,
+            detail: format!(
+                "Torque does not know this job: it never existed, or ended more than keep_completed seconds ago \
+                 ({why})"
+            ),
+            name: None,
+            source: "qstat",
+            elements: Vec::new(),
+        })
     }
 }
 
@@ -184,30 +331,23 @@ impl BatchSystem for Pbs {
                 }
             };
         }
-        let args = ["-f", job_id];
+        // Torque: `qstat -x` lists a finished job (state C) while keep_completed holds it.
+        let args = ["-x", job_id];
         let o = self.run.run("qstat", &args)?;
         if o.stderr.contains("Unknown Job Id") {
-            // Torque forgets finished jobs after keep_completed: it cannot say more.
-            return Ok(JobStatus {
-                job_id: job_id.into(),
-                system,
-                state: JobState::Unknown,
-                exit_code: None,
-                detail: "Torque does not know this job: it never existed, or ended more than keep_completed \
-                         seconds ago"
-                    .into(),
-                name: None,
-                source: "qstat",
-                elements: Vec::new(),
-            });
+            return self.torque_tracejob(job_id);
         }
         if o.status != 0 {
             return Err(self.run.failed("qstat", &args, &o));
         }
-        let jobs = parse_qstat_f(&o.stdout);
+        let jobs = parse_torque_qstat_xml(&o.stdout).map_err(|reason| Error::Parse {
+            system,
+            command: crate::batch::command_line("qstat", &args),
+            reason,
+        })?;
         match jobs.as_slice() {
             [(id, fields)] => Ok(torque_status(id, fields)),
-            [] => Err(unknown_job(system, job_id, "qstat -f returned no job")),
+            [] => Err(unknown_job(system, job_id, "qstat -x returned no job")),
             many => {
                 let elements = many.iter().map(|(id, f)| torque_status(id, f)).collect();
                 Ok(JobStatus::aggregate(job_id, system, "qstat", elements))
@@ -334,6 +474,101 @@ mod tests {
         assert_eq!(torque_status("1.t", &failed).exit_code, Some(3));
         let torque_done = [("job_state".to_string(), "C".to_string()), ("exit_status".into(), "271".into())].into();
         assert_eq!(torque_status("1.t", &torque_done).exit_code, Some(143));
+    }
+
+    /// Replays captures, but `tracejob` is not installed.
+    struct NoTracejob(Box<Replay>);
+
+    impl crate::batch::Exec for NoTracejob {
+        fn run(&self, program: &str, args: &[&str]) -> std::io::Result<crate::batch::Output> {
+            if program == "tracejob" {
+                return Err(std::io::ErrorKind::NotFound.into());
+            }
+            self.0.run(program, args)
+        }
+    }
+
+    fn torque(files: &[&str]) -> Box<dyn BatchSystem> {
+        connect_with(System::Torque, Replay::new(files))
+    }
+
+    #[test]
+    fn torque_qstat_xml_reads_every_field_and_refuses_what_is_not_xml() {
+        let (_, o) = capture("torque/status-running-qstat-x.txt");
+        let jobs = parse_torque_qstat_xml(&o.stdout).unwrap();
+        assert_eq!(jobs.len(), 1);
+        let (id, f) = &jobs[0];
+        assert_eq!(id, "41.torque-server");
+        assert_eq!((f["job_state"].as_str(), f["Resource_List.walltime"].as_str()), ("R", "00:10:00"));
+        assert!(f["Variable_List"].ends_with("PBS_O_SERVER=torque-server"), "{}", f["Variable_List"]);
+        let s = torque_status(id, f);
+        assert_eq!((s.state, s.name.as_deref()), (Running, Some("tessera-svd")));
+        let (_, o) = capture("torque/status-failed-qstat-x.txt");
+        let (id, f) = &parse_torque_qstat_xml(&o.stdout).unwrap()[0];
+        let s = torque_status(id, f);
+        assert_eq!((s.state, s.exit_code, s.name.as_deref()), (Failed, Some(3), Some("fail & retry")));
+        assert_eq!(parse_torque_qstat_xml("  \n").unwrap(), Vec::new());
+        assert!(parse_torque_qstat_xml("<Data><Job>").unwrap_err().starts_with("not XML"));
+        let e = parse_torque_qstat_xml("<Data><Job><job_state>R</job_state></Job></Data>").unwrap_err();
+        assert!(e.contains("Job_Id"), "{e}");
+    }
+
+    #[test]
+    fn torque_tracejob_tells_how_a_forgotten_job_ended() {
+        let t = |file: &str| {
+            let (_, o) = capture(&format!("torque/{file}"));
+            tracejob_status("40.torque-server", &o.stdout)
+        };
+        let f = t("status-failed-tracejob.txt").unwrap();
+        assert_eq!(
+            (f.state, f.exit_code, f.name.as_deref(), f.source),
+            (Failed, Some(3), Some("tessera-svd"), "tracejob")
+        );
+        let c = t("status-cancelled-running-tracejob.txt").unwrap();
+        assert_eq!((c.state, c.exit_code, c.name.as_deref()), (Cancelled, None, Some("sleeper")));
+        let c = t("status-cancelled-pending-tracejob.txt").unwrap();
+        assert_eq!((c.state, c.exit_code), (Cancelled, None));
+        assert!(c.detail.contains("deleted"), "{}", c.detail);
+        let w = t("status-timeout-tracejob.txt").unwrap();
+        assert_eq!((w.state, w.exit_code), (Timeout, None));
+        assert_eq!(t("status-unknown-tracejob.txt"), None);
+        // Records that stop before the end say so instead of guessing.
+        let started = "11/22/2026 10:00:01.020 S    Job Run at request of root@torque-server\n";
+        let s = tracejob_status("40.torque-server", started).unwrap();
+        assert!(s.state == Unknown && s.detail.contains("none of how it ended"), "{s:?}");
+        let done = "11/22/2026 10:00:32.108 S    Exit_status=0 resources_used.walltime=00:00:31\n";
+        let s = tracejob_status("40.torque-server", done).unwrap();
+        assert_eq!((s.state, s.exit_code), (Completed, Some(0)));
+    }
+
+    #[test]
+    fn torque_falls_back_from_qstat_to_tracejob() {
+        let s = torque(&["torque/status-running-qstat-x.txt"]).status("41.torque-server").unwrap();
+        assert_eq!((s.state, s.source), (Running, "qstat"));
+        let s = torque(&["torque/status-failed-qstat-x.txt"]).status("42.torque-server").unwrap();
+        assert_eq!((s.state, s.exit_code, s.source), (Failed, Some(3), "qstat"));
+        let s = torque(&["torque/status-gone-qstat-x.txt", "torque/status-failed-tracejob.txt"])
+            .status("40.torque-server")
+            .unwrap();
+        assert_eq!((s.state, s.exit_code, s.source), (Failed, Some(3), "tracejob"));
+        assert_eq!(s.wait_exit_code(), 3);
+        let s = torque(&["torque/status-gone-qstat-x.txt", "torque/status-timeout-tracejob.txt"])
+            .status("40.torque-server")
+            .unwrap();
+        assert_eq!(s.state, Timeout);
+        // No record: unknown, as before the fallback, saying why.
+        let s = torque(&["torque/status-gone-qstat-x.txt", "torque/status-unknown-tracejob.txt"])
+            .status("40.torque-server")
+            .unwrap();
+        assert!(s.state == Unknown && s.detail.contains("no record"), "{s:?}");
+        let replay = Replay::new(&["torque/status-gone-qstat-x.txt"]);
+        let s = connect_with(System::Torque, Box::new(NoTracejob(replay))).status("40.torque-server").unwrap();
+        assert!(s.state == Unknown && s.detail.contains("tracejob is not installed"), "{s:?}");
+        // A forgotten job that was deleted cannot be cancelled again.
+        let c = torque(&["torque/status-gone-qstat-x.txt", "torque/status-cancelled-running-tracejob.txt"])
+            .cancel("40.torque-server")
+            .unwrap();
+        assert_eq!((c.was, c.cancelled), (Cancelled, false));
     }
 
     #[test]

@@ -556,11 +556,10 @@ impl Drop for Lock {
     }
 }
 
+/// This host's name, as the runtime's `host::sys::hostname` reads it (this
+/// crate does not depend on the runtime).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default()
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 #[cfg(test)]

@@ -486,6 +486,12 @@ pub fn write_script(spec: &JobSpec, script: &str, tag: &str) -> Result<PathBuf> 
 
 /// Quotes `s` for a POSIX shell: as is when it holds only safe characters,
 /// else in single quotes.
+///
+/// The one shell quoter of the project (job scripts and the command line a
+/// report shows). Not `shlex::try_quote`: that also quotes `=`, `,`, `@`, `%`
+/// and `+` and wraps a word holding `'` in double quotes, which would change
+/// every generated script (and what users grep for in them) for no gain in
+/// safety; this is the plain POSIX single-quote rule, tested below.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c)) {
         s.to_string()

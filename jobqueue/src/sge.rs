@@ -37,37 +37,33 @@ pub struct QstatJob {
 
 /// The `<job_list>` entries of `qstat -xml` (running ones under
 /// `<queue_info>`, pending ones under the inner `<job_info>`: both read).
-pub fn parse_qstat_xml(stdout: &str) -> Vec<QstatJob> {
-    let mut jobs = Vec::new();
-    let mut rest = stdout;
-    while let Some(start) = rest.find("<job_list") {
-        let after = &rest[start..];
-        let Some(end) = after.find("</job_list>") else { break };
-        let block = &after[..end];
-        let tag = |t: &str| {
-            let open = format!("<{t}>");
-            block
-                .find(&open)
-                .and_then(|i| {
-                    let v = &block[i + open.len()..];
-                    v.find(&format!("</{t}>")).map(|j| xml_unescape(v[..j].trim()))
-                })
-                .unwrap_or_default()
-        };
-        jobs.push(QstatJob {
-            number: tag("JB_job_number"),
-            name: tag("JB_name"),
-            owner: tag("JB_owner"),
-            state: tag("state"),
-            tasks: tag("tasks"),
-        });
-        rest = &after[end + "</job_list>".len()..];
+/// Empty output is no jobs; output that is not XML is an error naming why.
+pub fn parse_qstat_xml(stdout: &str) -> std::result::Result<Vec<QstatJob>, String> {
+    if stdout.trim().is_empty() {
+        return Ok(Vec::new());
     }
-    jobs
-}
-
-fn xml_unescape(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+    let doc = roxmltree::Document::parse(stdout).map_err(|e| format!("not XML: {e}"))?;
+    let jobs = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("job_list"))
+        .map(|job| {
+            let tag = |t: &str| {
+                job.children()
+                    .find(|c| c.has_tag_name(t))
+                    .and_then(|c| c.text())
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            QstatJob {
+                number: tag("JB_job_number"),
+                name: tag("JB_name"),
+                owner: tag("JB_owner"),
+                state: tag("state"),
+                tasks: tag("tasks"),
+            }
+        })
+        .collect();
+    Ok(jobs)
 }
 
 /// SGE state letters in normalised form. `E` (error, the job will not start
@@ -164,6 +160,17 @@ fn status_from_qstat(job_id: &str, jobs: &[QstatJob]) -> Option<JobStatus> {
 
 // ---- the adapter ----------------------------------------------------------------
 
+impl Sge {
+    /// `qstat -xml`'s jobs, or an error that says the output was unreadable.
+    fn qstat_jobs(&self, stdout: &str) -> Result<Vec<QstatJob>> {
+        parse_qstat_xml(stdout).map_err(|reason| Error::Parse {
+            system: System::Sge,
+            command: crate::batch::command_line("qstat", &["-xml"]),
+            reason,
+        })
+    }
+}
+
 impl BatchSystem for Sge {
     fn system(&self) -> System {
         System::Sge
@@ -185,7 +192,7 @@ impl BatchSystem for Sge {
         if o.status != 0 {
             return Err(self.run.failed("qstat", &["-xml"], &o));
         }
-        if let Some(s) = status_from_qstat(job_id, &parse_qstat_xml(&o.stdout)) {
+        if let Some(s) = status_from_qstat(job_id, &self.qstat_jobs(&o.stdout)?) {
             return Ok(s);
         }
         let o = self.run.run("qacct", &["-j", job_id])?;
@@ -250,7 +257,7 @@ impl BatchSystem for Sge {
         if o.status != 0 {
             return Err(self.run.failed("qstat", &["-xml"], &o));
         }
-        let jobs = parse_qstat_xml(&o.stdout);
+        let jobs = self.qstat_jobs(&o.stdout)?;
         let mut ids: Vec<&str> =
             jobs.iter().filter(|j| j.owner == user && j.name.starts_with(prefix)).map(|j| j.number.as_str()).collect();
         ids.dedup();
@@ -281,7 +288,7 @@ mod tests {
     #[test]
     fn qstat_xml_running_pending_held_and_array_tasks() {
         let (_, o) = capture("sge/status-running-qstat-xml.txt");
-        let jobs = parse_qstat_xml(&o.stdout);
+        let jobs = parse_qstat_xml(&o.stdout).unwrap();
         assert_eq!(jobs.len(), 5);
         let s = |id| status_from_qstat(id, &jobs).unwrap();
         assert_eq!((s("9").state, s("9").name.as_deref()), (Running, Some("sleeper")));
@@ -289,12 +296,35 @@ mod tests {
         assert_eq!((s("11").state, s("11").detail.as_str()), (Pending, "hqw"));
         assert_eq!(status_from_qstat("13", &jobs), None);
         let (_, o) = capture("sge/array-status-qstat-xml.txt");
-        let jobs = parse_qstat_xml(&o.stdout);
+        let jobs = parse_qstat_xml(&o.stdout).unwrap();
         let a = status_from_qstat("19", &jobs).unwrap();
         assert_eq!((a.state, a.elements.len(), a.elements[2].job_id.as_str()), (Running, 3, "19.3"));
         assert_eq!(status_from_qstat("20", &jobs).unwrap().state, Pending);
         assert_eq!(sge_state("Eqw"), Pending);
         assert_eq!(sge_state("dr"), Running);
+    }
+
+    #[test]
+    fn qstat_xml_unescapes_entities_and_refuses_what_is_not_xml() {
+        let xml = "<?xml version='1.0'?>\n<job_info><queue_info><job_list state=\"running\">\
+                   <JB_job_number>5</JB_job_number><JB_name>a&amp;b &lt;x&gt; &#39;q&#39;</JB_name>\
+                   <JB_owner>u1</JB_owner><state>r</state></job_list></queue_info><job_info/></job_info>\n";
+        let jobs = parse_qstat_xml(xml).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!((jobs[0].number.as_str(), jobs[0].name.as_str()), ("5", "a&b <x> 'q'"));
+        assert_eq!(parse_qstat_xml(""), Ok(Vec::new()));
+        let e = parse_qstat_xml("<job_info><job_list><JB_job_number>5</job_list>").unwrap_err();
+        assert!(e.starts_with("not XML"), "{e}");
+        let sge = connect_with(
+            System::Sge,
+            Box::new(Always(crate::batch::Output {
+                status: 0,
+                stdout: "error: commlib error: got select error\n".into(),
+                stderr: String::new(),
+            })),
+        );
+        let e = sge.status("5").unwrap_err().to_string();
+        assert!(e.contains("qstat -xml") && e.contains("not XML"), "{e}");
     }
 
     #[test]

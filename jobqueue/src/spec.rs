@@ -209,10 +209,11 @@ fn check_env_name(k: &str) -> Result<()> {
 
 /// An amount of memory in bytes, parsed from a number with an explicit unit.
 ///
-/// Decimal units (`KB`, `MB`, `GB`, `TB`: powers of 1000) and binary units
-/// (`KiB`, `MiB`, `GiB`, `TiB`: powers of 1024) are both accepted and never
-/// confused; a bare number or a one-letter unit (`4G`, which Slurm reads as
-/// GiB and SGE's `g` as GB) is refused. Scripts get the value in the system's
+/// Read by [`tessera_units::parse`], the one rule for byte sizes: decimal
+/// units (`KB`, `MB`, `GB`, `TB`: powers of 1000) and binary units (`KiB`,
+/// `MiB`, `GiB`, `TiB`: powers of 1024) are both accepted and never confused;
+/// a one-letter unit (`4G`, which Slurm reads as GiB and SGE's `g` as GB) is
+/// refused. A bare number, elsewhere a count of bytes, is refused here too. Scripts get the value in the system's
 /// own unit, rounded up, so a job never asks for less than was written.
 ///
 /// ```
@@ -247,43 +248,16 @@ impl FromStr for Memory {
 
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: &str| Error::invalid("memory", s, why.to_string());
-        let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-        let (num, unit) = (&t[..split], t[split..].trim());
-        if num.is_empty() {
-            return Err(bad("expected a number and a unit, such as 4GiB or 4000MB"));
+        let size = tessera_units::parse(s).map_err(|e| bad(&e.to_string()))?;
+        // Batch systems read a bare number as megabytes (Slurm's --mem=4) or
+        // bytes (PBS): a job's memory always names its unit.
+        if !size.has_unit() {
+            return Err(bad("a unit is required: GiB (2^30 bytes) or GB (10^9 bytes), MiB or MB, ..."));
         }
-        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-            "b" => 1,
-            "kb" => 1_000,
-            "mb" => 1_000_000,
-            "gb" => 1_000_000_000,
-            "tb" => 1_000_000_000_000,
-            "kib" => 1 << 10,
-            "mib" => 1 << 20,
-            "gib" => 1 << 30,
-            "tib" => 1 << 40,
-            "" => return Err(bad("a unit is required: GiB (2^30 bytes) or GB (10^9 bytes), MiB or MB, ...")),
-            "k" | "m" | "g" | "t" | "kb/s" => {
-                return Err(bad(&format!(
-                    "`{unit}` is ambiguous: write {num}{u}iB (binary, what Slurm's --mem={num}{u} means) or {num}{u}B (decimal)",
-                    u = unit.to_ascii_uppercase()
-                )))
-            }
-            _ => return Err(bad("unknown unit: use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)")),
-        };
-        // Exact decimal arithmetic: digits before and after the point, rounded up to whole bytes.
-        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-        if int.is_empty() || frac.contains('.') || (num.contains('.') && frac.is_empty()) || frac.len() > 9 {
-            return Err(bad("malformed number"));
-        }
-        let digits: u128 = format!("{int}{frac}").parse().map_err(|_| bad("malformed number"))?;
-        let scale = 10u128.pow(frac.len() as u32);
-        let bytes = (digits * u128::from(mult)).div_ceil(scale);
-        if bytes == 0 {
+        if size.bytes() == 0 {
             return Err(bad("must be more than zero"));
         }
-        let bytes = u64::try_from(bytes).map_err(|_| bad("too large"))?;
+        let bytes = size.bytes();
         Ok(Memory(bytes))
     }
 }

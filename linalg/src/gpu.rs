@@ -241,7 +241,8 @@ macro_rules! lapack {
                 a: *mut $t,
                 lwork: *mut c_int,
             ) -> cusolverStatus_t {
-                cudarc::cusolver::sys::$geqrf_lwork(h, m, n, a, m, lwork)
+                // SAFETY: the caller upholds cuSOLVER's contract for these pointers.
+                unsafe { cudarc::cusolver::sys::$geqrf_lwork(h, m, n, a, m, lwork) }
             }
             unsafe fn geqrf(
                 h: cusolverDnHandle_t,
@@ -253,7 +254,8 @@ macro_rules! lapack {
                 lwork: c_int,
                 info: *mut c_int,
             ) -> cusolverStatus_t {
-                cudarc::cusolver::sys::$geqrf(h, m, n, a, m, tau, work, lwork, info)
+                // SAFETY: the caller upholds cuSOLVER's contract for these pointers.
+                unsafe { cudarc::cusolver::sys::$geqrf(h, m, n, a, m, tau, work, lwork, info) }
             }
             unsafe fn orgqr_lwork(
                 h: cusolverDnHandle_t,
@@ -263,7 +265,8 @@ macro_rules! lapack {
                 tau: *const $t,
                 lwork: *mut c_int,
             ) -> cusolverStatus_t {
-                cudarc::cusolver::sys::$orgqr_lwork(h, m, n, n, a, m, tau, lwork)
+                // SAFETY: the caller upholds cuSOLVER's contract for these pointers.
+                unsafe { cudarc::cusolver::sys::$orgqr_lwork(h, m, n, n, a, m, tau, lwork) }
             }
             unsafe fn orgqr(
                 h: cusolverDnHandle_t,
@@ -275,7 +278,8 @@ macro_rules! lapack {
                 lwork: c_int,
                 info: *mut c_int,
             ) -> cusolverStatus_t {
-                cudarc::cusolver::sys::$orgqr(h, m, n, n, a, m, tau, work, lwork, info)
+                // SAFETY: the caller upholds cuSOLVER's contract for these pointers.
+                unsafe { cudarc::cusolver::sys::$orgqr(h, m, n, n, a, m, tau, work, lwork, info) }
             }
         }
     };

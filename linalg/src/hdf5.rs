@@ -31,7 +31,6 @@
 //! as for any MPI job reading its input.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use ndarray::s;
@@ -358,11 +357,9 @@ fn write<T: Element + hdf5::H5Type>(p: &WriteParams, x: &Block) -> Result<Block,
     let data = T::slice(x).ok_or_else(|| unsupported("h5_write", x.dtype()))?;
     // Serial HDF5: one writer at a time, across processes and threads.
     let lock = File::create(lock_path(&p.file)).map_err(|e| kerr(&p.file, &p.dataset, "cannot create the lock", e))?;
-    // SAFETY: flock on a descriptor we own; the lock is released when
-    // `lock` is closed at the end of this function.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(kerr(&p.file, &p.dataset, "cannot lock", std::io::Error::last_os_error()));
-    }
+    // Released when `lock` is closed at the end of this function.
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| kerr(&p.file, &p.dataset, "cannot lock", std::io::Error::from(e)))?;
     let f = hdf5::File::open_rw(&p.file).map_err(|e| kerr(&p.file, &p.dataset, "cannot open for writing", e))?;
     let ds = f.dataset(&p.dataset).map_err(|e| kerr(&p.file, &p.dataset, "cannot open the dataset", e))?;
     let result = match (&p.start[..], x.shape()) {

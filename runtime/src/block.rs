@@ -128,13 +128,15 @@ impl Buffer {
 /// # Safety
 /// `T` must be plain old data without padding bytes.
 unsafe fn bytes_of<T>(v: &[T]) -> &[u8] {
-    std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v))
+    // SAFETY: the caller promises `T` has no padding; the length is `v`'s in bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// # Safety
 /// `T` must be plain old data without padding, valid for every bit pattern.
 unsafe fn bytes_of_mut<T>(v: &mut [T]) -> &mut [u8] {
-    std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v))
+    // SAFETY: the caller promises `T` has no padding and takes any bit pattern.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// What travels ahead of a block's bytes: enough to allocate the receive

@@ -12,7 +12,8 @@
 //! Enum constants keep their C names (`UCS_OK`, `UCP_PARAM_FIELD_FEATURES`)
 //! and enum types their C size: `ucs_status_t` is one signed byte.
 
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
+// Generated bindings: the workspace lints do not apply to them.
+#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, unsafe_op_in_unsafe_fn, clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 

@@ -313,13 +313,12 @@ pub fn open_one(ordinal: usize, math: GpuMath) -> Result<std::sync::Arc<Gpu>> {
 }
 
 /// The device memory a GPU worker's blocks may hold, from
-/// `TESSERA_GPU_MEMORY` (bytes, or with a unit: `40GiB`, `500MB`) or else
+/// `TESSERA_GPU_MEMORY` (bytes, or with a unit: `40GiB`, `500MB`; see
+/// [`tessera_units`]) or else
 /// 90 % of what is free when the worker starts.
 pub fn memory_limit(free_bytes: u64) -> Result<u64> {
     match std::env::var("TESSERA_GPU_MEMORY") {
-        Ok(v) => crate::host::sys::parse_bytes(&v).ok_or_else(|| {
-            Error::Config(format!("TESSERA_GPU_MEMORY={v}: expected bytes, optionally with a unit (40GiB, 500MB)"))
-        }),
+        Ok(v) => crate::host::sys::parse_bytes(&v).map_err(|e| Error::Config(format!("TESSERA_GPU_MEMORY={v}: {e}"))),
         Err(_) => Ok(free_bytes / 10 * 9),
     }
 }

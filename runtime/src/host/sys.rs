@@ -3,17 +3,9 @@
 //! the termination signal). What the launcher announced lives in
 //! [`super::launcher`].
 
-/// This host's name.
+/// This host's name (`uname`'s node name).
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
-    // on success (or truncates, which we handle by searching for NUL).
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 /// Logical CPUs online on this host.
@@ -52,35 +44,17 @@ pub fn peak_rss_bytes() -> Option<u64> {
     (rc == 0).then(|| usage.ru_maxrss as u64 * 1024)
 }
 
-/// The IPv4 addresses of this host's network interfaces that are up:
-/// `(interface name, address, is loopback)`.
+/// The IPv4 addresses of this host's network interfaces that are up and
+/// running: `(interface name, address, is loopback)`.
 pub fn interfaces() -> Vec<(String, std::net::Ipv4Addr, bool)> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below; we only
-    // read entries while the list is alive.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
-                continue;
-            }
-            if ifa.ifa_flags & libc::IFF_UP as u32 == 0 {
-                continue;
-            }
-            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-            out.push((name, ip, ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0));
-        }
-        libc::freeifaddrs(head);
-    }
-    out
+    let all = if_addrs::get_if_addrs().unwrap_or_default();
+    all.into_iter()
+        .filter(|i| i.is_oper_up())
+        .filter_map(|i| match i.addr {
+            if_addrs::IfAddr::V4(ref a) => Some((i.name.clone(), a.ip, i.is_loopback())),
+            if_addrs::IfAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// The address other hosts can reach this one at: the IPv4 address of
@@ -105,28 +79,22 @@ pub fn routable_address(interface: Option<&str>) -> Result<std::net::IpAddr, Str
 /// system sends SIGTERM some time before it kills a job at its walltime:
 /// an elastic worker drains on it.
 pub fn termination_flag() -> &'static std::sync::atomic::AtomicBool {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static FLAG: AtomicBool = AtomicBool::new(false);
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    extern "C" fn on_signal(_: libc::c_int) {
-        if FLAG.swap(true, Ordering::SeqCst) {
-            // SAFETY: _exit is async-signal-safe.
-            unsafe { libc::_exit(143) };
-        }
-    }
-    ONCE.call_once(|| {
-        for sig in [libc::SIGTERM, libc::SIGINT] {
-            // SAFETY: the handler only touches an atomic and calls _exit,
-            // both async-signal-safe; the sigaction struct is zeroed first.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_signal as *const () as usize;
-                libc::sigemptyset(&mut sa.sa_mask);
-                libc::sigaction(sig, &sa, std::ptr::null_mut());
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, OnceLock};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // The order matters: the shutdown handler runs first and exits
+            // only if an earlier signal already raised the flag.
+            let installed = signal_hook::flag::register_conditional_shutdown(sig, 143, Arc::clone(&flag))
+                .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flag)));
+            if let Err(e) = installed {
+                tracing::warn!(signal = sig, error = %e, "cannot install the termination handler");
             }
         }
-    });
-    &FLAG
+        flag
+    })
 }
 
 /// Restores the default action of SIGPIPE (the Rust runtime ignores it), so
@@ -135,6 +103,7 @@ pub fn termination_flag() -> &'static std::sync::atomic::AtomicBool {
 /// Sockets are unaffected: std's `TcpStream` writes with `MSG_NOSIGNAL`, so a
 /// lost peer is still an error to handle, never a signal.
 pub fn default_sigpipe() {
+    // Raw libc: signal-hook installs handlers and cannot restore SIG_DFL.
     // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety
     // preconditions; no handler runs.
     unsafe {
@@ -158,96 +127,86 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// `1234`, `64K`, `64KiB`, `500MB`, `40GiB`, `1.5GB` as bytes: `K`/`KiB`...
-/// are powers of 1024, `KB`... powers of 1000.
-pub fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let x: f64 = num.parse().ok()?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        "tib" | "t" => 1 << 40,
-        _ => return None,
-    };
-    (x >= 0.0 && x.is_finite()).then_some((x * scale as f64) as u64)
-}
+/// Byte sizes (`1234`, `64KiB`, `500MB`, `1.5GB`; `4G` is refused as
+/// ambiguous) by the one rule every size in Tessera follows: see
+/// [`tessera_units`].
+pub use tessera_units::parse_bytes;
 
 /// A Linux eventfd: how one thread wakes another that sleeps in [`sleep_on`].
 pub struct EventFd {
-    fd: std::os::fd::RawFd,
+    fd: std::os::fd::OwnedFd,
 }
 
 impl EventFd {
     pub fn new() -> std::io::Result<EventFd> {
-        // SAFETY: plain syscall; the fd is owned by the returned value.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        use rustix::event::EventfdFlags;
+        let fd = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
         Ok(EventFd { fd })
     }
 
     pub fn fd(&self) -> std::os::fd::RawFd {
-        self.fd
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
     }
 
     /// Makes the fd readable.
     pub fn notify(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our own fd.
-        unsafe { libc::write(self.fd, &one as *const u64 as *const libc::c_void, 8) };
+        // Fails only when the counter would overflow, and then it is readable anyway.
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
     }
 
     /// Empties the eventfd behind `fd` (non-blocking).
     pub fn drain_fd(fd: std::os::fd::RawFd) {
-        let mut v: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live u64; the fd is non-blocking.
-        unsafe { libc::read(fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
-    }
-}
-
-impl Drop for EventFd {
-    fn drop(&mut self) {
-        // SAFETY: closes the fd this value owns, once.
-        unsafe { libc::close(self.fd) };
+        let mut v = [0u8; 8];
+        // SAFETY: the caller's fd (ours, or UCX's worker fd) stays open for this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // Empty already (EAGAIN) is what non-blocking means here.
+        let _ = rustix::io::read(fd, &mut v);
     }
 }
 
 /// Sleeps until one of `fds` is readable, at most `timeout_ms`.
 pub fn sleep_on(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: `p` is a live array of pollfd of the length given.
-    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    use rustix::event::{PollFd, PollFlags};
+    let mut p: Vec<PollFd<'_>> = fds
+        .iter()
+        // SAFETY: the callers' fds (an EventFd's, UCX's worker fd) stay open while they sleep here.
+        .map(|&fd| PollFd::from_borrowed_fd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, PollFlags::IN))
+        .collect();
+    let ms = timeout_ms.max(0);
+    let timeout = rustix::event::Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 };
+    // An interruption (EINTR) is a spurious wake-up, which callers expect.
+    let _ = rustix::event::poll(&mut p, Some(&timeout));
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
+    fn an_eventfd_wakes_a_sleeper_and_drains() {
+        let e = super::EventFd::new().unwrap();
+        let t = std::time::Instant::now();
+        super::sleep_on(&[e.fd()], 20);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(15), "slept through the timeout");
+        e.notify();
+        let t = std::time::Instant::now();
+        super::sleep_on(&[e.fd()], 5_000);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "a notified fd wakes the sleeper");
+        super::EventFd::drain_fd(e.fd());
+        let t = std::time::Instant::now();
+        super::sleep_on(&[e.fd()], 20);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(15), "drained: not readable any more");
+    }
+
+    #[test]
+    fn the_host_has_a_name_and_a_loopback_interface() {
+        assert!(!super::hostname().is_empty());
+        let all = super::interfaces();
+        assert!(all.iter().any(|(_, ip, lo)| *lo && ip.is_loopback()), "{all:?}");
+    }
+
+    #[test]
     fn byte_counts_read_in_binary_units() {
         assert_eq!(super::human_bytes(12), "12 B");
         assert_eq!(super::human_bytes(1536), "1.5 KiB");
         assert_eq!(super::human_bytes(64 << 30), "64.0 GiB");
-    }
-
-    #[test]
-    fn byte_sizes() {
-        use super::parse_bytes;
-        assert_eq!(parse_bytes("1234"), Some(1234));
-        assert_eq!(parse_bytes("40GiB"), Some(40 << 30));
-        assert_eq!(parse_bytes("500MB"), Some(500_000_000));
-        assert_eq!(parse_bytes("1.5 GB"), Some(1_500_000_000));
-        assert_eq!(parse_bytes("64M"), Some(64 << 20));
-        assert_eq!(parse_bytes("1k"), Some(1024));
-        assert_eq!(parse_bytes("12 parsecs"), None);
-        assert_eq!(parse_bytes(""), None);
     }
 }

@@ -243,34 +243,29 @@ fn downsample(points: &[(u64, u64)]) -> Vec<(u64, u64)> {
     points.chunks(per).map(|c| (c[0].0, c.iter().map(|p| p.1).max().unwrap_or(0))).collect()
 }
 
-/// Microseconds since the epoch as `2026-11-23T10:00:00Z` (UTC).
+/// Microseconds since the epoch as `2026-11-23T10:00:00Z` (UTC, whole seconds).
 fn rfc3339(us: u64) -> String {
     let secs = us / 1_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    match i64::try_from(secs).ok().and_then(|s| jiff::Timestamp::from_second(s).ok()) {
+        Some(t) => t.to_string(),
+        None => format!("{secs} s after 1970-01-01T00:00:00Z"),
+    }
 }
 
-/// The HTML page for `log`.
+/// The HTML page for `log`: `report/report.html` rendered by minijinja with
+/// HTML autoescape, so the title (a command line) is escaped, and the data
+/// inserted as JSON in which `<` is written `\u003c` (`</script>` or `<!--`
+/// inside the script would end or confuse it; `<` only occurs inside JSON
+/// strings, where `\u003c` means the same).
 pub fn html(log: &EventLog, info: &RunInfo) -> String {
-    // `</script>` or `<!--` inside the script would end or confuse it; `<`
-    // only occurs inside JSON strings, where `\u003c` means the same.
     let data = report_data(log, info).to_string().replace('<', "\\u003c");
-    // Data first: a title cannot then be mistaken for the data's placeholder.
-    TEMPLATE.replacen("/*TESSERA_DATA*/null", &data, 1).replacen("/*TESSERA_TITLE*/", &html_escape(&info.command), 1)
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    let mut env = minijinja::Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+    env.add_template("report.html", TEMPLATE).expect("the report template compiles (a unit test renders it)");
+    let page = env.get_template("report.html").and_then(|t| {
+        t.render(minijinja::context! { title => info.command, data => minijinja::Value::from_safe_string(data) })
+    });
+    page.expect("the report template renders (a unit test renders it)")
 }
 
 /// The Chrome trace-event JSON for `log`.
@@ -411,6 +406,7 @@ mod tests {
         let page = html(&log(3), &info());
         assert!(!page.contains("/*TESSERA_DATA*/"));
         assert!(page.contains("<title>") && page.contains("test &lt;run&gt;"));
+        assert!(!page.contains("{{"), "every placeholder filled");
         assert!(!page.contains("t</script>"), "a key ended the script early");
         assert!(page.contains(r"t\u003c/script>"));
     }
@@ -430,6 +426,9 @@ mod tests {
     fn dates_are_utc_civil_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_435_200_000_000), "2026-11-23T12:00:00Z");
+        assert_eq!(rfc3339(1_795_435_200_999_999), "2026-11-23T12:00:00Z", "whole seconds");
+        assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00Z");
+        assert!(rfc3339(u64::MAX).contains("after 1970"), "a clock past year 9999 still says something");
     }
 
     #[test]

@@ -174,7 +174,8 @@ struct PendingSend {
 /// completed. [`PendingSend`] pairs them and is only dropped after `test`
 /// reports completion.
 unsafe fn static_bytes(bytes: &[u8]) -> &'static [u8] {
-    std::slice::from_raw_parts(bytes.as_ptr(), bytes.len())
+    // SAFETY: the caller keeps the heap bytes alive and unchanged for as long as the slice is used.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) }
 }
 
 /// Counters a progress loop reports when it ends.

@@ -71,7 +71,7 @@ impl Secret {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let key = decode_hex(text.trim()).ok_or_else(|| bad("it does not hold a hex-encoded secret".into()))?;
+        let key = hex::decode(text.trim()).map_err(|e| bad(format!("it does not hold a hex-encoded secret ({e})")))?;
         Secret::from_bytes(&key).map_err(|e| bad(e.to_string()))
     }
 
@@ -98,7 +98,7 @@ impl Secret {
             .mode(0o600)
             .open(path)
             .map_err(|e| bad(format!("cannot create it: {e}")))?;
-        writeln!(f, "{}", encode_hex(&secret.key)).map_err(|e| bad(format!("cannot write it: {e}")))?;
+        writeln!(f, "{}", hex::encode(&secret.key)).map_err(|e| bad(format!("cannot write it: {e}")))?;
         tracing::info!(path = %path.display(), "created a new cluster secret (mode 0600)");
         Ok(secret)
     }
@@ -106,7 +106,7 @@ impl Secret {
     /// A short digest that identifies the secret in logs without revealing it.
     pub fn fingerprint(&self) -> String {
         let tag = self.mac(&[b"tessera-fingerprint"]);
-        encode_hex(&tag[..4])
+        hex::encode(&tag[..4])
     }
 
     /// HMAC-SHA256 of the concatenated `parts`.
@@ -131,7 +131,7 @@ impl Secret {
 /// `N` bytes from the operating system's random source.
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
-    getrandom::getrandom(&mut b).map_err(|e| Error::Config(format!("no random numbers from the system: {e}")))?;
+    getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no random numbers from the system: {e}")))?;
     Ok(b)
 }
 
@@ -144,24 +144,19 @@ pub fn default_path() -> PathBuf {
     config_dir().join("secret")
 }
 
-/// `$XDG_CONFIG_HOME/tessera`, else `~/.config/tessera`.
+/// `$XDG_CONFIG_HOME/tessera` (unless empty), else `~/.config/tessera`.
+///
+/// The same rule as `tessera_jobqueue::config::user_config_file`, which
+/// cannot call this one (jobqueue does not depend on the runtime); the
+/// crates that do it well (`dirs`, `etcetera`) bring an MPL-2.0 dependency or
+/// a newer Rust than this workspace's minimum.
 pub fn config_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("tessera")
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() & 1 == 1 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -184,7 +179,7 @@ mod tests {
         assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
         let b = Secret::load_or_create(&path).unwrap();
         assert_eq!(a.key, b.key);
-        assert!(!format!("{a:?}").contains(&encode_hex(&a.key)), "Debug must not print the secret");
+        assert!(!format!("{a:?}").contains(&hex::encode(&a.key)), "Debug must not print the secret");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
