@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::tessera;
+use common::{tessera, tessera_env};
 use serde_json::Value;
 
 fn stderr(o: &Output) -> String {
@@ -105,13 +105,14 @@ fn a_report_of_100k_tasks_is_aggregated_and_still_counts_them_all() {
 #[test]
 fn long_computations_log_progress_unless_quiet() {
     let args = ["--workers", "2", "svd", "--random", "400000x32", "--k", "4", "--chunk-rows", "20000"];
-    let o = tessera(&args);
+    // Progress shows from the start (not after a second: this SVD may take less).
+    let o = tessera_env(&args, &[("TESSERA_PROGRESS_AFTER", "0")]);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     // Not a terminal: log lines, each with the rank and host.
     let line = err.lines().find(|l| l.contains("progress:")).unwrap_or_else(|| panic!("no progress line: {err}"));
     assert!(line.starts_with("r0@") && line.contains(" tasks ("), "{line}");
-    let o = tessera(&[&["--quiet"][..], &args].concat());
+    let o = tessera_env(&[&["--quiet"][..], &args].concat(), &[("TESSERA_PROGRESS_AFTER", "0")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("progress"), "{}", stderr(&o));
 }

@@ -14,12 +14,18 @@ use tessera::{Block, Buffer, Client, Error, Graph, KernelError, Key, Registry, T
 /// Runs the `tessera` binary as a user would, with no MPI launcher or log
 /// settings inherited from the test's environment.
 pub fn tessera(args: &[&str]) -> Output {
+    tessera_env(args, &[])
+}
+
+/// [`tessera`] with these environment variables set.
+pub fn tessera_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("OMPI_COMM_WORLD_SIZE")
         .env_remove("PMI_SIZE")
         .env_remove("PMIX_RANK")
+        .envs(vars.iter().copied())
         .output()
         .expect("run tessera")
 }

@@ -2,7 +2,8 @@
 //!
 //! A driver waiting for results ([`crate::Persisted::wait`], `gather`,
 //! [`crate::Client::compute`]) starts a monitor thread. Computations that
-//! finish within a second show nothing. Longer ones show tasks done out of
+//! finish within a second (`TESSERA_PROGRESS_AFTER` seconds, when set)
+//! show nothing. Longer ones show tasks done out of
 //! the graph's tasks, bytes moved between workers, elapsed time and an
 //! estimate of the time left, read from the scheduler's counters
 //! ([`crate::ClusterState`]) a few times a second:
@@ -26,8 +27,24 @@ use crate::error::{Error, Result};
 use crate::host::sys::human_bytes;
 use crate::protocol::ClusterState;
 
-/// Computations shorter than this show no progress.
+/// Computations shorter than this show no progress (unless
+/// `TESSERA_PROGRESS_AFTER` says otherwise: see [`show_after`]).
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a computation runs before its progress shows:
+/// `TESSERA_PROGRESS_AFTER` (seconds, 0 or more), else [`SHOW_AFTER`]. A
+/// value that is not a number of seconds is ignored with a warning.
+pub fn show_after() -> Duration {
+    let Some(v) = std::env::var_os("TESSERA_PROGRESS_AFTER") else { return SHOW_AFTER };
+    let v = v.to_string_lossy();
+    match v.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        _ => {
+            tracing::warn!(value = %v, "TESSERA_PROGRESS_AFTER: expected seconds (0 or more); using 1");
+            SHOW_AFTER
+        }
+    }
+}
 
 /// How often a progress line is logged when stderr is not a terminal.
 pub const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -142,7 +159,7 @@ fn measure(base: &Baseline, now: &ClusterState) -> (u64, u64, Option<f64>) {
 }
 
 fn watch(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
-    if stopped_by(stop, base.started + SHOW_AFTER) {
+    if stopped_by(stop, base.started + show_after()) {
         return;
     }
     match base.mode.resolve() {
