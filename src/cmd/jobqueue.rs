@@ -15,8 +15,8 @@ use tessera::jobqueue::pool::{Event, Pool, SchedulerLink};
 use tessera::jobqueue::scale::{plan, AdaptPolicy, Adapter, Observation};
 use tessera::jobqueue::{self as jq, BatchSystem, JobSpec, JobStatus, Payload, SchedulerRef, System, WorkerOptions};
 
+use crate::cli::ClusterArgs;
 use crate::values::{self, LauncherArg, SystemArg};
-use crate::ClusterArgs;
 
 #[derive(Args, Debug)]
 pub struct JobqueueArgs {
