@@ -45,8 +45,15 @@ pub use tessera_linalg as linalg;
 #[cfg(feature = "mpi")]
 pub use tessera_runtime::launch::mpi;
 
+// The command line's own modules (feature `cli`); public for its tests.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod bench;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod elastic;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod observe;
 
 /// The README's Rust examples, compiled and run as doc tests.
