@@ -232,7 +232,8 @@ pub(crate) fn transfer(config: Config, bytes: usize, repeat: usize, json: bool) 
     drop(buf);
     let rank = world.rank();
     let transport = if config.worker.transport == TransportKind::Ucx { "mpi+ucx" } else { "mpi" };
-    let config = Config { scheduler_works: SchedulerWorks::No, ..config };
+    let mut config = config;
+    config.scheduler_works = SchedulerWorks::No;
     let result = tessera::mpi::run_on(&world, config, |client| bench::transfer(client, 1, 2, bytes, repeat))
         .map_err(anyhow::Error::from);
     drop(universe);

@@ -30,15 +30,14 @@ impl ClusterArgs {
     /// overhead, info): a client of the elastic cluster [`ClusterArgs::elastic`]
     /// finds, else a local or MPI cluster.
     pub(crate) fn config(&self) -> anyhow::Result<Config> {
-        let mut config = Config {
-            launch: self.launch,
-            workers: self.workers,
-            scheduler_works: self.scheduler_works,
-            heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
-            secret_file: self.secret_file.clone(),
-            worker: self.worker_settings(),
-            ..Config::default()
-        };
+        let mut config = Config::builder()
+            .launch(self.launch)
+            .scheduler_works(self.scheduler_works)
+            .heartbeat_timeout(std::time::Duration::from_secs_f64(self.heartbeat_timeout))
+            .worker(self.worker_settings())
+            .build();
+        config.workers = self.workers;
+        config.secret_file = self.secret_file.clone();
         if let Some(found) = self.elastic(Need::IfAny)? {
             if let Found::DefaultFile(path) = &found.from {
                 eprintln!(

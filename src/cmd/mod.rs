@@ -79,7 +79,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut config = if matches!(cli.command, Command::Info { .. }) {
         // Info joins no cluster; it says which one the others would use.
-        Config { launch: args.launch, ..Config::default() }
+        Config::builder().launch(args.launch).build()
     } else {
         args.config()?
     };
