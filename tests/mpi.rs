@@ -28,10 +28,7 @@ fn main() {
 /// The test kernels; blocks over UCX when `TESSERA_TRANSPORT=ucx`.
 fn config() -> Config {
     let transport = std::env::var("TESSERA_TRANSPORT").map_or(Default::default(), |t| t.parse().unwrap());
-    Config::builder()
-        .registry(common::registry())
-        .worker(WorkerSettings { transport, ..Default::default() })
-        .build()
+    Config::builder().registry(common::registry()).worker(WorkerSettings { transport, ..Default::default() }).build()
 }
 
 fn child(name: &str) -> i32 {

@@ -51,7 +51,7 @@ mod worker;
 
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
 pub use client::{Client, Persisted};
-pub use error::{Error, KernelError, Result};
+pub use error::{Error, KernelError, NumericalError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};
 pub use launch::local::{LocalCluster, LocalClusterBuilder};
