@@ -3,16 +3,18 @@
 
 use std::time::Duration;
 
-#[allow(unused_imports)]
-use anyhow::{bail, Context};
-#[allow(unused_imports)]
+#[cfg(feature = "mpi")]
+use anyhow::bail;
+use anyhow::Context;
+#[cfg(feature = "mpi")]
 use serde_json::json;
 use tessera::bench;
 use tessera::observe::Observe;
 use tessera::runtime::gpu::GpuSelect;
 use tessera::runtime::scheduler::sim;
-#[allow(unused_imports)]
-use tessera::{Config, Launch, Progress};
+use tessera::{Config, Progress};
+#[cfg(feature = "mpi")]
+use tessera::{Launch, SchedulerWorks, TransportKind};
 
 use crate::cli::ClusterArgs;
 use crate::cmd::elastic::connect;

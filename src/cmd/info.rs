@@ -1,6 +1,5 @@
 //! `tessera info` (what this build and this machine offer) and `tessera man`.
 
-#[allow(unused_imports)]
 use anyhow::Context;
 use serde_json::json;
 use tessera::elastic::SchedulerFile;
