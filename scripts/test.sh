@@ -54,6 +54,15 @@ else
   echo "note: cargo-deny is not installed (cargo install cargo-deny --locked): dependency checks skipped"
 fi
 
+step "lean library: without the cli feature, no command-line crates; it builds and passes its tests"
+lean=$(cargo tree -p tessera --no-default-features --features mpi -e normal --prefix none --locked)
+if grep -E '^(clap|clap_complete|clap_mangen|tracing-subscriber|indicatif|mimalloc|libmimalloc-sys) ' <<<"$lean"; then
+  echo "the library without the cli feature depends on the crates above" >&2
+  exit 1
+fi
+cargo clippy -p tessera --no-default-features --all-targets --locked -- -D warnings
+cargo test -p tessera --no-default-features --lib --examples --locked
+
 batch_env=()
 if [[ $(id -u) -eq 0 && -z ${TESSERA_NO_BATCH:-} ]]; then
   step "batch systems: local Slurm (3 nodes) and SGE"

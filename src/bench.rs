@@ -349,7 +349,9 @@ where
     let device_sync = || gpu.context().synchronize().map_err(|e| anyhow!("GPU {ordinal}: synchronising: {e}"));
 
     let worker = WorkerSettings { threads: Some(1), gpus: GpuSelect::List(vec![ordinal]), ..config.worker };
-    let config = Config { workers: Some(1), worker, ..config };
+    let mut config = config;
+    config.workers = Some(1);
+    config.worker = worker;
     let events = config.worker.events;
     let cluster = LocalCluster::start_with(config)?;
     let client = cluster.client();

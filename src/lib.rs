@@ -30,9 +30,10 @@
 //! ```
 
 pub use tessera_runtime::{
-    builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, DType, Error, Graph, KernelCtx,
-    KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, Persisted, Progress, Registry, Result, SchedulerWorks,
-    Task, TaskId, TransportKind, WorkerInfo, WorkerSettings, HAS_CUDA, HAS_MPI, HAS_UCX,
+    builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, ConfigBuilder, DType, Error, Graph,
+    KernelCtx, KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, NumericalError, Persisted, Progress,
+    Registry, Result, SchedulerWorks, Task, TaskId, TransportKind, WorkerInfo, WorkerSettings, HAS_CUDA, HAS_MPI,
+    HAS_UCX,
 };
 
 /// The runtime crate, for what the facade does not re-export.
@@ -45,8 +46,15 @@ pub use tessera_linalg as linalg;
 #[cfg(feature = "mpi")]
 pub use tessera_runtime::launch::mpi;
 
+// The command line's own modules (feature `cli`); public for its tests.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod bench;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod elastic;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod observe;
 
 /// The README's Rust examples, compiled and run as doc tests.

@@ -28,11 +28,7 @@ fn main() {
 /// The test kernels; blocks over UCX when `TESSERA_TRANSPORT=ucx`.
 fn config() -> Config {
     let transport = std::env::var("TESSERA_TRANSPORT").map_or(Default::default(), |t| t.parse().unwrap());
-    Config {
-        registry: common::registry(),
-        worker: WorkerSettings { transport, ..Default::default() },
-        ..Config::default()
-    }
+    Config::builder().registry(common::registry()).worker(WorkerSettings { transport, ..Default::default() }).build()
 }
 
 fn child(name: &str) -> i32 {
@@ -63,7 +59,8 @@ fn child(name: &str) -> i32 {
             anyhow::bail!("the computation finished although rank {victim} was killed")
         }),
         "stop_worker" => {
-            let config = Config { heartbeat_timeout: std::time::Duration::from_secs(3), ..config() };
+            let mut config = config();
+            config.heartbeat_timeout = std::time::Duration::from_secs(3);
             config.run(|client| {
                 let victim = client.workers().iter().map(|w| w.rank).max().unwrap();
                 let mut g = Graph::new();

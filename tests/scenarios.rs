@@ -46,7 +46,7 @@ arrays_per_size!(
 
 #[test]
 fn config_run_uses_a_local_cluster_and_returns_the_driver_result() {
-    let config = Config { launch: Launch::Local, workers: Some(2), registry: common::registry(), ..Config::default() };
+    let config = Config::builder().launch(Launch::Local).workers(2).registry(common::registry()).build();
     let n = config
         .run(|client| {
             common::reductions(client);
@@ -58,7 +58,7 @@ fn config_run_uses_a_local_cluster_and_returns_the_driver_result() {
 
 #[test]
 fn a_failing_driver_returns_its_error_and_a_panicking_one_panics() {
-    let config = Config { launch: Launch::Local, workers: Some(2), ..Config::default() };
+    let config = Config::builder().launch(Launch::Local).workers(2).build();
     let err = config.clone().run(|_| -> Result<(), anyhow::Error> { anyhow::bail!("driver gave up") }).unwrap_err();
     assert_eq!(err.to_string(), "driver gave up");
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -220,12 +220,11 @@ fn shared_bodies_pass_through_a_remote_client() {
     assert!(remote.rank() > 2, "clients get ranks of their own");
     common::all(&remote);
     // Config::run connects the same way, and leaves the cluster running.
-    let config = tessera::Config {
-        scheduler: Some(c.addr()),
-        secret_file: Some(c.secret.clone()),
-        registry: common::registry(),
-        ..tessera::Config::default()
-    };
+    let config = tessera::Config::builder()
+        .scheduler(c.addr())
+        .secret_file(c.secret.clone())
+        .registry(common::registry())
+        .build();
     let n = config.run(|client| Ok::<_, Error>(client.workers().len())).unwrap();
     assert_eq!(n, 2);
     assert_eq!(c.client().workers().len(), 2, "a client leaving stops nothing");

@@ -14,13 +14,12 @@ use tessera::runtime::transport::{DataPlane, Mailboxes};
 use tessera::{Block, Buffer, Config, Launch, LocalCluster, TaskId, TransportKind, WorkerSettings};
 
 fn ucx_cluster(workers: usize) -> LocalCluster {
-    let config = Config {
-        launch: Launch::Local,
-        workers: Some(workers),
-        registry: common::registry(),
-        worker: WorkerSettings { transport: TransportKind::Ucx, ..Default::default() },
-        ..Config::default()
-    };
+    let config = Config::builder()
+        .launch(Launch::Local)
+        .workers(workers)
+        .registry(common::registry())
+        .worker(WorkerSettings { transport: TransportKind::Ucx, ..Default::default() })
+        .build();
     LocalCluster::start_with(config).unwrap()
 }
 

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::scale::{JobView, Phase, Plan};
+
+pub mod adapt;
 use crate::{BatchSystem, Error, JobSpec, JobState, Result, System};
 
 /// A worker as the scheduler lists it.

@@ -12,7 +12,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::householder;
 use faer::linalg::qr::no_pivoting::factor as qr;
 use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
-use tessera_runtime::{Block, KernelError};
+use tessera_runtime::{Block, KernelError, NumericalError};
 
 use crate::element::Element;
 
@@ -226,7 +226,8 @@ pub type ThinSvd<T> = (Mat<T>, Vec<T>, Mat<T>);
 /// Thin SVD of a small matrix: `(U, s, V)` with `a = U diag(s) Vᵀ`, `s`
 /// non-increasing.
 pub fn thin_svd<T: Element>(a: MatRef<'_, T>) -> Result<ThinSvd<T>, KernelError> {
-    let svd = a.thin_svd().map_err(|e| KernelError::msg(format!("the SVD did not converge ({e:?})")))?;
+    let svd =
+        a.thin_svd().map_err(|e| NumericalError::NoConvergence { what: "the SVD".into(), detail: format!("{e:?}") })?;
     let s: Vec<T> = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
     Ok((svd.U().to_owned(), s, svd.V().to_owned()))
 }
@@ -265,6 +266,16 @@ pub fn first_non_finite<T: Element>(data: &[T], c: usize) -> Option<(usize, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An SVD that fails (faer gives up on a matrix of NaNs) reports a
+    /// numerical failure, not a plain message.
+    #[test]
+    fn an_svd_that_fails_is_a_numerical_failure() {
+        let a = faer::Mat::<f64>::from_fn(3, 2, |_, _| f64::NAN);
+        let e = thin_svd(a.as_ref()).expect_err("no SVD of NaNs");
+        assert!(matches!(e.numerical(), Some(NumericalError::NoConvergence { .. })), "{e}");
+        assert!(e.to_string().starts_with("the SVD did not converge ("), "{e}");
+    }
 
     fn test_matrix(m: usize, n: usize) -> Vec<f64> {
         (0..m * n)

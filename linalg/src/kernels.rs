@@ -6,7 +6,7 @@
 //! error naming the input, never a panic.
 
 use serde::{Deserialize, Serialize};
-use tessera_runtime::{Block, DType, KernelCtx, KernelError, Registry};
+use tessera_runtime::{Block, DType, KernelCtx, KernelError, NumericalError, Registry};
 
 use crate::dense::{self, block, block2, rows};
 use crate::dispatch;
@@ -348,7 +348,8 @@ fn check_finite<T: Element>(_: &KernelCtx<'_>, p: &CheckParams, x: &Block) -> Re
             [r0] => vec![r0 + i],
             _ => vec![i, j],
         };
-        return Err(KernelError::msg(format!("{} contains {} at {at:?}", p.what, data[i * c + j].to_f64())));
+        let value = data[i * c + j].to_f64();
+        return Err(KernelError::Numerical(NumericalError::NonFinite { what: p.what.clone(), value, at, needs: None }));
     }
     Ok(x.clone())
 }

@@ -32,7 +32,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use tessera_runtime::{Block, KernelError, Key, Registry, Task};
+use tessera_runtime::{Block, KernelError, Key, NumericalError, Registry, Task};
 
 use crate::array::{check_float, fresh_name, DArray};
 use crate::chunks::Chunks;
@@ -501,7 +501,12 @@ pub(crate) fn non_finite_error<T: Element>(p: &LeafParams, x: &Block) -> KernelE
     let (i, j) = dense::first_non_finite(data, c).unwrap_or((0, 0));
     let at = if p.transposed { [i, p.start + j] } else { [p.start + i, j] };
     let value = data.get(i * c + j).map_or(f64::NAN, |v| v.to_f64());
-    KernelError::msg(format!("{} contains {value} at {at:?}; the SVD and QR need finite values", p.what))
+    KernelError::Numerical(NumericalError::NonFinite {
+        what: p.what.clone(),
+        value,
+        at: at.to_vec(),
+        needs: Some("the SVD and QR need finite values".into()),
+    })
 }
 
 /// Whether a packed leaf is in explicit form: `Q` and `R` themselves, as a
@@ -756,6 +761,23 @@ fn sf_head<T: Element>(x: &Block) -> Result<Block, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NaN in a leaf is a numerical failure, at its place in the whole array.
+    #[test]
+    fn a_non_finite_leaf_is_a_numerical_failure() {
+        let mut a = test_matrix(4, 2);
+        a[5] = f64::NAN; // row 2, column 1 of the block
+        let x = Block::new(vec![4, 2], tessera_runtime::Buffer::F64(a));
+        let p = LeafParams { rows: 4, cols: 2, start: 10, transposed: false, what: "the input of qr".into() };
+        let e = non_finite_error::<f64>(&p, &x);
+        match e.numerical() {
+            Some(NumericalError::NonFinite { at, value, .. }) => {
+                assert_eq!((at.as_slice(), value.is_nan()), (&[12, 1][..], true))
+            }
+            other => panic!("not a non-finite failure: {other:?} ({e})"),
+        }
+        assert_eq!(e.to_string(), "the input of qr contains NaN at [12, 1]; the SVD and QR need finite values");
+    }
 
     fn test_matrix(m: usize, n: usize) -> Vec<f64> {
         (0..m * n)

@@ -134,39 +134,135 @@ mod wire {
 /// `Result` with the runtime's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What a kernel returns when it fails: a message and, optionally, its cause.
+/// What a kernel returns when it fails: a message, a numerical failure, or
+/// another error kept with its chain of sources.
 ///
-/// Any `std::error::Error` converts into it with `?`.
+/// Any `std::error::Error` converts into it with `?` (a [`NumericalError`]
+/// into [`KernelError::Numerical`], anything else into
+/// [`KernelError::Source`]). Its text ([`std::fmt::Display`]: the message, or
+/// the error and its sources joined by `: `) is what the worker reports and
+/// what [`Error::TaskFailed`] carries as `cause`.
+///
+/// ```
+/// use tessera_runtime::{KernelError, NumericalError};
+/// let e: KernelError = NumericalError::NoConvergence { what: "the SVD".into(), detail: "after 30 sweeps".into() }.into();
+/// assert!(matches!(e.numerical(), Some(NumericalError::NoConvergence { .. })));
+/// assert_eq!(e.to_string(), "the SVD did not converge (after 30 sweeps)");
+/// ```
 #[derive(Debug)]
-pub struct KernelError {
-    message: String,
+#[non_exhaustive]
+pub enum KernelError {
+    /// A failure described in words ([`KernelError::msg`]).
+    Message(String),
+    /// The data or the algorithm failed, not the program: no convergence, a
+    /// NaN or an infinity in the input.
+    Numerical(NumericalError),
+    /// Another error, with its sources.
+    Source(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A numerical failure of a kernel.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NumericalError {
+    /// An iterative algorithm (an SVD, an eigensolver) did not converge.
+    #[error("{what} did not converge ({detail})")]
+    NoConvergence { what: String, detail: String },
+    /// The input holds a NaN or an infinity: `value` at index `at` of `what`
+    /// (in the whole array), with what needed finite values, if said.
+    #[error("{what} contains {value} at {at:?}{}", needs.as_deref().map(|n| format!("; {n}")).unwrap_or_default())]
+    NonFinite { what: String, value: f64, at: Vec<usize>, needs: Option<String> },
 }
 
 impl KernelError {
     pub fn msg(message: impl Into<String>) -> KernelError {
-        KernelError { message: message.into() }
+        KernelError::Message(message.into())
     }
 
-    pub fn message(&self) -> &str {
-        &self.message
+    /// The text the worker reports (the same as `to_string()`).
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// The numerical failure, if this is one.
+    pub fn numerical(&self) -> Option<&NumericalError> {
+        match self {
+            KernelError::Numerical(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The error this one wraps, if any (a `KernelError` is not itself a
+    /// `std::error::Error`: that would conflict with its `From` for every error).
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            KernelError::Message(_) => None,
+            KernelError::Numerical(n) => Some(n),
+            KernelError::Source(e) => Some(&**e),
+        }
     }
 }
 
 impl std::fmt::Display for KernelError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        match self {
+            KernelError::Message(m) => f.write_str(m),
+            KernelError::Numerical(n) => write!(f, "{n}"),
+            KernelError::Source(e) => {
+                write!(f, "{e}")?;
+                let mut source = e.source();
+                while let Some(s) = source {
+                    write!(f, ": {s}")?;
+                    source = s.source();
+                }
+                Ok(())
+            }
+        }
     }
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for KernelError {
     fn from(e: E) -> KernelError {
-        let mut message = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
+        let e: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+        match e.downcast::<NumericalError>() {
+            Ok(n) => KernelError::Numerical(*n),
+            Err(e) => KernelError::Source(e),
         }
-        KernelError { message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_kernel_error_keeps_its_source_and_says_the_whole_chain() {
+        let e: KernelError = Outer(std::io::Error::other("inner")).into();
+        assert_eq!(e.to_string(), "outer: inner");
+        let source = e.source().expect("a source");
+        assert_eq!(source.to_string(), "outer");
+        assert_eq!(source.source().map(|s| s.to_string()).as_deref(), Some("inner"));
+        assert!(e.numerical().is_none());
+        assert!(KernelError::msg("plain").source().is_none());
+    }
+
+    #[test]
+    fn a_numerical_failure_has_its_own_variant() {
+        let nan = NumericalError::NonFinite {
+            what: "the input of svd".into(),
+            value: f64::NAN,
+            at: vec![3, 1],
+            needs: Some("the SVD and QR need finite values".into()),
+        };
+        let e: KernelError = nan.into();
+        let Some(NumericalError::NonFinite { value, at, .. }) = e.numerical() else { panic!("{e:?}") };
+        assert!(value.is_nan() && at == &[3, 1], "{e:?}");
+        assert_eq!(e.to_string(), "the input of svd contains NaN at [3, 1]; the SVD and QR need finite values");
+        let inf = NumericalError::NonFinite { what: "x".into(), value: f64::INFINITY, at: vec![0], needs: None };
+        assert_eq!(KernelError::from(inf).to_string(), "x contains inf at [0]");
     }
 }

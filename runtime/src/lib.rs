@@ -37,25 +37,31 @@ mod kernel;
 pub mod launch;
 pub mod observe;
 mod panic;
+/// The wire types. Hidden, not private: the facade's tests speak the protocol
+/// to check the handshake; not a stable interface.
+#[doc(hidden)]
 pub mod protocol;
 pub mod scheduler;
+/// How bytes move. Hidden, not private: the command builds TCP options and
+/// loads secrets, and the transport tests drive planes directly; what a user
+/// needs is re-exported (`launch::elastic::{Secret, TcpOptions}`).
+#[doc(hidden)]
 pub mod transport;
 mod worker;
 
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
 pub use client::{Client, Persisted};
-pub use error::{Error, KernelError, Result};
+pub use error::{Error, KernelError, NumericalError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};
 pub use launch::local::{LocalCluster, LocalClusterBuilder};
-pub use launch::{Config, Launch, SchedulerWorks, TransportKind, WorkerSettings};
+pub use launch::{Config, ConfigBuilder, Launch, SchedulerWorks, TransportKind, WorkerSettings};
 pub use observe::events::EventLog;
 pub use observe::progress::Progress;
 pub use protocol::{ClusterState, WorkerInfo};
 
 #[doc(hidden)]
 pub use linkme;
-pub use worker::store::BlockStore;
 pub use worker::WorkerExit;
 
 /// Runs `driver` on the cluster the environment calls for (see [`Config::run`]).

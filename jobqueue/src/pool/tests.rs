@@ -19,6 +19,8 @@ struct World {
     deleted: Vec<String>,
     /// Retirements never finish (a worker stuck in a long task).
     stuck: bool,
+    /// The scheduler has no tasks left (else its backlog is 7).
+    idle: bool,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -85,7 +87,8 @@ impl SchedulerLink for FakeLink {
         &self.1
     }
     fn observe(&self) -> std::result::Result<ClusterView, String> {
-        Ok(ClusterView { backlog: 7, workers: self.0.lock().unwrap().workers.clone() })
+        let w = self.0.lock().unwrap();
+        Ok(ClusterView { backlog: if w.idle { 0 } else { 7 }, workers: w.workers.clone() })
     }
     fn retire(&self, names: &[String]) -> std::result::Result<(), String> {
         if self.0.lock().unwrap().stuck {
@@ -250,5 +253,73 @@ fn the_state_file_outlives_the_process_and_the_lock_admits_one_at_a_time() {
     std::fs::write(&path, "{").unwrap();
     let e = open(&world, &logs, Duration::from_secs(60)).err().expect("refused").to_string();
     assert!(e.contains("not a pool state file"), "{e}");
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// One round of `adapt`: a backlog of 7 tasks at 2 per worker (1 per job)
+/// asks for 4 workers, capped at `max` 3: three jobs submitted.
+#[test]
+fn an_adapt_round_scales_up_with_a_backlog() {
+    use crate::scale::{AdaptPolicy, Adapter};
+    let world = Shared::default();
+    let logs = dir("adapt-up");
+    let mut pool = open(&world, &logs, Duration::from_secs(60)).unwrap();
+    let policy = AdaptPolicy { min: 0, max: 3, tasks_per_worker: 2, ..AdaptPolicy::default() };
+    let mut adapter = Adapter::new(policy, pool.per_job()).unwrap();
+    let r = adapt::round(&mut pool, &mut adapter, Duration::from_secs(1000)).unwrap();
+    assert_eq!((r.step.capacity, r.step.desired, r.step.target, r.step.plan.submit), (0, 3, 3, 3), "{r:?}");
+    let submitted = r.events.iter().filter(|e| matches!(e, Event::Submitted { .. })).count();
+    assert_eq!(submitted, 3, "{:?}", r.events);
+    assert_eq!(world.lock().unwrap().jobs.len(), 3);
+    assert_eq!(pool.capacity(), 3);
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// When the scheduler has nothing left to do, the round after `down_after`
+/// retires the idle workers (a running job's worker is asked to leave, it
+/// is not cancelled) and [`adapt::drain`] sees its job end.
+#[test]
+fn an_adapt_round_scales_down_when_idle_and_drain_waits_for_the_job() {
+    use crate::scale::{AdaptPolicy, Adapter};
+    let world = Shared::default();
+    let logs = dir("adapt-down");
+    let mut pool = open(&world, &logs, Duration::from_secs(60)).unwrap();
+    let policy = AdaptPolicy {
+        min: 0,
+        max: 2,
+        tasks_per_worker: 4,
+        down_after: Duration::from_secs(10),
+        cooldown: Duration::ZERO,
+        ..AdaptPolicy::default()
+    };
+    let mut adapter = Adapter::new(policy, pool.per_job()).unwrap();
+    let up = adapt::round(&mut pool, &mut adapter, Duration::from_secs(1000)).unwrap();
+    assert_eq!(up.step.plan.submit, 2, "{up:?}");
+    let ids: Vec<String> = world.lock().unwrap().jobs.keys().cloned().collect();
+    for id in &ids {
+        start(&world, id, 0);
+    }
+    world.lock().unwrap().idle = true;
+    let mut t = 1001;
+    let down = loop {
+        let r = adapt::round(&mut pool, &mut adapter, Duration::from_secs(t)).unwrap();
+        if !r.step.plan.is_empty() {
+            break r;
+        }
+        assert!(t < 1100, "never scaled down: {r:?}");
+        t += 1;
+    };
+    assert!(t >= 1010, "scaled down before down_after: {down:?}");
+    assert_eq!((down.step.target, down.step.plan.retire.len()), (0, 2), "{down:?}");
+    assert!(down.step.plan.cancel.is_empty(), "{down:?}");
+    let mut seen = down.events.clone();
+    adapt::drain(&mut pool, Duration::from_secs(5), Duration::from_millis(10), |e| seen.push(e)).unwrap();
+    assert!(pool.leaving().is_empty(), "{:?}", pool.jobs());
+    for id in &ids {
+        let ended =
+            seen.iter().any(|e| matches!(e, Event::Ended { job_id, joined: true, removed: true, .. } if job_id == id));
+        assert!(ended, "job {id} did not end: {seen:?}");
+    }
+    assert!(world.lock().unwrap().deleted.is_empty(), "a retired job was cancelled");
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -6,5 +6,8 @@
 //! launches ask it how many cores to use, where to bind, and who started them.
 
 pub mod launcher;
+/// Hidden, not private: the command and the tests read the host's name,
+/// cores and memory through it; not a stable interface.
+#[doc(hidden)]
 pub mod sys;
 pub mod topology;

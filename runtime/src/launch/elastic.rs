@@ -17,9 +17,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tessera_runtime::transport::secret::Secret;
-//! use tessera_runtime::launch::elastic::{self, SchedulerOptions, WorkerOptions};
-//! use tessera_runtime::transport::tcp::TcpOptions;
+//! use tessera_runtime::launch::elastic::{self, SchedulerOptions, Secret, TcpOptions, WorkerOptions};
 //! use tessera_runtime::{Graph, Key, Task};
 //!
 //! let opts = TcpOptions::new(Secret::generate()?);
@@ -55,7 +53,9 @@ use crate::kernel::Registry;
 use crate::protocol::{Endpoint, Msg, Role};
 use crate::scheduler::{Exit, SchedulerConfig};
 pub use crate::transport::secret::Secret;
-use crate::transport::tcp::{connect as dial, Intro, TcpOptions, TcpTransport, Welcome};
+/// The TCP options and secret a scheduler, a worker and a client start with.
+pub use crate::transport::tcp::TcpOptions;
+use crate::transport::tcp::{connect as dial, Intro, TcpTransport, Welcome};
 use crate::transport::{Mailboxes, ReplyRouter, Transport};
 use crate::worker::store::BlockStore;
 use crate::worker::{WorkerConfig, WorkerExit};

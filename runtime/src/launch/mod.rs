@@ -25,7 +25,8 @@
 //! ```
 //! use tessera_runtime::{Config, Launch, WorkerSettings};
 //!
-//! let config = Config { launch: Launch::Local, workers: Some(2), worker: WorkerSettings { threads: Some(1), ..Default::default() }, ..Config::default() };
+//! let worker = WorkerSettings { threads: Some(1), ..Default::default() };
+//! let config = Config::builder().launch(Launch::Local).workers(2).worker(worker).build();
 //! let n = config.run(|client| Ok::<_, tessera_runtime::Error>(client.workers().len()))?;
 //! assert_eq!(n, 2);
 //! # Ok::<(), tessera_runtime::Error>(())
@@ -235,8 +236,11 @@ impl Default for WorkerSettings {
     }
 }
 
-/// Everything a cluster is started with.
+/// Everything a cluster is started with: [`Config::default`] and its
+/// fields, or [`Config::builder`] (new fields may come, so outside this crate
+/// a `Config` is built by one of those, not by a struct expression).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     pub launch: Launch,
     /// Local clusters: number of workers (default: usable cores).
@@ -277,7 +281,92 @@ impl Default for Config {
     }
 }
 
+/// Builds a [`Config`]: each method sets one field, the rest keep
+/// [`Config::default`]'s values.
+///
+/// ```
+/// use tessera_runtime::{Config, Launch};
+/// let config = Config::builder().launch(Launch::Local).workers(2).build();
+/// assert_eq!((config.launch, config.workers), (Launch::Local, Some(2)));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+impl ConfigBuilder {
+    /// How the cluster starts (default: [`Launch::Auto`], from the environment).
+    pub fn launch(mut self, launch: Launch) -> Self {
+        self.config.launch = launch;
+        self
+    }
+
+    /// Local clusters: number of workers (default: usable cores).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = Some(n);
+        self
+    }
+
+    /// Whether rank 0 also runs a worker.
+    pub fn scheduler_works(mut self, works: SchedulerWorks) -> Self {
+        self.config.scheduler_works = works;
+        self
+    }
+
+    /// Tasks queued on each worker beyond one per thread (default 4).
+    pub fn queue_extra(mut self, n: u32) -> Self {
+        self.config.queue_extra = n;
+        self
+    }
+
+    /// How long a silent worker or peer may stay silent (default 30 s).
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Kernels the workers know (default: [`Registry::builtin`]).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.config.registry = registry;
+        self
+    }
+
+    /// Connect to the elastic scheduler at `address` (`HOST:PORT`) instead of
+    /// starting a cluster.
+    pub fn scheduler(mut self, address: impl Into<String>) -> Self {
+        self.config.scheduler = Some(address.into());
+        self
+    }
+
+    /// The cluster's secret when connecting to a scheduler.
+    pub fn secret_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.secret_file = Some(path.into());
+        self
+    }
+
+    /// How the driver shows progress while it waits (default off).
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.config.progress = progress;
+        self
+    }
+
+    /// What every worker of the cluster is started with.
+    pub fn worker(mut self, worker: WorkerSettings) -> Self {
+        self.config.worker = worker;
+        self
+    }
+
+    pub fn build(self) -> Config {
+        self.config
+    }
+}
+
 impl Config {
+    /// A [`ConfigBuilder`] starting from [`Config::default`].
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
     /// Resolves [`Launch::Auto`] from the environment.
     pub fn resolve_launch(&self) -> Result<Launch> {
         match self.launch {

@@ -8,7 +8,7 @@
 //! estimate of the time left, read from the scheduler's counters
 //! ([`crate::ClusterState`]) a few times a second:
 //!
-//! * as a progress bar (indicatif) on a terminal,
+//! * as a progress bar (indicatif, feature `progress-bar`) on a terminal,
 //! * as a `tracing` line every [`LOG_EVERY`] when stderr is not a terminal
 //!   (a batch job's log), target `tessera::progress` at level INFO.
 //!
@@ -57,7 +57,7 @@ pub enum Progress {
     Off,
     /// A bar when stderr is a terminal, else log lines.
     Auto,
-    /// Always a bar.
+    /// Always a bar (log lines when built without the `progress-bar` feature).
     Bar,
     /// Always log lines.
     Log,
@@ -169,6 +169,12 @@ fn watch(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mute
     }
 }
 
+#[cfg(not(feature = "progress-bar"))]
+fn bar(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
+    log(state, base, stop)
+}
+
+#[cfg(feature = "progress-bar")]
 fn bar(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
     let style = indicatif::ProgressStyle::with_template(
         "{elapsed:>4} [{wide_bar:.cyan/blue}] {pos}/{len} tasks  {msg}  ETA {eta}",

@@ -11,12 +11,12 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use tessera::elastic::ClientLink;
 use tessera::jobqueue::config::{ConfigOptions, Settings, Source, Value};
-use tessera::jobqueue::pool::{Event, Pool, SchedulerLink};
-use tessera::jobqueue::scale::{plan, AdaptPolicy, Adapter, Observation};
+use tessera::jobqueue::pool::{adapt, Event, Pool, SchedulerLink};
+use tessera::jobqueue::scale::{plan, AdaptPolicy, Adapter};
 use tessera::jobqueue::{self as jq, BatchSystem, JobSpec, JobStatus, Payload, SchedulerRef, System, WorkerOptions};
 
+use crate::cli::ClusterArgs;
 use crate::values::{self, LauncherArg, SystemArg};
-use crate::ClusterArgs;
 
 #[derive(Args, Debug)]
 pub struct JobqueueArgs {
@@ -797,29 +797,8 @@ fn adapt(
         if duration.is_some_and(|d| start.elapsed() >= d) {
             break "duration";
         }
-        let views = pool.observe()?;
-        let mut events = Vec::new();
-        let failed = report(&mut pool, true, &mut events);
-        let outputs = |ids: &[String], pool: &Pool, extra: &[(String, Option<PathBuf>)]| -> Vec<PathBuf> {
-            let mut o: Vec<PathBuf> = extra.iter().filter_map(|f| f.1.clone()).collect();
-            o.extend(pool.jobs().iter().filter(|j| ids.contains(&j.job_id)).filter_map(|j| j.output.clone()));
-            o
-        };
-        for (id, _) in &failed {
-            adapter.job_ended(id, false).map_err(|e| with_outputs(e, outputs(&[], &pool, &failed)))?;
-        }
-        for e in &events {
-            if let Event::Ended { job_id, joined: true, .. } = e {
-                adapter.job_ended(job_id, true)?;
-            }
-        }
         let now = Duration::from_secs_f64(tessera::jobqueue::pool::unix_now());
-        let step = adapter.step(&Observation { now, backlog: pool.backlog(), jobs: views });
-        for id in &step.broken {
-            adapter.job_ended(id, false).map_err(|e| with_outputs(e, outputs(&step.broken, &pool, &failed)))?;
-        }
-        pool.apply(&step.plan, &step.reason)?;
-        report(&mut pool, true, &mut events);
+        let adapt::Round { step, events } = adapt::round(&mut pool, &mut adapter, now)?;
         if !step.plan.is_empty() || !events.is_empty() {
             let t = start.elapsed().as_secs_f64();
             if json {
@@ -850,13 +829,14 @@ fn adapt(
         }
     };
     // Retirements under way finish (or their jobs are cancelled) before leaving.
-    let limit = Instant::now() + Duration::from_secs_f64(job.retire_timeout) + Duration::from_secs(60);
     let mut events = Vec::new();
-    while !pool.leaving().is_empty() && Instant::now() < limit {
-        std::thread::sleep(Duration::from_millis(250));
-        pool.observe()?;
-        report(&mut pool, json, &mut events);
-    }
+    let timeout = Duration::from_secs_f64(job.retire_timeout) + Duration::from_secs(60);
+    adapt::drain(&mut pool, timeout, Duration::from_millis(250), |e| {
+        if !json {
+            println!("{}", event_line(&e));
+        }
+        events.push(e);
+    })?;
     if json {
         for e in &events {
             println!("{}", json!({"seconds": start.elapsed().as_secs_f64(), "events": [e]}));
@@ -873,12 +853,4 @@ fn adapt(
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Adds the jobs' output files to a `NoWorkers` error.
-fn with_outputs(e: jq::Error, outputs: Vec<PathBuf>) -> jq::Error {
-    match e {
-        jq::Error::NoWorkers { jobs, .. } => jq::Error::NoWorkers { jobs, outputs },
-        other => other,
-    }
 }

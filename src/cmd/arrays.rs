@@ -35,7 +35,7 @@ pub struct InputArgs {
     pub dtype: Elem,
 
     /// Rows per block (whole rows per block; what TSQR needs).
-    #[arg(long, value_name = "R", conflicts_with = "chunks", value_parser = crate::at_least_one)]
+    #[arg(long, value_name = "R", conflicts_with = "chunks", value_parser = crate::cli::at_least_one)]
     pub chunk_rows: Option<usize>,
 
     /// Block shape, rows x columns (0 = the whole axis).
