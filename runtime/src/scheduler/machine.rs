@@ -61,6 +61,8 @@ pub struct Core {
     /// Workers that found nothing to run or steal: woken one at a time as
     /// tasks queue up elsewhere.
     pub(super) hungry: Vec<usize>,
+    /// Workers that found nothing in this flush: hungry from the next.
+    pub(super) hungry_later: Vec<usize>,
     /// Workers with batched messages.
     pub(super) to_flush: Vec<usize>,
     /// Draining workers that may be waiting for copies of their blocks.
@@ -114,6 +116,7 @@ impl Core {
             to_fill: Vec::new(),
             fill_everyone: false,
             hungry: Vec::new(),
+            hungry_later: Vec::new(),
             to_flush: Vec::new(),
             handing_off: Vec::new(),
             decisions: Vec::new(),

@@ -51,6 +51,9 @@ const SMALL_ROOT_BYTES: f64 = (16 << 10) as f64;
 /// is computed).
 const KNOWN_AFTER: u32 = 8;
 
+/// Holders of an input named in a task sent to a worker, at most.
+const HOLDERS_SENT: usize = 4;
+
 /// Hungry workers woken per backlogged worker per flush.
 const WAKE: usize = 4;
 
@@ -164,6 +167,7 @@ impl Core {
             self.fill(w);
         }
         self.to_fill.clear();
+        self.hungry.append(&mut self.hungry_later);
     }
 
     /// Sends worker `w` tasks until it has `limit` in flight (plus up to a
@@ -216,9 +220,12 @@ impl Core {
                 }
             };
             let Some((_, id)) = pick else {
+                // Hungry again from the next flush on: within one flush a
+                // worker looks for work to steal once, however many
+                // backlogged workers would wake it.
                 if !self.workers[w].hungry {
                     self.workers[w].hungry = true;
-                    self.hungry.push(w);
+                    self.hungry_later.push(w);
                 }
                 return;
             };
@@ -332,6 +339,14 @@ impl Core {
                 let r = &self.tasks[i];
                 let holders = match r.state {
                     State::Running(x) => smallvec::smallvec![self.workers[x].rank],
+                    // A block many workers copied (a broadcast factor) is
+                    // offered from a few of them, a different few for each
+                    // worker: the message stays small and the fetches spread.
+                    _ if r.who_has.len() > HOLDERS_SENT => {
+                        let start = w % r.who_has.len();
+                        let window = r.who_has.iter().cycle().skip(start).take(HOLDERS_SENT);
+                        window.map(|&h| self.workers[h].rank).collect()
+                    }
                     _ => r.who_has.iter().map(|&h| self.workers[h].rank).collect(),
                 };
                 InputLoc { id: *i, holders, nbytes: r.nbytes }

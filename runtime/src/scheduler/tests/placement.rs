@@ -512,3 +512,26 @@ fn not_sent_ahead_when_inputs_are_made_on_two_workers() {
     // e done too: b is the last, on rank 2.
     assert_eq!(runs(&s.done(s.id("e"), 1000), 2), vec![s.id("c")]);
 }
+
+#[test]
+fn a_block_on_many_workers_is_offered_from_a_few() {
+    let mut s = cluster(&[(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]);
+    s.submit(vec![root("a").on_rank(1)], &["a"]);
+    let a = s.id("a");
+    s.done(a, 1000);
+    for rank in 2..=5 {
+        s.step(Event::Replica { rank, id: a });
+    }
+    let (_, d) = s.submit(vec![node("b", &["a"]).on_rank(6)], &["b"]);
+    let sent: Vec<&RunTask> = d
+        .iter()
+        .filter_map(|x| match x {
+            Decision::Run { rank: 6, tasks } => Some(tasks.iter()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let holders = &sent[0].inputs[0].holders;
+    assert_eq!(holders.len(), 4, "{holders:?}");
+    assert!(holders.iter().all(|r| (1..=5).contains(r)), "{holders:?}");
+}
