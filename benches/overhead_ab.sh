@@ -17,7 +17,7 @@ pairs="${3:-5}"
 tasks="${4:-100000}"
 if [[ $(id -u) -eq 0 ]]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 launches=(local)
-if command -v mpirun >/dev/null && "$new" info --json | grep -q '"mpi"'; then launches+=(mpi); fi
+if command -v mpirun >/dev/null && "$new" info --json | python3 -c 'import json,sys; sys.exit(0 if "mpi" in json.load(sys.stdin)["transports"] else 1)'; then launches+=(mpi); fi
 out="$(mktemp)"
 for launch in "${launches[@]}"; do
   for shape in wide chain tree; do
