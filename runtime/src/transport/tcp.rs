@@ -78,12 +78,21 @@ const VERDICT_WRONG: u8 = 1;
 /// Largest intro or welcome frame of a handshake.
 const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 
-/// Largest block payload a peer may announce (1 TiB): a bound on what a
-/// malformed header could make us allocate.
-pub const MAX_BLOCK: u64 = 1 << 40;
+/// A block announced by a header is read in pieces of this many bytes at
+/// most, each committed only once the one before it has arrived.
+const READ_PIECE: usize = 4 << 20;
 
 /// Messages packed into one frame at most.
 const BATCH: usize = 1024;
+
+/// Why a connection's reader stopped.
+enum Ended {
+    /// The stream closed, failed or went silent.
+    Stream(String),
+    /// The peer sent something this side refuses: an over-long or malformed
+    /// frame, or a block header whose size is unusable.
+    Refused(String),
+}
 
 /// Timeouts and the secret of a TCP transport.
 #[derive(Clone, Debug)]
@@ -703,7 +712,11 @@ impl Shared {
         let reason = loop {
             match self.read_frame(&mut input, &mut frame, peer) {
                 Ok(()) => {}
-                Err(reason) => break reason,
+                Err(Ended::Stream(reason)) => break reason,
+                Err(Ended::Refused(reason)) => {
+                    tracing::warn!(rank = self.rank, peer, addr = %conn.addr, %reason, "refused what a peer sent; closing its connection");
+                    break reason;
+                }
             }
         };
         let _ = input.get_ref().shutdown(Shutdown::Both);
@@ -725,24 +738,30 @@ impl Shared {
         input: &mut BufReader<TcpStream>,
         frame: &mut Vec<u8>,
         peer: u32,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), Ended> {
         let dead = self.opts.dead_after;
         let mut len = [0u8; 4];
-        input.read_exact(&mut len).map_err(|e| describe(&e, dead))?;
+        input.read_exact(&mut len).map_err(|e| Ended::Stream(describe(&e, dead)))?;
         let len = u32::from_le_bytes(len);
         if len == 0 {
             return Ok(()); // keep-alive
         }
         if u64::from(len) > MAX_FRAME {
-            return Err(format!("a frame of {len} bytes exceeds the limit of {MAX_FRAME}"));
+            return Err(Ended::Refused(format!("a frame of {len} bytes exceeds the limit of {MAX_FRAME}")));
         }
+        frame.clear();
+        frame
+            .try_reserve_exact(len as usize)
+            .map_err(|_| Ended::Refused(format!("cannot allocate {len} bytes for a frame the peer announced")))?;
         frame.resize(len as usize, 0);
-        input.read_exact(frame).map_err(|e| describe(&e, dead))?;
-        let msgs = decode_frame(frame).map_err(|e| format!("a malformed frame of {len} bytes: {e}"))?;
+        input.read_exact(frame).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+        let msgs = decode_frame(frame).map_err(|e| Ended::Refused(format!("a malformed frame of {len} bytes: {e}")))?;
         for (role, mut msg) in msgs {
             if let Msg::Block { id, payload: Payload::PlaneIncoming(header) } = msg {
                 let Some(plane) = &self.plane else {
-                    return Err("the peer sent a block over UCX, but this process has no UCX plane".into());
+                    return Err(Ended::Refused(
+                        "the peer sent a block over UCX, but this process has no UCX plane".into(),
+                    ));
                 };
                 let to = Endpoint { rank: self.rank, role };
                 // Answered as far as this connection goes: the plane delivers
@@ -753,17 +772,19 @@ impl Shared {
             }
             if let Msg::Block { payload: payload @ Payload::Incoming(_), .. } = &mut msg {
                 let header = payload.header();
-                let n = header
-                    .shape
-                    .iter()
-                    .try_fold(header.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
-                    .filter(|&n| n <= MAX_BLOCK)
-                    .ok_or_else(|| {
-                        format!("a block of shape {:?} ({}) is over the limit", header.shape, header.dtype)
-                    })?;
-                let mut buffer = Block::receive_buffer(&header);
-                debug_assert_eq!(buffer.as_bytes().len() as u64, n);
-                input.read_exact(buffer.as_bytes_mut()).map_err(|e| describe(&e, dead))?;
+                // Checked and reserved (not committed) before any byte is
+                // read; memory is committed piece by piece as bytes arrive.
+                let mut buffer = Block::receive_reserved(&header).map_err(|e| Ended::Refused(e.to_string()))?;
+                if buffer.is_empty() {
+                    let len = header.len();
+                    let per_piece = (READ_PIECE / header.dtype.size()).max(1);
+                    while buffer.len() < len {
+                        let piece = buffer.grow_zeroed((len - buffer.len()).min(per_piece));
+                        input.read_exact(piece).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+                    }
+                } else {
+                    input.read_exact(buffer.as_bytes_mut()).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+                }
                 *payload = Payload::Ready(Block::from_parts(header, buffer));
             }
             self.receive(peer, role, msg);
