@@ -1041,6 +1041,67 @@ mod tests {
         sched.close();
     }
 
+    /// Joins `addr` as a worker and writes `frame` on the authenticated
+    /// connection, as a hostile member could.
+    fn send_raw(addr: &str, frame: &[u8]) -> TcpStream {
+        let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
+        let (mut stream, _) = connect(addr, &opts(5), intro).unwrap();
+        stream.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
+        stream.write_all(frame).unwrap();
+        stream
+    }
+
+    #[test]
+    fn hostile_block_headers_close_their_connection_and_nothing_else() {
+        use crate::block::{BlockHeader, DType};
+        let (sched, inbox, addr) = scheduler(5);
+        let hostile = [vec![1usize << 40], vec![1 << 61], vec![1 << 32, 1 << 32]];
+        let mut frames = Vec::new();
+        for shape in &hostile {
+            let header = BlockHeader { dtype: DType::F64, shape: shape.clone() };
+            // Announced as a header with the bytes to follow, and inline with a few bytes.
+            let msg = Msg::Block { id: TaskId(1), payload: Payload::Incoming(header.clone()) };
+            frames.push(encode_frame(&[(Role::Scheduler, msg)]).unwrap());
+            frames.push(crate::protocol::inline_block_frame(header, &[0; 16]));
+        }
+        for frame in &frames {
+            let mut stream = send_raw(&addr, frame);
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            // Only keep-alives (zero lengths) may come before the close.
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if buf.iter().all(|&b| b == 0) => continue,
+                    Ok(n) => panic!("{n} bytes of something other than keep-alives"),
+                }
+            }
+            match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Msg::PeerLost { reason, .. } => {
+                    assert!(reason.contains("f64") && reason.contains('['), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The scheduler still takes members, and their blocks (this one's
+        // bytes follow the frame, read in pieces).
+        let n = READ_PIECE / 8 * 2 + 3;
+        let block = Block::new(vec![n], Buffer::F64((0..n).map(|i| i as f64).collect()));
+        let msg = Msg::Block { id: TaskId(2), payload: Payload::Ready(block.clone()) };
+        let mut stream = send_raw(&addr, &encode_frame(&[(Role::Scheduler, msg)]).unwrap());
+        stream.write_all(block.as_bytes()).unwrap();
+        let mut blocks = Vec::new();
+        while blocks.is_empty() {
+            match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Msg::Block { payload: Payload::Ready(b), .. } => blocks.push(b),
+                Msg::PeerLost { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(blocks[0].as_f64(), block.as_f64());
+        sched.close();
+    }
+
     #[test]
     fn wrong_missing_and_foreign_greetings_are_refused() {
         let (sched, inbox, addr) = scheduler(1);
