@@ -749,10 +749,11 @@ impl Shared {
         if u64::from(len) > MAX_FRAME {
             return Err(Ended::Refused(format!("a frame of {len} bytes exceeds the limit of {MAX_FRAME}")));
         }
-        frame.clear();
-        frame
-            .try_reserve_exact(len as usize)
-            .map_err(|_| Ended::Refused(format!("cannot allocate {len} bytes for a frame the peer announced")))?;
+        if let Some(more) = (len as usize).checked_sub(frame.len()) {
+            frame
+                .try_reserve_exact(more)
+                .map_err(|_| Ended::Refused(format!("cannot allocate {len} bytes for a frame the peer announced")))?;
+        }
         frame.resize(len as usize, 0);
         input.read_exact(frame).map_err(|e| Ended::Stream(describe(&e, dead)))?;
         let msgs = decode_frame(frame).map_err(|e| Ended::Refused(format!("a malformed frame of {len} bytes: {e}")))?;
