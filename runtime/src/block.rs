@@ -86,6 +86,39 @@ impl Buffer {
         self.len() == 0
     }
 
+    /// An empty buffer of `dtype` with room for exactly `len` elements,
+    /// reserved fallibly: a failed allocation is an error, not an abort.
+    /// Nothing is touched yet, so no memory is committed until
+    /// [`Buffer::grow_zeroed`] fills it.
+    pub fn try_reserved(dtype: DType, len: usize) -> Result<Buffer, std::collections::TryReserveError> {
+        fn reserve<T>(len: usize) -> Result<Vec<T>, std::collections::TryReserveError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len)?;
+            Ok(v)
+        }
+        Ok(match dtype {
+            DType::F64 => Buffer::F64(reserve(len)?),
+            DType::F32 => Buffer::F32(reserve(len)?),
+            DType::I64 => Buffer::I64(reserve(len)?),
+            DType::U8 => Buffer::U8(reserve(len)?),
+        })
+    }
+
+    /// Appends `n` zeroed elements and returns their bytes, to receive into.
+    /// Within the capacity [`Buffer::try_reserved`] gave, this never
+    /// reallocates.
+    pub fn grow_zeroed(&mut self, n: usize) -> &mut [u8] {
+        let old = self.len();
+        match self {
+            Buffer::F64(v) => v.resize(old + n, 0.0),
+            Buffer::F32(v) => v.resize(old + n, 0.0),
+            Buffer::I64(v) => v.resize(old + n, 0),
+            Buffer::U8(v) => v.resize(old + n, 0),
+        }
+        let size = self.dtype().size();
+        &mut self.as_bytes_mut()[old * size..]
+    }
+
     /// A zeroed buffer of `len` elements of `dtype`.
     pub fn zeroed(dtype: DType, len: usize) -> Buffer {
         match dtype {
@@ -139,6 +172,17 @@ unsafe fn bytes_of_mut<T>(v: &mut [T]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
+/// Largest block, in bytes, that a peer may announce (1 TiB).
+///
+/// A block's bytes never pass through a control frame (whose limit is
+/// [`crate::protocol::MAX_FRAME`]): over TCP they follow the frame as raw
+/// bytes, over MPI they go in pieces of at most 1 GiB on the data tag, over
+/// UCX as one tagged message of the data plane. So this cap is separate from
+/// the frame's and far above it. What a receiver allocates from a header is
+/// checked against it by [`BlockHeader::checked_nbytes`], and reserved
+/// fallibly, so a header that lies is an error and never an abort.
+pub const MAX_BLOCK: u64 = 1 << 40;
+
 /// What travels ahead of a block's bytes: enough to allocate the receive
 /// buffer and rebuild the block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +191,81 @@ pub struct BlockHeader {
     pub shape: Vec<usize>,
 }
 
+/// A received block header whose size is unusable: its byte count
+/// overflows, exceeds [`MAX_BLOCK`], or disagrees with what was announced,
+/// or its buffer could not be allocated.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SizeError {
+    /// The dtype's size times the shape's product does not fit in 64 bits.
+    #[error("a block of shape {} ({dtype}) has a byte count that overflows", ShapeOf(shape))]
+    Overflow { dtype: DType, shape: Vec<usize> },
+    /// The block would be larger than a peer may announce.
+    #[error("a block of shape {} ({dtype}) needs {nbytes} bytes, over the limit of {MAX_BLOCK}", ShapeOf(shape))]
+    OverLimit { dtype: DType, shape: Vec<usize>, nbytes: u64 },
+    /// The bytes that came with the header are not the header's size.
+    #[error("a block of shape {} ({dtype}) needs {nbytes} bytes, {announced} were announced", ShapeOf(shape))]
+    Mismatch { dtype: DType, shape: Vec<usize>, nbytes: u64, announced: u64 },
+    /// The receive buffer could not be reserved.
+    #[error("cannot allocate {nbytes} bytes for a block of shape {} ({dtype})", ShapeOf(shape))]
+    Alloc { dtype: DType, shape: Vec<usize>, nbytes: u64 },
+}
+
+/// A shape for messages: at most eight dimensions, then how many more (a
+/// hostile header may carry millions).
+struct ShapeOf<'a>(&'a [usize]);
+
+impl fmt::Display for ShapeOf<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 8;
+        let s = self.0;
+        if s.len() <= SHOWN {
+            write!(f, "{s:?}")
+        } else {
+            write!(f, "{:?} and {} more dimensions", &s[..SHOWN], s.len() - SHOWN)
+        }
+    }
+}
+
 impl BlockHeader {
+    /// The block's size in bytes, checked: the dtype's size times every
+    /// dimension, each product checked for overflow, at most [`MAX_BLOCK`].
+    /// Every receiver calls this before it allocates anything for a header
+    /// that came from a peer.
+    pub fn checked_nbytes(&self) -> Result<usize, SizeError> {
+        let overflow = || SizeError::Overflow { dtype: self.dtype, shape: self.shape.clone() };
+        let n = self
+            .shape
+            .iter()
+            .try_fold(self.dtype.size() as u64, |acc, &d| acc.checked_mul(u64::try_from(d).ok()?))
+            .ok_or_else(overflow)?;
+        if n > MAX_BLOCK {
+            return Err(SizeError::OverLimit { dtype: self.dtype, shape: self.shape.clone(), nbytes: n });
+        }
+        usize::try_from(n).map_err(|_| overflow())
+    }
+
+    /// As [`BlockHeader::checked_nbytes`], and equal to `announced`: the
+    /// bytes that came with the header (an inline block's) or that a peer
+    /// said follow it.
+    pub fn check_announced(&self, announced: u64) -> Result<usize, SizeError> {
+        let n = self.checked_nbytes()?;
+        if n as u64 != announced {
+            return Err(SizeError::Mismatch {
+                dtype: self.dtype,
+                shape: self.shape.clone(),
+                nbytes: n as u64,
+                announced,
+            });
+        }
+        Ok(n)
+    }
+
+    fn alloc_error(&self) -> SizeError {
+        let nbytes = self.checked_nbytes().map_or(0, |n| n as u64);
+        SizeError::Alloc { dtype: self.dtype, shape: self.shape.clone(), nbytes }
+    }
+
     /// Number of elements the shape holds.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
@@ -326,9 +444,28 @@ impl Block {
 
     /// A buffer of the right size to receive a block described by `header`
     /// into (see [`Buffer::as_bytes_mut`]); its contents are unspecified
-    /// (large ones are recycled from released blocks).
-    pub fn receive_buffer(header: &BlockHeader) -> Buffer {
-        pool::take(header.dtype, header.len()).unwrap_or_else(|| Buffer::zeroed(header.dtype, header.len()))
+    /// (large ones are recycled from released blocks). The header's size is
+    /// checked first ([`BlockHeader::checked_nbytes`]) and the buffer
+    /// reserved fallibly, so a hostile header is an error.
+    pub fn receive_buffer(header: &BlockHeader) -> Result<Buffer, SizeError> {
+        let mut buffer = Block::receive_reserved(header)?;
+        let missing = header.len() - buffer.len();
+        buffer.grow_zeroed(missing);
+        Ok(buffer)
+    }
+
+    /// As [`Block::receive_buffer`], but a buffer that is not recycled comes
+    /// back empty with its room reserved, for a receiver to fill with
+    /// [`Buffer::grow_zeroed`] as the bytes arrive, so that memory is
+    /// committed only for bytes a peer actually sent. Its length is either
+    /// 0 or the header's.
+    pub fn receive_reserved(header: &BlockHeader) -> Result<Buffer, SizeError> {
+        let nbytes = header.checked_nbytes()?;
+        let len = nbytes / header.dtype.size();
+        if let Some(buffer) = pool::take(header.dtype, len) {
+            return Ok(buffer);
+        }
+        Buffer::try_reserved(header.dtype, len).map_err(|_| header.alloc_error())
     }
 
     pub fn header(&self) -> BlockHeader {
@@ -460,13 +597,86 @@ mod tests {
         let b = Block::new(vec![2, 3], Buffer::F64(vec![1.0, -2.5, 3.0, 4.0, 5.5, 6.0]));
         let header = b.header();
         assert_eq!(header.nbytes(), 48);
-        let mut buf = Block::receive_buffer(&header);
+        let mut buf = Block::receive_buffer(&header).unwrap();
         buf.as_bytes_mut().copy_from_slice(b.as_bytes());
         let c = Block::from_parts(header, buf);
         assert_eq!(c.as_f64(), b.as_f64());
         assert_eq!(c.shape(), &[2, 3]);
         assert!(!Block::ptr_eq(&b, &c));
         assert!(Block::ptr_eq(&b, &b.clone()));
+    }
+
+    fn header(dtype: DType, shape: &[usize]) -> BlockHeader {
+        BlockHeader { dtype, shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn a_normal_header_has_its_size() {
+        assert_eq!(header(DType::F64, &[3, 4]).checked_nbytes(), Ok(96));
+        assert_eq!(header(DType::F32, &[]).checked_nbytes(), Ok(4), "a scalar holds one element");
+        assert_eq!(header(DType::U8, &[0, 7]).checked_nbytes(), Ok(0));
+        assert_eq!(
+            header(DType::F64, &[1 << 20, 1 << 17]).checked_nbytes(),
+            Ok(1 << 40),
+            "the limit itself is allowed"
+        );
+        assert_eq!(header(DType::F64, &[3, 4]).check_announced(96), Ok(96));
+    }
+
+    #[test]
+    fn a_header_over_the_limit_is_refused_naming_shape_and_dtype() {
+        let err = header(DType::F64, &[1 << 40]).checked_nbytes().unwrap_err();
+        assert!(matches!(err, SizeError::OverLimit { nbytes, .. } if nbytes == 8 << 40), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("[1099511627776]") && text.contains("f64") && text.contains("limit"), "{text}");
+        // Refused before anything is allocated for it.
+        assert!(Block::receive_buffer(&header(DType::F64, &[1 << 40])).is_err());
+        assert!(Block::receive_reserved(&header(DType::F64, &[1 << 40])).is_err());
+    }
+
+    #[test]
+    fn a_header_whose_size_overflows_is_refused_without_a_panic() {
+        let err = header(DType::F64, &[1 << 61]).checked_nbytes().unwrap_err();
+        assert!(matches!(err, SizeError::Overflow { .. }), "{err:?}");
+        assert!(err.to_string().contains("overflows"), "{err}");
+        assert!(Block::receive_buffer(&header(DType::F64, &[1 << 61])).is_err());
+    }
+
+    #[test]
+    fn a_shape_whose_product_wraps_is_refused_not_a_zero_byte_block() {
+        // 2^32 * 2^32 is 2^64, which wraps to 0 in unchecked arithmetic.
+        let h = header(DType::F64, &[1 << 32, 1 << 32]);
+        assert!(matches!(h.checked_nbytes(), Err(SizeError::Overflow { .. })), "{:?}", h.checked_nbytes());
+        assert!(h.check_announced(0).is_err(), "announcing zero bytes does not make it a zero-byte block");
+        assert!(Block::receive_buffer(&h).is_err());
+        // So does a hostile header of many dimensions, whose message stays short.
+        let many = header(DType::U8, &vec![1 << 8; 100_000]);
+        let text = many.checked_nbytes().unwrap_err().to_string();
+        assert!(text.contains("99992 more dimensions") && text.len() < 200, "{text}");
+    }
+
+    #[test]
+    fn an_announced_size_that_disagrees_with_the_shape_is_refused() {
+        let err = header(DType::F64, &[2, 3]).check_announced(40).unwrap_err();
+        assert_eq!(err, SizeError::Mismatch { dtype: DType::F64, shape: vec![2, 3], nbytes: 48, announced: 40 });
+        assert!(err.to_string().contains("48 bytes, 40 were announced"), "{err}");
+    }
+
+    #[test]
+    fn a_reserved_receive_buffer_fills_as_bytes_arrive() {
+        let h = header(DType::F32, &[5]);
+        let mut b = Block::receive_reserved(&h).unwrap();
+        assert!(b.is_empty());
+        b.grow_zeroed(2).copy_from_slice(&[0u8; 8]);
+        let piece = b.grow_zeroed(3);
+        assert_eq!(piece.len(), 12);
+        piece.copy_from_slice(f32_bytes(&[1.0, 2.0, 3.0]).as_slice());
+        let block = Block::from_parts(h, b);
+        assert_eq!(block.as_f32(), Some(&[0.0, 0.0, 1.0, 2.0, 3.0][..]));
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_ne_bytes()).collect()
     }
 
     #[test]
@@ -481,11 +691,11 @@ mod tests {
         let b = Block::from_parts(header.clone(), Buffer::F64(vec![3.0; len]));
         let ptr = b.as_bytes().as_ptr();
         drop(b);
-        let again = Block::receive_buffer(&header);
+        let again = Block::receive_buffer(&header).unwrap();
         assert_eq!(again.len(), len);
         assert_eq!(again.as_bytes().as_ptr(), ptr, "the released received allocation is handed out again");
         let small = BlockHeader { dtype: DType::F64, shape: vec![10] };
-        assert_eq!(Block::receive_buffer(&small).len(), 10);
+        assert_eq!(Block::receive_buffer(&small).unwrap().len(), 10);
     }
 
     /// A "device" in host memory that counts its copies: enough to check

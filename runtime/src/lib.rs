@@ -49,7 +49,7 @@ pub mod scheduler;
 pub mod transport;
 mod worker;
 
-pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, WeakBlock};
+pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, SizeError, WeakBlock, MAX_BLOCK};
 pub use client::{Client, Persisted};
 pub use error::{Error, KernelError, NumericalError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};

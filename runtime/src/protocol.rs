@@ -163,16 +163,10 @@ impl<'de> Deserialize<'de> for Payload {
             WirePayload::Header(h) => Ok(Payload::Incoming(h)),
             WirePayload::Plane(h) => Ok(Payload::PlaneIncoming(h)),
             WirePayload::Inline(h, bytes) => {
-                let mut buffer = Block::receive_buffer(&h);
-                if buffer.as_bytes().len() != bytes.len() {
-                    return Err(serde::de::Error::custom(format!(
-                        "block of shape {:?} ({}) needs {} bytes, frame has {}",
-                        h.shape,
-                        h.dtype,
-                        buffer.as_bytes().len(),
-                        bytes.len()
-                    )));
-                }
+                // The header must describe exactly the bytes that came with
+                // it before anything is allocated for it.
+                h.check_announced(bytes.len() as u64).map_err(serde::de::Error::custom)?;
+                let mut buffer = Block::receive_buffer(&h).map_err(serde::de::Error::custom)?;
                 buffer.as_bytes_mut().copy_from_slice(bytes);
                 Ok(Payload::Ready(Block::from_parts(h, buffer)))
             }
@@ -384,6 +378,21 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(Role, Msg)>, bincode::Error> {
     }
 }
 
+/// A frame of one [`Msg::Block`] carrying `bytes` inline under `header`,
+/// whatever they are: what a hostile peer could send (the encoder never
+/// writes a header that disagrees with its bytes).
+#[cfg(test)]
+pub(crate) fn inline_block_frame(header: BlockHeader, bytes: &[u8]) -> Vec<u8> {
+    let empty = BlockHeader { dtype: crate::DType::U8, shape: vec![] };
+    let msg = Msg::Block { id: TaskId(1), payload: Payload::Incoming(empty.clone()) };
+    let probe = encode_frame(&[(Role::Worker, msg)]).unwrap();
+    // The message as encoded, with its payload cut off and the inline one put instead.
+    let tail = codec().serialize(&WirePayload::Header(empty)).unwrap();
+    let mut frame = probe[..probe.len() - tail.len()].to_vec();
+    frame.extend(codec().serialize(&WirePayload::Inline(header, bytes)).unwrap());
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +436,28 @@ mod tests {
             Msg::Block { payload: Payload::Incoming(h), .. } => assert_eq!(h.nbytes(), 8000),
             other => panic!("decoded {other:?}"),
         }
+    }
+
+    #[test]
+    fn inline_blocks_whose_header_lies_are_refused_before_allocating() {
+        use crate::DType;
+        let bytes = [0u8; 16];
+        let honest =
+            decode_frame(&inline_block_frame(BlockHeader { dtype: DType::F64, shape: vec![2] }, &bytes)).unwrap();
+        assert!(matches!(&honest[0].1, Msg::Block { payload: Payload::Ready(b), .. } if b.shape() == [2]));
+        for (shape, says) in [
+            (vec![1usize << 40], "over the limit"),
+            (vec![1 << 61], "overflows"),
+            (vec![1 << 32, 1 << 32], "overflows"),
+            (vec![3], "needs 24 bytes, 16 were announced"),
+        ] {
+            let h = BlockHeader { dtype: DType::F64, shape: shape.clone() };
+            let err = decode_frame(&inline_block_frame(h, &bytes)).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains("f64"), "{shape:?}: {err}");
+        }
+        // A zero-byte inline block is one only if its shape says so.
+        let wraps = BlockHeader { dtype: DType::F64, shape: vec![1 << 32, 1 << 32] };
+        assert!(decode_frame(&inline_block_frame(wraps, &[])).is_err());
     }
 
     #[test]

@@ -390,3 +390,88 @@ pub fn connect(addr: &str, tcp: TcpOptions) -> Result<RemoteClient> {
     tracing::info!(rank, scheduler = addr, "connected as a client");
     Ok(RemoteClient { client: Client::remote(transport, inbox, me, router), rank })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::block::{Block, BlockHeader, Buffer, DType};
+    use crate::graph::{Graph, Key, Task, TaskId};
+    use crate::protocol::{encode_frame, inline_block_frame, Payload};
+    use crate::transport::secret::Secret;
+
+    fn registry() -> Registry {
+        let mut r = Registry::empty();
+        r.register_raw("fill", |_, _, _| Ok(Block::new(vec![5000], Buffer::F64(vec![0.5; 5000]))));
+        r.register_raw("sum", |_, _, inputs| Ok(Block::scalar(inputs[0].as_f64().unwrap().iter().sum())));
+        r
+    }
+
+    fn tcp() -> TcpOptions {
+        let mut o = TcpOptions::new(Secret::from_bytes(&[9; 32]).unwrap());
+        o.handshake_timeout = Duration::from_secs(5);
+        o
+    }
+
+    /// Joins as a worker over an authenticated connection, writes `frame`,
+    /// and waits for the scheduler to close the connection.
+    fn hostile(addr: &str, frame: &[u8]) {
+        let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
+        let (mut s, _) = dial(addr, &tcp(), intro).unwrap();
+        s.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
+        s.write_all(frame).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 4096];
+        let start = Instant::now();
+        loop {
+            // Welcome messages and keep-alives may come first; then the close.
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "the connection stays open"),
+                Err(e) => panic!("the connection was not closed: {e}"),
+            }
+        }
+        let _ = TcpStream::shutdown(&s, std::net::Shutdown::Both);
+    }
+
+    /// Each hostile block header (announced header-only and inline) closes
+    /// its own connection; the scheduler keeps serving a computation whose
+    /// block travels between two workers.
+    #[test]
+    fn a_scheduler_survives_hostile_block_headers() {
+        let opts =
+            SchedulerOptions { listen: "127.0.0.1:0".into(), registry: registry(), ..SchedulerOptions::new(tcp()) };
+        let server = Scheduler::start(opts).unwrap();
+        let addr = server.address().to_owned();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut o = WorkerOptions::new(&addr, tcp());
+                o.registry = registry();
+                o.worker.threads = Some(1);
+                std::thread::spawn(move || run_worker(o))
+            })
+            .collect();
+        let ranks: Vec<u32> =
+            server.client().wait_for_workers(2, Duration::from_secs(30)).unwrap().iter().map(|w| w.rank).collect();
+
+        for shape in [vec![1usize << 40], vec![1 << 61], vec![1 << 32, 1 << 32]] {
+            let header = BlockHeader { dtype: DType::F64, shape };
+            let msg = Msg::Block { id: TaskId(1), payload: Payload::Incoming(header.clone()) };
+            hostile(&addr, &encode_frame(&[(Role::Scheduler, msg)]).unwrap());
+            hostile(&addr, &inline_block_frame(header, &[0; 16]));
+        }
+
+        let mut g = Graph::new();
+        g.push(Task::new(Key::new("fill", [0]), "fill").on_rank(ranks[0]));
+        g.push(Task::new(Key::new("sum", [0]), "sum").inputs([Key::new("fill", [0])]).on_rank(ranks[1]));
+        let out = server.client().compute(g, &[Key::new("sum", [0])]).unwrap();
+        assert_eq!(out[0].as_f64(), Some(&[2500.0][..]));
+        server.shutdown();
+        for w in workers {
+            let report = w.join().unwrap().unwrap();
+            assert!(report.exit_ok(), "{report:?}");
+        }
+    }
+}

@@ -324,7 +324,15 @@ pub fn progress(
                 if let Msg::Block { payload: payload @ Payload::Incoming(_), .. } = &mut msg {
                     let header = payload.header();
                     let start = std::time::Instant::now();
-                    let mut buffer = Block::receive_buffer(&header);
+                    let mut buffer = match Block::receive_buffer(&header) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            // Its bytes are already on their way on the data
+                            // tag: the stream is out of step, so the job ends.
+                            abort.raise(format!("rank {from} announced a block this rank refuses: {e}"));
+                            break;
+                        }
+                    };
                     for piece in buffer.as_bytes_mut().chunks_mut(piece_size()) {
                         comm.process_at_rank(from).receive_into_with_tag(piece, TAG_DATA);
                     }

@@ -78,12 +78,21 @@ const VERDICT_WRONG: u8 = 1;
 /// Largest intro or welcome frame of a handshake.
 const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 
-/// Largest block payload a peer may announce (1 TiB): a bound on what a
-/// malformed header could make us allocate.
-pub const MAX_BLOCK: u64 = 1 << 40;
+/// A block announced by a header is read in pieces of this many bytes at
+/// most, each committed only once the one before it has arrived.
+const READ_PIECE: usize = 4 << 20;
 
 /// Messages packed into one frame at most.
 const BATCH: usize = 1024;
+
+/// Why a connection's reader stopped.
+enum Ended {
+    /// The stream closed, failed or went silent.
+    Stream(String),
+    /// The peer sent something this side refuses: an over-long or malformed
+    /// frame, or a block header whose size is unusable.
+    Refused(String),
+}
 
 /// Timeouts and the secret of a TCP transport.
 #[derive(Clone, Debug)]
@@ -703,7 +712,11 @@ impl Shared {
         let reason = loop {
             match self.read_frame(&mut input, &mut frame, peer) {
                 Ok(()) => {}
-                Err(reason) => break reason,
+                Err(Ended::Stream(reason)) => break reason,
+                Err(Ended::Refused(reason)) => {
+                    tracing::warn!(rank = self.rank, peer, addr = %conn.addr, %reason, "refused what a peer sent; closing its connection");
+                    break reason;
+                }
             }
         };
         let _ = input.get_ref().shutdown(Shutdown::Both);
@@ -725,24 +738,31 @@ impl Shared {
         input: &mut BufReader<TcpStream>,
         frame: &mut Vec<u8>,
         peer: u32,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), Ended> {
         let dead = self.opts.dead_after;
         let mut len = [0u8; 4];
-        input.read_exact(&mut len).map_err(|e| describe(&e, dead))?;
+        input.read_exact(&mut len).map_err(|e| Ended::Stream(describe(&e, dead)))?;
         let len = u32::from_le_bytes(len);
         if len == 0 {
             return Ok(()); // keep-alive
         }
         if u64::from(len) > MAX_FRAME {
-            return Err(format!("a frame of {len} bytes exceeds the limit of {MAX_FRAME}"));
+            return Err(Ended::Refused(format!("a frame of {len} bytes exceeds the limit of {MAX_FRAME}")));
+        }
+        if let Some(more) = (len as usize).checked_sub(frame.len()) {
+            frame
+                .try_reserve_exact(more)
+                .map_err(|_| Ended::Refused(format!("cannot allocate {len} bytes for a frame the peer announced")))?;
         }
         frame.resize(len as usize, 0);
-        input.read_exact(frame).map_err(|e| describe(&e, dead))?;
-        let msgs = decode_frame(frame).map_err(|e| format!("a malformed frame of {len} bytes: {e}"))?;
+        input.read_exact(frame).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+        let msgs = decode_frame(frame).map_err(|e| Ended::Refused(format!("a malformed frame of {len} bytes: {e}")))?;
         for (role, mut msg) in msgs {
             if let Msg::Block { id, payload: Payload::PlaneIncoming(header) } = msg {
                 let Some(plane) = &self.plane else {
-                    return Err("the peer sent a block over UCX, but this process has no UCX plane".into());
+                    return Err(Ended::Refused(
+                        "the peer sent a block over UCX, but this process has no UCX plane".into(),
+                    ));
                 };
                 let to = Endpoint { rank: self.rank, role };
                 // Answered as far as this connection goes: the plane delivers
@@ -753,17 +773,19 @@ impl Shared {
             }
             if let Msg::Block { payload: payload @ Payload::Incoming(_), .. } = &mut msg {
                 let header = payload.header();
-                let n = header
-                    .shape
-                    .iter()
-                    .try_fold(header.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
-                    .filter(|&n| n <= MAX_BLOCK)
-                    .ok_or_else(|| {
-                        format!("a block of shape {:?} ({}) is over the limit", header.shape, header.dtype)
-                    })?;
-                let mut buffer = Block::receive_buffer(&header);
-                debug_assert_eq!(buffer.as_bytes().len() as u64, n);
-                input.read_exact(buffer.as_bytes_mut()).map_err(|e| describe(&e, dead))?;
+                // Checked and reserved (not committed) before any byte is
+                // read; memory is committed piece by piece as bytes arrive.
+                let mut buffer = Block::receive_reserved(&header).map_err(|e| Ended::Refused(e.to_string()))?;
+                if buffer.is_empty() {
+                    let len = header.len();
+                    let per_piece = (READ_PIECE / header.dtype.size()).max(1);
+                    while buffer.len() < len {
+                        let piece = buffer.grow_zeroed((len - buffer.len()).min(per_piece));
+                        input.read_exact(piece).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+                    }
+                } else {
+                    input.read_exact(buffer.as_bytes_mut()).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+                }
                 *payload = Payload::Ready(Block::from_parts(header, buffer));
             }
             self.receive(peer, role, msg);
@@ -1017,6 +1039,67 @@ mod tests {
             Msg::PeerLost { rank: 1, .. } => {}
             other => panic!("{other:?}"),
         }
+        sched.close();
+    }
+
+    /// Joins `addr` as a worker and writes `frame` on the authenticated
+    /// connection, as a hostile member could.
+    fn send_raw(addr: &str, frame: &[u8]) -> TcpStream {
+        let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
+        let (mut stream, _) = connect(addr, &opts(5), intro).unwrap();
+        stream.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
+        stream.write_all(frame).unwrap();
+        stream
+    }
+
+    #[test]
+    fn hostile_block_headers_close_their_connection_and_nothing_else() {
+        use crate::block::{BlockHeader, DType};
+        let (sched, inbox, addr) = scheduler(5);
+        let hostile = [vec![1usize << 40], vec![1 << 61], vec![1 << 32, 1 << 32]];
+        let mut frames = Vec::new();
+        for shape in &hostile {
+            let header = BlockHeader { dtype: DType::F64, shape: shape.clone() };
+            // Announced as a header with the bytes to follow, and inline with a few bytes.
+            let msg = Msg::Block { id: TaskId(1), payload: Payload::Incoming(header.clone()) };
+            frames.push(encode_frame(&[(Role::Scheduler, msg)]).unwrap());
+            frames.push(crate::protocol::inline_block_frame(header, &[0; 16]));
+        }
+        for frame in &frames {
+            let mut stream = send_raw(&addr, frame);
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            // Only keep-alives (zero lengths) may come before the close.
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if buf.iter().all(|&b| b == 0) => continue,
+                    Ok(n) => panic!("{n} bytes of something other than keep-alives"),
+                }
+            }
+            match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Msg::PeerLost { reason, .. } => {
+                    assert!(reason.contains("f64") && reason.contains('['), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The scheduler still takes members, and their blocks (this one's
+        // bytes follow the frame, read in pieces).
+        let n = READ_PIECE / 8 * 2 + 3;
+        let block = Block::new(vec![n], Buffer::F64((0..n).map(|i| i as f64).collect()));
+        let msg = Msg::Block { id: TaskId(2), payload: Payload::Ready(block.clone()) };
+        let mut stream = send_raw(&addr, &encode_frame(&[(Role::Scheduler, msg)]).unwrap());
+        stream.write_all(block.as_bytes()).unwrap();
+        let mut blocks = Vec::new();
+        while blocks.is_empty() {
+            match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Msg::Block { payload: Payload::Ready(b), .. } => blocks.push(b),
+                Msg::PeerLost { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(blocks[0].as_f64(), block.as_f64());
         sched.close();
     }
 

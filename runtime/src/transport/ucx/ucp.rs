@@ -278,7 +278,10 @@ impl Worker {
     /// Starts receiving the block `header` describes, sent with `tag`,
     /// straight into a new buffer; [`Op::into_block`] has it once complete.
     pub fn recv(&self, tag: u64, header: BlockHeader) -> Result<Op> {
-        let mut buffer = Block::receive_buffer(&header);
+        // Checked against the block cap and reserved fallibly: the header
+        // came from a peer.
+        let mut buffer = Block::receive_buffer(&header)
+            .map_err(|e| Error::Ucx { what: "receiving a block".into(), status: e.to_string() })?;
         let bytes = buffer.as_bytes_mut();
         let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
         let param = sys::ucp_request_param_t::default();
