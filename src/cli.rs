@@ -82,7 +82,7 @@ pub(crate) struct ClusterArgs {
 
     /// MPI: seconds a worker rank may stay silent before the job is aborted.
     /// TCP: seconds a peer may stay silent before it is declared lost.
-    #[arg(help_heading = CLUSTER, long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = parse_secs,
+    #[arg(help_heading = CLUSTER, long, global = true, default_value_t = 30.0, env = "TESSERA_HEARTBEAT_TIMEOUT", value_parser = heartbeat_secs,
           allow_negative_numbers = true)]
     pub(crate) heartbeat_timeout: f64,
 
@@ -143,7 +143,8 @@ pub(crate) struct ClusterArgs {
     pub(crate) gpu_math: GpuMath,
 }
 
-pub(crate) fn parse_secs(s: &str) -> Result<f64, String> {
+/// The heartbeat timeout: seconds, at least 2 (workers report every second).
+pub(crate) fn heartbeat_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 2.0 => Ok(x),
         _ => Err(format!("`{s}` is not a number of seconds >= 2 (workers report every second)")),
@@ -436,6 +437,7 @@ pub(crate) enum BenchCommand {
     },
 }
 
+/// Seconds, 0 or more: the one parser of every seconds flag but the heartbeat's.
 pub(crate) fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),

@@ -15,7 +15,7 @@ use tessera::jobqueue::pool::{adapt, Event, Pool, SchedulerLink};
 use tessera::jobqueue::scale::{plan, AdaptPolicy, Adapter};
 use tessera::jobqueue::{self as jq, BatchSystem, JobSpec, JobStatus, Payload, SchedulerRef, System, WorkerOptions};
 
-use crate::cli::ClusterArgs;
+use crate::cli::{parse_duration, ClusterArgs};
 use crate::values::{self, LauncherArg, SystemArg};
 
 #[derive(Args, Debug)]
@@ -72,10 +72,10 @@ enum JqCommand {
         #[arg(value_name = "ID")]
         id: String,
         /// Seconds between polls.
-        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = parse_duration, allow_negative_numbers = true)]
         poll: f64,
         /// Give up after this many seconds (exit 1) [default: never].
-        #[arg(long, value_name = "SECONDS", value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", value_parser = parse_duration, allow_negative_numbers = true)]
         timeout: Option<f64>,
     },
     /// Cancel jobs (an id the system does not know is an error).
@@ -100,7 +100,7 @@ enum JqCommand {
         #[command(flatten)]
         job: PoolFlags,
         /// Wait up to this many seconds until the N workers have joined (0: return once submitted).
-        #[arg(long, value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_duration, allow_negative_numbers = true)]
         wait_ready: f64,
     },
     /// Size the elastic cluster by the scheduler's backlog, between --min and --max
@@ -113,22 +113,22 @@ enum JqCommand {
         #[arg(long, value_name = "N")]
         max: u32,
         /// Seconds between looks at the backlog.
-        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_duration, allow_negative_numbers = true)]
         interval: f64,
         /// Backlog tasks per worker: the target is ceil(backlog / this) workers [default: 2 per worker thread].
         #[arg(long, value_name = "N")]
         tasks_per_worker: Option<u32>,
         /// Seconds a lower target must hold before jobs are removed.
-        #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_duration, allow_negative_numbers = true)]
         down_after: f64,
         /// Seconds after a scale-up during which nothing is removed.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = parse_duration, allow_negative_numbers = true)]
         cooldown: f64,
         /// Seconds a job may run without its workers joining before it is cancelled as broken.
-        #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_duration, allow_negative_numbers = true)]
         wait_ready: f64,
         /// Stop after this many seconds [default: run until SIGTERM or Ctrl-C].
-        #[arg(long, value_name = "SECONDS", value_parser = parse_secs, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", value_parser = parse_duration, allow_negative_numbers = true)]
         duration: Option<f64>,
         #[command(flatten)]
         job: PoolFlags,
@@ -136,13 +136,6 @@ enum JqCommand {
     /// Profiles and settings.
     #[command(subcommand)]
     Config(ConfigCommand),
-}
-
-fn parse_secs(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        _ => Err(format!("`{s}` is not a number of seconds >= 0")),
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,7 +248,7 @@ struct PoolFlags {
     #[arg(long, value_name = "SECONDS")]
     drain_before: Option<u64>,
     /// Seconds a job whose workers were asked to leave may take to end before it is cancelled.
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = parse_secs, allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = parse_duration, allow_negative_numbers = true)]
     retire_timeout: f64,
 }
 
