@@ -9,7 +9,7 @@ use tessera::bench::{GemmDtype, Shape};
 use tessera::runtime::gpu::{GpuMath, GpuSelect};
 use tessera::runtime::host::topology::Bind;
 use tessera::runtime::scheduler::sim;
-use tessera::{Launch, SchedulerWorks, TransportKind};
+use tessera::{Launch, MemoryLimit, SchedulerWorks, TransportKind};
 
 use crate::cmd::{arrays, jobqueue};
 use crate::values;
@@ -18,6 +18,7 @@ use crate::values;
 pub(crate) const CLUSTER: &str = "Cluster options";
 pub(crate) const ELASTIC: &str = "Elastic cluster";
 pub(crate) const DIAGNOSTICS: &str = "Diagnostics";
+pub(crate) const MEMORY: &str = "Memory";
 
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about = "A Rust runtime for HPC clusters", propagate_version = true)]
@@ -141,6 +142,46 @@ pub(crate) struct ClusterArgs {
     /// relative error about 1e-3 instead of 1e-7). f64 is always exact.
     #[arg(help_heading = CLUSTER, long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH")]
     pub(crate) gpu_math: GpuMath,
+
+    /// Memory each worker process may use: bytes with a unit (`8GiB`), a fraction of
+    /// what auto finds (`0.5`), `none`, or `auto`: the smallest of the cgroup limit,
+    /// Slurm's grant, RLIMIT_AS (SGE h_vmem, PBS vmem) and physical memory, shared
+    /// among the ranks of a host. Past --memory-target workers spill blocks to
+    /// --local-directory; past --memory-pause they start no task. `tessera info`
+    /// shows what auto finds.
+    #[arg(help_heading = MEMORY, long, global = true, default_value = "auto", env = "TESSERA_MEMORY_LIMIT", value_name = "LIMIT",
+          value_parser = parse_memory_limit, allow_negative_numbers = true)]
+    pub(crate) memory_limit: MemoryLimit,
+
+    /// Fraction of the memory limit past which workers write their least recently
+    /// used blocks to disk.
+    #[arg(help_heading = MEMORY, long, global = true, default_value_t = 0.6, env = "TESSERA_MEMORY_TARGET", value_name = "FRACTION",
+          value_parser = fraction, allow_negative_numbers = true)]
+    pub(crate) memory_target: f64,
+
+    /// Fraction of the memory limit past which workers start no new task until
+    /// spilling and finishing tasks bring them back under it.
+    #[arg(help_heading = MEMORY, long, global = true, default_value_t = 0.8, env = "TESSERA_MEMORY_PAUSE", value_name = "FRACTION",
+          value_parser = fraction, allow_negative_numbers = true)]
+    pub(crate) memory_pause: f64,
+
+    /// Where workers spill blocks: each makes its own folder here, removed when it
+    /// ends [default: $TMPDIR, else /tmp]. Use node-local disk.
+    #[arg(help_heading = MEMORY, long, global = true, env = "TESSERA_LOCAL_DIRECTORY", value_name = "DIR")]
+    pub(crate) local_directory: Option<PathBuf>,
+}
+
+/// `--memory-limit`: see [`MemoryLimit`]'s parser.
+pub(crate) fn parse_memory_limit(s: &str) -> Result<MemoryLimit, String> {
+    s.parse()
+}
+
+/// A fraction in (0, 1].
+pub(crate) fn fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a fraction in (0, 1]")),
+    }
 }
 
 /// The heartbeat timeout: seconds, at least 2 (workers report every second).

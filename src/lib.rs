@@ -31,9 +31,9 @@
 
 pub use tessera_runtime::{
     builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, ConfigBuilder, DType, Error, Graph,
-    KernelCtx, KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, NumericalError, Persisted, Progress,
-    Registry, Result, SchedulerWorks, Task, TaskId, TransportKind, WorkerInfo, WorkerSettings, HAS_CUDA, HAS_MPI,
-    HAS_UCX,
+    KernelCtx, KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, MemoryLimit, MemorySettings,
+    NumericalError, Persisted, Progress, Registry, Result, SchedulerWorks, Task, TaskId, TransportKind, WorkerInfo,
+    WorkerSettings, HAS_CUDA, HAS_MPI, HAS_UCX,
 };
 
 /// The runtime crate, for what the facade does not re-export.

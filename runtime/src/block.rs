@@ -338,8 +338,16 @@ pub(crate) mod pool {
 
     /// Buffers smaller than this are not worth keeping.
     pub const MIN_BYTES: usize = 1 << 20;
-    /// Bytes the pool holds at most.
+    /// Bytes the pool holds at most (less under a memory limit: [`cap`]).
     pub const LIMIT_BYTES: usize = 256 << 20;
+
+    static CAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(LIMIT_BYTES);
+
+    /// Keeps at most `bytes` (never more than [`LIMIT_BYTES`]) from now on:
+    /// a worker with a memory limit keeps an eighth of it.
+    pub fn cap(bytes: usize) {
+        CAP.fetch_min(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 
     struct Pool {
         bytes: usize,
@@ -354,11 +362,12 @@ pub(crate) mod pool {
 
     pub fn put(buffer: Buffer) {
         let n = nbytes(&buffer);
-        if n > LIMIT_BYTES {
+        let limit = CAP.load(std::sync::atomic::Ordering::Relaxed);
+        if n > limit {
             return;
         }
         let mut pool = POOL.lock();
-        while pool.bytes + n > LIMIT_BYTES && !pool.free.is_empty() {
+        while pool.bytes + n > limit && !pool.free.is_empty() {
             let old = pool.free.remove(0);
             pool.bytes -= nbytes(&old);
         }
@@ -500,6 +509,11 @@ impl Block {
 
     pub fn as_bytes(&self) -> &[u8] {
         self.buffer().as_bytes()
+    }
+
+    /// Whether nothing but this handle holds the block (dropping it frees it).
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
     }
 
     /// Whether the elements are in host memory now (reading them costs no copy).

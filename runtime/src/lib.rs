@@ -53,9 +53,10 @@ pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, SizeError, WeakBl
 pub use client::{Client, Persisted};
 pub use error::{Error, KernelError, NumericalError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};
+pub use host::memory::MemoryLimit;
 pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};
 pub use launch::local::{LocalCluster, LocalClusterBuilder};
-pub use launch::{Config, ConfigBuilder, Launch, SchedulerWorks, TransportKind, WorkerSettings};
+pub use launch::{Config, ConfigBuilder, Launch, MemorySettings, SchedulerWorks, TransportKind, WorkerSettings};
 pub use observe::events::EventLog;
 pub use observe::progress::Progress;
 pub use protocol::{ClusterState, WorkerInfo};

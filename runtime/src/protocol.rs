@@ -200,6 +200,10 @@ pub enum Msg {
     Missing { id: TaskId, rank: u32 },
     /// Worker -> scheduler: still alive (sent every second).
     Heartbeat { rank: u32 },
+    /// Worker -> scheduler: its blocks' bytes in memory and spilled to disk,
+    /// and whether it paused for memory (sent when the pause changes, and
+    /// at most once a second when the bytes do; see `crate::worker::memory`).
+    Memory { rank: u32, memory: u64, spilled: u64, paused: bool },
     /// Scheduler -> worker: stop. `failed` when the driver failed.
     Shutdown { failed: bool, reason: String },
     /// Worker -> scheduler: the worker has stopped and will send nothing more.
@@ -276,6 +280,10 @@ pub struct ClusterState {
     pub completed: u64,
     /// Bytes copied between workers since the cluster started.
     pub moved_bytes: u64,
+    /// Bytes of blocks the workers spilled to disk (as they last reported).
+    pub spilled_bytes: u64,
+    /// Workers paused because their memory is short, by rank.
+    pub paused: Vec<u32>,
     /// The first error each worker rank reported ([`crate::observe::log`]), by rank.
     pub errors: Vec<(u32, String)>,
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use tessera::elastic::SchedulerFile;
 use tessera::runtime::transport::secret::{self, Secret};
-use tessera::{Config, Launch, WorkerSettings};
+use tessera::{Config, Launch, MemorySettings, WorkerSettings};
 
 use crate::cli::ClusterArgs;
 
@@ -23,6 +23,13 @@ impl ClusterArgs {
             transport: self.transport,
             gpus: self.gpus.clone(),
             gpu_math: self.gpu_math,
+            memory: MemorySettings {
+                limit: self.memory_limit,
+                target: self.memory_target,
+                pause: self.memory_pause,
+                local_directory: self.local_directory.clone(),
+                ..MemorySettings::default()
+            },
         }
     }
 

@@ -86,6 +86,7 @@ pub(crate) fn info(config: &Config, json: bool, elastic: serde_json::Value) -> a
         "usable_cores": tessera::runtime::host::sys::usable_cores(),
         "memory_bytes": mem_total,
         "memory_available_bytes": mem_avail,
+        "memory_limit": memory_limit(config),
         "kernels": registry.names().collect::<Vec<_>>(),
     });
     if json {
@@ -160,6 +161,26 @@ pub(crate) fn info(config: &Config, json: bool, elastic: serde_json::Value) -> a
         mem_total as f64 / (1u64 << 30) as f64,
         mem_avail as f64 / (1u64 << 30) as f64
     );
+    let limit = &obj["memory_limit"];
+    match limit["bytes"].as_u64() {
+        Some(b) => println!(
+            "  limit:     {} per worker process ({}: {}; spill past {}, pause past {}, into {})",
+            tessera::runtime::host::sys::human_bytes(b),
+            limit["setting"].as_str().unwrap_or("?"),
+            limit["source"].as_str().unwrap_or("?"),
+            limit["target"],
+            limit["pause"],
+            limit["local_directory"].as_str().unwrap_or("?"),
+        ),
+        None => println!("  limit:     none (--memory-limit none: blocks stay in memory)"),
+    }
+    for s in limit["sources"].as_array().into_iter().flatten() {
+        println!(
+            "             found {} from {}",
+            tessera::runtime::host::sys::human_bytes(s["bytes"].as_u64().unwrap_or(0)),
+            s["source"].as_str().unwrap_or("?")
+        );
+    }
     match obj["topology"].as_array() {
         Some(hosts) if !hosts.is_empty() => {
             for t in hosts {
@@ -213,4 +234,30 @@ pub(crate) fn mpi_info(launch: Launch) -> anyhow::Result<Option<serde_json::Valu
 #[cfg(not(feature = "mpi"))]
 pub(crate) fn mpi_info(_: Launch) -> anyhow::Result<Option<serde_json::Value>> {
     Ok(None)
+}
+
+/// The memory limit a worker of this process would get, where it came from,
+/// and every limit the host sets (what `auto` chose from).
+fn memory_limit(config: &Config) -> serde_json::Value {
+    use tessera::runtime::host::memory;
+    let m = &config.worker.memory;
+    let ranks = tessera::runtime::host::launcher::local_rank().map_or(1, |(_, n)| n);
+    let found = memory::resolve(m.limit, ranks);
+    let dir = m
+        .local_directory
+        .clone()
+        .or_else(|| std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).map(Into::into))
+        .unwrap_or_else(|| "/tmp".into());
+    let sources: Vec<_> =
+        memory::sources(ranks).into_iter().map(|f| json!({"bytes": f.bytes, "source": f.source})).collect();
+    json!({
+        "setting": m.limit.to_string(),
+        "bytes": found.as_ref().map(|f| f.bytes),
+        "source": found.as_ref().map(|f| f.source.clone()),
+        "ranks_on_host": ranks,
+        "target": m.target,
+        "pause": m.pause,
+        "local_directory": dir,
+        "sources": sources,
+    })
 }

@@ -70,7 +70,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut config = if matches!(cli.command, Command::Info { .. }) {
         // Info joins no cluster; it says which one the others would use.
-        Config::builder().launch(args.launch).build()
+        Config::builder().launch(args.launch).worker(args.worker_settings()).build()
     } else {
         args.config()?
     };

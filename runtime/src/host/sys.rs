@@ -80,9 +80,8 @@ pub fn routable_address(interface: Option<&str>) -> Result<std::net::IpAddr, Str
 /// an elastic worker drains on it.
 pub fn termination_flag() -> &'static std::sync::atomic::AtomicBool {
     use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, OnceLock};
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| {
+    use std::sync::Arc;
+    TERMINATION.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             // The order matters: the shutdown handler runs first and exits
@@ -95,6 +94,14 @@ pub fn termination_flag() -> &'static std::sync::atomic::AtomicBool {
         }
         flag
     })
+}
+
+static TERMINATION: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+
+/// Whether this process handles SIGTERM and SIGINT itself ([`termination_flag`]:
+/// an elastic worker drains on them) rather than ending at once.
+pub fn drains_on_signal() -> bool {
+    TERMINATION.get().is_some()
 }
 
 /// Restores the default action of SIGPIPE (the Rust runtime ignores it), so

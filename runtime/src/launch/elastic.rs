@@ -57,7 +57,6 @@ pub use crate::transport::secret::Secret;
 pub use crate::transport::tcp::TcpOptions;
 use crate::transport::tcp::{connect as dial, Intro, TcpTransport, Welcome};
 use crate::transport::{Mailboxes, ReplyRouter, Transport};
-use crate::worker::store::BlockStore;
 use crate::worker::{WorkerConfig, WorkerExit};
 
 /// How to start an elastic scheduler.
@@ -288,7 +287,8 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     };
 
     let mut mailboxes = Mailboxes::new();
-    let store = BlockStore::new();
+    let ranks_on_host = crate::host::launcher::local_rank().map_or(1, |(_, n)| n);
+    let (store, memory) = settings.memory.for_worker(rank, ranks_on_host, 1)?;
     mailboxes.attach_store(rank, store.clone());
     let inbox = mailboxes.open(Endpoint::worker(rank));
     let plane = seed.map(|s| s.start(rank, mailboxes.clone())).transpose()?;
@@ -302,6 +302,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
         events: settings.events,
         cpus,
         gpu,
+        memory,
         ..WorkerConfig::new(rank, threads, crate::host::sys::hostname())
     };
     let handle = spawn_worker(wc, Arc::new(opts.registry.clone()), Arc::clone(&dyn_transport), store, inbox);

@@ -16,7 +16,6 @@ use crate::protocol::Endpoint;
 use crate::scheduler::{Exit, SchedulerConfig};
 use crate::transport::local::LocalTransport;
 use crate::transport::{DataPlane, Mailboxes, Transport};
-use crate::worker::store::BlockStore;
 use crate::worker::{WorkerConfig, WorkerExit};
 
 /// A cluster of worker threads in this process: no MPI, no sockets, blocks
@@ -135,13 +134,14 @@ impl LocalCluster {
         let mut mailboxes = Mailboxes::new();
         let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
         let client_inbox = mailboxes.open(Endpoint::CLIENT);
+        // One process on this host, its limit shared among its workers.
         let worker_inboxes: Vec<_> = (1..=n as u32)
             .map(|r| {
-                let store = BlockStore::new();
+                let (store, memory) = settings.memory.for_worker(r, 1, n)?;
                 mailboxes.attach_store(r, store.clone());
-                (mailboxes.open(Endpoint::worker(r)), store)
+                Ok((mailboxes.open(Endpoint::worker(r)), store, memory))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let planes = local_planes(settings.transport.check()?, n as u32 + 1, &mailboxes)?;
         let transport: Arc<dyn Transport> = Arc::new(LocalTransport::with_planes(mailboxes, n as u32 + 1, planes));
 
@@ -159,12 +159,13 @@ impl LocalCluster {
             .zip(1u32..)
             .zip(plans)
             .zip(gpu_of_worker)
-            .map(|((((inbox, store), rank), cpus), gpu)| {
+            .map(|((((inbox, store, memory), rank), cpus), gpu)| {
                 let threads = if gpu.is_some() { 1 } else { threads };
                 let wc = WorkerConfig {
                     events: settings.events,
                     cpus,
                     gpu,
+                    memory,
                     ..WorkerConfig::new(rank, threads, host.clone())
                 };
                 spawn_worker(wc, Arc::clone(&registry), Arc::clone(&transport), store, inbox)

@@ -221,6 +221,75 @@ pub struct WorkerSettings {
     pub gpus: crate::gpu::GpuSelect,
     /// How GPU workers multiply f32 matrices (default exact IEEE f32).
     pub gpu_math: crate::gpu::GpuMath,
+    /// The memory limit, its thresholds and where spilled blocks go.
+    pub memory: MemorySettings,
+}
+
+/// How workers manage their memory (see [`crate::worker::memory`]): a limit
+/// per worker process, the fractions of it where they spill and pause, and
+/// the directory they spill to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemorySettings {
+    /// `--memory-limit` (default `auto`: see [`crate::host::memory`]).
+    pub limit: crate::host::memory::MemoryLimit,
+    /// Spill least recently used blocks above this fraction of the limit (0.6).
+    pub target: f64,
+    /// Spill on resident memory above this fraction (0.7).
+    pub spill: f64,
+    /// Start no task above this fraction (0.8).
+    pub pause: f64,
+    /// Where each worker makes its spill folder (default `$TMPDIR`, else `/tmp`).
+    pub local_directory: Option<std::path::PathBuf>,
+}
+
+impl Default for MemorySettings {
+    fn default() -> MemorySettings {
+        MemorySettings {
+            limit: crate::host::memory::MemoryLimit::Auto,
+            target: 0.6,
+            spill: 0.7,
+            pause: 0.8,
+            local_directory: None,
+        }
+    }
+}
+
+impl MemorySettings {
+    /// The store and memory settings of worker `rank`, one of
+    /// `workers_in_process` in a process that is one of `ranks_on_host` ranks
+    /// on its host. Makes the worker's spill folder (an unwritable directory
+    /// is an error naming it).
+    pub(crate) fn for_worker(
+        &self,
+        rank: u32,
+        ranks_on_host: usize,
+        workers_in_process: usize,
+    ) -> Result<(BlockStore, Option<crate::worker::memory::MemoryConfig>)> {
+        let (target, spill, pause) = (self.target, self.spill, self.pause);
+        let ok = |f: f64| f.is_finite() && f > 0.0 && f <= 1.0;
+        if !(ok(target) && ok(spill) && ok(pause) && target <= pause) {
+            return Err(Error::Config(format!(
+                "memory thresholds must be fractions in (0, 1] with the target at most the pause threshold \
+                 (--memory-target {target}, --memory-pause {pause}, spill {spill})"
+            )));
+        }
+        let Some(found) = crate::host::memory::resolve(self.limit, ranks_on_host) else {
+            return Ok((BlockStore::new(), None));
+        };
+        let share = workers_in_process.max(1);
+        let limit = found.bytes / share as u64;
+        let source = if share > 1 { format!("{} / {share} workers", found.source) } else { found.source };
+        let parent = self
+            .local_directory
+            .clone()
+            .or_else(|| std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).map(Into::into))
+            .unwrap_or_else(|| "/tmp".into());
+        let dir = crate::worker::spill::SpillDir::create(&parent, rank)
+            .map_err(|e| Error::Config(format!("--local-directory: {e}")))?;
+        crate::block::pool::cap(limit as usize / 8);
+        let config = crate::worker::memory::MemoryConfig { limit, source, target, spill, pause, share };
+        Ok((BlockStore::spilling(dir), Some(config)))
+    }
 }
 
 impl Default for WorkerSettings {
@@ -232,6 +301,7 @@ impl Default for WorkerSettings {
             transport: TransportKind::Auto,
             gpus: crate::gpu::GpuSelect::None,
             gpu_math: crate::gpu::GpuMath::Exact,
+            memory: MemorySettings::default(),
         }
     }
 }

@@ -304,7 +304,15 @@ where
     let mut mailboxes = Mailboxes::new();
     let sched_inbox = (rank == 0).then(|| mailboxes.open(Endpoint::SCHEDULER));
     let client_inbox = (rank == 0).then(|| mailboxes.open(Endpoint::CLIENT));
-    let store = BlockStore::new();
+    let ranks_on_host = crate::host::launcher::local_rank().map_or(1, |(_, n)| n);
+    let (store, memory) = if works {
+        match config.worker.memory.for_worker(rank, ranks_on_host, 1) {
+            Ok(m) => m,
+            Err(e) => return Err(E::from(e)),
+        }
+    } else {
+        (BlockStore::new(), None)
+    };
     if works {
         mailboxes.attach_store(rank, store.clone());
     }
@@ -324,6 +332,7 @@ where
             events: config.worker.events,
             cpus,
             gpu,
+            memory,
             ..WorkerConfig::new(rank, place.threads, crate::host::sys::hostname())
         };
         spawn_worker(wc, Arc::clone(&registry), Arc::clone(&dyn_transport), store, inbox)

@@ -179,6 +179,7 @@ impl Scheduler {
             Msg::Failed { id, error } => Event::Failed { id, error },
             Msg::Replica { id, rank } => Event::Replica { rank, id },
             Msg::Heartbeat { rank } => Event::Heartbeat { rank },
+            Msg::Memory { rank, memory, spilled, paused } => Event::Memory { rank, memory, spilled, paused },
             Msg::Events { req, events } => Event::Events { rank: events.rank, req, events },
             Msg::Log { rank, line } => Event::Log { rank, line },
             Msg::Hello { rank, threads, host, name, registry, kernels, gpu } => {

@@ -151,6 +151,7 @@ impl Core {
             }
             Event::InputLost { id, input, from } => self.on_input_lost(id, input, from),
             Event::Heartbeat { rank } => self.seen(rank),
+            Event::Memory { rank, memory, spilled, paused } => self.on_memory(rank, memory, spilled, paused),
             Event::Request { client, req, reply } => self.on_request(client, req, reply),
             Event::Hello(hello) if self.config.elastic => {
                 let rank = hello.rank;
@@ -293,6 +294,22 @@ impl Core {
     /// Tasks the core keeps a record of (a figure for the simulator).
     pub fn task_count(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Worker `rank` reported its memory: a paused worker is offered no
+    /// task (`fill`); one that resumes is filled again.
+    fn on_memory(&mut self, rank: u32, memory: u64, spilled: u64, paused: bool) {
+        self.seen(rank);
+        let Some(&w) = self.worker_of_rank.get(&rank) else { return };
+        let rec = &mut self.workers[w];
+        let resumed = rec.paused && !paused;
+        (rec.memory, rec.spilled, rec.paused) = (memory, spilled, paused);
+        if resumed {
+            self.mark_fill(w);
+        } else if paused && !rec.queue.is_empty() {
+            // Its queue is up for stealing.
+            self.fill_everyone = true;
+        }
     }
 
     pub(super) fn seen(&mut self, rank: u32) {

@@ -46,6 +46,8 @@
 //!   dependents sent ahead whose inputs are all computed there; the rest wait
 //!   here in priority order. A worker with room and nothing of its own steals
 //!   queued (never running) tasks of the most loaded busy worker.
+//!   A worker paused for memory gets nothing new; what is queued for it
+//!   here may be stolen, and it is filled again when it resumes.
 //! * **Memory.** Every task counts the dependents that still need it plus the
 //!   clients' handles; at zero its blocks are released on every worker that
 //!   holds a copy, and a task nobody needs any more is cancelled.
@@ -137,6 +139,10 @@ pub enum Event {
     InputLost { id: TaskId, input: TaskId, from: u32 },
     /// Worker `rank` is alive.
     Heartbeat { rank: u32 },
+    /// Worker `rank` holds `memory` bytes of blocks in memory and `spilled`
+    /// on disk; `paused`: it starts no task until its memory is back under
+    /// its pause threshold.
+    Memory { rank: u32, memory: u64, spilled: u64, paused: bool },
     /// Worker `rank` asks to leave.
     Drain { rank: u32 },
     /// Worker `rank` stopped (it said goodbye).

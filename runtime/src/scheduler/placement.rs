@@ -176,7 +176,7 @@ impl Core {
     /// worker left with nothing is hungry; one left with a backlog wakes
     /// hungry workers to steal from it.
     fn fill(&mut self, w: usize) {
-        if self.workers[w].gone {
+        if self.workers[w].gone || self.workers[w].paused {
             return;
         }
         loop {
@@ -279,12 +279,19 @@ impl Core {
     fn steal_for(&mut self, thief: usize) -> Option<(u64, TaskId)> {
         let mut victims = self.by_queue.iter().rev().map(|&(_, v)| v).filter(|&v| v != thief);
         let victim = victims.next()?;
-        // A worker with a thread free takes its own queue (this flush, if not yet).
-        if self.workers[victim].active() < self.workers[victim].threads {
+        // A worker with a thread free takes its own queue (this flush, if
+        // not yet), unless it is paused for memory.
+        let paused = self.workers[victim].paused;
+        if !paused && self.workers[victim].active() < self.workers[victim].threads {
             return None;
         }
-        // Rounds of work ahead of the victim's last queued task.
-        let rounds = self.workers[victim].queue.len() as f64 / self.workers[victim].threads as f64;
+        // Rounds of work ahead of the victim's last queued task (a paused
+        // worker's queue waits until it resumes: moving always pays).
+        let rounds = if paused {
+            f64::INFINITY
+        } else {
+            self.workers[victim].queue.len() as f64 / self.workers[victim].threads as f64
+        };
         let pick = self.workers[victim].queue.iter().rev().take(8).copied().find(|&(_, id)| {
             let rec = &self.tasks[&id];
             if rec.pin.is_some() || self.withheld(thief, id) {

@@ -136,6 +136,11 @@ pub(super) struct WorkerRec {
     pub handoff: FxHashSet<TaskId>,
     /// Told to stop; gone at its `Bye` (or when its connection drops).
     pub leaving: bool,
+    /// Paused for memory: takes no new task until it resumes.
+    pub paused: bool,
+    /// Bytes of blocks in its memory and spilled to its disk, as reported.
+    pub memory: u64,
+    pub spilled: u64,
     /// Batched for the next flush.
     pub outbox: Vec<RunTask>,
     pub releases: Vec<TaskId>,
@@ -164,6 +169,9 @@ impl WorkerRec {
             draining: false,
             handoff: FxHashSet::default(),
             leaving: false,
+            paused: false,
+            memory: 0,
+            spilled: 0,
             outbox: Vec::new(),
             releases: Vec::new(),
             cancels: Vec::new(),

@@ -25,6 +25,8 @@ impl Core {
             in_flight: self.workers.iter().filter(|w| !w.gone).map(|w| (w.rank, w.in_flight)).collect(),
             completed: self.completed,
             moved_bytes: self.moved_bytes,
+            spilled_bytes: self.workers.iter().filter(|w| !w.gone).map(|w| w.spilled).sum(),
+            paused: self.workers.iter().filter(|w| !w.gone && w.paused).map(|w| w.rank).collect(),
             errors: self.remote_errors.clone(),
         }
     }

@@ -184,7 +184,7 @@ impl Mailboxes {
         }
         if let (Msg::Fetch { id, reply_to }, Role::Worker) = (&msg, to.role) {
             if let Some(store) = self.stores.get(&to.rank) {
-                let reply = match store.get(*id) {
+                let reply = match store.get_for_peer(*id) {
                     Some(block) => Msg::Block { id: *id, payload: Payload::Ready(block) },
                     None => Msg::Missing { id: *id, rank: to.rank },
                 };

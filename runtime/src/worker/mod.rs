@@ -19,6 +19,10 @@
 //! finishing it starts the tasks waiting for it. A thread finishing a task
 //! stores the block and reports `Done` (or `Failed`, for an error or a
 //! panic) to the scheduler itself.
+//!
+//! A worker with a memory limit ([`memory`]) spills blocks to its
+//! directory ([`spill`]) and pauses when memory runs short: a paused
+//! worker's threads answer messages but start no task.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -34,8 +38,11 @@ use crate::observe::events::{Recorder, TaskEvent, TaskKey, TransferEvent};
 use crate::protocol::{Endpoint, Msg, Payload, RunTask};
 use crate::transport::Transport;
 
+pub mod memory;
+pub mod spill;
 pub mod store;
 
+use memory::{Memory, MemoryConfig};
 use store::BlockStore;
 
 /// Worker settings.
@@ -53,12 +60,24 @@ pub struct WorkerConfig {
     pub cpus: Vec<Vec<usize>>,
     /// The GPU of a GPU worker (see [`crate::gpu`]).
     pub gpu: Option<Arc<crate::gpu::Gpu>>,
+    /// The memory limit and thresholds (`None`: blocks stay in memory);
+    /// the store spills only if it was made with a directory.
+    pub memory: Option<MemoryConfig>,
 }
 
 impl WorkerConfig {
     /// A worker that records events and binds nothing.
     pub fn new(rank: u32, threads: usize, host: String) -> WorkerConfig {
-        WorkerConfig { rank, threads, host, name: String::new(), events: true, cpus: Vec::new(), gpu: None }
+        WorkerConfig {
+            rank,
+            threads,
+            host,
+            name: String::new(),
+            events: true,
+            cpus: Vec::new(),
+            gpu: None,
+            memory: None,
+        }
     }
 }
 
@@ -98,6 +117,7 @@ struct Worker {
     exit: Mutex<Option<WorkerExit>>,
     host: String,
     recorder: Recorder,
+    memory: Arc<Memory>,
 }
 
 /// Runs a worker until it is told to stop; returns after every thread ended
@@ -125,6 +145,7 @@ pub fn run_worker(
         exit: Mutex::new(None),
         host: config.host.clone(),
         recorder: Recorder::new(config.events, threads, crate::observe::events::DEFAULT_CAPACITY),
+        memory: Arc::new(Memory::new(config.memory.clone())),
     });
     worker.transport.send(
         Endpoint::SCHEDULER,
@@ -140,6 +161,17 @@ pub fn run_worker(
     );
     let cpus: Vec<String> = config.cpus.iter().map(|c| crate::host::topology::cpu_list(c)).collect();
     tracing::info!(rank, threads, host = %config.host, cpus = %cpus.join(" "), gpu = %gpu_name, "worker started");
+    if let Some(m) = &config.memory {
+        let dir = worker.store.spill_dir().map(|d| d.path().display().to_string()).unwrap_or_default();
+        tracing::info!(rank, limit = %crate::host::sys::human_bytes(m.limit), source = %m.source, spill_dir = %dir, "memory managed");
+    }
+    let manager = {
+        let t = Arc::clone(&worker.transport);
+        memory::spawn_manager(&worker.memory, worker.store.clone(), rank, move |r| {
+            let msg = Msg::Memory { rank, memory: r.usage.memory, spilled: r.usage.spilled, paused: r.paused };
+            t.send(Endpoint::SCHEDULER, msg);
+        })
+    };
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let (w, inbox, jobs) = (Arc::clone(&worker), inbox.clone(), jobs_rx.clone());
@@ -157,6 +189,10 @@ pub fn run_worker(
     for h in handles {
         let _ = h.join();
     }
+    worker.memory.stop();
+    if let Some(m) = manager {
+        let _ = m.join();
+    }
     tracing::debug!(rank, blocks_held = worker.store.len(), "worker stopped");
     worker.transport.send(Endpoint::SCHEDULER, Msg::Bye { rank });
     let exit = worker.exit.lock().take();
@@ -173,12 +209,17 @@ impl Worker {
     }
 
     fn thread_loop(&self, thread: u16, inbox: &Receiver<Msg>, jobs: &Receiver<Job>, threads: usize) {
+        // While paused, only the inbox: no task starts.
+        let never = crossbeam_channel::never();
         loop {
+            let paused = self.memory.paused();
+            let jobs = if paused { &never } else { jobs };
             select! {
                 recv(jobs) -> job => match job {
                     Ok(Job::Run(task)) => self.run(task, thread),
                     Ok(Job::Stop) | Err(_) => return,
                 },
+                default(std::time::Duration::from_millis(if paused { 20 } else { 1000 })) => {},
                 recv(inbox) -> msg => match msg {
                     Ok(Msg::Shutdown { failed, reason }) => {
                         // The first reason stands (a dropped connection after
@@ -216,6 +257,7 @@ impl Worker {
                 let bytes = block.nbytes() as u64;
                 let mut table = self.table.lock();
                 let store_bytes = self.store.insert(id, block);
+                self.memory.stored(store_bytes);
                 let fetched = table.fetching.remove(&id);
                 self.input_arrived(&mut table, id);
                 drop(table);
@@ -333,8 +375,18 @@ impl Worker {
         };
         let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1, gpu: self.gpu.as_ref() };
         let start = Instant::now();
+        self.memory.running(true);
         let result = catch_unwind(AssertUnwindSafe(|| crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))));
         drop(inputs);
+        self.memory.running(false);
+        // A block memory cannot take fails its task (see `memory`).
+        let result = match result {
+            Ok(Ok(block)) => match self.memory.refuse(block.nbytes() as u64, self.store.bytes()) {
+                Some(why) => Ok(Err(crate::error::KernelError::msg(why))),
+                None => Ok(Ok(block)),
+            },
+            other => other,
+        };
         let micros = start.elapsed().as_micros() as u64;
         match &result {
             Ok(Ok(_)) => tracing::debug!(rank = self.rank, task = %task.key, micros, "ran"),
@@ -346,6 +398,7 @@ impl Worker {
                 let nbytes = block.nbytes() as u64;
                 let mut table = self.table.lock();
                 store_bytes = Some(self.store.insert(task.id, block));
+                self.memory.stored(store_bytes.unwrap_or(0));
                 self.input_arrived(&mut table, task.id);
                 drop(table);
                 (Msg::Done { id: task.id, nbytes, micros }, nbytes)

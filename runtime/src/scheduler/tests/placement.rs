@@ -535,3 +535,42 @@ fn a_block_on_many_workers_is_offered_from_a_few() {
     assert_eq!(holders.len(), 4, "{holders:?}");
     assert!(holders.iter().all(|r| (1..=5).contains(r)), "{holders:?}");
 }
+
+fn memory(rank: u32, paused: bool) -> Event {
+    Event::Memory { rank, memory: 1 << 30, spilled: 1 << 30, paused }
+}
+
+#[test]
+fn a_paused_worker_gets_no_new_task_until_it_resumes() {
+    let mut s = cluster(&[(1, 1)]);
+    let d = s.step(memory(1, true));
+    assert!(d.is_empty(), "{d:?}");
+    let rs = names("r", 3);
+    let (ids, d) = s.submit(rs.iter().map(|n| root(n)).collect(), &strs(&rs));
+    assert!(runs(&d, 1).is_empty(), "paused: nothing sent: {d:?}");
+    assert_eq!(s.core.cluster_state().paused, vec![1]);
+    assert_eq!(s.core.cluster_state().spilled_bytes, 1 << 30);
+    let d = s.step(memory(1, false));
+    assert_eq!(runs(&d, 1), vec![ids[0]], "resumed: filled again");
+    assert!(s.core.cluster_state().paused.is_empty());
+}
+
+#[test]
+fn the_queue_of_a_paused_worker_is_stolen() {
+    let mut s = cluster(&[(1, 1), (2, 1)]);
+    let (bs, d) = backlog(&mut s, 4, None);
+    // Bound to rank 1 (it holds a); rank 2 stole the last one.
+    assert_eq!(runs(&d, 1), vec![bs[0]]);
+    s.step(memory(1, true));
+    // Rank 2 finishes and takes the rest of rank 1's queue one by one,
+    // however short the backlog; rank 1 gets nothing while paused.
+    let mut d = s.done(bs[3], 8);
+    let mut taken = Vec::new();
+    while let [id] = runs(&d, 2)[..] {
+        assert!(runs(&d, 1).is_empty(), "{d:?}");
+        taken.push(id);
+        d = s.done(id, 8);
+    }
+    taken.sort();
+    assert_eq!(taken, sorted(bs[1..3].to_vec()), "the queued tasks moved; the running one stayed");
+}
