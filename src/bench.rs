@@ -348,7 +348,7 @@ where
     let gpu = Gpu::open_with(ordinal, Some(u64::MAX), config.worker.gpu_math)?;
     let device_sync = || gpu.context().synchronize().map_err(|e| anyhow!("GPU {ordinal}: synchronising: {e}"));
 
-    let worker = WorkerSettings { threads: Some(1), gpus: GpuSelect::List(vec![ordinal]), ..config.worker };
+    let worker = WorkerSettings { threads: Some(1), gpus: GpuSelect::List(vec![ordinal]), ..config.worker.clone() };
     let mut config = config;
     config.workers = Some(1);
     config.worker = worker;

@@ -10,9 +10,9 @@ use tessera::linalg::{
 };
 use tessera::{Client, DType};
 
-const EPS: f64 = f64::EPSILON;
+pub const EPS: f64 = f64::EPSILON;
 
-fn fro(a: &Array2<f64>) -> f64 {
+pub fn fro(a: &Array2<f64>) -> f64 {
     a.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
@@ -21,14 +21,14 @@ fn max_abs(a: &Array2<f64>) -> f64 {
 }
 
 /// ‖QᵀQ − I‖_max for the columns of `q`.
-fn orthogonality(q: ArrayView2<'_, f64>) -> f64 {
+pub fn orthogonality(q: ArrayView2<'_, f64>) -> f64 {
     let qtq = q.t().dot(&q);
     let n = qtq.nrows();
     max_abs(&(qtq - Array2::<f64>::eye(n)))
 }
 
 /// Local singular values of `a`, from faer on the driver.
-fn local_singular_values(a: &Array2<f64>) -> Vec<f64> {
+pub fn local_singular_values(a: &Array2<f64>) -> Vec<f64> {
     thin_svd(faer_view(a.view())).expect("local SVD").1
 }
 

@@ -187,12 +187,24 @@ fn bar(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<
     while let Ok(now) = state() {
         let (done, moved, _) = measure(base, &now);
         pb.set_position(done);
-        pb.set_message(format!("{} moved", human_bytes(moved)));
+        pb.set_message(with_memory(format!("{} moved", human_bytes(moved)), &now));
         if stopped_by(stop, Instant::now() + Duration::from_millis(200)) {
             break;
         }
     }
     pb.finish_and_clear();
+}
+
+/// `line`, then the bytes spilled to disk and the workers paused for
+/// memory, when there are any.
+fn with_memory(mut line: String, now: &ClusterState) -> String {
+    if now.spilled_bytes > 0 {
+        line.push_str(&format!(", {} spilled", human_bytes(now.spilled_bytes)));
+    }
+    if !now.paused.is_empty() {
+        line.push_str(&format!(", {} paused", now.paused.len()));
+    }
+    line
 }
 
 fn log(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<bool>, Condvar)) {
@@ -206,9 +218,10 @@ fn log(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<
             moved = %human_bytes(moved),
             elapsed_s = format!("{:.1}", base.started.elapsed().as_secs_f64()),
             eta_s = eta.map(|e| format!("{e:.0}")).unwrap_or_else(|| "?".into()),
-            "progress: {done}/{} tasks ({:.0}%)",
+            "progress: {done}/{} tasks ({:.0}%){}",
             base.total,
-            100.0 * done as f64 / base.total.max(1) as f64
+            100.0 * done as f64 / base.total.max(1) as f64,
+            with_memory(String::new(), &now)
         );
         if stopped_by(stop, Instant::now() + LOG_EVERY) {
             return;
@@ -219,6 +232,14 @@ fn log(state: &dyn Fn() -> Result<ClusterState>, base: &Baseline, stop: &(Mutex<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spilled_bytes_and_paused_workers_show_when_there_are_any() {
+        let quiet = ClusterState::default();
+        assert_eq!(with_memory("1 MiB moved".into(), &quiet), "1 MiB moved");
+        let busy = ClusterState { spilled_bytes: 3 << 30, paused: vec![2, 5], ..Default::default() };
+        assert_eq!(with_memory("x".into(), &busy), "x, 3.0 GiB spilled, 2 paused");
+    }
 
     #[test]
     fn modes_parse_and_round_trip() {

@@ -102,8 +102,14 @@ impl Memory {
 
     /// The store now holds `bytes` in memory: wake the manager if that is
     /// past the target.
+    /// Past the pause threshold the worker pauses at once, without waiting
+    /// for the manager (which resumes it when that does not help).
     pub fn stored(&self, bytes: u64) {
-        if self.config.as_ref().is_some_and(|c| bytes > c.bytes(c.target)) {
+        let Some(c) = &self.config else { return };
+        if bytes > c.bytes(c.target) {
+            if bytes > c.bytes(c.pause) {
+                self.paused.store(true, Ordering::Relaxed);
+            }
             let _ = self.wake.try_send(());
         }
     }
@@ -182,8 +188,8 @@ impl Memory {
                     "memory stays past the pause threshold with nothing left to spill; running on"
                 );
             }
+            self.paused.store(paused, Ordering::Relaxed);
             if paused != last.paused {
-                self.paused.store(paused, Ordering::Relaxed);
                 tracing::debug!(
                     paused,
                     blocks = %human_bytes(usage.memory),
