@@ -153,11 +153,13 @@ fn a_full_disk_fails_the_run_naming_the_directory() {
 }
 
 /// A memory cgroup of `limit` bytes, removed when dropped.
+#[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
 struct Cgroup {
     dir: PathBuf,
     v2: bool,
 }
 
+#[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
 impl Cgroup {
     /// A new cgroup (v1 under /sys/fs/cgroup/memory, else v2), or `None`
     /// with the reason printed.
