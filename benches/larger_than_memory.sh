@@ -45,7 +45,7 @@ make_cgroup() {
   fi
   echo "$dir"
 }
-oom_kills() { grep -h '^oom_kill ' "$1/memory.oom_control" "$1/memory.events" 2>/dev/null | awk '{print $2}' | head -1; }
+oom_kills() { { cat "$1/memory.oom_control" "$1/memory.events" 2>/dev/null || true; } | awk '/^oom_kill /{print $2; exit}'; }
 
 # run NAME CGROUP_DIR|- COMMAND...: times COMMAND (in the cgroup unless -),
 # appends {"run": NAME, "seconds", "exit", "oom_kills", "json": <its last stdout line>}.
@@ -86,8 +86,8 @@ for c in "${cases[@]}"; do
       rmdir "$cg"; cg=$(make_cgroup tsqr $limit)
       run tsqr-none-in-cgroup "$cg" $bin --workers 2 --memory-limit none "${args[@]}"
       rmdir "$cg"; cg=$(make_cgroup tsqr $limit)
-      run tsqr-dask "$cg" "$py" benches/larger_than_memory_dask.py tsqr "$x" /X "$out/tsqr_dask.h5" 262144 2 $((limit / 2))
-      rm -f "$out/tsqr_dask.h5" "$out/tsqr_u.h5"
+      run tsqr-dask "$cg" "$py" benches/larger_than_memory_dask.py tsqr "$x" /X "$out/tsqr_dask" 262144 2 $((limit / 2))
+      rm -rf "$out/tsqr_dask" "$out/tsqr_u.h5"
       rmdir "$cg"
       ;;
     rsvd)
@@ -101,8 +101,8 @@ for c in "${cases[@]}"; do
       rmdir "$cg"; cg=$(make_cgroup rsvd $limit)
       run rsvd-none-in-cgroup "$cg" mpirun -n 3 --oversubscribe --bind-to none $bin --memory-limit none "${args[@]}"
       rmdir "$cg"; cg=$(make_cgroup rsvd $limit)
-      run rsvd-dask "$cg" "$py" benches/larger_than_memory_dask.py rsvd "$x" /X "$out/rsvd_dask.h5" 62500 2 $((limit / 2)) 10 2
-      rm -f "$out/rsvd_dask.h5" "$out/rsvd_u.h5"
+      run rsvd-dask "$cg" "$py" benches/larger_than_memory_dask.py rsvd "$x" /X "$out/rsvd_dask" 62500 2 $((limit / 2)) 10 2
+      rm -rf "$out/rsvd_dask" "$out/rsvd_u.h5"
       rmdir "$cg"
       ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
