@@ -108,11 +108,25 @@ pub struct TransferEvent {
     pub bytes: u64,
 }
 
-/// Bytes in a worker's block store at one moment.
+/// Bytes in a worker's block store at one moment: in memory, and spilled
+/// to its disk.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemorySample {
     pub t_us: u64,
     pub bytes: u64,
+    #[serde(default)]
+    pub spilled: u64,
+}
+
+/// Blocks a worker's memory manager wrote to disk (`read_back` false) or
+/// that tasks read back from it since the previous event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpillEvent {
+    pub t_us: u64,
+    pub blocks: u64,
+    /// Bytes written (0 for reads back).
+    pub bytes: u64,
+    pub read_back: bool,
 }
 
 /// Where one worker thread ran.
@@ -146,6 +160,9 @@ pub struct WorkerEvents {
     pub tasks: Vec<TaskEvent>,
     pub transfers: Vec<TransferEvent>,
     pub memory: Vec<MemorySample>,
+    /// Spills to disk and reads back ([`crate::worker::memory`]).
+    #[serde(default)]
+    pub spills: Vec<SpillEvent>,
     /// Events lost because a buffer was full (the oldest go first).
     pub dropped: u64,
 }
@@ -188,6 +205,7 @@ impl EventLog {
             w.tasks.iter().for_each(|t| see(t.start_us, t.start_us + t.dur_us));
             w.transfers.iter().for_each(|t| see(t.start_us, t.start_us + t.dur_us));
             w.memory.iter().for_each(|m| see(m.t_us, m.t_us));
+            w.spills.iter().for_each(|s| see(s.t_us, s.t_us));
         }
         span
     }
@@ -199,6 +217,7 @@ impl EventLog {
             w.tasks.retain(|t| t.start_us >= t_us);
             w.transfers.retain(|t| t.start_us >= t_us);
             w.memory.retain(|m| m.t_us >= t_us);
+            w.spills.retain(|s| s.t_us >= t_us);
         }
     }
 
@@ -244,6 +263,9 @@ struct Buffers {
     tasks: Ring<TaskEvent>,
     transfers: Ring<TransferEvent>,
     memory: Ring<MemorySample>,
+    spills: Ring<SpillEvent>,
+    /// Bytes spilled now (every memory sample carries it).
+    spilled: u64,
     threads: Vec<ThreadInfo>,
     /// Per thread, a bit per CPU it was seen on.
     seen: Vec<Vec<u64>>,
@@ -270,8 +292,11 @@ impl Buffers {
 
     fn memory(&mut self, t_us: u64, bytes: u64) {
         match self.memory.items.back_mut() {
-            Some(last) if t_us.saturating_sub(last.t_us) < MEMORY_RESOLUTION_US => last.bytes = last.bytes.max(bytes),
-            _ => self.dropped += self.memory.push(MemorySample { t_us, bytes }) as u64,
+            Some(last) if t_us.saturating_sub(last.t_us) < MEMORY_RESOLUTION_US => {
+                last.bytes = last.bytes.max(bytes);
+                last.spilled = self.spilled;
+            }
+            _ => self.dropped += self.memory.push(MemorySample { t_us, bytes, spilled: self.spilled }) as u64,
         }
     }
 }
@@ -293,6 +318,8 @@ impl Recorder {
                 tasks: Ring::new(capacity),
                 transfers: Ring::new(capacity),
                 memory: Ring::new(capacity),
+                spills: Ring::new(capacity),
+                spilled: 0,
                 threads: vec![ThreadInfo::default(); threads],
                 seen: vec![Vec::new(); threads],
                 dropped: 0,
@@ -345,6 +372,24 @@ impl Recorder {
         b.memory(end, store_bytes);
     }
 
+    /// Records what the memory manager did: `written` blocks of
+    /// `written_bytes` went to disk and `read_back` came back since its last
+    /// call, leaving `memory` bytes in memory and `spilled` on disk.
+    pub fn spilled(&self, memory: u64, spilled: u64, written: u64, written_bytes: u64, read_back: u64) {
+        if !self.enabled {
+            return;
+        }
+        let t_us = now_us();
+        let mut b = self.buffers.lock();
+        for (blocks, bytes, read_back) in [(written, written_bytes, false), (read_back, 0, true)] {
+            if blocks > 0 {
+                b.dropped += b.spills.push(SpillEvent { t_us, blocks, bytes, read_back }) as u64;
+            }
+        }
+        b.spilled = spilled;
+        b.memory(t_us, memory);
+    }
+
     /// Records the store's size (after blocks were released).
     pub fn memory(&self, store_bytes: u64) {
         if !self.enabled {
@@ -374,6 +419,7 @@ impl Recorder {
             tasks: b.tasks.snapshot(clear),
             transfers: b.transfers.snapshot(clear),
             memory: b.memory.snapshot(clear),
+            spills: b.spills.snapshot(clear),
             dropped: b.dropped,
         };
         if clear {
@@ -410,7 +456,7 @@ mod tests {
         assert_eq!(e.tasks.iter().map(|t| t.key.index()[0]).collect::<Vec<_>>(), vec![2, 3, 4]);
         assert_eq!(e.dropped, 2);
         // The memory samples, all within 100 us, merged into one holding their peak.
-        assert_eq!(e.memory, vec![MemorySample { t_us: 105, bytes: 32 }]);
+        assert_eq!(e.memory, vec![MemorySample { t_us: 105, bytes: 32, spilled: 0 }]);
         assert_eq!(e.threads[0].seen, vec![0, 70]);
         let cleared = r.snapshot(1, "h", true);
         assert_eq!(cleared.tasks.len(), 3);

@@ -141,7 +141,21 @@ pub fn report_data(log: &EventLog, info: &RunInfo) -> Value {
         .iter()
         .map(|w| {
             let points = downsample(&w.memory.iter().map(|m| (rel(m.t_us), m.bytes)).collect::<Vec<_>>());
-            json!({"rank": w.rank, "points": points.iter().map(|&(t, b)| json!([t, b])).collect::<Vec<_>>()})
+            let spilled = if w.memory.iter().any(|m| m.spilled > 0) {
+                downsample(&w.memory.iter().map(|m| (rel(m.t_us), m.spilled)).collect::<Vec<_>>())
+            } else {
+                Vec::new()
+            };
+            let (out, back) = w.spills.iter().fold(((0, 0), 0), |((n, b), r), s| {
+                if s.read_back {
+                    ((n, b), r + s.blocks)
+                } else {
+                    ((n + s.blocks, b + s.bytes), r)
+                }
+            });
+            json!({"rank": w.rank, "points": points.iter().map(|&(t, b)| json!([t, b])).collect::<Vec<_>>(),
+                   "spilled": spilled.iter().map(|&(t, b)| json!([t, b])).collect::<Vec<_>>(),
+                   "spills": {"blocks": out.0, "bytes": out.1, "read_back": back}})
         })
         .collect();
 
@@ -299,7 +313,7 @@ pub fn chrome_trace(log: &EventLog, info: &RunInfo) -> Value {
         }
         for m in &w.memory {
             events.push(json!({"ph": "C", "name": "memory", "pid": pid, "ts": rel(m.t_us),
-                               "args": {"bytes": m.bytes}}));
+                               "args": {"bytes": m.bytes, "spilled": m.spilled}}));
         }
     }
     json!({
@@ -345,7 +359,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::graph::Key;
-    use crate::observe::events::{MemorySample, TaskEvent, TaskKey, TransferEvent};
+    use crate::observe::events::{MemorySample, SpillEvent, TaskEvent, TaskKey, TransferEvent};
 
     fn log(tasks: usize) -> EventLog {
         let mut w = WorkerEvents {
@@ -371,7 +385,8 @@ mod tests {
             });
         }
         w.transfers.push(TransferEvent { from: 2, start_us: 1_000_000, dur_us: 50, bytes: 1 << 20 });
-        w.memory.push(MemorySample { t_us: 1_000_100, bytes: 1 << 20 });
+        w.memory.push(MemorySample { t_us: 1_000_100, bytes: 1 << 20, spilled: 3 << 20 });
+        w.spills.push(SpillEvent { t_us: 1_000_100, blocks: 3, bytes: 3 << 20, read_back: false });
         EventLog { kernels: vec!["a".into(), "b".into(), "c".into()], workers: vec![w], transport: "local".into() }
     }
 
@@ -420,6 +435,15 @@ mod tests {
         let thread = events.iter().find(|e| e["name"] == "thread_name" && e["tid"] == 1).unwrap();
         assert_eq!(thread["args"]["affinity"], json!([1]));
         assert!(events.iter().any(|e| e["cat"] == "transfer" && e["args"]["bytes"] == 1 << 20));
+        assert!(events.iter().any(|e| e["name"] == "memory" && e["args"]["spilled"] == 3 << 20));
+    }
+
+    #[test]
+    fn the_memory_panel_has_spilled_bytes_and_spill_counts() {
+        let data = report_data(&log(10), &info());
+        let m = &data["memory"][0];
+        assert_eq!(m["spilled"][0][1], 3 << 20);
+        assert_eq!(m["spills"], json!({"blocks": 3, "bytes": 3 << 20, "read_back": 0}));
     }
 
     #[test]

@@ -148,13 +148,15 @@ impl Memory {
 
     /// The manager thread's loop: spill, pause and resume, reporting to
     /// `report` when the pause changes (at once) or the usage does (at
-    /// most once a second).
-    pub fn manage(&self, store: &BlockStore, report: impl Fn(Report)) {
+    /// most once a second), and to `spilled` what each round wrote to disk
+    /// and tasks read back (blocks written, their bytes, blocks read).
+    pub fn manage(&self, store: &BlockStore, report: impl Fn(Report), spilled: impl Fn(Usage, u64, u64, u64)) {
         let Some(c) = self.config.clone() else { return };
         let (target, spill, pause) = (c.bytes(c.target), c.bytes(c.spill), c.bytes(c.pause));
         let mut last = Report { usage: store.usage(), paused: false };
         let mut sent = Instant::now();
         let mut warned = false;
+        let (mut last_spills, mut last_unspills) = (last.usage.spills, last.usage.unspills);
         while !self.stop.load(Ordering::Relaxed) {
             let _ = self.woken.recv_timeout(Duration::from_millis(50));
             let resident = crate::host::memory::resident_bytes().unwrap_or(0) / c.share.max(1) as u64;
@@ -173,6 +175,11 @@ impl Memory {
                 }
             }
             let usage = store.usage();
+            let read_back = usage.unspills - last_unspills;
+            if done.blocks > 0 || read_back > 0 {
+                spilled(usage, usage.spills - last_spills, done.bytes, read_back);
+                (last_spills, last_unspills) = (usage.spills, usage.unspills);
+            }
             let resident = crate::host::memory::resident_bytes().unwrap_or(0) / c.share.max(1) as u64;
             let above = usage.memory > pause || resident > pause;
             // Waiting helps only while tasks run (their inputs come free)
@@ -216,11 +223,13 @@ pub(crate) fn spawn_manager(
     store: BlockStore,
     rank: u32,
     report: impl Fn(Report) + Send + 'static,
+    spilled: impl Fn(Usage, u64, u64, u64) + Send + 'static,
 ) -> Option<std::thread::JoinHandle<()>> {
     memory.config.as_ref()?;
     let m = Arc::clone(memory);
-    let spawned =
-        std::thread::Builder::new().name(format!("tessera-r{rank}-memory")).spawn(move || m.manage(&store, report));
+    let spawned = std::thread::Builder::new()
+        .name(format!("tessera-r{rank}-memory"))
+        .spawn(move || m.manage(&store, report, spilled));
     match spawned {
         Ok(h) => Some(h),
         Err(e) => {
@@ -247,9 +256,19 @@ mod tests {
         let store = BlockStore::spilling(SpillDir::create(&std::env::temp_dir(), 9).unwrap());
         let memory = Arc::new(Memory::new(Some(config(100_000))));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let h = spawn_manager(&memory, store.clone(), 9, move |r| {
-            let _ = tx.send(r);
-        })
+        let written = Arc::new(AtomicUsize::new(0));
+        let w = Arc::clone(&written);
+        let h = spawn_manager(
+            &memory,
+            store.clone(),
+            9,
+            move |r| {
+                let _ = tx.send(r);
+            },
+            move |_, blocks, _, _| {
+                w.fetch_add(blocks as usize, Ordering::Relaxed);
+            },
+        )
         .unwrap();
         for i in 0..10 {
             let b = Block::new(vec![1000], Buffer::F64(vec![i as f64; 1000]));
@@ -265,6 +284,7 @@ mod tests {
         assert!(!r.paused);
         memory.stop();
         h.join().unwrap();
+        assert_eq!(written.load(Ordering::Relaxed) as u64 * 8000, store.usage().spilled, "each spill was recorded");
         // Every block still reads back whole.
         for i in 0..10 {
             assert_eq!(store.get(TaskId(i)).unwrap().as_f64().unwrap()[999], i as f64);

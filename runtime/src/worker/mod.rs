@@ -167,10 +167,17 @@ pub fn run_worker(
     }
     let manager = {
         let t = Arc::clone(&worker.transport);
-        memory::spawn_manager(&worker.memory, worker.store.clone(), rank, move |r| {
-            let msg = Msg::Memory { rank, memory: r.usage.memory, spilled: r.usage.spilled, paused: r.paused };
-            t.send(Endpoint::SCHEDULER, msg);
-        })
+        let w = Arc::clone(&worker);
+        memory::spawn_manager(
+            &worker.memory,
+            worker.store.clone(),
+            rank,
+            move |r| {
+                let msg = Msg::Memory { rank, memory: r.usage.memory, spilled: r.usage.spilled, paused: r.paused };
+                t.send(Endpoint::SCHEDULER, msg);
+            },
+            move |u, written, bytes, read_back| w.recorder.spilled(u.memory, u.spilled, written, bytes, read_back),
+        )
     };
     let handles: Vec<_> = (0..threads)
         .map(|i| {
