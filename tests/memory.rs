@@ -100,6 +100,38 @@ fn spill_folders_are_removed_when_the_run_ends() {
     assert!(dir.files().is_empty(), "left behind: {:?}", dir.files());
 }
 
+#[test]
+fn sigterm_removes_the_spill_folders() {
+    let dir = TempDir::new("spill-term");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["--workers", "2", "-q", "--memory-limit", "64MiB", "--local-directory"])
+        .arg(&dir.0)
+        .args(["svd", "--random", "8000000x32", "--chunk-rows", "16384", "--persist-input"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tessera");
+    // Wait until a worker has spilled something.
+    let spilled = |d: &Path| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| std::fs::read_dir(f.path()).is_ok_and(|mut e| e.next().is_some()))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !spilled(&dir.0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(spilled(&dir.0), "nothing was spilled within a minute");
+    // SAFETY: kill sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(dir.files().is_empty(), "left behind after SIGTERM: {:?}", dir.files());
+}
+
 /// A small tmpfs mounted on a fresh directory, unmounted when dropped.
 struct Tmpfs(TempDir);
 

@@ -20,6 +20,8 @@ use crate::graph::TaskId;
 
 /// Spill folders alive in this process (removed by the signal handler).
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Set by the signal handler: no new spill file is made.
+static ENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A worker's spill folder; removed with everything in it when dropped.
 #[derive(Debug)]
@@ -59,6 +61,9 @@ impl SpillDir {
     /// Writes `block`'s bytes to its file. The error names the file and size.
     pub fn write(&self, id: TaskId, block: &Block) -> Result<(), String> {
         let file = self.file(id);
+        if ENDING.load(Ordering::SeqCst) {
+            return Err(format!("not spilling block {id}: the process is ending"));
+        }
         let written = std::fs::File::create(&file).and_then(|mut f| f.write_all(block.as_bytes()));
         written.map_err(|e| {
             let _ = std::fs::remove_file(&file);
@@ -117,8 +122,18 @@ fn install_signal_cleanup() {
                 if crate::host::sys::drains_on_signal() {
                     return;
                 }
+                ENDING.store(true, Ordering::SeqCst);
+                // A write under way may add a file while the folder goes:
+                // try again until it is gone.
                 for dir in LIVE.lock().drain(..) {
-                    let _ = std::fs::remove_dir_all(dir);
+                    for _ in 0..50 {
+                        match std::fs::remove_dir_all(&dir) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                std::thread::sleep(std::time::Duration::from_millis(10))
+                            }
+                            _ => break,
+                        }
+                    }
                 }
                 std::process::exit(128 + sig);
             }
