@@ -33,7 +33,7 @@
 //! with a timeout, so a silent peer holds up nothing.
 //!
 //! **Frames.** `u32` little-endian length, then a frame of
-//! [`crate::protocol`] (version byte, bincode), at most
+//! [`crate::protocol`] (version byte, then [`crate::codec`]), at most
 //! [`crate::protocol::MAX_FRAME`] bytes; length 0 is a keep-alive. Every
 //! block a frame announces follows it as raw bytes, written straight from
 //! the block's memory and read straight into the new block's buffer (blocks
@@ -53,7 +53,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::Options;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -148,18 +147,15 @@ pub(crate) enum Welcome {
     },
 }
 
-fn handshake_codec() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(u64::from(MAX_HANDSHAKE_FRAME))
-}
-
-fn write_small_frame<T: Serialize>(s: &mut TcpStream, value: &T) -> io::Result<()> {
-    let bytes = handshake_codec().serialize(value).map_err(io::Error::other)?;
-    let mut out = (bytes.len() as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(&bytes);
+fn write_small_frame<T: Serialize>(s: &mut impl Write, value: &T) -> io::Result<()> {
+    let mut out = vec![0u8; 4];
+    crate::codec::encode_into(value, &mut out, u64::from(MAX_HANDSHAKE_FRAME)).map_err(io::Error::other)?;
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
     s.write_all(&out)
 }
 
-fn read_small_frame<T: serde::de::DeserializeOwned>(s: &mut TcpStream) -> io::Result<T> {
+fn read_small_frame<T: serde::de::DeserializeOwned>(s: &mut impl Read) -> io::Result<T> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len);
@@ -168,7 +164,7 @@ fn read_small_frame<T: serde::de::DeserializeOwned>(s: &mut TcpStream) -> io::Re
     }
     let mut buf = vec![0u8; len as usize];
     s.read_exact(&mut buf)?;
-    handshake_codec().deserialize(&buf).map_err(io::Error::other)
+    crate::codec::decode(&buf, u64::from(MAX_HANDSHAKE_FRAME)).map_err(io::Error::other)
 }
 
 fn describe(e: &io::Error, dead_after: Duration) -> String {
