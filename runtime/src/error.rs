@@ -96,6 +96,15 @@ pub enum Error {
         source: crate::codec::CodecError,
     },
 
+    /// A message could not be sent: `what` it carried encodes over the
+    /// frame limit (256 MiB), or not at all. The connection stays up.
+    #[error("{what} cannot be sent: {source}")]
+    Unsendable {
+        what: String,
+        #[source]
+        source: crate::codec::CodecError,
+    },
+
     /// A secret file is missing, unreadable, malformed or too widely readable.
     #[error("secret file {}: {reason}", path.display())]
     SecretFile { path: PathBuf, reason: String },

@@ -232,6 +232,11 @@ pub enum Msg {
     /// (workers that joined), their UCX addresses (workers started with
     /// `--transport ucx`) and which have left. Handled by the transport.
     Peers { add: Vec<(u32, String)>, remove: Vec<u32>, ucx: Vec<(u32, Vec<u8>)> },
+    /// Any process -> the peer of a connection, handled by the transport:
+    /// what the peer sent was refused (a frame over [`MAX_FRAME`], a
+    /// malformed frame, a message it may not send) and the connection
+    /// closes after this message. Logged on both ends.
+    Refused { reason: String },
     /// Client -> scheduler, in-process only (never on the wire).
     #[serde(skip)]
     Client(ClientRequest),

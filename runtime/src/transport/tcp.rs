@@ -29,8 +29,18 @@
 //! authenticated, not encrypted: block data crosses the network in clear,
 //! as it does over MPI. A connection that presents no secret, a wrong one,
 //! or anything but the greeting is refused and logged with the peer's
-//! address; nothing it sent is handled. Handshakes run on their own threads
-//! with a timeout, so a silent peer holds up nothing.
+//! address; nothing it sent is handled. Handshakes run on threads of their
+//! own, at most [`MAX_HANDSHAKES`] at once (more connections are closed at
+//! once and logged), each with one deadline for the whole handshake
+//! (`handshake_timeout`), so neither a silent peer nor one that trickles
+//! its greeting a byte at a time holds a thread for longer.
+//!
+//! **Identity.** A peer's rank is the one the handshake established (the
+//! scheduler hands out ranks; a worker accepts direct connections only from
+//! ranks other than 0 and its own), never one a message names. Every
+//! message is checked against what the connection is before it is handled
+//! ([`super::policy`]): orders come from the scheduler only, a worker's
+//! reports must carry its own rank, requests come from clients only.
 //!
 //! **Frames.** `u32` little-endian length, then a frame of
 //! [`crate::protocol`] (version byte, then [`crate::codec`]), at most
@@ -45,25 +55,42 @@
 //! sends a keep-alive after a second of silence). `send` only queues.
 //! A peer silent for `dead_after` (keep-alives included) is declared lost:
 //! its connection is closed, fetches it owes are answered `Missing`, and the
-//! scheduler is told ([`Msg::PeerLost`]).
+//! scheduler is told ([`Msg::PeerLost`]). Both threads run their clean-up
+//! whatever happens, panics included: a reader that panics declares its
+//! peer lost like one whose stream broke. A thread that cannot be started
+//! closes its connection the same way (logged), never a panic.
+//!
+//! **Refusals.** A peer that sends a frame over the limit, a malformed one,
+//! a block header whose size is unusable, or a message it may not send is
+//! logged with its address, told why ([`Msg::Refused`], which its side logs
+//! and reports as the reason the connection ended) and its connection
+//! closed. A message this side cannot fit in a frame is not sent: a batch
+//! that would exceed the limit goes one message per frame, and a single
+//! message too large is answered locally (a client's request gets
+//! [`Error::Unsendable`], a task sent to a worker fails naming it) while
+//! the connection stays up.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
+use super::policy::{self, PeerKind};
 use super::{DataPlane, Delivery, Mailboxes, Transport};
 use crate::block::Block;
+use crate::codec::CodecError;
 use crate::error::{Error, Result};
 use crate::graph::TaskId;
 use crate::protocol::{
-    decode_frame, encode_frame, offload_blocks, Endpoint, Msg, Payload, Role, MAX_FRAME, PROTOCOL_VERSION,
+    decode_frame, encode_frame, offload_blocks, Endpoint, Msg, Payload, Role, WireReply, WireRequest, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::transport::secret::{random_bytes, Secret, TAG_LEN};
 
@@ -84,6 +111,11 @@ const READ_PIECE: usize = 4 << 20;
 /// Messages packed into one frame at most.
 const BATCH: usize = 1024;
 
+/// Incoming connections in their handshake at once, at most; more are
+/// closed at once (a handshake takes a round trip or two, so only a flood
+/// of connections that never finish theirs reaches this).
+pub(crate) const MAX_HANDSHAKES: usize = 64;
+
 /// Why a connection's reader stopped.
 enum Ended {
     /// The stream closed, failed or went silent.
@@ -100,7 +132,7 @@ pub struct TcpOptions {
     pub secret: Option<Secret>,
     /// Opening a connection.
     pub connect_timeout: Duration,
-    /// Each step of the handshake.
+    /// The whole handshake, from the connection's start to the welcome.
     pub handshake_timeout: Duration,
     /// A writer with nothing to send sends a keep-alive this often.
     pub keepalive: Duration,
@@ -177,6 +209,40 @@ fn describe(e: &io::Error, dead_after: Duration) -> String {
     }
 }
 
+/// A stream whose reads and writes all end by one deadline: a peer that
+/// trickles its handshake a byte at a time still runs out of time.
+struct Timed<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Timed<'_> {
+    fn left(&self) -> io::Result<Duration> {
+        match self.deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(io::Error::from(io::ErrorKind::TimedOut)),
+        }
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Opens an authenticated connection to `addr` and introduces this process
 /// with what `intro` makes of the local end of the connection (a worker
 /// listens on the interface it reached the scheduler through).
@@ -199,12 +265,11 @@ pub(crate) fn connect(
             Err(e) => last = e.to_string(),
         }
     }
-    let mut s =
+    let stream =
         stream.ok_or_else(|| fail(format!("{last} (is a scheduler listening there, and reachable from here?)")))?;
     let io = |e: io::Error| fail(format!("handshake failed: {}", describe(&e, opts.handshake_timeout)));
-    s.set_nodelay(true).map_err(io)?;
-    s.set_read_timeout(Some(opts.handshake_timeout)).map_err(io)?;
-    s.set_write_timeout(Some(opts.handshake_timeout)).map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    let mut s = Timed { stream: &stream, deadline: Instant::now() + opts.handshake_timeout };
 
     let nc = random_bytes::<TAG_LEN>()?;
     let mut hello = MAGIC.to_vec();
@@ -231,7 +296,11 @@ pub(crate) fn connect(
     }
     let mut na = [0u8; TAG_LEN];
     s.read_exact(&mut na).map_err(io)?;
-    let secret = opts.secret.as_ref().expect("status OK is only sent to a peer with a secret");
+    let Some(secret) = opts.secret.as_ref() else {
+        return Err(fail(
+            "the peer admits connections without a secret: it is not a Tessera scheduler or worker".into(),
+        ));
+    };
     s.write_all(&secret.mac(&[b"tessera connect", &nc, &na])).map_err(io)?;
     let mut verdict = [0u8; 1];
     s.read_exact(&mut verdict).map_err(io)?;
@@ -245,26 +314,24 @@ pub(crate) fn connect(
             "the peer does not hold our secret: it is not our scheduler or worker; nothing more was sent to it".into(),
         ));
     }
-    let intro = intro(s.local_addr().map_err(io)?)?;
+    let intro = intro(stream.local_addr().map_err(io)?)?;
     write_small_frame(&mut s, &intro).map_err(io)?;
     let welcome: Welcome = read_small_frame(&mut s).map_err(io)?;
     if let Welcome::Refused { reason } = &welcome {
         return Err(fail(format!("refused: {reason}")));
     }
-    Ok((s, welcome))
+    Ok((stream, welcome))
 }
 
-/// The accepting side of the handshake; `None` (logged) if refused.
-fn accept_handshake(s: &mut TcpStream, peer: SocketAddr, opts: &TcpOptions) -> Option<Intro> {
+/// The accepting side of the handshake, all of it by `deadline`; `None`
+/// (logged) if refused.
+fn accept_handshake(stream: &TcpStream, peer: SocketAddr, opts: &TcpOptions, deadline: Instant) -> Option<Intro> {
     let refuse = |why: &str| tracing::warn!(peer = %peer, "refused a connection: {why}");
-    let setup = s
-        .set_nodelay(true)
-        .and_then(|_| s.set_read_timeout(Some(opts.handshake_timeout)))
-        .and_then(|_| s.set_write_timeout(Some(opts.handshake_timeout)));
-    if let Err(e) = setup {
+    if let Err(e) = stream.set_nodelay(true) {
         refuse(&e.to_string());
         return None;
     }
+    let s = &mut Timed { stream, deadline };
     let mut hello = [0u8; 7 + 2 + TAG_LEN];
     if let Err(e) = s.read_exact(&mut hello) {
         refuse(&format!("no greeting ({})", describe(&e, opts.handshake_timeout)));
@@ -288,7 +355,10 @@ fn accept_handshake(s: &mut TcpStream, peer: SocketAddr, opts: &TcpOptions) -> O
         refuse("no secret presented");
         return None;
     }
-    let secret = opts.secret.as_ref().expect("a listening transport has a secret");
+    let Some(secret) = opts.secret.as_ref() else {
+        refuse("this process has no secret to check it against");
+        return None;
+    };
     let nc = &hello[9..];
     let Ok(na) = random_bytes::<TAG_LEN>() else {
         refuse("no random numbers for a nonce");
@@ -329,11 +399,16 @@ enum Out {
 /// One connection to a peer, as senders see it.
 struct Conn {
     id: u64,
+    /// The rank the handshake established.
     peer: u32,
+    /// What the peer is: what it may send depends on it ([`policy`]).
+    kind: PeerKind,
     addr: String,
     tx: Sender<Out>,
     /// Set once the writer has stopped; senders then bounce their messages.
     closed: Mutex<bool>,
+    /// Why the peer refused what this process sent ([`Msg::Refused`]).
+    refused: Mutex<Option<String>>,
 }
 
 struct Shared {
@@ -365,6 +440,8 @@ struct Shared {
     /// broadcast and the new route change together, so every member learns
     /// of every other.
     joining: Mutex<()>,
+    /// Incoming connections in their handshake now (at most [`MAX_HANDSHAKES`]).
+    handshakes: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -383,7 +460,7 @@ impl TcpTransport {
         opts: TcpOptions,
         listener: Option<TcpListener>,
         plane: Option<Arc<dyn DataPlane>>,
-    ) -> Arc<TcpTransport> {
+    ) -> Result<Arc<TcpTransport>> {
         let shared = Arc::new(Shared {
             rank,
             scheduler,
@@ -401,6 +478,7 @@ impl TcpTransport {
             listen: listener.as_ref().and_then(|l| l.local_addr().ok()),
             stopping: AtomicBool::new(false),
             joining: Mutex::new(()),
+            handshakes: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
         if let Some(listener) = listener {
@@ -408,9 +486,9 @@ impl TcpTransport {
             std::thread::Builder::new()
                 .name(format!("tessera-tcp-accept-{rank}"))
                 .spawn(move || s.accept_loop(listener))
-                .expect("spawn the accept thread");
+                .map_err(|e| Error::Config(format!("no thread to accept connections: {e}")))?;
         }
-        Arc::new(TcpTransport { shared })
+        Ok(Arc::new(TcpTransport { shared }))
     }
 
     /// Where this process listens, if it does.
@@ -418,9 +496,10 @@ impl TcpTransport {
         self.shared.listen
     }
 
-    /// Starts reading and writing on an authenticated `stream` to `peer`.
-    pub(crate) fn adopt(&self, peer: u32, addr: String, stream: TcpStream) {
-        self.shared.start(peer, addr, Some(stream), true);
+    /// Starts reading and writing on an authenticated `stream` to the
+    /// scheduler (rank 0), which this process connected to.
+    pub(crate) fn adopt(&self, addr: String, stream: TcpStream) {
+        self.shared.start(0, PeerKind::Scheduler, addr, Some(stream), true);
     }
 
     /// Records where workers listen, and their UCX addresses.
@@ -550,7 +629,7 @@ impl Shared {
         if let Some(c) = routes.get(&rank) {
             return Some(Arc::clone(c));
         }
-        let conn = self.start(rank, addr, None, false);
+        let conn = self.start(rank, PeerKind::Member, addr, None, false);
         routes.insert(rank, Arc::clone(&conn));
         Some(conn)
     }
@@ -593,24 +672,55 @@ impl Shared {
     }
 
     /// Registers a connection and starts its writer (which dials first when
-    /// `stream` is `None`) and reader threads.
-    fn start(self: &Arc<Self>, peer: u32, addr: String, stream: Option<TcpStream>, route: bool) -> Arc<Conn> {
+    /// `stream` is `None`) and reader threads. A thread that cannot be
+    /// started closes the connection, as if the peer had gone.
+    fn start(
+        self: &Arc<Self>,
+        peer: u32,
+        kind: PeerKind,
+        addr: String,
+        stream: Option<TcpStream>,
+        route: bool,
+    ) -> Arc<Conn> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn { id, peer, addr, tx, closed: Mutex::new(false) });
+        let conn = Arc::new(Conn { id, peer, kind, addr, tx, closed: Mutex::new(false), refused: Mutex::new(None) });
         self.all.lock().insert(id, Arc::clone(&conn));
         if route {
             self.routes.lock().entry(peer).or_insert_with(|| Arc::clone(&conn));
         }
         let s = Arc::clone(self);
         let c = Arc::clone(&conn);
-        std::thread::Builder::new()
+        let shut = stream.as_ref().and_then(|s| s.try_clone().ok());
+        let spawned = std::thread::Builder::new()
             .name(format!("tessera-tcp-w{}-{peer}", self.rank))
-            .spawn(move || s.writer(c, stream, rx))
-            .expect("spawn a TCP writer thread");
+            .spawn(move || s.writer(c, stream, rx));
+        if let Err(e) = spawned {
+            let reason = format!("no thread for the connection's writer: {e}");
+            tracing::error!(rank = self.rank, peer, addr = %conn.addr, %reason, "closing a connection");
+            if let Some(s) = shut {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            self.unroute(&conn);
+            self.peer_closed(peer, &conn.addr, reason);
+        }
         conn
     }
 
+    /// Takes `conn` out of the routes and the open connections; senders
+    /// bounce what they send to it from now on.
+    fn unroute(&self, conn: &Conn) {
+        *conn.closed.lock() = true;
+        self.all.lock().remove(&conn.id);
+        let mut routes = self.routes.lock();
+        if routes.get(&conn.peer).is_some_and(|c| c.id == conn.id) {
+            routes.remove(&conn.peer);
+        }
+    }
+
+    /// The writer thread: dials if needed, starts the reader, then writes
+    /// what is queued until the connection closes. Its clean-up runs
+    /// whatever happens, a panic included.
     fn writer(self: Arc<Self>, conn: Arc<Conn>, stream: Option<TcpStream>, rx: Receiver<Out>) {
         let stream = match stream {
             Some(s) => s,
@@ -628,29 +738,55 @@ impl Shared {
             .and_then(|_| stream.try_clone());
         let read_half = match setup {
             Ok(r) => r,
-            Err(e) => return self.retire_conn(&conn, &rx, e.to_string()),
+            Err(e) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                self.retire_conn(&conn, &rx, e.to_string());
+                return self.peer_closed(conn.peer, &conn.addr, e.to_string());
+            }
         };
-        {
+        let spawned = {
             let s = Arc::clone(&self);
             let c = Arc::clone(&conn);
             std::thread::Builder::new()
                 .name(format!("tessera-tcp-r{}-{}", self.rank, conn.peer))
                 .spawn(move || s.reader(c, read_half))
-                .expect("spawn a TCP reader thread");
+        };
+        if let Err(e) = spawned {
+            let reason = format!("no thread for the connection's reader: {e}");
+            tracing::error!(rank = self.rank, peer = conn.peer, addr = %conn.addr, %reason, "closing a connection");
+            let _ = stream.shutdown(Shutdown::Both);
+            self.retire_conn(&conn, &rx, reason.clone());
+            return self.peer_closed(conn.peer, &conn.addr, reason);
         }
         let mut out = BufWriter::with_capacity(256 << 10, stream);
+        let reason = match catch_unwind(AssertUnwindSafe(|| self.write_loop(&conn, &mut out, &rx))) {
+            Ok(reason) => reason,
+            Err(panic) => {
+                let reason = format!("the connection's writer panicked: {}", crate::panic::message(&*panic));
+                tracing::error!(rank = self.rank, peer = conn.peer, addr = %conn.addr, %reason, "closing a connection");
+                reason
+            }
+        };
+        // The reader sees the shut socket and declares the peer lost.
+        let _ = out.get_ref().shutdown(Shutdown::Both);
+        self.retire_conn(&conn, &rx, reason);
+    }
+
+    /// Packs what is queued into frames until the connection closes or
+    /// fails; returns why it stopped.
+    fn write_loop(self: &Arc<Self>, conn: &Conn, out: &mut BufWriter<TcpStream>, rx: &Receiver<Out>) -> String {
         let mut batch: Vec<(Role, Msg)> = Vec::new();
         let mut flushes: Vec<Sender<()>> = Vec::new();
-        let reason = loop {
+        loop {
             let first = match rx.recv_timeout(self.opts.keepalive) {
                 Ok(item) => item,
                 Err(RecvTimeoutError::Timeout) => {
                     if let Err(e) = out.write_all(&0u32.to_le_bytes()).and_then(|_| out.flush()) {
-                        break describe(&e, self.opts.dead_after);
+                        return describe(&e, self.opts.dead_after);
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break "closed by this process".into(),
+                Err(RecvTimeoutError::Disconnected) => return "closed by this process".into(),
             };
             let mut closing = false;
             let mut next = Some(first);
@@ -666,33 +802,62 @@ impl Shared {
             }
             // Blocks go over UCX when both ends have it.
             let plane = self.plane.as_deref().filter(|_| self.ucx_book.lock().contains_key(&conn.peer));
-            if let Err(e) = write_batch(&mut out, &mut batch, plane.map(|p| (p, conn.peer))).and_then(|_| out.flush()) {
-                break describe(&e, self.opts.dead_after);
+            let written = write_batch(out, &mut batch, plane.map(|p| (p, conn.peer))).and_then(|unsent| {
+                out.flush()?;
+                Ok(unsent)
+            });
+            match written {
+                Ok(unsent) => {
+                    for (role, msg, error) in unsent {
+                        self.unsendable(Endpoint { rank: conn.peer, role }, msg, error);
+                    }
+                }
+                Err(e) => return describe(&e, self.opts.dead_after),
             }
             batch.clear();
             for ack in flushes.drain(..) {
                 let _ = ack.send(());
             }
             if closing {
-                break "closed by this process".into();
+                return "closed by this process".into();
             }
-        };
-        if let Ok(s) = out.into_inner().map_err(|e| e.into_error()) {
-            let _ = s.shutdown(Shutdown::Both);
         }
-        self.retire_conn(&conn, &rx, reason);
+    }
+
+    /// A message that cannot be encoded within the frame limit: its local
+    /// sender is answered with the error where it waits for an answer (a
+    /// client's request, a task sent to a worker), and it is logged.
+    fn unsendable(self: &Arc<Self>, to: Endpoint, msg: Msg, error: CodecError) {
+        tracing::error!(rank = self.rank, %to, %error, "a message too large to send was not sent");
+        match msg {
+            Msg::Request { id, from, req } => {
+                let what = match &req {
+                    WireRequest::Submit { tasks, .. } => format!("a graph of {} tasks", tasks.len()),
+                    WireRequest::Wait { ids } => format!("a wait for {} results", ids.len()),
+                    WireRequest::Retire { ranks } => format!("retiring {} workers", ranks.len()),
+                    _ => return,
+                };
+                let e = || Error::Unsendable { what: what.clone(), source: error.clone() };
+                let reply = match req {
+                    WireRequest::Submit { .. } => WireReply::Submit(Err(e())),
+                    WireRequest::Wait { .. } => WireReply::Wait(Err(e())),
+                    _ => WireReply::Retire(Err(e())),
+                };
+                let _ = self.mailboxes.deliver(from, Msg::Reply { id, reply });
+            }
+            Msg::Run(tasks) if self.scheduler => {
+                for t in tasks {
+                    let error = format!("the task's message to worker rank {} cannot be sent: {error}", to.rank);
+                    self.send(Endpoint::SCHEDULER, Msg::Failed { id: t.id, error });
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The writer of `conn` has stopped: unroute it and bounce what is queued.
     fn retire_conn(self: &Arc<Self>, conn: &Arc<Conn>, rx: &Receiver<Out>, reason: String) {
-        *conn.closed.lock() = true;
-        self.all.lock().remove(&conn.id);
-        {
-            let mut routes = self.routes.lock();
-            if routes.get(&conn.peer).is_some_and(|c| c.id == conn.id) {
-                routes.remove(&conn.peer);
-            }
-        }
+        self.unroute(conn);
         tracing::debug!(rank = self.rank, peer = conn.peer, %reason, "connection closed");
         while let Ok(item) = rx.try_recv() {
             if let Out::Msg(role, msg) = item {
@@ -701,30 +866,45 @@ impl Shared {
         }
     }
 
+    /// The reader thread: reads and delivers until the connection ends,
+    /// then declares the peer lost. Its clean-up runs whatever happens, a
+    /// panic included. A peer that sent something refused is told why
+    /// ([`Msg::Refused`]) before its connection closes.
     fn reader(self: Arc<Self>, conn: Arc<Conn>, stream: TcpStream) {
         let peer = conn.peer;
         let mut input = BufReader::with_capacity(256 << 10, stream);
         let mut frame = Vec::new();
-        let reason = loop {
-            match self.read_frame(&mut input, &mut frame, peer) {
-                Ok(()) => {}
-                Err(Ended::Stream(reason)) => break reason,
-                Err(Ended::Refused(reason)) => {
-                    tracing::warn!(rank = self.rank, peer, addr = %conn.addr, %reason, "refused what a peer sent; closing its connection");
-                    break reason;
+        let read = catch_unwind(AssertUnwindSafe(|| loop {
+            if let Err(e) = self.read_frame(&mut input, &mut frame, &conn) {
+                return e;
+            }
+        }));
+        let reason = match read {
+            Ok(Ended::Stream(reason)) => {
+                let _ = input.get_ref().shutdown(Shutdown::Both);
+                // The peer may have said why it closed the connection.
+                match conn.refused.lock().take() {
+                    Some(why) => format!("the peer refused what this process sent ({why})"),
+                    None => reason,
                 }
             }
-        };
-        let _ = input.get_ref().shutdown(Shutdown::Both);
-        // The writer notices the shut socket on its next write or keep-alive.
-        *conn.closed.lock() = true;
-        {
-            let mut routes = self.routes.lock();
-            if routes.get(&peer).is_some_and(|c| c.id == conn.id) {
-                routes.remove(&peer);
+            Ok(Ended::Refused(reason)) => {
+                tracing::warn!(rank = self.rank, peer, addr = %conn.addr, %reason, "refused what a peer sent; closing its connection");
+                // The writer says why, then closes the connection.
+                let _ = input.get_ref().shutdown(Shutdown::Read);
+                let _ = conn.tx.send(Out::Msg(Role::Worker, Msg::Refused { reason: reason.clone() }));
+                let _ = conn.tx.send(Out::Close);
+                reason
             }
-        }
-        self.all.lock().remove(&conn.id);
+            Err(panic) => {
+                let reason = format!("the connection's reader panicked: {}", crate::panic::message(&*panic));
+                tracing::error!(rank = self.rank, peer, addr = %conn.addr, %reason, "closing a connection");
+                let _ = input.get_ref().shutdown(Shutdown::Both);
+                reason
+            }
+        };
+        // The writer notices the shut socket on its next write or keep-alive.
+        self.unroute(&conn);
         self.peer_closed(peer, &conn.addr, reason);
     }
 
@@ -733,8 +913,9 @@ impl Shared {
         self: &Arc<Self>,
         input: &mut BufReader<TcpStream>,
         frame: &mut Vec<u8>,
-        peer: u32,
+        conn: &Conn,
     ) -> std::result::Result<(), Ended> {
+        let peer = conn.peer;
         let dead = self.opts.dead_after;
         let mut len = [0u8; 4];
         input.read_exact(&mut len).map_err(|e| Ended::Stream(describe(&e, dead)))?;
@@ -753,6 +934,14 @@ impl Shared {
         frame.resize(len as usize, 0);
         input.read_exact(frame).map_err(|e| Ended::Stream(describe(&e, dead)))?;
         let msgs = decode_frame(frame).map_err(|e| Ended::Refused(format!("a malformed frame of {len} bytes: {e}")))?;
+        // Who may send what: judged on the whole frame before any of it is handled.
+        for (_, msg) in &msgs {
+            policy::check(conn.kind, peer, msg).map_err(Ended::Refused)?;
+        }
+        #[cfg(test)]
+        if msgs.iter().any(|(_, m)| matches!(m, Msg::Log { line, .. } if line == PANIC_IN_READER)) {
+            panic!("a reader panics, as a test asked");
+        }
         for (role, mut msg) in msgs {
             if let Msg::Block { id, payload: Payload::PlaneIncoming(header) } = msg {
                 let Some(plane) = &self.plane else {
@@ -784,15 +973,21 @@ impl Shared {
                 }
                 *payload = Payload::Ready(Block::from_parts(header, buffer));
             }
-            self.receive(peer, role, msg);
+            self.receive(conn, role, msg);
         }
         Ok(())
     }
 
-    /// Handles one message from `peer` for the local endpoint of `role`.
-    fn receive(self: &Arc<Self>, peer: u32, role: Role, msg: Msg) {
+    /// Handles one message from `conn`'s peer for the local endpoint of `role`.
+    fn receive(self: &Arc<Self>, conn: &Conn, role: Role, msg: Msg) {
+        let peer = conn.peer;
         let to = Endpoint { rank: self.rank, role };
         let msg = match msg {
+            Msg::Refused { reason } => {
+                tracing::error!(rank = self.rank, peer, addr = %conn.addr, %reason, "the peer refused what this process sent");
+                *conn.refused.lock() = Some(reason);
+                return;
+            }
             Msg::Peers { add, remove, ucx } => {
                 self.book.lock().extend(add);
                 self.learn_ucx(ucx);
@@ -868,6 +1063,8 @@ impl Shared {
         }
     }
 
+    /// Accepts connections and hands each to a handshake thread of its own,
+    /// at most [`MAX_HANDSHAKES`] at once.
     fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         for stream in listener.incoming() {
             if self.closed.load(Ordering::SeqCst) {
@@ -881,10 +1078,25 @@ impl Shared {
                     continue;
                 }
             };
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            if self.handshakes.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
+                self.handshakes.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(%peer, limit = MAX_HANDSHAKES, "refused a connection: too many connections in their handshake");
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
+            let deadline = Instant::now() + self.opts.handshake_timeout;
             let s = Arc::clone(&self);
-            let spawned =
-                std::thread::Builder::new().name(format!("tessera-tcp-hs{}", self.rank)).spawn(move || s.admit(stream));
+            let spawned = std::thread::Builder::new().name(format!("tessera-tcp-hs{}", self.rank)).spawn(move || {
+                let admitted = catch_unwind(AssertUnwindSafe(|| Arc::clone(&s).admit(stream, deadline)));
+                s.handshakes.fetch_sub(1, Ordering::SeqCst);
+                if let Err(panic) = admitted {
+                    let reason = crate::panic::message(&*panic);
+                    tracing::error!(%peer, %reason, "admitting a connection panicked; it is closed");
+                }
+            });
             if let Err(e) = spawned {
+                self.handshakes.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(error = %e, "no thread for a handshake; connection dropped");
             }
         }
@@ -899,17 +1111,20 @@ impl Shared {
         (peers, ucx)
     }
 
-    fn admit(self: Arc<Self>, mut stream: TcpStream) {
+    /// Authenticates an incoming connection (the whole handshake by
+    /// `deadline`) and admits its process.
+    fn admit(self: Arc<Self>, stream: TcpStream, deadline: Instant) {
         let Ok(addr) = stream.peer_addr() else { return };
-        let Some(intro) = accept_handshake(&mut stream, addr, &self.opts) else {
+        let Some(intro) = accept_handshake(&stream, addr, &self.opts, deadline) else {
             let _ = stream.shutdown(Shutdown::Both);
             return;
         };
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
+        let mut timed = Timed { stream: &stream, deadline };
         let _joining = self.joining.lock();
-        let (peer, welcome) = match intro {
+        let (peer, kind, welcome) = match intro {
             Intro::Worker { listen, ucx } if self.scheduler => {
                 let rank = self.next_rank.fetch_add(1, Ordering::SeqCst);
                 let (peers, ucx_peers) = self.address_book();
@@ -926,50 +1141,93 @@ impl Shared {
                     self.ucx_book.lock().insert(rank, a);
                 }
                 tracing::info!(rank, peer = %addr, %listen, ucx = ucx.is_some(), "a worker joined");
-                (rank, Welcome::Joined { rank, peers, ucx: ucx_peers })
+                (rank, PeerKind::Worker, Welcome::Joined { rank, peers, ucx: ucx_peers })
             }
             Intro::Client if self.scheduler => {
                 let rank = self.next_rank.fetch_add(1, Ordering::SeqCst);
                 let (peers, ucx) = self.address_book();
                 tracing::info!(rank, peer = %addr, "a client connected");
-                (rank, Welcome::Joined { rank, peers, ucx })
+                (rank, PeerKind::Client, Welcome::Joined { rank, peers, ucx })
             }
-            Intro::Peer { rank } if !self.scheduler => {
-                (rank, Welcome::Joined { rank: self.rank, peers: Vec::new(), ucx: Vec::new() })
+            // The scheduler is rank 0, and reached only on the connection
+            // this process opened to it.
+            Intro::Peer { rank } if !self.scheduler && rank != 0 && rank != self.rank => {
+                (rank, PeerKind::Member, Welcome::Joined { rank: self.rank, peers: Vec::new(), ucx: Vec::new() })
             }
             other => {
                 let reason = format!("{other:?} is not something this process accepts");
                 tracing::warn!(peer = %addr, %reason, "refused a connection");
-                let _ = write_small_frame(&mut stream, &Welcome::Refused { reason });
+                let _ = write_small_frame(&mut timed, &Welcome::Refused { reason });
+                let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
         };
-        if let Err(e) = write_small_frame(&mut stream, &welcome) {
+        if let Err(e) = write_small_frame(&mut timed, &welcome) {
             tracing::warn!(peer = %addr, error = %e, "handshake broke off");
+            let _ = stream.shutdown(Shutdown::Both);
+            if kind != PeerKind::Member {
+                // Admitted already: the others heard of it, so it leaves as a lost member.
+                drop(_joining);
+                self.peer_closed(peer, &addr.to_string(), format!("handshake broke off: {e}"));
+            }
             return;
         }
         let route = self.scheduler || !self.routes.lock().contains_key(&peer);
-        self.start(peer, addr.to_string(), Some(stream), route);
+        self.start(peer, kind, addr.to_string(), Some(stream), route);
     }
 }
 
-/// Writes one frame and the payloads it announces; with a plane (and the
-/// peer's rank), large blocks go over the plane instead.
+/// Writes `batch` as one frame and the payloads it announces; with a plane
+/// (and the peer's rank), large blocks go over the plane instead. A batch
+/// whose frame would exceed [`MAX_FRAME`] goes one message per frame, and a
+/// message too large alone is handed back with the error, unsent.
+#[allow(clippy::type_complexity)]
 fn write_batch(
     out: &mut BufWriter<TcpStream>,
-    batch: &mut [(Role, Msg)],
+    batch: &mut Vec<(Role, Msg)>,
     plane: Option<(&dyn DataPlane, u32)>,
-) -> io::Result<()> {
+) -> io::Result<Vec<(Role, Msg, CodecError)>> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     if plane.is_some() {
         offload_blocks(batch);
     }
-    let frame = encode_frame(batch).map_err(io::Error::other)?;
+    let error = match encode_frame(batch) {
+        Ok(frame) => {
+            write_frame(out, &frame, batch, plane)?;
+            return Ok(Vec::new());
+        }
+        Err(e) => e,
+    };
+    if batch.len() == 1 {
+        let (role, msg) = batch.pop().expect("one message");
+        return Ok(vec![(role, msg, error)]);
+    }
+    let mut unsent = Vec::new();
+    for (role, msg) in batch.drain(..) {
+        let one = [(role, msg)];
+        match encode_frame(&one) {
+            Ok(frame) => write_frame(out, &frame, &one, plane)?,
+            Err(e) => {
+                let [(role, msg)] = one;
+                unsent.push((role, msg, e));
+            }
+        }
+    }
+    Ok(unsent)
+}
+
+/// Writes an encoded `frame` of `msgs`, then the payloads it announces.
+fn write_frame(
+    out: &mut BufWriter<TcpStream>,
+    frame: &[u8],
+    msgs: &[(Role, Msg)],
+    plane: Option<(&dyn DataPlane, u32)>,
+) -> io::Result<()> {
     out.write_all(&(frame.len() as u32).to_le_bytes())?;
-    out.write_all(&frame)?;
-    for (_, msg) in batch.iter() {
+    out.write_all(frame)?;
+    for (_, msg) in msgs {
         if let (Msg::Block { id, payload: Payload::ViaPlane(block) }, Some((plane, peer))) = (msg, plane) {
             plane.send_block(peer, *id, block.clone());
             continue;
@@ -983,6 +1241,45 @@ fn write_batch(
         }
     }
     Ok(())
+}
+
+/// A `Log` line that makes the reader that receives it panic (tests only).
+#[cfg(test)]
+pub(crate) const PANIC_IN_READER: &str = "tessera test: the reader panics here";
+
+/// Reads the frames a peer sends on `stream` (keep-alives skipped) until
+/// it closes the connection, at most `limit`; `None` if it stays open.
+#[cfg(test)]
+pub(crate) fn frames_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<Msg>> {
+    let deadline = Instant::now() + limit;
+    let mut msgs = Vec::new();
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream.set_read_timeout(Some(left)).ok()?;
+        let mut len = [0u8; 4];
+        match stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Some(msgs),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Some(msgs),
+            Err(_) => return None,
+        }
+        let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+        stream.read_exact(&mut frame).ok()?;
+        if !frame.is_empty() {
+            msgs.extend(
+                decode_frame(&frame).expect("the scheduler sends well-formed frames").into_iter().map(|(_, m)| m),
+            );
+        }
+    }
+}
+
+/// Why the peer said it refused what was sent, from [`frames_until_closed`].
+#[cfg(test)]
+pub(crate) fn refusal(msgs: &[Msg]) -> Option<&str> {
+    msgs.iter().find_map(|m| match m {
+        Msg::Refused { reason } => Some(reason.as_str()),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -1001,7 +1298,7 @@ mod tests {
         let mut mb = Mailboxes::new();
         let inbox = mb.open(Endpoint::SCHEDULER);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let t = TcpTransport::new(0, true, mb, opts(key), Some(listener), None);
+        let t = TcpTransport::new(0, true, mb, opts(key), Some(listener), None).unwrap();
         let addr = t.local_addr().unwrap().to_string();
         (t, inbox, addr)
     }
@@ -1015,8 +1312,8 @@ mod tests {
         assert_eq!(rank, 1);
         let mut mb = Mailboxes::new();
         let _worker_inbox = mb.open(Endpoint::worker(rank));
-        let worker = TcpTransport::new(rank, false, mb, opts(7), None, None);
-        worker.adopt(0, addr.clone(), stream);
+        let worker = TcpTransport::new(rank, false, mb, opts(7), None, None).unwrap();
+        worker.adopt(addr.clone(), stream);
         let big = Block::new(vec![100_000], Buffer::F64((0..100_000).map(f64::from).collect()));
         worker.send(Endpoint::SCHEDULER, Msg::Heartbeat { rank });
         worker.send(Endpoint::SCHEDULER, Msg::Block { id: TaskId(3), payload: Payload::Ready(big.clone()) });
@@ -1063,16 +1360,10 @@ mod tests {
         }
         for frame in &frames {
             let mut stream = send_raw(&addr, frame);
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = [0u8; 64];
-            // Only keep-alives (zero lengths) may come before the close.
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if buf.iter().all(|&b| b == 0) => continue,
-                    Ok(n) => panic!("{n} bytes of something other than keep-alives"),
-                }
-            }
+            // The peer is told why, then the connection closes.
+            let msgs = frames_until_closed(&mut stream, Duration::from_secs(5)).expect("the connection is closed");
+            let why = refusal(&msgs).expect("a refusal");
+            assert!(why.contains("f64"), "{why}");
             match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
                 Msg::PeerLost { reason, .. } => {
                     assert!(reason.contains("f64") && reason.contains('['), "{reason}")
@@ -1119,6 +1410,71 @@ mod tests {
         assert!(inbox.recv_timeout(Duration::from_millis(300)).is_err(), "nothing reached the scheduler");
         // The right secret still gets in.
         assert!(connect(&addr, &opts(1), |_| Ok(Intro::Client)).is_ok());
+        sched.close();
+    }
+
+    #[test]
+    fn a_panicking_reader_still_declares_its_peer_lost() {
+        let (sched, inbox, addr) = scheduler(4);
+        let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
+        let (stream, welcome) = connect(&addr, &opts(4), intro).unwrap();
+        let Welcome::Joined { rank, .. } = welcome else { panic!("{welcome:?}") };
+        let mut mb = Mailboxes::new();
+        let _inbox = mb.open(Endpoint::worker(rank));
+        let worker = TcpTransport::new(rank, false, mb, opts(4), None, None).unwrap();
+        worker.adopt(addr.clone(), stream);
+        worker.send(Endpoint::SCHEDULER, Msg::Log { rank, line: PANIC_IN_READER.into() });
+        match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Msg::PeerLost { rank: r, reason } => {
+                assert_eq!(r, rank);
+                assert!(reason.contains("reader panicked"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The scheduler side closed the connection: the worker hears of it.
+        // And the scheduler still admits members.
+        assert!(connect(&addr, &opts(4), |_| Ok(Intro::Client)).is_ok());
+        worker.close();
+        sched.close();
+    }
+
+    #[test]
+    fn handshakes_are_capped_and_have_one_deadline() {
+        let (sched, _inbox, addr) = scheduler(3);
+        let started = Instant::now();
+        // Connections that never greet fill every handshake slot ...
+        let idle: Vec<TcpStream> = (0..MAX_HANDSHAKES).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        // ... so the next one is closed at once, long before the deadline.
+        let mut extra = TcpStream::connect(&addr).unwrap();
+        let before = Instant::now();
+        let closed = frames_until_closed(&mut extra, Duration::from_secs(1));
+        assert!(closed.is_some_and(|m| m.is_empty()), "an extra connection is closed without a word");
+        assert!(before.elapsed() < Duration::from_secs(1));
+        // A peer that trickles its greeting a byte at a time is cut off at
+        // the deadline (2 s for the whole handshake), not a timeout per read.
+        drop(idle);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut slow = TcpStream::connect(&addr).unwrap();
+        let t = Instant::now();
+        let mut cut = None;
+        for b in MAGIC.iter().chain(&[PROTOCOL_VERSION, 1]).chain(&[0u8; TAG_LEN]) {
+            if slow.write_all(&[*b]).is_err() {
+                cut = Some(t.elapsed());
+                break;
+            }
+            let mut buf = [0u8; 1];
+            slow.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+            if matches!(slow.read(&mut buf), Ok(0)) {
+                cut = Some(t.elapsed());
+                break;
+            }
+        }
+        let cut = cut.expect("the trickling handshake was cut off");
+        assert!(cut >= Duration::from_millis(1500) && cut < Duration::from_secs(4), "cut off after {cut:?}");
+        // Once the slots are free again, members get in.
+        assert!(connect(&addr, &opts(3), |_| Ok(Intro::Client)).is_ok());
+        assert!(started.elapsed() < Duration::from_secs(20));
         sched.close();
     }
 }
