@@ -266,7 +266,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     let ucx = seed.as_ref().map(|s| s.address().to_vec());
     let mut listener = None;
     let interface = opts.interface.clone();
-    let (stream, welcome) = dial(&opts.scheduler, &opts.tcp, |local| {
+    let (stream, welcome, keys) = dial(&opts.scheduler, &opts.tcp, |local| {
         // Listen where the scheduler reached us: that interface routes.
         let ip = match &interface {
             Some(name) => crate::host::sys::routable_address(Some(name))
@@ -294,7 +294,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     let plane = seed.map(|s| s.start(rank, mailboxes.clone())).transpose()?;
     let transport = TcpTransport::new(rank, false, mailboxes, opts.tcp.clone(), listener, plane)?;
     transport.learn(peers, ucx);
-    transport.adopt(opts.scheduler.clone(), stream);
+    transport.adopt(opts.scheduler.clone(), stream, keys);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     crate::observe::log::forward_errors_to(&dyn_transport, rank);
     let wc = WorkerConfig {
@@ -377,7 +377,7 @@ impl Deref for RemoteClient {
 
 /// Connects to the elastic scheduler at `addr` as a client.
 pub fn connect(addr: &str, tcp: TcpOptions) -> Result<RemoteClient> {
-    let (stream, welcome) = dial(addr, &tcp, |_| Ok(Intro::Client))?;
+    let (stream, welcome, keys) = dial(addr, &tcp, |_| Ok(Intro::Client))?;
     let Welcome::Joined { rank, peers, ucx } = welcome else { unreachable!("refusals are errors") };
     let me = Endpoint { rank, role: Role::Client };
     let mut mailboxes = Mailboxes::new();
@@ -386,7 +386,7 @@ pub fn connect(addr: &str, tcp: TcpOptions) -> Result<RemoteClient> {
     mailboxes.attach_replies(router.clone());
     let transport = TcpTransport::new(rank, false, mailboxes, tcp, None, None)?;
     transport.learn(peers, ucx);
-    transport.adopt(addr.to_owned(), stream);
+    transport.adopt(addr.to_owned(), stream, keys);
     tracing::info!(rank, scheduler = addr, "connected as a client");
     Ok(RemoteClient { client: Client::remote(transport, inbox, me, router), rank })
 }
@@ -402,7 +402,7 @@ mod tests {
     use crate::graph::{Graph, Key, Task, TaskId};
     use crate::protocol::{encode_frame, inline_block_frame, Payload, WireRequest, MAX_FRAME};
     use crate::transport::secret::Secret;
-    use crate::transport::tcp::{frames_until_closed, refusal};
+    use crate::transport::tcp::{frames_until_closed, refusal, sealed, FrameKeys};
 
     fn registry() -> Registry {
         let mut r = Registry::empty();
@@ -505,6 +505,7 @@ mod tests {
     /// An authenticated connection that the test writes raw frames on.
     struct Raw {
         stream: TcpStream,
+        keys: FrameKeys,
         rank: u32,
         /// The address the other side sees this connection come from.
         local: String,
@@ -514,10 +515,10 @@ mod tests {
 
     impl Raw {
         fn join(addr: &str, intro: Intro) -> Raw {
-            let (stream, welcome) = dial(addr, &tcp(), |_| Ok(intro)).unwrap();
+            let (stream, welcome, keys) = dial(addr, &tcp(), |_| Ok(intro)).unwrap();
             let Welcome::Joined { rank, peers, .. } = welcome else { unreachable!() };
             let local = stream.local_addr().unwrap().to_string();
-            Raw { stream, rank, local, peers }
+            Raw { stream, keys, rank, local, peers }
         }
 
         fn worker(addr: &str) -> Raw {
@@ -529,16 +530,20 @@ mod tests {
         }
 
         fn frame(&mut self, frame: &[u8]) -> &mut Raw {
-            self.stream.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
-            self.stream.write_all(frame).unwrap();
+            let bytes = sealed(&mut self.keys, frame);
+            self.stream.write_all(&bytes).unwrap();
             self
+        }
+
+        /// What the other side sent until it closed the connection (`None`: still open after `limit`).
+        fn until_closed(&mut self, limit: Duration) -> Option<Vec<Msg>> {
+            frames_until_closed(&mut self.stream, Some(&mut self.keys), limit)
         }
 
         /// The reason the other side gave before it closed the connection,
         /// after checking that it logged this connection's address with it.
         fn refused(&mut self) -> String {
-            let msgs =
-                frames_until_closed(&mut self.stream, Duration::from_secs(10)).expect("the connection is closed");
+            let msgs = self.until_closed(Duration::from_secs(10)).expect("the connection is closed");
             let why = refusal(&msgs).unwrap_or_else(|| panic!("no refusal in {msgs:?}")).to_owned();
             assert!(logged(&self.local, "refused what a peer sent"), "{} not logged", self.local);
             why
@@ -652,7 +657,7 @@ mod tests {
         // Released or not, the scheduler has handled the release once a later
         // request of the same connection is answered.
         thief.send(Msg::Request { id: 1, from, req: WireRequest::State });
-        let msgs = frames_until_closed(&mut thief.stream, Duration::from_millis(1500));
+        let msgs = thief.until_closed(Duration::from_millis(1500));
         assert!(msgs.is_none(), "the connection stays open");
         assert!(logged(&format!("rank={}", thief.rank), "does not hold"));
         let blocks = kept.gather().unwrap();
@@ -674,6 +679,29 @@ mod tests {
         assert!(why.contains(&format!("exceeds the limit of {MAX_FRAME}")), "{why}");
         let why = Raw::worker(&c.addr).frame(&[crate::protocol::PROTOCOL_VERSION, 0xff, 0xff, 0xff]).refused();
         assert!(why.contains("malformed"), "{why}");
+        c.serves();
+        c.finish();
+    }
+
+    /// A frame whose MAC does not verify (altered on the way, injected, or
+    /// replayed) is refused and its connection closed.
+    #[test]
+    fn frames_without_their_mac_are_refused() {
+        let c = Cluster::start();
+        let mut raw = Raw::worker(&c.addr);
+        let frame = encode_frame(&[(Role::Scheduler, Msg::Heartbeat { rank: raw.rank })]).unwrap();
+        let mut bytes = sealed(&mut raw.keys, &frame);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        raw.stream.write_all(&bytes).unwrap();
+        assert!(raw.refused().contains("MAC does not verify"));
+        // A frame sent twice: the second is a replay.
+        let mut raw = Raw::worker(&c.addr);
+        let frame = encode_frame(&[(Role::Scheduler, Msg::Heartbeat { rank: raw.rank })]).unwrap();
+        let bytes = sealed(&mut raw.keys, &frame);
+        raw.stream.write_all(&bytes).unwrap();
+        raw.stream.write_all(&bytes).unwrap();
+        assert!(raw.refused().contains("MAC does not verify"));
         c.serves();
         c.finish();
     }
@@ -711,7 +739,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         let mut extra = TcpStream::connect(&c.addr).unwrap();
         let local = extra.local_addr().unwrap().to_string();
-        assert!(frames_until_closed(&mut extra, Duration::from_secs(2)).is_some(), "closed at once");
+        assert!(frames_until_closed(&mut extra, None, Duration::from_secs(2)).is_some(), "closed at once");
         assert!(logged(&local, "too many connections in their handshake"));
         c.serves();
         // At the deadline (5 s) the idle ones are closed and logged, and members get in again.
@@ -732,7 +760,7 @@ mod tests {
         let mut raw = Raw::worker(&c.addr);
         let rank = raw.rank;
         raw.send(Msg::Log { rank, line: crate::transport::tcp::PANIC_IN_READER.into() });
-        assert!(frames_until_closed(&mut raw.stream, Duration::from_secs(10)).is_some(), "the connection is closed");
+        assert!(raw.until_closed(Duration::from_secs(10)).is_some(), "the connection is closed");
         assert!(logged(&raw.local, "reader panicked"));
         c.serves();
         c.finish();

@@ -18,16 +18,24 @@
 //! A -> C  "TESSERA" version status [na]
 //! C -> A  HMAC(s, "tessera connect" nc na)
 //! A -> C  verdict (0: admitted, 1: wrong secret) [HMAC(s, "tessera accept" nc na)]
-//! C -> A  intro frame (worker: where I listen | client | peer: my rank)
-//! A -> C  welcome frame (your rank, where the workers listen) or refusal
+//! C -> A  intro frame (worker: where I listen | client | peer: my rank) + MAC
+//! A -> C  welcome frame (your rank, where the workers listen) or refusal + MAC
 //! ```
 //!
 //! The secret never travels; MACs are HMAC-SHA256 compared in constant
 //! time; the connecting side proves knowledge of it first (so the accepting
 //! side can log a wrong secret as such), then the accepting side does, so a
-//! worker cannot be fed tasks by an impostor either. The connection is
-//! authenticated, not encrypted: block data crosses the network in clear,
-//! as it does over MPI. A connection that presents no secret, a wrong one,
+//! worker cannot be fed tasks by an impostor either. From the intro on,
+//! every frame in each direction carries an HMAC-SHA256 tag under a key of
+//! that direction, `HMAC(s, "tessera frames " ("c->a" | "a->c") nc na)`,
+//! over the frame's sequence number (counted on both sides, never sent),
+//! its length and its bytes ([`crate::transport::secret::FrameMac`]): a host
+//! on the path can neither inject, alter, replay nor reorder a control
+//! frame, and a frame whose tag fails is refused before it is decoded. The
+//! connection is authenticated, not encrypted: block data crosses the
+//! network in clear, as it does over MPI, and the raw bytes of blocks that
+//! follow a frame are not covered by its tag (their size and destination
+//! are, in the frame's header). A connection that presents no secret, a wrong one,
 //! or anything but the greeting is refused and logged with the peer's
 //! address; nothing it sent is handled. Handshakes run on threads of their
 //! own, at most [`MAX_HANDSHAKES`] at once (more connections are closed at
@@ -44,7 +52,8 @@
 //!
 //! **Frames.** `u32` little-endian length, then a frame of
 //! [`crate::protocol`] (version byte, then [`crate::codec`]), at most
-//! [`crate::protocol::MAX_FRAME`] bytes; length 0 is a keep-alive. Every
+//! [`crate::protocol::MAX_FRAME`] bytes, then its 32-byte MAC; length 0 (and
+//! its MAC) is a keep-alive. Every
 //! block a frame announces follows it as raw bytes, written straight from
 //! the block's memory and read straight into the new block's buffer (blocks
 //! up to [`crate::protocol::INLINE_MAX`] ride inside the frame).
@@ -92,7 +101,7 @@ use crate::protocol::{
     decode_frame, encode_frame, offload_blocks, Endpoint, Msg, Payload, Role, WireReply, WireRequest, MAX_FRAME,
     PROTOCOL_VERSION,
 };
-use crate::transport::secret::{random_bytes, Secret, TAG_LEN};
+use crate::transport::secret::{random_bytes, FrameMac, Secret, TAG_LEN};
 
 const MAGIC: &[u8; 7] = b"TESSERA";
 const STATUS_OK: u8 = 0;
@@ -179,23 +188,56 @@ pub(crate) enum Welcome {
     },
 }
 
-fn write_small_frame<T: Serialize>(s: &mut impl Write, value: &T) -> io::Result<()> {
+/// The frame MACs of one connection (see the module docs): what this side
+/// sends is signed with `send`, what it receives checked with `recv`.
+pub(crate) struct FrameKeys {
+    send: FrameMac,
+    recv: FrameMac,
+}
+
+impl std::fmt::Debug for FrameKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameKeys")
+    }
+}
+
+impl FrameKeys {
+    /// The keys of the side that connected (`connecting`) or accepted a
+    /// handshake with nonces `nc` (connecting side's) and `na`.
+    fn derive(secret: &Secret, nc: &[u8], na: &[u8], connecting: bool) -> FrameKeys {
+        let c2a = FrameMac::derive(secret, b"c->a", nc, na);
+        let a2c = FrameMac::derive(secret, b"a->c", nc, na);
+        match connecting {
+            true => FrameKeys { send: c2a, recv: a2c },
+            false => FrameKeys { send: a2c, recv: c2a },
+        }
+    }
+}
+
+fn write_small_frame<T: Serialize>(s: &mut impl Write, value: &T, mac: &mut FrameMac) -> io::Result<()> {
     let mut out = vec![0u8; 4];
     crate::codec::encode_into(value, &mut out, u64::from(MAX_HANDSHAKE_FRAME)).map_err(io::Error::other)?;
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_le_bytes());
+    let tag = mac.sign(&[&out]);
+    out.extend_from_slice(&tag);
     s.write_all(&out)
 }
 
-fn read_small_frame<T: serde::de::DeserializeOwned>(s: &mut impl Read) -> io::Result<T> {
+fn read_small_frame<T: serde::de::DeserializeOwned>(s: &mut impl Read, mac: &mut FrameMac) -> io::Result<T> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len);
-    if len > MAX_HANDSHAKE_FRAME {
-        return Err(io::Error::other(format!("a handshake frame of {len} bytes")));
+    let n = u32::from_le_bytes(len);
+    if n > MAX_HANDSHAKE_FRAME {
+        return Err(io::Error::other(format!("a handshake frame of {n} bytes")));
     }
-    let mut buf = vec![0u8; len as usize];
+    let mut buf = vec![0u8; n as usize];
     s.read_exact(&mut buf)?;
+    let mut tag = [0u8; TAG_LEN];
+    s.read_exact(&mut tag)?;
+    if !mac.check(&[&len, &buf], &tag) {
+        return Err(io::Error::other("a handshake frame whose MAC does not verify"));
+    }
     crate::codec::decode(&buf, u64::from(MAX_HANDSHAKE_FRAME)).map_err(io::Error::other)
 }
 
@@ -250,7 +292,7 @@ pub(crate) fn connect(
     addr: &str,
     opts: &TcpOptions,
     intro: impl FnOnce(SocketAddr) -> Result<Intro>,
-) -> Result<(TcpStream, Welcome)> {
+) -> Result<(TcpStream, Welcome, FrameKeys)> {
     let fail = |reason: String| Error::Connect { addr: addr.to_owned(), reason };
     let targets: Vec<SocketAddr> =
         addr.to_socket_addrs().map_err(|e| fail(format!("not an address (HOST:PORT): {e}")))?.collect();
@@ -315,17 +357,23 @@ pub(crate) fn connect(
         ));
     }
     let intro = intro(stream.local_addr().map_err(io)?)?;
-    write_small_frame(&mut s, &intro).map_err(io)?;
-    let welcome: Welcome = read_small_frame(&mut s).map_err(io)?;
+    let mut keys = FrameKeys::derive(secret, &nc, &na, true);
+    write_small_frame(&mut s, &intro, &mut keys.send).map_err(io)?;
+    let welcome: Welcome = read_small_frame(&mut s, &mut keys.recv).map_err(io)?;
     if let Welcome::Refused { reason } = &welcome {
         return Err(fail(format!("refused: {reason}")));
     }
-    Ok((stream, welcome))
+    Ok((stream, welcome, keys))
 }
 
 /// The accepting side of the handshake, all of it by `deadline`; `None`
 /// (logged) if refused.
-fn accept_handshake(stream: &TcpStream, peer: SocketAddr, opts: &TcpOptions, deadline: Instant) -> Option<Intro> {
+fn accept_handshake(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    opts: &TcpOptions,
+    deadline: Instant,
+) -> Option<(Intro, FrameKeys)> {
     let refuse = |why: &str| tracing::warn!(peer = %peer, "refused a connection: {why}");
     if let Err(e) = stream.set_nodelay(true) {
         refuse(&e.to_string());
@@ -378,8 +426,9 @@ fn accept_handshake(stream: &TcpStream, peer: SocketAddr, opts: &TcpOptions, dea
     }
     let mut verdict = vec![VERDICT_OK];
     verdict.extend_from_slice(&secret.mac(&[b"tessera accept", nc, &na]));
-    match s.write_all(&verdict).and_then(|_| read_small_frame::<Intro>(s)) {
-        Ok(intro) => Some(intro),
+    let mut keys = FrameKeys::derive(secret, nc, &na, false);
+    match s.write_all(&verdict).and_then(|_| read_small_frame::<Intro>(s, &mut keys.recv)) {
+        Ok(intro) => Some((intro, keys)),
         Err(e) => {
             refuse(&format!("no introduction after the handshake ({e})"));
             None
@@ -498,8 +547,8 @@ impl TcpTransport {
 
     /// Starts reading and writing on an authenticated `stream` to the
     /// scheduler (rank 0), which this process connected to.
-    pub(crate) fn adopt(&self, addr: String, stream: TcpStream) {
-        self.shared.start(0, PeerKind::Scheduler, addr, Some(stream), true);
+    pub(crate) fn adopt(&self, addr: String, stream: TcpStream, keys: FrameKeys) {
+        self.shared.start(0, PeerKind::Scheduler, addr, Some((stream, keys)), true);
     }
 
     /// Records where workers listen, and their UCX addresses.
@@ -679,7 +728,7 @@ impl Shared {
         peer: u32,
         kind: PeerKind,
         addr: String,
-        stream: Option<TcpStream>,
+        link: Option<(TcpStream, FrameKeys)>,
         route: bool,
     ) -> Arc<Conn> {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -691,10 +740,10 @@ impl Shared {
         }
         let s = Arc::clone(self);
         let c = Arc::clone(&conn);
-        let shut = stream.as_ref().and_then(|s| s.try_clone().ok());
+        let shut = link.as_ref().and_then(|(s, _)| s.try_clone().ok());
         let spawned = std::thread::Builder::new()
             .name(format!("tessera-tcp-w{}-{peer}", self.rank))
-            .spawn(move || s.writer(c, stream, rx));
+            .spawn(move || s.writer(c, link, rx));
         if let Err(e) = spawned {
             let reason = format!("no thread for the connection's writer: {e}");
             tracing::error!(rank = self.rank, peer, addr = %conn.addr, %reason, "closing a connection");
@@ -721,11 +770,11 @@ impl Shared {
     /// The writer thread: dials if needed, starts the reader, then writes
     /// what is queued until the connection closes. Its clean-up runs
     /// whatever happens, a panic included.
-    fn writer(self: Arc<Self>, conn: Arc<Conn>, stream: Option<TcpStream>, rx: Receiver<Out>) {
-        let stream = match stream {
-            Some(s) => s,
+    fn writer(self: Arc<Self>, conn: Arc<Conn>, link: Option<(TcpStream, FrameKeys)>, rx: Receiver<Out>) {
+        let (stream, FrameKeys { mut send, recv }) = match link {
+            Some(link) => link,
             None => match connect(&conn.addr, &self.opts, |_| Ok(Intro::Peer { rank: self.rank })) {
-                Ok((s, _)) => s,
+                Ok((s, _, keys)) => (s, keys),
                 Err(e) => {
                     tracing::warn!(rank = self.rank, peer = conn.peer, error = %e, "cannot reach a peer");
                     return self.retire_conn(&conn, &rx, e.to_string());
@@ -749,7 +798,7 @@ impl Shared {
             let c = Arc::clone(&conn);
             std::thread::Builder::new()
                 .name(format!("tessera-tcp-r{}-{}", self.rank, conn.peer))
-                .spawn(move || s.reader(c, read_half))
+                .spawn(move || s.reader(c, read_half, recv))
         };
         if let Err(e) = spawned {
             let reason = format!("no thread for the connection's reader: {e}");
@@ -759,7 +808,7 @@ impl Shared {
             return self.peer_closed(conn.peer, &conn.addr, reason);
         }
         let mut out = BufWriter::with_capacity(256 << 10, stream);
-        let reason = match catch_unwind(AssertUnwindSafe(|| self.write_loop(&conn, &mut out, &rx))) {
+        let reason = match catch_unwind(AssertUnwindSafe(|| self.write_loop(&conn, &mut out, &mut send, &rx))) {
             Ok(reason) => reason,
             Err(panic) => {
                 let reason = format!("the connection's writer panicked: {}", crate::panic::message(&*panic));
@@ -774,14 +823,20 @@ impl Shared {
 
     /// Packs what is queued into frames until the connection closes or
     /// fails; returns why it stopped.
-    fn write_loop(self: &Arc<Self>, conn: &Conn, out: &mut BufWriter<TcpStream>, rx: &Receiver<Out>) -> String {
+    fn write_loop(
+        self: &Arc<Self>,
+        conn: &Conn,
+        out: &mut BufWriter<TcpStream>,
+        mac: &mut FrameMac,
+        rx: &Receiver<Out>,
+    ) -> String {
         let mut batch: Vec<(Role, Msg)> = Vec::new();
         let mut flushes: Vec<Sender<()>> = Vec::new();
         loop {
             let first = match rx.recv_timeout(self.opts.keepalive) {
                 Ok(item) => item,
                 Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = out.write_all(&0u32.to_le_bytes()).and_then(|_| out.flush()) {
+                    if let Err(e) = write_keepalive(out, mac).and_then(|_| out.flush()) {
                         return describe(&e, self.opts.dead_after);
                     }
                     continue;
@@ -802,7 +857,7 @@ impl Shared {
             }
             // Blocks go over UCX when both ends have it.
             let plane = self.plane.as_deref().filter(|_| self.ucx_book.lock().contains_key(&conn.peer));
-            let written = write_batch(out, &mut batch, plane.map(|p| (p, conn.peer))).and_then(|unsent| {
+            let written = write_batch(out, &mut batch, plane.map(|p| (p, conn.peer)), mac).and_then(|unsent| {
                 out.flush()?;
                 Ok(unsent)
             });
@@ -870,12 +925,12 @@ impl Shared {
     /// then declares the peer lost. Its clean-up runs whatever happens, a
     /// panic included. A peer that sent something refused is told why
     /// ([`Msg::Refused`]) before its connection closes.
-    fn reader(self: Arc<Self>, conn: Arc<Conn>, stream: TcpStream) {
+    fn reader(self: Arc<Self>, conn: Arc<Conn>, stream: TcpStream, mut mac: FrameMac) {
         let peer = conn.peer;
         let mut input = BufReader::with_capacity(256 << 10, stream);
         let mut frame = Vec::new();
         let read = catch_unwind(AssertUnwindSafe(|| loop {
-            if let Err(e) = self.read_frame(&mut input, &mut frame, &conn) {
+            if let Err(e) = self.read_frame(&mut input, &mut frame, &mut mac, &conn) {
                 return e;
             }
         }));
@@ -913,15 +968,20 @@ impl Shared {
         self: &Arc<Self>,
         input: &mut BufReader<TcpStream>,
         frame: &mut Vec<u8>,
+        mac: &mut FrameMac,
         conn: &Conn,
     ) -> std::result::Result<(), Ended> {
         let peer = conn.peer;
         let dead = self.opts.dead_after;
-        let mut len = [0u8; 4];
-        input.read_exact(&mut len).map_err(|e| Ended::Stream(describe(&e, dead)))?;
-        let len = u32::from_le_bytes(len);
+        let mut len_bytes = [0u8; 4];
+        let mut tag = [0u8; TAG_LEN];
+        input.read_exact(&mut len_bytes).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+        let len = u32::from_le_bytes(len_bytes);
+        let forged = || Ended::Refused("a frame whose MAC does not verify (altered or injected on the way?)".into());
         if len == 0 {
-            return Ok(()); // keep-alive
+            // A keep-alive.
+            input.read_exact(&mut tag).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+            return if mac.check(&[&len_bytes], &tag) { Ok(()) } else { Err(forged()) };
         }
         if u64::from(len) > MAX_FRAME {
             return Err(Ended::Refused(format!("a frame of {len} bytes exceeds the limit of {MAX_FRAME}")));
@@ -933,6 +993,10 @@ impl Shared {
         }
         frame.resize(len as usize, 0);
         input.read_exact(frame).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+        input.read_exact(&mut tag).map_err(|e| Ended::Stream(describe(&e, dead)))?;
+        if !mac.check(&[&len_bytes, frame], &tag) {
+            return Err(forged());
+        }
         let msgs = decode_frame(frame).map_err(|e| Ended::Refused(format!("a malformed frame of {len} bytes: {e}")))?;
         // Who may send what: judged on the whole frame before any of it is handled.
         for (_, msg) in &msgs {
@@ -1115,7 +1179,7 @@ impl Shared {
     /// `deadline`) and admits its process.
     fn admit(self: Arc<Self>, stream: TcpStream, deadline: Instant) {
         let Ok(addr) = stream.peer_addr() else { return };
-        let Some(intro) = accept_handshake(&stream, addr, &self.opts, deadline) else {
+        let Some((intro, mut keys)) = accept_handshake(&stream, addr, &self.opts, deadline) else {
             let _ = stream.shutdown(Shutdown::Both);
             return;
         };
@@ -1157,12 +1221,12 @@ impl Shared {
             other => {
                 let reason = format!("{other:?} is not something this process accepts");
                 tracing::warn!(peer = %addr, %reason, "refused a connection");
-                let _ = write_small_frame(&mut timed, &Welcome::Refused { reason });
+                let _ = write_small_frame(&mut timed, &Welcome::Refused { reason }, &mut keys.send);
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
         };
-        if let Err(e) = write_small_frame(&mut timed, &welcome) {
+        if let Err(e) = write_small_frame(&mut timed, &welcome, &mut keys.send) {
             tracing::warn!(peer = %addr, error = %e, "handshake broke off");
             let _ = stream.shutdown(Shutdown::Both);
             if kind != PeerKind::Member {
@@ -1173,7 +1237,7 @@ impl Shared {
             return;
         }
         let route = self.scheduler || !self.routes.lock().contains_key(&peer);
-        self.start(peer, kind, addr.to_string(), Some(stream), route);
+        self.start(peer, kind, addr.to_string(), Some((stream, keys)), route);
     }
 }
 
@@ -1186,6 +1250,7 @@ fn write_batch(
     out: &mut BufWriter<TcpStream>,
     batch: &mut Vec<(Role, Msg)>,
     plane: Option<(&dyn DataPlane, u32)>,
+    mac: &mut FrameMac,
 ) -> io::Result<Vec<(Role, Msg, CodecError)>> {
     if batch.is_empty() {
         return Ok(Vec::new());
@@ -1195,7 +1260,7 @@ fn write_batch(
     }
     let error = match encode_frame(batch) {
         Ok(frame) => {
-            write_frame(out, &frame, batch, plane)?;
+            write_frame(out, &frame, batch, plane, mac)?;
             return Ok(Vec::new());
         }
         Err(e) => e,
@@ -1208,7 +1273,7 @@ fn write_batch(
     for (role, msg) in batch.drain(..) {
         let one = [(role, msg)];
         match encode_frame(&one) {
-            Ok(frame) => write_frame(out, &frame, &one, plane)?,
+            Ok(frame) => write_frame(out, &frame, &one, plane, mac)?,
             Err(e) => {
                 let [(role, msg)] = one;
                 unsent.push((role, msg, e));
@@ -1218,15 +1283,25 @@ fn write_batch(
     Ok(unsent)
 }
 
-/// Writes an encoded `frame` of `msgs`, then the payloads it announces.
+/// Writes a keep-alive: an empty frame and its MAC.
+fn write_keepalive(out: &mut impl Write, mac: &mut FrameMac) -> io::Result<()> {
+    let len = 0u32.to_le_bytes();
+    out.write_all(&len)?;
+    out.write_all(&mac.sign(&[&len]))
+}
+
+/// Writes an encoded `frame` of `msgs` and its MAC, then the payloads it announces.
 fn write_frame(
     out: &mut BufWriter<TcpStream>,
     frame: &[u8],
     msgs: &[(Role, Msg)],
     plane: Option<(&dyn DataPlane, u32)>,
+    mac: &mut FrameMac,
 ) -> io::Result<()> {
-    out.write_all(&(frame.len() as u32).to_le_bytes())?;
+    let len = (frame.len() as u32).to_le_bytes();
+    out.write_all(&len)?;
     out.write_all(frame)?;
+    out.write_all(&mac.sign(&[&len, frame]))?;
     for (_, msg) in msgs {
         if let (Msg::Block { id, payload: Payload::ViaPlane(block) }, Some((plane, peer))) = (msg, plane) {
             plane.send_block(peer, *id, block.clone());
@@ -1247,10 +1322,24 @@ fn write_frame(
 #[cfg(test)]
 pub(crate) const PANIC_IN_READER: &str = "tessera test: the reader panics here";
 
-/// Reads the frames a peer sends on `stream` (keep-alives skipped) until
-/// it closes the connection, at most `limit`; `None` if it stays open.
+/// `frame` as it goes on the wire after the handshake of `keys`: its
+/// length, the frame, its MAC (what a test that plays a peer writes).
 #[cfg(test)]
-pub(crate) fn frames_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<Msg>> {
+pub(crate) fn sealed(keys: &mut FrameKeys, frame: &[u8]) -> Vec<u8> {
+    let len = (frame.len() as u32).to_le_bytes();
+    let tag = keys.send.sign(&[&len, frame]);
+    [&len[..], frame, &tag].concat()
+}
+
+/// Reads the frames a peer sends on `stream` (keep-alives skipped, MACs
+/// checked with `keys`; none may come without keys) until it closes the
+/// connection, at most `limit`; `None` if it stays open.
+#[cfg(test)]
+pub(crate) fn frames_until_closed(
+    stream: &mut TcpStream,
+    mut keys: Option<&mut FrameKeys>,
+    limit: Duration,
+) -> Option<Vec<Msg>> {
     let deadline = Instant::now() + limit;
     let mut msgs = Vec::new();
     loop {
@@ -1263,12 +1352,14 @@ pub(crate) fn frames_until_closed(stream: &mut TcpStream, limit: Duration) -> Op
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Some(msgs),
             Err(_) => return None,
         }
+        let keys = keys.as_deref_mut().expect("a frame on a connection without a handshake");
         let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+        let mut tag = [0u8; TAG_LEN];
         stream.read_exact(&mut frame).ok()?;
+        stream.read_exact(&mut tag).ok()?;
+        assert!(keys.recv.check(&[&len, &frame], &tag), "every frame carries its MAC");
         if !frame.is_empty() {
-            msgs.extend(
-                decode_frame(&frame).expect("the scheduler sends well-formed frames").into_iter().map(|(_, m)| m),
-            );
+            msgs.extend(decode_frame(&frame).expect("well-formed frames").into_iter().map(|(_, m)| m));
         }
     }
 }
@@ -1307,13 +1398,13 @@ mod tests {
     fn frames_and_blocks_cross_an_authenticated_connection() {
         let (sched, inbox, addr) = scheduler(7);
         let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
-        let (stream, welcome) = connect(&addr, &opts(7), intro).unwrap();
+        let (stream, welcome, keys) = connect(&addr, &opts(7), intro).unwrap();
         let Welcome::Joined { rank, .. } = welcome else { panic!("{welcome:?}") };
         assert_eq!(rank, 1);
         let mut mb = Mailboxes::new();
         let _worker_inbox = mb.open(Endpoint::worker(rank));
         let worker = TcpTransport::new(rank, false, mb, opts(7), None, None).unwrap();
-        worker.adopt(addr.clone(), stream);
+        worker.adopt(addr.clone(), stream, keys);
         let big = Block::new(vec![100_000], Buffer::F64((0..100_000).map(f64::from).collect()));
         worker.send(Endpoint::SCHEDULER, Msg::Heartbeat { rank });
         worker.send(Endpoint::SCHEDULER, Msg::Block { id: TaskId(3), payload: Payload::Ready(big.clone()) });
@@ -1337,12 +1428,11 @@ mod tests {
 
     /// Joins `addr` as a worker and writes `frame` on the authenticated
     /// connection, as a hostile member could.
-    fn send_raw(addr: &str, frame: &[u8]) -> TcpStream {
+    fn send_raw(addr: &str, frame: &[u8]) -> (TcpStream, FrameKeys) {
         let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
-        let (mut stream, _) = connect(addr, &opts(5), intro).unwrap();
-        stream.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
-        stream.write_all(frame).unwrap();
-        stream
+        let (mut stream, _, mut keys) = connect(addr, &opts(5), intro).unwrap();
+        stream.write_all(&sealed(&mut keys, frame)).unwrap();
+        (stream, keys)
     }
 
     #[test]
@@ -1359,9 +1449,10 @@ mod tests {
             frames.push(crate::protocol::inline_block_frame(header, &[0; 16]));
         }
         for frame in &frames {
-            let mut stream = send_raw(&addr, frame);
+            let (mut stream, mut keys) = send_raw(&addr, frame);
             // The peer is told why, then the connection closes.
-            let msgs = frames_until_closed(&mut stream, Duration::from_secs(5)).expect("the connection is closed");
+            let msgs = frames_until_closed(&mut stream, Some(&mut keys), Duration::from_secs(5))
+                .expect("the connection is closed");
             let why = refusal(&msgs).expect("a refusal");
             assert!(why.contains("f64"), "{why}");
             match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
@@ -1376,7 +1467,7 @@ mod tests {
         let n = READ_PIECE / 8 * 2 + 3;
         let block = Block::new(vec![n], Buffer::F64((0..n).map(|i| i as f64).collect()));
         let msg = Msg::Block { id: TaskId(2), payload: Payload::Ready(block.clone()) };
-        let mut stream = send_raw(&addr, &encode_frame(&[(Role::Scheduler, msg)]).unwrap());
+        let (mut stream, _keys) = send_raw(&addr, &encode_frame(&[(Role::Scheduler, msg)]).unwrap());
         stream.write_all(block.as_bytes()).unwrap();
         let mut blocks = Vec::new();
         while blocks.is_empty() {
@@ -1417,12 +1508,12 @@ mod tests {
     fn a_panicking_reader_still_declares_its_peer_lost() {
         let (sched, inbox, addr) = scheduler(4);
         let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
-        let (stream, welcome) = connect(&addr, &opts(4), intro).unwrap();
+        let (stream, welcome, keys) = connect(&addr, &opts(4), intro).unwrap();
         let Welcome::Joined { rank, .. } = welcome else { panic!("{welcome:?}") };
         let mut mb = Mailboxes::new();
         let _inbox = mb.open(Endpoint::worker(rank));
         let worker = TcpTransport::new(rank, false, mb, opts(4), None, None).unwrap();
-        worker.adopt(addr.clone(), stream);
+        worker.adopt(addr.clone(), stream, keys);
         worker.send(Endpoint::SCHEDULER, Msg::Log { rank, line: PANIC_IN_READER.into() });
         match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
             Msg::PeerLost { rank: r, reason } => {
@@ -1448,7 +1539,7 @@ mod tests {
         // ... so the next one is closed at once, long before the deadline.
         let mut extra = TcpStream::connect(&addr).unwrap();
         let before = Instant::now();
-        let closed = frames_until_closed(&mut extra, Duration::from_secs(1));
+        let closed = frames_until_closed(&mut extra, None, Duration::from_secs(1));
         assert!(closed.is_some_and(|m| m.is_empty()), "an extra connection is closed without a word");
         assert!(before.elapsed() < Duration::from_secs(1));
         // A peer that trickles its greeting a byte at a time is cut off at
