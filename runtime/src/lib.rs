@@ -34,6 +34,10 @@ mod client;
 #[doc(hidden)]
 pub mod codec;
 mod error;
+/// Entry points of the fuzz targets. Hidden, not private: `fuzz/` calls
+/// them; not a stable interface.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 mod graph;
 pub mod host;

@@ -379,7 +379,17 @@ fn accept_handshake(
         refuse(&e.to_string());
         return None;
     }
-    let s = &mut Timed { stream, deadline };
+    accept_steps(&mut Timed { stream, deadline }, opts, refuse)
+}
+
+/// The accepting side's steps of the handshake over any stream (the TCP
+/// one with its deadline, or a fuzzer's bytes); `refuse` hears why a
+/// connection is refused.
+pub(crate) fn accept_steps(
+    s: &mut (impl Read + Write),
+    opts: &TcpOptions,
+    refuse: impl Fn(&str),
+) -> Option<(Intro, FrameKeys)> {
     let mut hello = [0u8; 7 + 2 + TAG_LEN];
     if let Err(e) = s.read_exact(&mut hello) {
         refuse(&format!("no greeting ({})", describe(&e, opts.handshake_timeout)));
@@ -433,6 +443,36 @@ fn accept_handshake(
             refuse(&format!("no introduction after the handshake ({e})"));
             None
         }
+    }
+}
+
+/// Runs the accepting side of a handshake on `data` (what a connecting
+/// peer sends), for [`crate::fuzzing::handshake`].
+pub(crate) fn fuzz_accept(data: &[u8], secret: &Secret) {
+    let opts = TcpOptions::new(secret.clone());
+    let _ = accept_steps(&mut crate::fuzzing::Scripted { input: data }, &opts, |_| {});
+}
+
+/// Reads `data` as a handshake frame (an intro when `intro`, else a
+/// welcome): as it stands when `raw`, else wrapped in its length and a
+/// valid MAC, for [`crate::fuzzing::handshake`].
+pub(crate) fn fuzz_small_frame(data: &[u8], secret: &Secret, intro: bool, raw: bool) {
+    let mut keys = FrameKeys::derive(secret, &[1; TAG_LEN], &[2; TAG_LEN], false);
+    let sealed;
+    let input = if raw {
+        data
+    } else {
+        let mut peer = FrameKeys::derive(secret, &[1; TAG_LEN], &[2; TAG_LEN], true);
+        let len = (data.len() as u32).to_le_bytes();
+        let tag = peer.send.sign(&[&len, data]);
+        sealed = [&len[..], data, &tag].concat();
+        &sealed
+    };
+    let s = &mut crate::fuzzing::Scripted { input };
+    if intro {
+        let _ = read_small_frame::<Intro>(s, &mut keys.recv);
+    } else {
+        let _ = read_small_frame::<Welcome>(s, &mut keys.recv);
     }
 }
 
