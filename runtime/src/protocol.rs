@@ -365,14 +365,20 @@ pub use crate::graph::{decode_params, encode_params};
 /// Encodes a batch of messages for one rank: version byte, then the codec.
 pub fn encode_frame(msgs: &[(Role, Msg)]) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![PROTOCOL_VERSION];
-    codec::encode_into(msgs, &mut out, MAX_FRAME - 1)?;
+    codec::encode_into(msgs, &mut out, u64::MAX)?;
+    if out.len() as u64 > MAX_FRAME {
+        return Err(CodecError::new(format!("a frame of {} bytes exceeds the limit of {MAX_FRAME}", out.len())));
+    }
     Ok(out)
 }
 
 /// Decodes a frame made by [`encode_frame`], checking version and length.
 pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(Role, Msg)>, CodecError> {
+    if bytes.len() as u64 > MAX_FRAME {
+        return Err(CodecError::new(format!("a frame of {} bytes exceeds the limit of {MAX_FRAME}", bytes.len())));
+    }
     match bytes.split_first() {
-        Some((&PROTOCOL_VERSION, rest)) => codec::decode(rest, MAX_FRAME - 1),
+        Some((&PROTOCOL_VERSION, rest)) => codec::decode(rest, u64::MAX),
         Some((v, _)) => Err(CodecError::new(format!(
             "protocol version {v}, this build speaks {PROTOCOL_VERSION} (are all ranks the same binary?)"
         ))),
