@@ -7,7 +7,7 @@
 //! | target | what a hostile peer controls |
 //! |---|---|
 //! | [`frame`] | a control frame after the handshake ([`crate::protocol::decode_frame`]), then who may send it ([`crate::transport::policy`]) |
-//! | [`handshake`] | everything the connecting side sends to an accepting one, and the intro and welcome frames |
+//! | [`handshake`] | everything either side of a handshake sends the other, and the intro and welcome frames |
 //! | [`block_header`] | a block header, its size check and the reservation it sizes |
 //!
 //! ```
@@ -44,15 +44,17 @@ pub fn frame(data: &[u8]) {
 /// connecting peer sends to an accepting one (greeting, MAC, intro); 1, an
 /// intro frame and 2, a welcome frame, each arriving with a valid MAC so the
 /// decoder behind the MAC is reached; 3, raw bytes where a handshake frame
-/// (length, frame, MAC) is expected.
+/// (length, frame, MAC) is expected; 4, everything an accepting peer (a
+/// "scheduler") answers to a connecting one.
 pub fn handshake(data: &[u8]) {
     let Some((&mode, data)) = data.split_first() else { return };
     let secret = Secret::from_bytes(&[7; 32]).expect("a 32-byte secret");
-    match mode % 4 {
+    match mode % 5 {
         0 => tcp::fuzz_accept(data, &secret),
         1 => tcp::fuzz_small_frame(data, &secret, true, false),
         2 => tcp::fuzz_small_frame(data, &secret, false, false),
-        _ => tcp::fuzz_small_frame(data, &secret, true, true),
+        3 => tcp::fuzz_small_frame(data, &secret, true, true),
+        _ => tcp::fuzz_connect(data, &secret),
     }
 }
 
@@ -354,6 +356,12 @@ mod tests {
         }
         let welcome = tcp::Welcome::Joined { rank: 2, peers: vec![(1, "10.0.0.1:4000".into())], ucx: vec![] };
         seeds.push(("handshake", "seed-20".into(), [&[2u8][..], &codec::encode(&welcome, 1 << 20).unwrap()].concat()));
+        let mut answer = b"TESSERA".to_vec();
+        answer.extend([crate::protocol::PROTOCOL_VERSION, 0]);
+        answer.extend([5u8; 32]);
+        answer.push(0);
+        answer.extend([0u8; 32]);
+        seeds.push(("handshake", "seed-40".into(), [&[4u8][..], &answer].concat()));
         for (target, _, bytes) in &seeds {
             match *target {
                 "frame" => frame(bytes),

@@ -311,8 +311,23 @@ pub(crate) fn connect(
         stream.ok_or_else(|| fail(format!("{last} (is a scheduler listening there, and reachable from here?)")))?;
     let io = |e: io::Error| fail(format!("handshake failed: {}", describe(&e, opts.handshake_timeout)));
     stream.set_nodelay(true).map_err(io)?;
+    let local = stream.local_addr().map_err(io)?;
     let mut s = Timed { stream: &stream, deadline: Instant::now() + opts.handshake_timeout };
+    let (welcome, keys) = connect_steps(&mut s, opts, local, intro, fail)?;
+    Ok((stream, welcome, keys))
+}
 
+/// The connecting side's steps of the handshake over any stream (the TCP
+/// one with its deadline, or a fuzzer's bytes playing the accepting side);
+/// `fail` makes an error naming the address.
+pub(crate) fn connect_steps(
+    s: &mut (impl Read + Write),
+    opts: &TcpOptions,
+    local: SocketAddr,
+    intro: impl FnOnce(SocketAddr) -> Result<Intro>,
+    fail: impl Fn(String) -> Error,
+) -> Result<(Welcome, FrameKeys)> {
+    let io = |e: io::Error| fail(format!("handshake failed: {}", describe(&e, opts.handshake_timeout)));
     let nc = random_bytes::<TAG_LEN>()?;
     let mut hello = MAGIC.to_vec();
     hello.push(PROTOCOL_VERSION);
@@ -356,14 +371,14 @@ pub(crate) fn connect(
             "the peer does not hold our secret: it is not our scheduler or worker; nothing more was sent to it".into(),
         ));
     }
-    let intro = intro(stream.local_addr().map_err(io)?)?;
+    let intro = intro(local)?;
     let mut keys = FrameKeys::derive(secret, &nc, &na, true);
-    write_small_frame(&mut s, &intro, &mut keys.send).map_err(io)?;
-    let welcome: Welcome = read_small_frame(&mut s, &mut keys.recv).map_err(io)?;
+    write_small_frame(s, &intro, &mut keys.send).map_err(io)?;
+    let welcome: Welcome = read_small_frame(s, &mut keys.recv).map_err(io)?;
     if let Welcome::Refused { reason } = &welcome {
         return Err(fail(format!("refused: {reason}")));
     }
-    Ok((stream, welcome, keys))
+    Ok((welcome, keys))
 }
 
 /// The accepting side of the handshake, all of it by `deadline`; `None`
@@ -451,6 +466,15 @@ pub(crate) fn accept_steps(
 pub(crate) fn fuzz_accept(data: &[u8], secret: &Secret) {
     let opts = TcpOptions::new(secret.clone());
     let _ = accept_steps(&mut crate::fuzzing::Scripted { input: data }, &opts, |_| {});
+}
+
+/// Runs the connecting side of a handshake on `data` (what an accepting
+/// peer answers), for [`crate::fuzzing::handshake`].
+pub(crate) fn fuzz_connect(data: &[u8], secret: &Secret) {
+    let opts = TcpOptions::new(secret.clone());
+    let local = SocketAddr::from(([127, 0, 0, 1], 1));
+    let fail = |reason: String| Error::Connect { addr: "fuzz".into(), reason };
+    let _ = connect_steps(&mut crate::fuzzing::Scripted { input: data }, &opts, local, |_| Ok(Intro::Client), fail);
 }
 
 /// Reads `data` as a handshake frame (an intro when `intro`, else a
