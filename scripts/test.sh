@@ -7,7 +7,8 @@
 #    or sudo the first time, a no-op afterwards.
 # 2. The default build (nothing but Rust): unit, integration and doc tests of
 #    every crate, the `tessera` command and the examples on a local cluster.
-# 3. The `full` build (`mpi`, `hdf5`, `hwloc`, `ucx`) with `cuda`: the same suites again,
+# 3. The fuzz targets (fuzz/, cargo-fuzz, installed if missing), 20 s each.
+# 4. The `full` build (`mpi`, `hdf5`, `hwloc`, `ucx`) with `cuda`: the same suites again,
 #    GPU workers (tests/gpu.rs; without a GPU they check the CPU fallback and
 #    the messages, and the device tests say why they skip), the HDF5
 #    tests, thread binding read back, blocks over UCX (tests/ucx.rs), plus tests/mpi.rs, which starts every multi-rank case as its own
@@ -77,6 +78,12 @@ fi
 # tessera-ucx-sys needs the system UCX, so only the full build has it.
 step "default build: cargo test --workspace (nothing but Rust)"
 cargo test --workspace --exclude tessera-ucx-sys --locked
+
+step "fuzzing: every decoder that faces the network, 20 s each (scripts/fuzz.sh; fails on a crash)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+scripts/fuzz.sh 20
 
 step "full build (mpi, hdf5, hwloc, ucx, cuda): cargo test --workspace --features full,cuda (real mpirun runs)"
 env "${batch_env[@]}" cargo test --workspace --locked --features tessera/full,tessera/cuda

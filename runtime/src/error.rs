@@ -93,8 +93,16 @@ pub enum Error {
     Codec {
         rank: u32,
         #[source]
-        #[serde(with = "wire::codec")]
-        source: bincode::Error,
+        source: crate::codec::CodecError,
+    },
+
+    /// A message could not be sent: `what` it carried encodes over the
+    /// frame limit (256 MiB), or not at all. The connection stays up.
+    #[error("{what} cannot be sent: {source}")]
+    Unsendable {
+        what: String,
+        #[source]
+        source: crate::codec::CodecError,
     },
 
     /// A secret file is missing, unreadable, malformed or too widely readable.
@@ -112,23 +120,6 @@ pub enum Error {
     /// An output file (report, trace) could not be written; nothing was left at `path`.
     #[error("cannot write {}: {reason}", path.display())]
     Write { path: PathBuf, reason: String },
-}
-
-/// How the few fields without a serde form of their own cross the wire.
-mod wire {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub mod codec {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(e: &bincode::Error, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&e.to_string())
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bincode::Error, D::Error> {
-            Ok(Box::new(bincode::ErrorKind::Custom(String::deserialize(d)?)))
-        }
-    }
 }
 
 /// `Result` with the runtime's [`Error`].

@@ -252,21 +252,14 @@ impl FromIterator<Task> for Graph {
 /// Kernel parameters can be no larger than a protocol frame.
 const MAX_PARAMS: u64 = 256 << 20;
 
-fn params_codec() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new().with_limit(MAX_PARAMS)
-}
-
 /// Serialises kernel parameters (the encoding [`Task::param`] uses).
 pub fn encode_params<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    use bincode::Options;
-    params_codec().serialize(value).expect("kernel parameters serialise")
+    crate::codec::encode(value, MAX_PARAMS).expect("kernel parameters serialise within the frame limit")
 }
 
 /// Decodes kernel parameters.
-pub fn decode_params<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    use bincode::Options;
-    params_codec().deserialize(bytes)
+pub fn decode_params<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::codec::CodecError> {
+    crate::codec::decode(bytes, MAX_PARAMS)
 }
 
 #[cfg(test)]

@@ -29,7 +29,15 @@
 
 mod block;
 mod client;
+/// The binary codec of frames and parameters. Hidden, not private: the fuzz
+/// targets and the facade's tests encode with it; not a stable interface.
+#[doc(hidden)]
+pub mod codec;
 mod error;
+/// Entry points of the fuzz targets. Hidden, not private: `fuzz/` calls
+/// them; not a stable interface.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 mod graph;
 pub mod host;
@@ -51,6 +59,7 @@ mod worker;
 
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, SizeError, WeakBlock, MAX_BLOCK};
 pub use client::{Client, Persisted};
+pub use codec::CodecError;
 pub use error::{Error, KernelError, NumericalError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use host::memory::MemoryLimit;

@@ -1,9 +1,10 @@
 //! Messages between the scheduler, workers and the client, and their codec.
 //!
 //! Every message is addressed to an [`Endpoint`]: a rank and a role on that
-//! rank. Control messages are small and serialised with bincode (varint
-//! integers) behind a one-byte protocol version; a decoder refuses frames
-//! longer than [`MAX_FRAME`] or of another version. Block payloads never go
+//! rank. Control messages are small and serialised with the runtime's codec
+//! ([`crate::codec`]: postcard, varint integers) behind a one-byte protocol
+//! version; a decoder refuses frames longer than [`MAX_FRAME`], of another
+//! version, or with bytes left over. Block payloads never go
 //! through the codec: a [`Msg::Block`] carries a [`Payload`] whose header is
 //! encoded with the control part and whose bytes a transport moves
 //! separately (in-process: not at all, the `Arc` is handed over).
@@ -19,17 +20,17 @@
 
 use std::fmt;
 
-use bincode::Options;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
 use crate::block::{Block, BlockHeader};
+use crate::codec::{self, CodecError};
 use crate::error::Result;
 use crate::graph::{Key, Params, Task, TaskId};
 use crate::observe::events::{EventLog, WorkerEvents};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 
 /// Largest control frame a rank accepts (block payloads are separate).
 pub const MAX_FRAME: u64 = 256 << 20;
@@ -165,8 +166,8 @@ impl<'de> Deserialize<'de> for Payload {
             WirePayload::Inline(h, bytes) => {
                 // The header must describe exactly the bytes that came with
                 // it before anything is allocated for it.
-                h.check_announced(bytes.len() as u64).map_err(serde::de::Error::custom)?;
-                let mut buffer = Block::receive_buffer(&h).map_err(serde::de::Error::custom)?;
+                h.check_announced(bytes.len() as u64).map_err(codec::refuse)?;
+                let mut buffer = Block::receive_buffer(&h).map_err(codec::refuse)?;
                 buffer.as_bytes_mut().copy_from_slice(bytes);
                 Ok(Payload::Ready(Block::from_parts(h, buffer)))
             }
@@ -235,6 +236,11 @@ pub enum Msg {
     /// (workers that joined), their UCX addresses (workers started with
     /// `--transport ucx`) and which have left. Handled by the transport.
     Peers { add: Vec<(u32, String)>, remove: Vec<u32>, ucx: Vec<(u32, Vec<u8>)> },
+    /// Any process -> the peer of a connection, handled by the transport:
+    /// what the peer sent was refused (a frame over [`MAX_FRAME`], a
+    /// malformed frame, a message it may not send) and the connection
+    /// closes after this message. Logged on both ends.
+    Refused { reason: String },
     /// Client -> scheduler, in-process only (never on the wire).
     #[serde(skip)]
     Client(ClientRequest),
@@ -364,25 +370,27 @@ pub enum WireReply {
 /// Kernel parameters travel in `RunTask`s, encoded as [`crate::Task::param`] does.
 pub use crate::graph::{decode_params, encode_params};
 
-fn codec() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(MAX_FRAME)
-}
-
-/// Encodes a batch of messages for one rank: version byte, then bincode.
-pub fn encode_frame(msgs: &[(Role, Msg)]) -> Result<Vec<u8>, bincode::Error> {
+/// Encodes a batch of messages for one rank: version byte, then the codec.
+pub fn encode_frame(msgs: &[(Role, Msg)]) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![PROTOCOL_VERSION];
-    codec().serialize_into(&mut out, msgs)?;
+    codec::encode_into(msgs, &mut out, u64::MAX)?;
+    if out.len() as u64 > MAX_FRAME {
+        return Err(CodecError::new(format!("a frame of {} bytes exceeds the limit of {MAX_FRAME}", out.len())));
+    }
     Ok(out)
 }
 
 /// Decodes a frame made by [`encode_frame`], checking version and length.
-pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(Role, Msg)>, bincode::Error> {
+pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(Role, Msg)>, CodecError> {
+    if bytes.len() as u64 > MAX_FRAME {
+        return Err(CodecError::new(format!("a frame of {} bytes exceeds the limit of {MAX_FRAME}", bytes.len())));
+    }
     match bytes.split_first() {
-        Some((&PROTOCOL_VERSION, rest)) => codec().deserialize(rest),
-        Some((v, _)) => Err(Box::new(bincode::ErrorKind::Custom(format!(
+        Some((&PROTOCOL_VERSION, rest)) => codec::decode(rest, u64::MAX),
+        Some((v, _)) => Err(CodecError::new(format!(
             "protocol version {v}, this build speaks {PROTOCOL_VERSION} (are all ranks the same binary?)"
-        )))),
-        None => Err(Box::new(bincode::ErrorKind::Custom("empty frame".into()))),
+        ))),
+        None => Err(CodecError::new("empty frame")),
     }
 }
 
@@ -395,9 +403,9 @@ pub(crate) fn inline_block_frame(header: BlockHeader, bytes: &[u8]) -> Vec<u8> {
     let msg = Msg::Block { id: TaskId(1), payload: Payload::Incoming(empty.clone()) };
     let probe = encode_frame(&[(Role::Worker, msg)]).unwrap();
     // The message as encoded, with its payload cut off and the inline one put instead.
-    let tail = codec().serialize(&WirePayload::Header(empty)).unwrap();
+    let tail = codec::encode(&WirePayload::Header(empty), MAX_FRAME).unwrap();
     let mut frame = probe[..probe.len() - tail.len()].to_vec();
-    frame.extend(codec().serialize(&WirePayload::Inline(header, bytes)).unwrap());
+    frame.extend(codec::encode(&WirePayload::Inline(header, bytes), MAX_FRAME).unwrap());
     frame
 }
 

@@ -127,7 +127,7 @@ impl Scheduler {
         let mut mailboxes = Mailboxes::new();
         let sched_inbox = mailboxes.open(Endpoint::SCHEDULER);
         let client_inbox = mailboxes.open(Endpoint::CLIENT);
-        let transport = TcpTransport::new(0, true, mailboxes, opts.tcp, Some(listener), None);
+        let transport = TcpTransport::new(0, true, mailboxes, opts.tcp, Some(listener), None)?;
         let dyn_transport: Arc<dyn Transport> = transport.clone();
         let config = SchedulerConfig {
             worker_ranks: Vec::new(),
@@ -265,7 +265,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     let ucx = seed.as_ref().map(|s| s.address().to_vec());
     let mut listener = None;
     let interface = opts.interface.clone();
-    let (stream, welcome) = dial(&opts.scheduler, &opts.tcp, |local| {
+    let (stream, welcome, keys) = dial(&opts.scheduler, &opts.tcp, |local| {
         // Listen where the scheduler reached us: that interface routes.
         let ip = match &interface {
             Some(name) => crate::host::sys::routable_address(Some(name))
@@ -292,9 +292,9 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     mailboxes.attach_store(rank, store.clone());
     let inbox = mailboxes.open(Endpoint::worker(rank));
     let plane = seed.map(|s| s.start(rank, mailboxes.clone())).transpose()?;
-    let transport = TcpTransport::new(rank, false, mailboxes, opts.tcp.clone(), listener, plane);
+    let transport = TcpTransport::new(rank, false, mailboxes, opts.tcp.clone(), listener, plane)?;
     transport.learn(peers, ucx);
-    transport.adopt(0, opts.scheduler.clone(), stream);
+    transport.adopt(opts.scheduler.clone(), stream, keys);
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     crate::observe::log::forward_errors_to(&dyn_transport, rank);
     let wc = WorkerConfig {
@@ -378,30 +378,32 @@ impl Deref for RemoteClient {
 
 /// Connects to the elastic scheduler at `addr` as a client.
 pub fn connect(addr: &str, tcp: TcpOptions) -> Result<RemoteClient> {
-    let (stream, welcome) = dial(addr, &tcp, |_| Ok(Intro::Client))?;
+    let (stream, welcome, keys) = dial(addr, &tcp, |_| Ok(Intro::Client))?;
     let Welcome::Joined { rank, peers, ucx } = welcome else { unreachable!("refusals are errors") };
     let me = Endpoint { rank, role: Role::Client };
     let mut mailboxes = Mailboxes::new();
     let inbox = mailboxes.open(me);
     let router = ReplyRouter::default();
     mailboxes.attach_replies(router.clone());
-    let transport = TcpTransport::new(rank, false, mailboxes, tcp, None, None);
+    let transport = TcpTransport::new(rank, false, mailboxes, tcp, None, None)?;
     transport.learn(peers, ucx);
-    transport.adopt(0, addr.to_owned(), stream);
+    transport.adopt(addr.to_owned(), stream, keys);
     tracing::info!(rank, scheduler = addr, "connected as a client");
     Ok(RemoteClient { client: Client::remote(transport, inbox, me, router), rank })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpStream;
+    use std::sync::OnceLock;
 
     use super::*;
     use crate::block::{Block, BlockHeader, Buffer, DType};
     use crate::graph::{Graph, Key, Task, TaskId};
-    use crate::protocol::{encode_frame, inline_block_frame, Payload};
+    use crate::protocol::{encode_frame, inline_block_frame, Payload, WireRequest, MAX_FRAME};
     use crate::transport::secret::Secret;
+    use crate::transport::tcp::{frames_until_closed, refusal, sealed, FrameKeys};
 
     fn registry() -> Registry {
         let mut r = Registry::empty();
@@ -416,25 +418,137 @@ mod tests {
         o
     }
 
-    /// Joins as a worker over an authenticated connection, writes `frame`,
-    /// and waits for the scheduler to close the connection.
-    fn hostile(addr: &str, frame: &[u8]) {
-        let intro = |_| Ok(Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None });
-        let (mut s, _) = dial(addr, &tcp(), intro).unwrap();
-        s.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
-        s.write_all(frame).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 4096];
-        let start = Instant::now();
+    /// Everything logged at WARN and above by this test process, so a test
+    /// can check that a hostile peer was logged with its address.
+    fn log() -> &'static parking_lot::Mutex<Vec<u8>> {
+        static LOG: OnceLock<&'static parking_lot::Mutex<Vec<u8>>> = OnceLock::new();
+        LOG.get_or_init(|| {
+            let buffer: &'static parking_lot::Mutex<Vec<u8>> = Box::leak(Box::default());
+            struct Sink(&'static parking_lot::Mutex<Vec<u8>>);
+            impl Write for Sink {
+                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                    self.0.lock().extend_from_slice(b);
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_writer(move || Sink(buffer))
+                .finish();
+            let _ = tracing::subscriber::set_global_default(subscriber);
+            buffer
+        })
+    }
+
+    /// Waits (up to 5 s) for a log line that names `peer` and says `what`.
+    fn logged(peer: &str, what: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            // Welcome messages and keep-alives may come first; then the close.
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "the connection stays open"),
-                Err(e) => panic!("the connection was not closed: {e}"),
+            let found = String::from_utf8_lossy(&log().lock()).lines().any(|l| l.contains(peer) && l.contains(what));
+            if found || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A scheduler with two workers of one thread each.
+    struct Cluster {
+        server: Scheduler,
+        addr: String,
+        ranks: Vec<u32>,
+        workers: Vec<std::thread::JoinHandle<Result<WorkerReport>>>,
+    }
+
+    impl Cluster {
+        fn start() -> Cluster {
+            log();
+            let opts =
+                SchedulerOptions { listen: "127.0.0.1:0".into(), registry: registry(), ..SchedulerOptions::new(tcp()) };
+            let server = Scheduler::start(opts).unwrap();
+            let addr = server.address().to_owned();
+            let workers = (0..2)
+                .map(|_| {
+                    let mut o = WorkerOptions::new(&addr, tcp());
+                    o.registry = registry();
+                    o.worker.threads = Some(1);
+                    std::thread::spawn(move || run_worker(o))
+                })
+                .collect();
+            let ranks =
+                server.client().wait_for_workers(2, Duration::from_secs(30)).unwrap().iter().map(|w| w.rank).collect();
+            Cluster { server, addr, ranks, workers }
+        }
+
+        /// A computation whose block travels from the first worker to the second.
+        fn serves(&self) {
+            let mut g = Graph::new();
+            g.push(Task::new(Key::new("fill", [0]), "fill").on_rank(self.ranks[0]));
+            g.push(Task::new(Key::new("sum", [0]), "sum").inputs([Key::new("fill", [0])]).on_rank(self.ranks[1]));
+            let out = self.server.client().compute(g, &[Key::new("sum", [0])]).unwrap();
+            assert_eq!(out[0].as_f64(), Some(&[2500.0][..]));
+        }
+
+        /// Shuts down; both workers stopped as told, neither was lost.
+        fn finish(self) {
+            self.server.shutdown();
+            for w in self.workers {
+                let report = w.join().unwrap().unwrap();
+                assert!(report.exit_ok(), "{report:?}");
             }
         }
-        let _ = TcpStream::shutdown(&s, std::net::Shutdown::Both);
+    }
+
+    /// An authenticated connection that the test writes raw frames on.
+    struct Raw {
+        stream: TcpStream,
+        keys: FrameKeys,
+        rank: u32,
+        /// The address the other side sees this connection come from.
+        local: String,
+        /// Where the workers listen (from the welcome).
+        peers: Vec<(u32, String)>,
+    }
+
+    impl Raw {
+        fn join(addr: &str, intro: Intro) -> Raw {
+            let (stream, welcome, keys) = dial(addr, &tcp(), |_| Ok(intro)).unwrap();
+            let Welcome::Joined { rank, peers, .. } = welcome else { unreachable!() };
+            let local = stream.local_addr().unwrap().to_string();
+            Raw { stream, keys, rank, local, peers }
+        }
+
+        fn worker(addr: &str) -> Raw {
+            Raw::join(addr, Intro::Worker { listen: "127.0.0.1:1".into(), ucx: None })
+        }
+
+        fn send(&mut self, msg: Msg) -> &mut Raw {
+            self.frame(&encode_frame(&[(Role::Scheduler, msg)]).unwrap())
+        }
+
+        fn frame(&mut self, frame: &[u8]) -> &mut Raw {
+            let bytes = sealed(&mut self.keys, frame);
+            self.stream.write_all(&bytes).unwrap();
+            self
+        }
+
+        /// What the other side sent until it closed the connection (`None`: still open after `limit`).
+        fn until_closed(&mut self, limit: Duration) -> Option<Vec<Msg>> {
+            frames_until_closed(&mut self.stream, Some(&mut self.keys), limit)
+        }
+
+        /// The reason the other side gave before it closed the connection,
+        /// after checking that it logged this connection's address with it.
+        fn refused(&mut self) -> String {
+            let msgs = self.until_closed(Duration::from_secs(10)).expect("the connection is closed");
+            let why = refusal(&msgs).unwrap_or_else(|| panic!("no refusal in {msgs:?}")).to_owned();
+            assert!(logged(&self.local, "refused what a peer sent"), "{} not logged", self.local);
+            why
+        }
     }
 
     /// Each hostile block header (announced header-only and inline) closes
@@ -442,37 +556,226 @@ mod tests {
     /// block travels between two workers.
     #[test]
     fn a_scheduler_survives_hostile_block_headers() {
-        let opts =
-            SchedulerOptions { listen: "127.0.0.1:0".into(), registry: registry(), ..SchedulerOptions::new(tcp()) };
-        let server = Scheduler::start(opts).unwrap();
-        let addr = server.address().to_owned();
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let mut o = WorkerOptions::new(&addr, tcp());
-                o.registry = registry();
-                o.worker.threads = Some(1);
-                std::thread::spawn(move || run_worker(o))
-            })
-            .collect();
-        let ranks: Vec<u32> =
-            server.client().wait_for_workers(2, Duration::from_secs(30)).unwrap().iter().map(|w| w.rank).collect();
-
+        let c = Cluster::start();
         for shape in [vec![1usize << 40], vec![1 << 61], vec![1 << 32, 1 << 32]] {
             let header = BlockHeader { dtype: DType::F64, shape };
             let msg = Msg::Block { id: TaskId(1), payload: Payload::Incoming(header.clone()) };
-            hostile(&addr, &encode_frame(&[(Role::Scheduler, msg)]).unwrap());
-            hostile(&addr, &inline_block_frame(header, &[0; 16]));
+            let why = Raw::worker(&c.addr).send(msg).refused();
+            assert!(why.contains("f64"), "{why}");
+            let why = Raw::worker(&c.addr).frame(&inline_block_frame(header, &[0; 16])).refused();
+            assert!(why.contains("f64"), "{why}");
         }
+        c.serves();
+        c.finish();
+    }
 
-        let mut g = Graph::new();
-        g.push(Task::new(Key::new("fill", [0]), "fill").on_rank(ranks[0]));
-        g.push(Task::new(Key::new("sum", [0]), "sum").inputs([Key::new("fill", [0])]).on_rank(ranks[1]));
-        let out = server.client().compute(g, &[Key::new("sum", [0])]).unwrap();
-        assert_eq!(out[0].as_f64(), Some(&[2500.0][..]));
-        server.shutdown();
-        for w in workers {
-            let report = w.join().unwrap().unwrap();
-            assert!(report.exit_ok(), "{report:?}");
+    /// A member that names another worker's rank in `Hello`, `Bye`,
+    /// `Drain`, `Replica` or `Log` is cut off; the worker it named keeps
+    /// working (a believed `Bye` or `Drain` would have removed it).
+    #[test]
+    fn ranks_claimed_in_messages_must_be_the_connections() {
+        let c = Cluster::start();
+        let victim = c.ranks[0];
+        let claims = [
+            Msg::Hello {
+                rank: victim,
+                threads: 64,
+                host: "x".into(),
+                name: String::new(),
+                registry: 0,
+                kernels: 0,
+                gpu: String::new(),
+            },
+            Msg::Bye { rank: victim },
+            Msg::Drain { rank: victim },
+            Msg::Replica { id: TaskId(0), rank: victim },
+            Msg::Log { rank: victim, line: "forged".into() },
+        ];
+        for msg in claims {
+            let mut raw = Raw::worker(&c.addr);
+            let why = raw.send(msg).refused();
+            assert!(
+                why.contains(&format!("claims rank {victim}")) && why.contains(&format!("rank {}'s", raw.rank)),
+                "{why}"
+            );
         }
+        c.serves();
+        // Honest workers' rank-carrying answers still pass: both send their events.
+        let log = c.server.client().events().unwrap();
+        let mut answered: Vec<u32> = log.workers.iter().map(|w| w.rank).collect();
+        let mut ranks = c.ranks.clone();
+        answered.sort_unstable();
+        ranks.sort_unstable();
+        assert_eq!(answered, ranks);
+        assert!(log.task_count() >= 2, "the computation's tasks were recorded");
+        c.finish();
+    }
+
+    /// Orders only the scheduler gives are refused from a worker's or a
+    /// client's connection to the scheduler, and from a direct connection
+    /// to a worker; a direct connection may not claim to be the scheduler.
+    #[test]
+    fn orders_from_anyone_but_the_scheduler_are_refused() {
+        let c = Cluster::start();
+        let orders = || {
+            [
+                Msg::Peers { add: Vec::new(), remove: vec![1, 2], ucx: Vec::new() },
+                Msg::Shutdown { failed: true, reason: "forged".into() },
+                Msg::Run(Vec::new()),
+                Msg::Release(vec![TaskId(0)]),
+                Msg::Cancel(vec![TaskId(0)]),
+                Msg::Acquire(Vec::new()),
+                Msg::CollectEvents { req: 0, clear: true },
+            ]
+        };
+        for msg in orders() {
+            let why = Raw::worker(&c.addr).send(msg).refused();
+            assert!(why.contains("only the scheduler sends"), "{why}");
+        }
+        let mut client = Raw::join(&c.addr, Intro::Client);
+        assert!(client
+            .send(Msg::Shutdown { failed: true, reason: "forged".into() })
+            .refused()
+            .contains("only the scheduler"));
+        // Straight to a worker, as a member opening a direct connection.
+        let client = Raw::join(&c.addr, Intro::Client);
+        let (_, listen) = client.peers.iter().find(|(r, _)| *r == c.ranks[0]).unwrap().clone();
+        for msg in orders() {
+            let why = Raw::join(&listen, Intro::Peer { rank: client.rank }).send(msg).refused();
+            assert!(why.contains("only the scheduler sends"), "{why}");
+        }
+        let err = dial(&listen, &tcp(), |_| Ok(Intro::Peer { rank: 0 })).unwrap_err().to_string();
+        assert!(err.contains("not something this process accepts"), "{err}");
+        c.serves();
+        c.finish();
+    }
+
+    /// A client that releases results it never held frees nothing: another
+    /// client's persisted result is still there.
+    #[test]
+    fn a_client_releases_only_what_it_holds() {
+        let c = Cluster::start();
+        let owner = connect(&c.addr, tcp()).unwrap();
+        let mut g = Graph::new();
+        g.push(Task::new(Key::new("fill", [0]), "fill"));
+        let kept = owner.persist(g, &[Key::new("fill", [0])]).unwrap();
+        kept.wait().unwrap();
+        let mut thief = Raw::join(&c.addr, Intro::Client);
+        let from = Endpoint { rank: thief.rank, role: Role::Client };
+        thief.send(Msg::Request { id: 0, from, req: WireRequest::Release { ids: (0..1000).map(TaskId).collect() } });
+        // Released or not, the scheduler has handled the release once a later
+        // request of the same connection is answered.
+        thief.send(Msg::Request { id: 1, from, req: WireRequest::State });
+        let msgs = thief.until_closed(Duration::from_millis(1500));
+        assert!(msgs.is_none(), "the connection stays open");
+        assert!(logged(&format!("rank={}", thief.rank), "does not hold"));
+        let blocks = kept.gather().unwrap();
+        assert_eq!(blocks[0].as_f64().map(|v| v.len()), Some(5000));
+        drop(kept);
+        drop(owner);
+        c.serves();
+        c.finish();
+    }
+
+    /// A frame announced over the limit is answered with a refusal saying
+    /// so, then the connection closes; a malformed frame likewise.
+    #[test]
+    fn oversized_and_malformed_frames_are_answered_then_closed() {
+        let c = Cluster::start();
+        let mut raw = Raw::worker(&c.addr);
+        raw.stream.write_all(&((MAX_FRAME + 1) as u32).to_le_bytes()).unwrap();
+        let why = raw.refused();
+        assert!(why.contains(&format!("exceeds the limit of {MAX_FRAME}")), "{why}");
+        let why = Raw::worker(&c.addr).frame(&[crate::protocol::PROTOCOL_VERSION, 0xff, 0xff, 0xff]).refused();
+        assert!(why.contains("malformed"), "{why}");
+        c.serves();
+        c.finish();
+    }
+
+    /// A frame whose MAC does not verify (altered on the way, injected, or
+    /// replayed) is refused and its connection closed.
+    #[test]
+    fn frames_without_their_mac_are_refused() {
+        let c = Cluster::start();
+        let mut raw = Raw::worker(&c.addr);
+        let frame = encode_frame(&[(Role::Scheduler, Msg::Heartbeat { rank: raw.rank })]).unwrap();
+        let mut bytes = sealed(&mut raw.keys, &frame);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        raw.stream.write_all(&bytes).unwrap();
+        assert!(raw.refused().contains("MAC does not verify"));
+        // A frame sent twice: the second is a replay.
+        let mut raw = Raw::worker(&c.addr);
+        let frame = encode_frame(&[(Role::Scheduler, Msg::Heartbeat { rank: raw.rank })]).unwrap();
+        let bytes = sealed(&mut raw.keys, &frame);
+        raw.stream.write_all(&bytes).unwrap();
+        raw.stream.write_all(&bytes).unwrap();
+        assert!(raw.refused().contains("MAC does not verify"));
+        c.serves();
+        c.finish();
+    }
+
+    /// A request too large for a frame is answered with an error on the
+    /// client's side; its connection stays up and serves the next request.
+    #[test]
+    fn an_oversized_request_is_answered_with_an_error() {
+        let c = Cluster::start();
+        let client = connect(&c.addr, tcp()).unwrap();
+        let mut g = Graph::new();
+        for i in 0..2 {
+            g.push(Task::new(Key::new("fill", [i]), "fill").raw_params(vec![7u8; (MAX_FRAME / 2) as usize]));
+        }
+        let err = client.compute(g, &[Key::new("fill", [0])]).unwrap_err();
+        assert!(matches!(err, Error::Unsendable { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("a graph of 2 tasks cannot be sent") && text.contains(&format!("limit of {MAX_FRAME}")),
+            "{text}"
+        );
+        let mut g = Graph::new();
+        g.push(Task::new(Key::new("fill", [0]), "fill"));
+        g.push(Task::new(Key::new("sum", [0]), "sum").inputs([Key::new("fill", [0])]));
+        assert_eq!(client.compute(g, &[Key::new("sum", [0])]).unwrap()[0].to_scalar(), Some(2500.0));
+        drop(client);
+        c.serves();
+        c.finish();
+    }
+
+    /// Connections that never finish their handshake take at most
+    /// `MAX_HANDSHAKES` threads; more are closed at once and logged, the
+    /// cluster computes meanwhile, and the slots free at the deadline.
+    #[test]
+    fn idle_connections_cannot_exhaust_the_scheduler() {
+        use crate::transport::tcp::MAX_HANDSHAKES;
+        let c = Cluster::start();
+        let idle: Vec<TcpStream> = (0..MAX_HANDSHAKES).map(|_| TcpStream::connect(&c.addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut extra = TcpStream::connect(&c.addr).unwrap();
+        let local = extra.local_addr().unwrap().to_string();
+        assert!(frames_until_closed(&mut extra, None, Duration::from_secs(2)).is_some(), "closed at once");
+        assert!(logged(&local, "too many connections in their handshake"));
+        c.serves();
+        // At the deadline (5 s) the idle ones are closed and logged, and members get in again.
+        std::thread::sleep(Duration::from_secs(5));
+        assert!(logged(&idle[0].local_addr().unwrap().to_string(), "no greeting"));
+        let client = connect(&c.addr, tcp()).unwrap();
+        assert_eq!(client.workers().len(), 2);
+        drop(client);
+        drop(idle);
+        c.finish();
+    }
+
+    /// A reader thread that panics still runs its clean-up: the member is
+    /// declared lost, and the scheduler goes on.
+    #[test]
+    fn a_panicking_reader_loses_its_member_and_nothing_else() {
+        let c = Cluster::start();
+        let mut raw = Raw::worker(&c.addr);
+        let rank = raw.rank;
+        raw.send(Msg::Log { rank, line: crate::transport::tcp::PANIC_IN_READER.into() });
+        assert!(raw.until_closed(Duration::from_secs(10)).is_some(), "the connection is closed");
+        assert!(logged(&raw.local, "reader panicked"));
+        c.serves();
+        c.finish();
     }
 }

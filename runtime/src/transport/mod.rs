@@ -32,6 +32,7 @@ use crate::worker::store::BlockStore;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub(crate) mod policy;
 pub mod secret;
 pub mod tcp;
 #[cfg(feature = "ucx")]
