@@ -6,9 +6,9 @@
 //!
 //! | target | what a hostile peer controls |
 //! |---|---|
-//! | [`frame`] | a control frame after the handshake ([`crate::protocol::decode_frame`]), then who may send it ([`crate::transport::policy`]) |
-//! | [`handshake`] | everything either side of a handshake sends the other, and the intro and welcome frames |
-//! | [`block_header`] | a block header, its size check and the reservation it sizes |
+//! | [`frame`](crate::fuzzing::frame) | a control frame after the handshake ([`crate::protocol::decode_frame`]), then who may send it (`transport/policy.rs`) |
+//! | [`handshake`](crate::fuzzing::handshake) | everything either side of a handshake sends the other, and the intro and welcome frames |
+//! | [`block_header`](crate::fuzzing::block_header) | a block header, its size check and the reservation it sizes |
 //!
 //! ```
 //! tessera_runtime::fuzzing::frame(&[7, 1, 0, 10, 3]);

@@ -11,7 +11,7 @@
 //! HMAC-SHA256 over fresh random nonces of both sides (see
 //! [`crate::transport::tcp`]), and MACs are compared in constant time. The
 //! same handshake derives one key per direction of the connection
-//! ([`FrameMac`]); every frame after it carries a MAC under that key and
+//! (`FrameMac`); every frame after it carries a MAC under that key and
 //! the frame's sequence number, so frames cannot be forged, altered,
 //! replayed or reordered by a host on the path.
 //!

@@ -29,7 +29,7 @@
 //! every frame in each direction carries an HMAC-SHA256 tag under a key of
 //! that direction, `HMAC(s, "tessera frames " ("c->a" | "a->c") nc na)`,
 //! over the frame's sequence number (counted on both sides, never sent),
-//! its length and its bytes ([`crate::transport::secret::FrameMac`]): a host
+//! its length and its bytes (`secret::FrameMac`): a host
 //! on the path can neither inject, alter, replay nor reorder a control
 //! frame, and a frame whose tag fails is refused before it is decoded. The
 //! connection is authenticated, not encrypted: block data crosses the
@@ -38,7 +38,7 @@
 //! are, in the frame's header). A connection that presents no secret, a wrong one,
 //! or anything but the greeting is refused and logged with the peer's
 //! address; nothing it sent is handled. Handshakes run on threads of their
-//! own, at most [`MAX_HANDSHAKES`] at once (more connections are closed at
+//! own, at most 64 (`MAX_HANDSHAKES`) at once (more connections are closed at
 //! once and logged), each with one deadline for the whole handshake
 //! (`handshake_timeout`), so neither a silent peer nor one that trickles
 //! its greeting a byte at a time holds a thread for longer.
@@ -47,7 +47,7 @@
 //! scheduler hands out ranks; a worker accepts direct connections only from
 //! ranks other than 0 and its own), never one a message names. Every
 //! message is checked against what the connection is before it is handled
-//! ([`super::policy`]): orders come from the scheduler only, a worker's
+//! (`transport/policy.rs`): orders come from the scheduler only, a worker's
 //! reports must carry its own rank, requests come from clients only.
 //!
 //! **Frames.** `u32` little-endian length, then a frame of
