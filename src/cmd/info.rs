@@ -243,11 +243,7 @@ fn memory_limit(config: &Config) -> serde_json::Value {
     let m = &config.worker.memory;
     let ranks = tessera::runtime::host::launcher::local_rank().map_or(1, |(_, n)| n);
     let found = memory::resolve(m.limit, ranks);
-    let dir = m
-        .local_directory
-        .clone()
-        .or_else(|| std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).map(Into::into))
-        .unwrap_or_else(|| "/tmp".into());
+    let dir = m.directory();
     let sources: Vec<_> =
         memory::sources(ranks).into_iter().map(|f| json!({"bytes": f.bytes, "source": f.source})).collect();
     json!({

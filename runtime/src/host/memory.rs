@@ -50,17 +50,16 @@ impl FromStr for MemoryLimit {
             "none" | "0" => return Ok(MemoryLimit::None),
             _ => {}
         }
-        if t.contains('.') || t.starts_with('-') || t.parse::<f64>().is_ok() {
-            if let Ok(f) = t.parse::<f64>() {
-                if f.is_finite() && f > 0.0 && f <= 1.0 {
-                    return Ok(MemoryLimit::Fraction(f));
-                }
-                if !(f.is_finite() && f > 1.0 && t.chars().all(|c| c.is_ascii_digit())) {
-                    return Err(format!(
-                        "`{s}` is not a memory limit: a fraction must be in (0, 1]; \
-                         give bytes with a unit (`8GiB`), `auto` or `none`"
-                    ));
-                }
+        // A number is a fraction in (0, 1] or a whole count of bytes.
+        if let Ok(f) = t.parse::<f64>() {
+            if f.is_finite() && f > 0.0 && f <= 1.0 {
+                return Ok(MemoryLimit::Fraction(f));
+            }
+            if !t.chars().all(|c| c.is_ascii_digit()) {
+                return Err(format!(
+                    "`{s}` is not a memory limit: a fraction must be in (0, 1]; \
+                     give bytes with a unit (`8GiB`), `auto` or `none`"
+                ));
             }
         }
         match crate::host::sys::parse_bytes(t) {

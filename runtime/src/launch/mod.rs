@@ -255,6 +255,15 @@ impl Default for MemorySettings {
 }
 
 impl MemorySettings {
+    /// Where the workers make their spill folders: `local_directory`, else
+    /// `$TMPDIR`, else `/tmp`.
+    pub fn directory(&self) -> std::path::PathBuf {
+        self.local_directory
+            .clone()
+            .or_else(|| std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).map(Into::into))
+            .unwrap_or_else(|| "/tmp".into())
+    }
+
     /// The store and memory settings of worker `rank`, one of
     /// `workers_in_process` in a process that is one of `ranks_on_host` ranks
     /// on its host. Makes the worker's spill folder (an unwritable directory
@@ -279,11 +288,7 @@ impl MemorySettings {
         let share = workers_in_process.max(1);
         let limit = found.bytes / share as u64;
         let source = if share > 1 { format!("{} / {share} workers", found.source) } else { found.source };
-        let parent = self
-            .local_directory
-            .clone()
-            .or_else(|| std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).map(Into::into))
-            .unwrap_or_else(|| "/tmp".into());
+        let parent = self.directory();
         let dir = crate::worker::spill::SpillDir::create(&parent, rank)
             .map_err(|e| Error::Config(format!("--local-directory: {e}")))?;
         crate::block::pool::cap(limit as usize / 8);

@@ -115,9 +115,9 @@ impl Memory {
     }
 
     /// Why a block of `nbytes` just made cannot be kept, if it cannot: it is
-    /// larger than the limit, or memory is past `pause` (`in_memory` bytes)
-    /// and spilling has failed.
-    pub fn refuse(&self, nbytes: u64, in_memory: u64) -> Option<String> {
+    /// larger than the limit, or memory is past `pause` (`in_memory()`
+    /// bytes, asked only then) and spilling has failed.
+    pub fn refuse(&self, nbytes: u64, in_memory: impl FnOnce() -> u64) -> Option<String> {
         let c = self.config.as_ref()?;
         if nbytes > c.limit {
             return Some(format!(
@@ -128,16 +128,14 @@ impl Memory {
                 c.source
             ));
         }
-        if in_memory > c.bytes(c.pause) {
-            if let Some(e) = self.error.lock().as_ref() {
-                return Some(format!(
-                    "memory is past {:.0}% of the worker's limit of {} and spilling failed: {e}",
-                    c.pause * 100.0,
-                    human_bytes(c.limit)
-                ));
-            }
-        }
-        None
+        let error = self.error.lock().clone()?;
+        (in_memory() > c.bytes(c.pause)).then(|| {
+            format!(
+                "memory is past {:.0}% of the worker's limit of {} and spilling failed: {error}",
+                c.pause * 100.0,
+                human_bytes(c.limit)
+            )
+        })
     }
 
     /// Ends the manager thread.
@@ -294,14 +292,14 @@ mod tests {
     #[test]
     fn blocks_larger_than_the_limit_are_refused_with_both_sizes() {
         let memory = Memory::new(Some(config(1 << 20)));
-        let e = memory.refuse(2 << 20, 0).unwrap();
+        let e = memory.refuse(2 << 20, || 0).unwrap();
         assert!(e.contains("2.0 MiB") && e.contains("1.0 MiB"), "{e}");
-        assert_eq!(memory.refuse(1000, 0), None);
+        assert_eq!(memory.refuse(1000, || 0), None);
         // Past pause after a failed spill.
         *memory.error.lock() = Some("cannot spill block #1 (1 KiB) to /full: No space left on device".into());
-        assert_eq!(memory.refuse(1000, 100), None);
-        let e = memory.refuse(1000, 900_000).unwrap();
+        assert_eq!(memory.refuse(1000, || 100), None);
+        let e = memory.refuse(1000, || 900_000).unwrap();
         assert!(e.contains("/full") && e.contains("No space left"), "{e}");
-        assert_eq!(Memory::new(None).refuse(u64::MAX, u64::MAX), None);
+        assert_eq!(Memory::new(None).refuse(u64::MAX, || u64::MAX), None);
     }
 }

@@ -388,7 +388,7 @@ impl Worker {
         self.memory.running(false);
         // A block memory cannot take fails its task (see `memory`).
         let result = match result {
-            Ok(Ok(block)) => match self.memory.refuse(block.nbytes() as u64, self.store.bytes()) {
+            Ok(Ok(block)) => match self.memory.refuse(block.nbytes() as u64, || self.store.bytes()) {
                 Some(why) => Ok(Err(crate::error::KernelError::msg(why))),
                 None => Ok(Ok(block)),
             },
