@@ -241,6 +241,12 @@ pub(crate) enum Command {
         /// Take the address workers use from this network interface (e.g. ib0, eth0).
         #[arg(long, value_name = "NAME")]
         interface: Option<String>,
+        /// A task that was running on this many workers lost without notice
+        /// fails the computation, naming it (it may be what kills them); lost
+        /// blocks are recomputed from their lineage either way.
+        #[arg(long, value_name = "N", default_value_t = 3, env = "TESSERA_ALLOWED_FAILURES",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        allowed_failures: u32,
         /// Status as JSON lines on stdout: one object when listening, one when stopped.
         #[arg(long)]
         json: bool,

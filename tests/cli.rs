@@ -839,3 +839,57 @@ fn every_command_finds_the_elastic_cluster_by_one_rule() {
     assert!(err.contains("ignoring the scheduler file") && err.contains("has exited"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn workers_and_client_exit_naming_the_scheduler_when_it_dies_or_falls_silent() {
+    for (signal, name) in [(libc::SIGKILL, "killed"), (libc::SIGSTOP, "stopped")] {
+        let dir = temp_dir(&format!("sched-{name}"));
+        let (sched, addr, _log) = start_scheduler(&dir);
+        let mut procs = Procs(vec![sched]);
+        let timeout = 2.0;
+        let with_timeout = |c: &mut Command| {
+            c.env("TESSERA_HEARTBEAT_TIMEOUT", timeout.to_string());
+        };
+        for _ in 0..2 {
+            let mut w = tessera_cmd(&dir);
+            with_timeout(&mut w);
+            w.args(["worker", "--threads", "1"]).stdout(Stdio::null()).stderr(Stdio::piped());
+            procs.0.push(w.spawn().unwrap());
+        }
+        let start = Instant::now();
+        loop {
+            let o = tessera_cmd(&dir).args(["workers", "--json"]).output().unwrap();
+            if o.status.success() && last_json(&o)["workers"].as_array().is_some_and(|w| w.len() == 2) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the workers did not join");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut client = tessera_cmd(&dir);
+        with_timeout(&mut client);
+        client
+            .args(["svd", "--random", "400000x400", "--k", "10", "--method", "randomized", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        procs.0.push(client.spawn().unwrap());
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(procs.0[3].try_wait().unwrap().is_none(), "the computation outlasts the scheduler");
+        // SAFETY: signalling a child process of ours.
+        unsafe { libc::kill(procs.0[0].id() as i32, signal) };
+        let lost = Instant::now();
+        // Heartbeats every fraction of the timeout: noticed within it, plus slack for a loaded machine.
+        let limit = Duration::from_secs_f64(3.0 * timeout + 5.0);
+        for i in 1..4 {
+            let code = wait_child(&mut procs.0[i], limit);
+            let mut err = String::new();
+            procs.0[i].stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            let who = if i == 3 { "client" } else { "worker" };
+            assert!(matches!(code, Some(c) if c != 0), "{name} scheduler: {who} exited with {code:?}: {err}");
+            let named = format!("lost the connection to the scheduler at {addr}");
+            assert!(err.contains(&named), "{name} scheduler: the {who} names it: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+        assert!(lost.elapsed() < limit, "{name}: noticed in {:?}", lost.elapsed());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -84,6 +84,10 @@ impl Cluster {
 
     /// A cluster whose scheduler declares a peer lost after `dead_after` of silence.
     fn with_dead_after(name: &str, dead_after: Duration) -> Cluster {
+        Cluster::with(name, dead_after, 3)
+    }
+
+    fn with(name: &str, dead_after: Duration, allowed_failures: u32) -> Cluster {
         let dir = std::env::temp_dir().join(format!("tessera-tcp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("runs")).unwrap();
@@ -94,6 +98,7 @@ impl Cluster {
         let opts = SchedulerOptions {
             listen: "127.0.0.1:0".into(),
             registry: common::registry(),
+            allowed_failures,
             ..SchedulerOptions::new(tcp)
         };
         let server = elastic::Scheduler::start(opts).unwrap();
@@ -306,35 +311,57 @@ fn a_worker_killed_mid_computation_loses_no_result() {
 }
 
 #[test]
-fn a_lost_block_whose_inputs_were_released_fails_naming_the_worker() {
+fn a_lost_block_whose_inputs_were_released_is_recomputed_from_its_lineage() {
     let mut c = Cluster::new("lost");
     c.spawn(None, None);
-    let first = c.wait_workers(1)[0];
+    c.wait_workers(1);
     // a -> b on the only worker; `a` is released once `b` exists.
     let mut g = Graph::new();
     g.push(Task::new(Key::new("a", []), "ramp").param(&(1000usize, 1.0f64)));
     g.push(Task::new(Key::new("b", []), "sum").param(&0.0f64).inputs([Key::new("a", [])]));
-    g.push(Task::new(Key::new("r", []), "ramp").param(&(10usize, 1.0f64)));
-    let held = c.client().persist(g, &[Key::new("b", []), Key::new("r", [])]).unwrap();
+    let held = c.client().persist(g, &[Key::new("b", [])]).unwrap();
     held.wait().unwrap();
+    let before = c.client().state().unwrap();
+    assert_eq!((before.in_memory, before.released), (1, 1), "b held, a kept as lineage only");
     c.spawn(None, None);
-    c.wait_workers(2);
+    let second = c.wait_workers(2)[1];
     c.signal(0, libc::SIGKILL);
     let (code, _) = c.wait_exit(0, Duration::from_secs(10));
     assert_ne!(code, Some(0));
-    match held.gather() {
-        Err(Error::TaskFailed { key, rank, cause, .. }) => {
-            assert_eq!(key, Key::new("b", []));
-            assert_eq!(rank, first);
-            assert!(cause.contains(&format!("lost with worker rank {first}")) && cause.contains("released"), "{cause}");
+    // b is computed again, from a computed again, on the worker that is left.
+    let out = held.gather().unwrap();
+    assert_eq!(out[0].to_scalar(), Some(499_500.0));
+    assert_eq!(held.locations().unwrap(), vec![vec![second]]);
+    let after = c.client().state().unwrap();
+    assert_eq!((after.workers_lost, after.recomputed), (1, 2));
+    drop(held);
+    let state = c.client().state().unwrap();
+    assert_eq!((state.tasks, state.in_memory), (0, 0), "the lineage goes with its output");
+}
+
+#[test]
+fn a_task_that_kills_its_workers_fails_after_allowed_failures() {
+    let mut c = Cluster::with("killer", Duration::from_secs(10), 2);
+    for _ in 0..3 {
+        c.spawn(None, None);
+    }
+    c.wait_workers(3);
+    let mut g = Graph::new();
+    g.push(Task::new(Key::new("killer", []), "die_always").param(&()));
+    match c.client().compute(g, &[Key::new("killer", [])]) {
+        Err(Error::TaskFailed { key, cause, .. }) => {
+            assert_eq!(key, Key::new("killer", []));
+            assert!(cause.contains("running on 2 workers that were lost"), "{cause}");
+            assert!(cause.contains("--allowed-failures 2"), "{cause}");
         }
         other => panic!("expected TaskFailed, got {other:?}"),
     }
-    // `r` had no inputs: it is recomputed on the new worker.
+    // Two workers died for it; the third still serves.
+    assert_eq!(c.client().workers().len(), 1);
     let mut g = Graph::new();
-    g.push(Task::new(Key::new("rsum", []), "sum").param(&0.0f64).inputs([Key::new("r", [])]));
-    let out = c.client().compute(g, &[Key::new("rsum", [])]).unwrap();
-    assert_eq!(out[0].to_scalar(), Some(45.0));
+    g.push(Task::new(Key::new("after", []), "ramp").param(&(10usize, 1.0f64)));
+    let out = c.client().compute(g, &[Key::new("after", [])]).unwrap();
+    assert_eq!(out[0].as_f64().unwrap().iter().sum::<f64>(), 45.0);
 }
 
 #[test]

@@ -113,6 +113,13 @@ pub enum Error {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
 
+    /// The scheduler went away after this process joined it (it was
+    /// killed, its host or the link to it failed): `reason` names its
+    /// address and what was seen (the connection closed, or no message
+    /// within the heartbeat timeout).
+    #[error("{reason}")]
+    SchedulerLost { reason: String },
+
     /// A worker rank that the cluster does not have (or that has left).
     #[error("rank {rank} runs no worker of this cluster")]
     UnknownWorker { rank: u32 },

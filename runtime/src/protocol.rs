@@ -284,6 +284,14 @@ pub struct ClusterState {
     pub in_flight: Vec<(u32, u32)>,
     /// Tasks completed since the cluster started (what progress bars count).
     pub completed: u64,
+    /// Of the tasks the scheduler knows, computed ones whose blocks were
+    /// released, kept to recompute lost blocks from (their lineage).
+    pub released: usize,
+    /// Workers that left without notice since the cluster started.
+    pub workers_lost: u64,
+    /// Task runs repeated because of them (lost blocks and their released
+    /// lineage computed again, tasks that were running there run again).
+    pub recomputed: u64,
     /// Bytes copied between workers since the cluster started.
     pub moved_bytes: u64,
     /// Bytes of blocks the workers spilled to disk (as they last reported).

@@ -312,13 +312,60 @@ struct Report {
     /// Floating-point operations the algorithm performs (see docs/benchmarks.md).
     flops: f64,
     input_seconds: Option<f64>,
+    /// The scheduler's loss counts when the command started.
+    losses: Losses,
     /// Command-specific JSON fields.
     extra: serde_json::Value,
 }
 
+/// Workers lost without notice, and task runs repeated because of them, as
+/// the scheduler counts them (since it started; a command reports the
+/// difference between its end and its start).
+#[derive(Clone, Copy, Debug, Default)]
+struct Losses {
+    workers_lost: u64,
+    recomputed: u64,
+}
+
+impl Losses {
+    fn now(client: &Client) -> Losses {
+        match client.state() {
+            Ok(s) => Losses { workers_lost: s.workers_lost, recomputed: s.recomputed },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the scheduler for its state");
+                Losses::default()
+            }
+        }
+    }
+
+    /// What happened since `self` was taken.
+    fn since(self, client: &Client) -> Losses {
+        let now = Losses::now(client);
+        Losses {
+            workers_lost: now.workers_lost.saturating_sub(self.workers_lost),
+            recomputed: now.recomputed.saturating_sub(self.recomputed),
+        }
+    }
+
+    /// A line for the summary when anything was lost.
+    fn text(&self) -> Option<String> {
+        let Losses { workers_lost, recomputed } = *self;
+        (workers_lost > 0 || recomputed > 0).then(|| {
+            let s = if workers_lost == 1 { "" } else { "s" };
+            format!("recovered from {workers_lost} lost worker{s}: {recomputed} tasks recomputed")
+        })
+    }
+
+    fn insert_into(&self, obj: &mut serde_json::Map<String, serde_json::Value>) {
+        obj.insert("workers_lost".into(), json!(self.workers_lost));
+        obj.insert("recomputed".into(), json!(self.recomputed));
+    }
+}
+
 impl Report {
     fn print(self, client: &Client, json_out: bool) -> anyhow::Result<()> {
-        let Report { what, summary, seconds, flops, input_seconds, mut extra } = self;
+        let Report { what, summary, seconds, flops, input_seconds, losses, mut extra } = self;
+        let losses = losses.since(client);
         let peaks = peak_memory(client)?;
         let peak_text = peaks.iter().map(|(r, b)| format!("r{r} {:.2}", gib(*b))).collect::<Vec<_>>().join(", ");
         let gflops = flops / seconds / 1e9;
@@ -329,8 +376,12 @@ impl Report {
             workers_text(client),
             client.transport(),
         );
+        if let Some(text) = losses.text() {
+            say!(json_out, "{what}: {text}");
+        }
         if json_out {
             let obj = extra.as_object_mut().expect("an object");
+            losses.insert_into(obj);
             obj.insert("command".into(), json!(what));
             obj.insert("seconds".into(), json!(seconds));
             obj.insert("gflops".into(), json!(gflops));
@@ -358,6 +409,7 @@ pub fn svd(config: Config, observe: &Observe, args: SvdArgs) -> anyhow::Result<(
     }
     observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
+        let losses = Losses::now(client);
         let shape = shape_of(&args.input)?;
         let [m, n] = shape;
         let method = match (args.method, args.k) {
@@ -421,7 +473,7 @@ pub fn svd(config: Config, observe: &Observe, args: SvdArgs) -> anyhow::Result<(
         );
         let extra = json!({"shape": [m, n], "dtype": a.dtype().to_string(), "chunks": a.chunks().to_string(),
             "method": method_name, "k": k, "s": s, "output": args.output});
-        Report { what: "svd", summary, seconds, flops, input_seconds, extra }.print(client, args.out.json)
+        Report { what: "svd", summary, seconds, flops, input_seconds, losses, extra }.print(client, args.out.json)
     })
 }
 
@@ -449,6 +501,7 @@ pub fn qr(config: Config, observe: &Observe, args: QrArgs) -> anyhow::Result<()>
     }
     observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
+        let losses = Losses::now(client);
         let [m, n] = shape_of(&args.input)?;
         let (a, from) = input_array(&args.input, true)?;
         let (a, input_seconds) = persist_if(client, a, args.input.persist_input)?;
@@ -472,7 +525,7 @@ pub fn qr(config: Config, observe: &Observe, args: QrArgs) -> anyhow::Result<()>
         );
         let extra = json!({"shape": [m, n], "dtype": a.dtype().to_string(), "chunks": a.chunks().to_string(),
             "r_diagonal": diag, "output": args.output});
-        Report { what: "qr", summary, seconds, flops, input_seconds, extra }.print(client, args.out.json)
+        Report { what: "qr", summary, seconds, flops, input_seconds, losses, extra }.print(client, args.out.json)
     })
 }
 
@@ -483,6 +536,7 @@ pub fn matmul(config: Config, observe: &Observe, args: MatmulArgs) -> anyhow::Re
     }
     observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
+        let losses = Losses::now(client);
         let (a, b, from) = match args.random {
             Some([m, k, n]) => {
                 if m == 0 || k == 0 || n == 0 {
@@ -533,7 +587,7 @@ pub fn matmul(config: Config, observe: &Observe, args: MatmulArgs) -> anyhow::Re
         );
         let extra = json!({"shape": [m, n], "inner": k, "dtype": a.dtype().to_string(), "chunks": a.chunks().to_string(),
             "norm": norm, "output": args.output});
-        Report { what: "matmul", summary, seconds, flops, input_seconds, extra }.print(client, args.out.json)
+        Report { what: "matmul", summary, seconds, flops, input_seconds, losses, extra }.print(client, args.out.json)
     })
 }
 
@@ -567,6 +621,7 @@ fn workers_text(client: &Client) -> String {
 pub fn demo(config: Config, observe: &Observe, json_out: bool) -> anyhow::Result<()> {
     observe.run(config, |client| -> anyhow::Result<()> {
         wait_for_a_worker(client)?;
+        let losses = Losses::now(client);
         say!(json_out, "tessera demo: {} over the {} transport", workers_text(client), client.transport());
         // A = G diag(w) with G Gaussian: singular values close to w's.
         let (m, n, k) = (20_000, 400, 5);
@@ -608,17 +663,20 @@ pub fn demo(config: Config, observe: &Observe, json_out: bool) -> anyhow::Result
             json_out,
             "  matmul {size} x {size} @ {size} x {size} in blocks of 500: {secs:.3} s, {gflops:.1} GFLOP/s (result checked)"
         );
+        let losses = losses.since(client);
+        if let Some(text) = losses.text() {
+            say!(json_out, "  {text}");
+        }
         if json_out {
-            println!(
-                "{}",
-                json!({"command": "demo", "transport": client.transport(), "workers": client.workers().len(),
-                       "threads": client.total_threads(),
-                       "svd": {"shape": [m, n], "k": k, "s_over_sqrt_m": s.iter().map(|x| x / scale).collect::<Vec<_>>(),
-                               "expected": (0..k).map(|j| 10.0 * (k - j) as f64).collect::<Vec<_>>(),
-                               "seconds": svd_seconds, "checked": true},
-                       "matmul": {"shape": [size, size], "chunks": [500, 500], "seconds": secs, "gflops": gflops,
-                                  "checked": true}})
-            );
+            let mut out = json!({"command": "demo", "transport": client.transport(), "workers": client.workers().len(),
+                   "threads": client.total_threads(),
+                   "svd": {"shape": [m, n], "k": k, "s_over_sqrt_m": s.iter().map(|x| x / scale).collect::<Vec<_>>(),
+                           "expected": (0..k).map(|j| 10.0 * (k - j) as f64).collect::<Vec<_>>(),
+                           "seconds": svd_seconds, "checked": true},
+                   "matmul": {"shape": [size, size], "chunks": [500, 500], "seconds": secs, "gflops": gflops,
+                              "checked": true}});
+            losses.insert_into(out.as_object_mut().expect("an object"));
+            println!("{out}");
         }
         Ok(())
     })

@@ -12,7 +12,13 @@ use tessera::runtime::transport::secret::{self, Secret};
 use crate::cli::ClusterArgs;
 
 /// `tessera scheduler`: listen, write the scheduler file, serve until a signal.
-pub(crate) fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<String>, json: bool) -> anyhow::Result<()> {
+pub(crate) fn scheduler(
+    args: &ClusterArgs,
+    listen: &str,
+    interface: Option<String>,
+    allowed_failures: u32,
+    json: bool,
+) -> anyhow::Result<()> {
     let secret_path = args.secret_file.clone().unwrap_or_else(secret::default_path);
     let secret = Secret::load_or_create(&secret_path)?;
     let file_path = args.scheduler_file.clone().unwrap_or_else(SchedulerFile::default_path);
@@ -20,6 +26,7 @@ pub(crate) fn scheduler(args: &ClusterArgs, listen: &str, interface: Option<Stri
     let opts = elastic::SchedulerOptions {
         listen: listen.to_owned(),
         interface,
+        allowed_failures,
         ..elastic::SchedulerOptions::new(args.tcp_options(secret))
     };
     let server = elastic::Scheduler::start(opts)?;

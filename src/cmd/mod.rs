@@ -18,8 +18,8 @@ use crate::cli::{BenchCommand, Cli, Command};
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     let args = cli.cluster.clone();
     match cli.command {
-        Command::Scheduler { listen, interface, json } => {
-            return elastic::scheduler(&args, listen.as_deref().unwrap_or_default(), interface, json)
+        Command::Scheduler { listen, interface, allowed_failures, json } => {
+            return elastic::scheduler(&args, listen.as_deref().unwrap_or_default(), interface, allowed_failures, json)
         }
         Command::Worker { lifetime, lifetime_stagger, drain_timeout, interface, name, json } => {
             return elastic::worker(&args, lifetime, lifetime_stagger, drain_timeout, interface, name, json)

@@ -46,6 +46,13 @@ pub fn registry() -> Registry {
         std::thread::sleep(Duration::from_millis(200));
         Ok(Block::empty())
     });
+    // Kills whichever process runs it (SIGKILL): a task that kills its workers.
+    r.register("die_always", |_, (): (), _: &[Block]| -> Result<Block, KernelError> {
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        std::thread::sleep(Duration::from_secs(60));
+        Err(KernelError::msg("still alive after SIGKILL"))
+    });
     // Stops its own process (SIGSTOP) if run on `rank`: a rank that hangs.
     r.register("stop_on", |ctx, rank: u32, _: &[Block]| {
         if ctx.rank == rank {

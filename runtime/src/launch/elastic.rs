@@ -73,12 +73,22 @@ pub struct SchedulerOptions {
     pub registry: Registry,
     /// Tasks queued on each worker beyond one per thread.
     pub queue_extra: u32,
+    /// A task that was running on this many workers lost without notice
+    /// fails the computation (at least 1).
+    pub allowed_failures: u32,
     pub tcp: TcpOptions,
 }
 
 impl SchedulerOptions {
     pub fn new(tcp: TcpOptions) -> SchedulerOptions {
-        SchedulerOptions { listen: String::new(), interface: None, registry: Registry::builtin(), queue_extra: 4, tcp }
+        SchedulerOptions {
+            listen: String::new(),
+            interface: None,
+            registry: Registry::builtin(),
+            queue_extra: 4,
+            allowed_failures: SchedulerConfig::ALLOWED_FAILURES,
+            tcp,
+        }
     }
 }
 
@@ -134,6 +144,7 @@ impl Scheduler {
             queue_extra: opts.queue_extra,
             heartbeat_timeout: None, // the transport's keep-alives find silent workers
             elastic: true,
+            allowed_failures: opts.allowed_failures.max(1),
         };
         let (thread, ready) = spawn_scheduler(Arc::new(opts.registry), Arc::clone(&dyn_transport), config, sched_inbox);
         ready.recv().map_err(|_| Error::ShutDown)??;
@@ -346,7 +357,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
     tracing::info!(rank, ?exit, "worker left the cluster");
     if let WorkerExit::Shutdown { failed: true, reason } = &exit {
         if reason.starts_with("lost the connection") {
-            return Err(Error::Connect { addr: opts.scheduler.clone(), reason: reason.clone() });
+            return Err(Error::SchedulerLost { reason: reason.clone() });
         }
     }
     Ok(WorkerReport { rank, exit, drained: drain.is_some(), drain_cause: drain.map(|d| d.1) })

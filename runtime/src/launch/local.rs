@@ -150,6 +150,7 @@ impl LocalCluster {
             queue_extra: config.queue_extra,
             heartbeat_timeout: None,
             elastic: false,
+            allowed_failures: SchedulerConfig::ALLOWED_FAILURES,
         };
         let (scheduler, ready) =
             spawn_scheduler(Arc::clone(&registry), Arc::clone(&transport), sched_config, sched_inbox);

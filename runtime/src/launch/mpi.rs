@@ -348,6 +348,7 @@ where
                 queue_extra: config.queue_extra,
                 heartbeat_timeout: Some(config.heartbeat_timeout),
                 elastic: false,
+                allowed_failures: SchedulerConfig::ALLOWED_FAILURES,
             };
             let (handle, ready) = spawn_scheduler(Arc::clone(&registry), Arc::clone(&dyn_transport), sc, sched_inbox);
             let abort = transport.abort_flag();

@@ -22,7 +22,7 @@ use crate::protocol::WorkerInfo;
 /// use tessera_runtime::{Key, Registry, Task};
 ///
 /// let registry = std::sync::Arc::new(Registry::builtin());
-/// let config = SchedulerConfig { worker_ranks: vec![1], queue_extra: 1, heartbeat_timeout: None, elastic: false };
+/// let config = SchedulerConfig { worker_ranks: vec![1], queue_extra: 1, heartbeat_timeout: None, elastic: false, allowed_failures: 3 };
 /// let mut core = Core::new(registry.clone(), config);
 /// let t = Duration::ZERO;
 /// core.join(t, Hello { rank: 1, threads: 1, registry: registry.digest(), ..Hello::default() }).unwrap();
@@ -86,6 +86,10 @@ pub struct Core {
     pub(super) held_by: FxHashMap<u32, FxHashMap<TaskId, u32>>,
     /// Tasks completed and bytes copied between workers, since start.
     pub(super) completed: u64,
+    /// Task runs repeated because workers were lost, and workers lost
+    /// without notice, since start.
+    pub(super) recomputed: u64,
+    pub(super) workers_lost: u64,
     pub(super) moved_bytes: u64,
     /// Event collections waiting for workers' answers.
     pub(super) collections: Vec<Collection>,
@@ -127,6 +131,8 @@ impl Core {
             retirements: Vec::new(),
             held_by: FxHashMap::default(),
             completed: 0,
+            recomputed: 0,
+            workers_lost: 0,
             moved_bytes: 0,
             collections: Vec::new(),
             next_collection: 1,

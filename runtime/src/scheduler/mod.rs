@@ -51,10 +51,16 @@
 //! * **Memory.** Every task counts the dependents that still need it plus the
 //!   clients' handles; at zero its blocks are released on every worker that
 //!   holds a copy, and a task nobody needs any more is cancelled.
+//! * **Lineage.** A computed task whose block is released stays on record
+//!   (`Released`: its kernel, parameters and inputs, no block) while a
+//!   computed task names it as an input; the records go when the outputs
+//!   built from them are released.
 //! * **Elastic clusters.** Workers join and leave at any time. A worker lost
-//!   without notice has its tasks placed again and its blocks recomputed
-//!   from their inputs where those are still held. A draining worker gets no
-//!   new task, hands the blocks only it holds to others, then is stopped.
+//!   without notice has its tasks placed again and the blocks it alone held
+//!   recomputed from their lineage, back to tasks without inputs when need
+//!   be; a task running on `allowed_failures` lost workers fails. A draining
+//!   worker gets no new task, hands the blocks only it holds to others, then
+//!   is stopped.
 //!
 //! The work the core does per event does not grow with the cluster: workers
 //! to fill and to flush are tracked as they change, and the most loaded
@@ -98,6 +104,14 @@ pub struct SchedulerConfig {
     /// Workers join and leave while the scheduler runs (TCP): no roll call,
     /// and a lost worker is removed instead of ending the job.
     pub elastic: bool,
+    /// A task that was running on this many workers lost without notice
+    /// fails (it may be what kills them); at least 1.
+    pub allowed_failures: u32,
+}
+
+impl SchedulerConfig {
+    /// What a task may cost before it fails: `--allowed-failures`' default.
+    pub const ALLOWED_FAILURES: u32 = 3;
 }
 
 /// Who waits for an answer: a token the event loop hands in with a request

@@ -1,12 +1,16 @@
 //! Failure and recovery: failed tasks and their cascade, workers that
 //! leave, blocks computed again.
 //!
-//! A failed task fails everything downstream of it with the same cause, and
-//! nothing else. A worker that leaves without notice has its running and
-//! queued tasks placed again; a block only it held is recomputed from its
-//! inputs when they are still held (root tasks always are), else the task
-//! fails naming the worker. An input that cannot be fetched sends its task
-//! back for placement, up to [`MAX_RETRIES`] times.
+//! A failed task fails everything downstream of it that is not computed
+//! yet, with the same cause, and nothing else. A worker that leaves without
+//! notice has its running and queued tasks placed again; a block only it
+//! held that is still needed is recomputed from its lineage: inputs still
+//! held are used, released ones are computed again first, back to tasks
+//! without inputs (random blocks, file reads, data carried in the task).
+//! Each is recomputed once however many lost blocks need it. A task that was
+//! running on `allowed_failures` workers lost that way fails (it may be what
+//! kills them). An input that cannot be fetched sends its task back for
+//! placement, up to [`MAX_RETRIES`] times.
 
 use std::sync::Arc;
 
@@ -58,19 +62,20 @@ impl Core {
         }
     }
 
-    /// Fails `id` and everything downstream of it with `failure`.
+    /// Fails `id` and everything downstream of it not computed yet with
+    /// `failure`.
     pub(super) fn fail(&mut self, id: TaskId, failure: Arc<Failure>) {
-        // Everything downstream fails with the same cause.
-        let mut erred = vec![id];
+        // (task, whether it held references on its inputs)
+        let mut erred: Vec<(TaskId, bool)> = Vec::new();
+        let mut todo = vec![id];
         let mut seen: FxHashSet<TaskId> = FxHashSet::default();
         seen.insert(id);
-        let mut i = 0;
-        while i < erred.len() {
-            let t = erred[i];
-            i += 1;
+        while let Some(t) = todo.pop() {
             // Dependents released after an earlier failure are gone.
             let Some(rec) = self.tasks.get_mut(&t) else { continue };
             match rec.state {
+                // Computed from an earlier copy of the failed block: valid.
+                State::Memory | State::Released if t != id => continue,
                 // Assigned ahead, waiting on the worker for the failed input.
                 State::Running(x) | State::Cancelled(x) if t != id => {
                     if rec.waiting > 0 {
@@ -87,14 +92,15 @@ impl Core {
                 _ => {}
             }
             let rec = self.tasks.get_mut(&t).expect("present");
+            erred.push((t, rec.state.holds_inputs()));
             rec.state = State::Erred(Arc::clone(&failure));
             for &d in &rec.dependents {
                 if seen.insert(d) {
-                    erred.push(d);
+                    todo.push(d);
                 }
             }
         }
-        for &t in &erred {
+        for &(t, _) in &erred {
             let Some(rec) = self.tasks.get_mut(&t) else { continue };
             let waiters = std::mem::take(&mut rec.waiters);
             for waiter in waiters {
@@ -103,17 +109,20 @@ impl Core {
                 }
             }
         }
-        // An erred task no longer needs its inputs.
-        for &t in &erred {
-            let inputs = match self.tasks.get_mut(&t) {
-                Some(rec) => std::mem::take(&mut rec.inputs),
-                None => continue,
-            };
-            for input in inputs {
-                self.dec_ref(input);
+        // An erred task no longer needs its inputs, nor names them.
+        for &(t, held) in &erred {
+            let Some(rec) = self.tasks.get_mut(&t) else { continue };
+            for input in std::mem::take(&mut rec.inputs) {
+                let Some(r) = self.tasks.get_mut(&input) else { continue };
+                r.kept_by = r.kept_by.saturating_sub(1);
+                if held {
+                    self.dec_ref(input);
+                } else if r.refs == 0 && r.kept_by == 0 && matches!(r.state, State::Released) {
+                    self.remove_record(input);
+                }
             }
         }
-        for &t in &erred {
+        for &(t, _) in &erred {
             if self.tasks.get(&t).is_some_and(|r| r.refs == 0) {
                 self.forget(t);
             }
@@ -186,7 +195,7 @@ impl Core {
                 }
                 _ => {}
             }
-            if rec.pin == Some(w) && !matches!(rec.state, State::Memory | State::Erred(_)) {
+            if rec.pin == Some(w) && !rec.state.computed() && !matches!(rec.state, State::Erred(_)) {
                 orphaned.push(id);
             }
         }
@@ -199,12 +208,11 @@ impl Core {
         } else if !graceful {
             tracing::warn!(rank, %reason, lost_blocks = lost.len(), rerun = rerun.len(), "worker left without draining");
         }
+        if !graceful {
+            self.workers_lost += 1;
+        }
         for id in dropped {
-            if let Some(rec) = self.tasks.remove(&id) {
-                for input in rec.inputs {
-                    self.dec_ref(input);
-                }
-            }
+            self.remove_record(id);
         }
         // Lost blocks first, inputs before dependents (priority order).
         lost.sort_unstable();
@@ -212,15 +220,31 @@ impl Core {
             self.recompute(id, rank, &reason);
         }
         for id in rerun {
-            if let Some(rec) = self.tasks.get_mut(&id) {
-                if matches!(rec.state, State::Running(_)) {
-                    rec.state = State::Waiting;
-                    self.replace(id);
-                }
+            let allowed = self.config.allowed_failures;
+            let Some(rec) = self.tasks.get_mut(&id) else { continue };
+            if !matches!(rec.state, State::Running(_)) {
+                continue;
             }
+            rec.state = State::Waiting;
+            if !graceful {
+                rec.lost_runs += 1;
+                let runs = rec.lost_runs;
+                if runs >= allowed {
+                    let cause = format!(
+                        "it was running on {runs} workers that were lost, the last rank {rank} ({reason}): \
+                         it may be what kills them (--allowed-failures {allowed})"
+                    );
+                    let failure = self.failure(id, rank, cause);
+                    tracing::error!(task = %failure.key, rank, runs, "task failed: its runs were lost with their workers");
+                    self.fail(id, failure);
+                    continue;
+                }
+                self.recomputed += 1;
+            }
+            self.replace(id);
         }
         for id in orphaned {
-            if self.tasks.get(&id).is_some_and(|r| !matches!(r.state, State::Memory | State::Erred(_))) {
+            if self.tasks.get(&id).is_some_and(|r| !r.state.computed() && !matches!(r.state, State::Erred(_))) {
                 let failure =
                     self.failure(id, rank, format!("it is pinned to worker rank {rank}, which left ({reason})"));
                 let rec = &self.tasks[&id];
@@ -243,17 +267,15 @@ impl Core {
         tracing::info!(rank, %reason, workers = self.worker_infos().len(), "worker left");
     }
 
-    /// A block only a departed worker held: compute it again if its inputs
-    /// are still held or being computed, else fail it naming the worker.
+    /// Block `id`, needed and held only by a departed worker: computed
+    /// again, with the released tasks of its lineage it needs (inputs
+    /// before dependents); it fails naming the worker if some of that
+    /// lineage cannot run (pinned to a worker that left, or failed).
     fn recompute(&mut self, id: TaskId, rank: u32, reason: &str) {
-        let rec = &self.tasks[&id];
-        let pinned_away = rec.pin.is_some_and(|p| self.workers[p].gone);
-        let recomputable = !pinned_away
-            && rec.inputs.iter().all(|i| self.tasks.get(i).is_some_and(|r| !matches!(r.state, State::Erred(_))));
-        let nbytes = rec.nbytes;
+        let nbytes = self.tasks[&id].nbytes;
         self.mem_bytes = self.mem_bytes.saturating_sub(nbytes);
         // Dependents that counted on the block wait for it again.
-        let dependents = rec.dependents.clone();
+        let dependents = self.tasks[&id].dependents.clone();
         for d in dependents {
             let Some(dr) = self.tasks.get_mut(&d) else { continue };
             match dr.state {
@@ -267,30 +289,63 @@ impl Core {
                 _ => {}
             }
         }
-        if !recomputable {
-            let why = if pinned_away { "it is pinned to that worker" } else { "its inputs were released" };
+        let (lineage, why) = self.lineage(id);
+        if let Some(why) = why {
             let cause =
                 format!("its block was lost with worker rank {rank} ({reason}) and cannot be recomputed: {why}");
             let failure = self.failure(id, rank, cause);
             tracing::warn!(task = %failure.key, rank, "block lost and not recomputable");
-            let rec = self.tasks.get_mut(&id).expect("present");
-            rec.state = State::Waiting;
-            rec.inputs.clear();
             self.fail(id, failure);
             return;
         }
-        tracing::debug!(task = %self.tasks[&id].key, rank, "recomputing a lost block");
-        let inputs = self.tasks[&id].inputs.clone();
-        for &i in &inputs {
-            let r = self.tasks.get_mut(&i).expect("checked above");
-            r.refs += 1;
-            if !r.dependents.contains(&id) {
-                r.dependents.push(id);
+        tracing::debug!(task = %self.tasks[&id].key, rank, revived = lineage.len() - 1, "recomputing a lost block");
+        // Each task computed again holds its inputs again.
+        for &t in &lineage {
+            let inputs = self.tasks[&t].inputs.clone();
+            for i in inputs {
+                let r = self.tasks.get_mut(&i).expect("lineage inputs are on record");
+                r.refs += 1;
+                if !r.dependents.contains(&t) {
+                    r.dependents.push(t);
+                }
+            }
+            self.tasks.get_mut(&t).expect("present").state = State::Waiting;
+        }
+        self.recomputed += lineage.len() as u64;
+        for t in lineage {
+            self.replace(t);
+        }
+    }
+
+    /// Lost block `id` and the released tasks it needs computed again, by
+    /// priority (inputs first), or why that cannot be done.
+    fn lineage(&self, id: TaskId) -> (Vec<TaskId>, Option<String>) {
+        let mut found = vec![id];
+        let mut seen: FxHashSet<TaskId> = FxHashSet::default();
+        seen.insert(id);
+        let mut i = 0;
+        while i < found.len() {
+            let rec = &self.tasks[&found[i]];
+            i += 1;
+            if rec.pin.is_some_and(|p| self.workers[p].gone) {
+                let rank = rec.pin.map(|p| self.workers[p].rank).unwrap_or_default();
+                return (found, Some(format!("{} is pinned to worker rank {rank}, which left", rec.key)));
+            }
+            for input in &rec.inputs {
+                let Some(r) = self.tasks.get(input) else {
+                    return (found, Some(format!("input {input} of {} is no longer on record", rec.key)));
+                };
+                match &r.state {
+                    State::Released if seen.insert(*input) => found.push(*input),
+                    State::Erred(f) => {
+                        return (found, Some(format!("its input {} failed: {}", r.key, f.cause)));
+                    }
+                    _ => {}
+                }
             }
         }
-        let rec = self.tasks.get_mut(&id).expect("present");
-        rec.state = State::Waiting;
-        self.replace(id);
+        found.sort_unstable_by_key(|t| self.tasks[t].prio);
+        (found, None)
     }
 
     /// Task `id` (state `Waiting`) runs again: counts the inputs it waits

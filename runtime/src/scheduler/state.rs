@@ -3,9 +3,14 @@
 //!
 //! A task is `Waiting` for inputs, `Queued` (bound to a worker or not),
 //! `Running` on a worker (or `Cancelled` there: nobody needs it any more),
-//! in `Memory` on the workers in `who_has`, or `Erred`. Its `refs` count the
-//! dependents that still need it plus the clients' handles; at zero it is
-//! forgotten: its blocks are released, or it is cancelled.
+//! in `Memory` on the workers in `who_has`, `Released` (computed, its block
+//! let go, its recipe kept), or `Erred`. Its `refs` count the dependents
+//! that still need it plus the clients' handles; at zero its blocks are
+//! released, or it is cancelled. Its `kept_by` counts the records that name
+//! it as an input: while any does, a computed task stays on record as
+//! `Released`, so that a block lost with its worker can be recomputed back
+//! through as many steps as it takes (the task's lineage). A record goes
+//! when nothing needs it and nothing names it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -53,7 +58,23 @@ pub(super) enum State {
     Cancelled(usize),
     /// Computed; `who_has` holds the workers with a copy.
     Memory,
+    /// Computed once, block released: kept only to compute it again if a
+    /// block made from it is lost.
+    Released,
     Erred(Arc<Failure>),
+}
+
+impl State {
+    /// Whether the task holds a reference on each of its inputs: from
+    /// submission until it is computed (or fails).
+    pub fn holds_inputs(&self) -> bool {
+        matches!(self, State::Waiting | State::Queued(_) | State::Running(_) | State::Cancelled(_))
+    }
+
+    /// Computed (its block held now, or released).
+    pub fn computed(&self) -> bool {
+        matches!(self, State::Memory | State::Released)
+    }
 }
 
 /// The task table: every task the core knows, by id.
@@ -102,6 +123,8 @@ pub(super) struct TaskRec {
     pub waiting: u32,
     /// Dependents that still need this task, plus client handles.
     pub refs: u32,
+    /// Records that name this task as an input (its lineage's users).
+    pub kept_by: u32,
     pub prio: u64,
     /// Worker index the task must run on.
     pub pin: Option<usize>,
@@ -111,6 +134,8 @@ pub(super) struct TaskRec {
     pub waiters: Vec<u64>,
     /// Times the task was placed again because an input could not be fetched.
     pub retries: u8,
+    /// Workers lost without notice while running this task.
+    pub lost_runs: u32,
 }
 
 pub(super) struct WorkerRec {
@@ -355,7 +380,7 @@ impl Core {
         }
         for &dep in &dependents {
             let Some(d) = self.tasks.get_mut(&dep) else { continue };
-            if matches!(d.state, State::Memory | State::Erred(_)) {
+            if d.state.computed() || matches!(d.state, State::Erred(_)) {
                 continue;
             }
             d.waiting = d.waiting.saturating_sub(1);
@@ -391,11 +416,8 @@ impl Core {
     /// Cancelled task `id` reported back from worker `w`: its slot frees,
     /// its inputs lose a dependent, a draining `w` may be done.
     pub(super) fn drop_cancelled(&mut self, id: TaskId, w: usize) {
-        let rec = self.tasks.remove(&id).expect("cancelled tasks are on record");
         self.unload(w);
-        for input in rec.inputs {
-            self.dec_ref(input);
-        }
+        self.remove_record(id);
         if self.workers[w].draining {
             self.check_drain(w);
         }
@@ -436,21 +458,28 @@ impl Core {
         }
     }
 
-    /// Nobody needs `id` any more: release its blocks or cancel it.
+    /// Nobody needs `id` any more: release its blocks or cancel it; its
+    /// record stays as `Released` while a computed task names it as an
+    /// input, else it goes (and what only it named may follow).
     pub(super) fn forget(&mut self, id: TaskId) {
-        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        if self.let_go(id) {
+            self.remove_record(id);
+        }
+    }
+
+    /// Releases `id`'s blocks, unqueues or cancels it; whether its record
+    /// should go now.
+    fn let_go(&mut self, id: TaskId) -> bool {
+        let Some(rec) = self.tasks.get_mut(&id) else { return false };
+        let held = matches!(rec.state, State::Memory);
         match rec.state {
             State::Running(w) => {
                 // Let it finish; its block is released when it reports.
                 rec.state = State::Cancelled(w);
-                if std::mem::take(&mut rec.keyed) {
-                    self.keys.remove(&rec.key);
-                }
-                let (key, waiters) = (rec.key.clone(), std::mem::take(&mut rec.waiters));
-                self.lost_to_waiters(&key, waiters);
-                return;
+                self.unkey(id);
+                return false;
             }
-            State::Cancelled(_) => return,
+            State::Cancelled(_) => return false,
             State::Queued(bound) => {
                 let entry = (rec.prio, id);
                 self.unqueue(bound, entry);
@@ -462,19 +491,57 @@ impl Core {
                     self.release_on(w, id);
                 }
             }
-            State::Waiting | State::Erred(_) => {}
+            State::Waiting | State::Released | State::Erred(_) => {}
         }
-        let rec = self.tasks.remove(&id).expect("present");
-        if rec.keyed {
-            self.keys.remove(&rec.key);
-        }
-        if matches!(rec.state, State::Memory) {
+        self.unkey(id);
+        let rec = self.tasks.get_mut(&id).expect("present");
+        let keep = rec.state.computed() && rec.kept_by > 0;
+        if held {
+            rec.state = State::Released;
+            // A draining worker need not hand this block off any more.
             self.handed_off(id);
         }
-        self.lost_to_waiters(&rec.key, rec.waiters);
-        if !matches!(rec.state, State::Memory) {
+        !keep
+    }
+
+    /// Takes `id` out of the key index and fails its waiters: the client
+    /// let it go before it was computed.
+    fn unkey(&mut self, id: TaskId) {
+        let rec = self.tasks.get_mut(&id).expect("present");
+        if std::mem::take(&mut rec.keyed) {
+            self.keys.remove(&rec.key);
+        }
+        let waiters = std::mem::take(&mut rec.waiters);
+        if !waiters.is_empty() {
+            let key = rec.key.clone();
+            self.lost_to_waiters(&key, waiters);
+        }
+    }
+
+    /// Removes the record of `id` (no block of it is held): its inputs
+    /// lose a user, and the references it held if it was not computed;
+    /// inputs that nothing needs or names any more are forgotten in turn
+    /// (a worklist: lineages can be long).
+    pub(super) fn remove_record(&mut self, id: TaskId) {
+        let mut gone = vec![id];
+        while let Some(id) = gone.pop() {
+            let Some(rec) = self.tasks.remove(&id) else { continue };
+            if rec.keyed {
+                self.keys.remove(&rec.key);
+            }
+            let held = rec.state.holds_inputs();
             for input in rec.inputs {
-                self.dec_ref(input);
+                let Some(r) = self.tasks.get_mut(&input) else { continue };
+                r.kept_by = r.kept_by.saturating_sub(1);
+                if held {
+                    debug_assert!(r.refs > 0, "refcount underflow on {}", r.key);
+                    r.refs = r.refs.saturating_sub(1);
+                    if r.refs == 0 && self.let_go(input) {
+                        gone.push(input);
+                    }
+                } else if r.refs == 0 && r.kept_by == 0 && matches!(r.state, State::Released) {
+                    gone.push(input);
+                }
             }
         }
     }

@@ -234,6 +234,7 @@ impl Core {
                 };
                 let rec = self.tasks.get_mut(&input).expect("inputs are known");
                 rec.refs += 1;
+                rec.kept_by += 1;
                 rec.dependents.push(id);
                 if !matches!(rec.state, State::Memory) {
                     waiting += 1;
@@ -251,6 +252,7 @@ impl Core {
                     dependents: Ids::new(),
                     waiting,
                     refs: 0,
+                    kept_by: 0,
                     prio: base | n as u64,
                     pin: pins[i],
                     state: State::Waiting,
@@ -258,6 +260,7 @@ impl Core {
                     nbytes: 0,
                     waiters: Vec::new(),
                     retries: 0,
+                    lost_runs: 0,
                 },
             );
             if waiting == 0 {

@@ -129,8 +129,10 @@ impl ReplyRouter {
 
     /// The error for a request whose answer will never come.
     pub fn lost(&self) -> Error {
-        let reason = self.state.lock().closed.clone().unwrap_or_else(|| "it stopped answering".into());
-        Error::Connect { addr: "the scheduler".into(), reason }
+        match self.state.lock().closed.clone() {
+            Some(reason) => Error::SchedulerLost { reason },
+            None => Error::Connect { addr: "the scheduler".into(), reason: "it stopped answering".into() },
+        }
     }
 }
 

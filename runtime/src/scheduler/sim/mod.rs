@@ -428,6 +428,7 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
         queue_extra: cfg.queue_extra,
         heartbeat_timeout: None,
         elastic: false,
+        allowed_failures: SchedulerConfig::ALLOWED_FAILURES,
     };
     let mut core = Core::new(Arc::clone(&registry), config);
     core.set_transport_name("simulated");

@@ -72,6 +72,7 @@ impl Setup {
             queue_extra: self.queue_extra,
             heartbeat_timeout: self.timeout,
             elastic: self.elastic,
+            allowed_failures: SchedulerConfig::ALLOWED_FAILURES,
         };
         let mut sim = Sim { core: Core::new(reg.clone(), config), reg, now: Time::ZERO, next_reply: 100 };
         for &(rank, threads, gpu) in &self.workers {

@@ -110,7 +110,7 @@ fn a_lost_block_is_recomputed_from_inputs_still_held() {
 }
 
 #[test]
-fn a_lost_block_whose_inputs_were_released_fails() {
+fn a_lost_block_whose_inputs_were_released_is_recomputed_from_its_lineage() {
     let mut s = elastic(&[(1, 1), (2, 1)]);
     let (b, d) = s.submit(vec![root("a"), node("b", &["a"])], &["b"]);
     let a = s.id("a");
@@ -119,15 +119,86 @@ fn a_lost_block_whose_inputs_were_released_fails() {
     let d = s.done(b[0], 8);
     assert_eq!(released(&d, 1), vec![a]);
     let d = s.step(Event::PeerLost { rank: 1, reason: "reset".into() });
+    // a, and b sent ahead behind it, on the worker that is left.
+    assert_eq!(runs(&d, 2), vec![a, b[0]]);
+    s.done(a, 8);
+    let (to, _) = s.wait(&b);
+    let d = s.done(b[0], 8);
+    assert_eq!(wait_reply(&d, to).unwrap().as_ref().unwrap(), &vec![vec![2]]);
+    assert_eq!(released(&d, 2), vec![a], "a is released again once b is back");
+    let state = s.core.cluster_state();
+    assert_eq!((state.workers_lost, state.recomputed), (1, 2));
+}
+
+#[test]
+fn lost_blocks_recompute_a_shared_lineage_once_back_to_the_roots() {
+    // r -> m -> {x, y}; x and y live on rank 1, r and m were released.
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let tasks = vec![root("r"), node("m", &["r"]), node("x", &["m"]), node("y", &["m"])];
+    let (out, d) = s.submit(tasks, &["x", "y"]);
+    let ran = s.run_all(d, 8);
+    assert!(ran.iter().all(|&(rank, _)| rank == 1), "{ran:?}");
+    assert!(matches!(s.core.tasks[&s.id("m")].state, State::Released));
+    let d = s.step(Event::PeerLost { rank: 1, reason: "killed".into() });
+    let again = s.run_all(d, 8);
+    let names: Vec<&str> = again
+        .iter()
+        .map(|&(rank, id)| {
+            assert_eq!(rank, 2);
+            ["r", "m", "x", "y"].into_iter().find(|n| s.id(n) == id).unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["r", "m", "x", "y"], "each once, inputs first");
+    let (to, d) = s.wait(&out);
+    assert_eq!(wait_reply(&d, to).unwrap().as_ref().unwrap(), &vec![vec![2], vec![2]]);
+    assert_eq!(s.core.cluster_state().recomputed, 4);
+    s.release(&out);
+    assert!(s.core.tasks.is_empty(), "the lineage goes with the outputs");
+}
+
+#[test]
+fn a_lineage_through_a_task_pinned_to_a_lost_worker_fails_naming_it() {
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let (b, d) = s.submit(vec![root("a").on_rank(1), node("b", &["a"])], &["b"]);
+    s.run_all(d, 8);
+    let d = s.step(Event::PeerLost { rank: 1, reason: "reset".into() });
     assert!(all_runs(&d).is_empty());
     let (to, d) = s.wait(&b);
     match wait_reply(&d, to) {
         Some(Err(Error::TaskFailed { key, rank: 1, cause, .. })) => {
             assert_eq!(key, &k("b"));
-            assert!(cause.contains("worker rank 1") && cause.contains("inputs were released"), "{cause}");
+            assert!(cause.contains("cannot be recomputed") && cause.contains("pinned to worker rank 1"), "{cause}");
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_task_running_on_as_many_lost_workers_as_allowed_fails_naming_it() {
+    let allowed = SchedulerConfig::ALLOWED_FAILURES;
+    let ranks: Vec<(u32, u32)> = (1..=allowed + 1).map(|r| (r, 1)).collect();
+    let mut s = elastic(&ranks);
+    let (ids, mut d) = s.submit(vec![root("bad")], &["bad"]);
+    let (to, _) = s.wait(&ids);
+    for lost in 1..=allowed {
+        let (rank, id) = all_runs(&d)[0];
+        assert_eq!(id, ids[0]);
+        d = s.step(Event::PeerLost { rank, reason: "killed".into() });
+        if lost < allowed {
+            assert_eq!(all_runs(&d).len(), 1, "run again after {lost} lost");
+            assert!(wait_reply(&d, to).is_none());
+        }
+    }
+    assert!(all_runs(&d).is_empty());
+    match wait_reply(&d, to) {
+        Some(Err(Error::TaskFailed { key, cause, .. })) => {
+            assert_eq!(key, &k("bad"));
+            assert!(cause.contains(&format!("running on {allowed} workers that were lost")), "{cause}");
+            assert!(cause.contains("--allowed-failures"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.core.cluster_state().workers_lost, allowed as u64);
 }
 
 #[test]

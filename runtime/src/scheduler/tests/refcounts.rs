@@ -12,7 +12,33 @@ fn an_intermediate_is_released_after_its_last_dependent() {
     assert!(!any_release(&s.done(b, 8)), "c still needs a");
     let d = s.done(c, 8);
     assert_eq!(released(&d, 1), vec![a]);
-    assert!(!s.has("a"));
+    // Its block is gone; its record stays while b and c name it (lineage).
+    assert!(matches!(s.core.tasks[&a].state, State::Released));
+    assert_eq!(s.core.mem_bytes, 16);
+    let ids = [s.id("b"), s.id("c")];
+    s.release(&ids[..1]);
+    assert!(s.has("a"), "c still names a");
+    s.release(&ids[1..]);
+    assert!(s.core.tasks.is_empty(), "nothing names a any more");
+    assert_eq!(s.core.mem_bytes, 0);
+}
+
+#[test]
+fn a_long_lineage_goes_when_its_output_is_released() {
+    // A chain far deeper than any stack would take recursively.
+    let mut s = cluster(&[(1, 1)]);
+    let n = 200_000;
+    let mut tasks = vec![root("c0")];
+    let names = names("c", n);
+    for i in 1..n {
+        tasks.push(node(&names[i], &[&names[i - 1]]));
+    }
+    let (out, d) = s.submit(tasks, &[&names[n - 1]]);
+    s.run_all(d, 8);
+    assert_eq!(s.core.tasks.len(), n, "the lineage is on record");
+    assert_eq!(s.core.mem_bytes, 8, "one block held: the output's");
+    s.release(&out);
+    assert!(s.core.tasks.is_empty());
 }
 
 #[test]
