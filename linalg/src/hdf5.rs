@@ -15,7 +15,11 @@
 //! [`Hdf5Writer::commit`] renames it into place. A file at the destination
 //! is therefore complete: a failed or interrupted write leaves no file
 //! claiming to be the result (the temporary is removed when the writer is
-//! dropped without commit).
+//! dropped without commit). The datasets' chunks are all allocated when
+//! they are created, so a block's write touches only its own bytes: a
+//! worker killed while writing leaves a file that the write run again
+//! (writes are idempotent) completes, which is how an elastic cluster
+//! recovers from it.
 //!
 //! ```no_run
 //! use tessera_linalg::hdf5::{Hdf5Dataset, Hdf5Writer};
@@ -33,6 +37,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use hdf5::dataset::{AllocTime, FillTime};
 use ndarray::s;
 use serde::{Deserialize, Serialize};
 use tessera_runtime::{Block, Client, DType, KernelError, Key, Registry, Task};
@@ -245,7 +250,15 @@ impl Hdf5Writer {
         let row_bytes: usize = chunk[1..].iter().product::<usize>() * elem;
         chunk[0] = chunk[0].min(((4 << 20) / row_bytes.max(1)).max(1));
         let make = |b: hdf5::DatasetBuilder| {
-            let b = if a.is_empty() { b } else { b.chunk(chunk.clone()) };
+            // Every chunk allocated now, none filled: a block's write then
+            // touches only its own bytes, never the file's metadata, so a
+            // writer killed midway leaves a file that the task run again
+            // (writes are idempotent) completes.
+            let b = if a.is_empty() {
+                b
+            } else {
+                b.chunk(chunk.clone()).alloc_time(Some(AllocTime::Early)).fill_time(FillTime::Never)
+            };
             match a.dtype() {
                 DType::F32 => b.empty::<f32>().shape(a.shape()).create(name),
                 _ => b.empty::<f64>().shape(a.shape()).create(name),
