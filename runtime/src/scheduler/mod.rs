@@ -54,7 +54,8 @@
 //! * **Lineage.** A computed task whose block is released stays on record
 //!   (`Released`: its kernel, parameters and inputs, no block) while a
 //!   computed task names it as an input; the records go when the outputs
-//!   built from them are released.
+//!   built from them are released. Elastic clusters only: under MPI a lost
+//!   rank ends the job, and a local cluster loses no worker.
 //! * **Elastic clusters.** Workers join and leave at any time. A worker lost
 //!   without notice has its tasks placed again and the blocks it alone held
 //!   recomputed from their lineage, back to tasks without inputs when need

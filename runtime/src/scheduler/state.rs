@@ -9,8 +9,9 @@
 //! released, or it is cancelled. Its `kept_by` counts the records that name
 //! it as an input: while any does, a computed task stays on record as
 //! `Released`, so that a block lost with its worker can be recomputed back
-//! through as many steps as it takes (the task's lineage). A record goes
-//! when nothing needs it and nothing names it.
+//! through as many steps as it takes (the task's lineage; elastic clusters
+//! only: under MPI a lost rank ends the job, a local cluster loses none). A
+//! record goes when nothing needs it and nothing names it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -495,7 +496,9 @@ impl Core {
         }
         self.unkey(id);
         let rec = self.tasks.get_mut(&id).expect("present");
-        let keep = rec.state.computed() && rec.kept_by > 0;
+        // Only an elastic cluster survives a lost worker: elsewhere nothing
+        // would ever be recomputed from the lineage.
+        let keep = self.config.elastic && rec.state.computed() && rec.kept_by > 0;
         if held {
             rec.state = State::Released;
             // A draining worker need not hand this block off any more.

@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn an_intermediate_is_released_after_its_last_dependent() {
-    let mut s = cluster(&[(1, 1)]);
+    let mut s = elastic(&[(1, 1)]);
     let (_, d) = s.submit(vec![root("a"), node("b", &["a"]), node("c", &["a"])], &["b", "c"]);
     let (a, b, c) = (s.id("a"), s.id("b"), s.id("c"));
     assert_eq!(sorted(runs(&d, 1)), sorted(vec![a, b, c]));
@@ -26,7 +26,7 @@ fn an_intermediate_is_released_after_its_last_dependent() {
 #[test]
 fn a_long_lineage_goes_when_its_output_is_released() {
     // A chain far deeper than any stack would take recursively.
-    let mut s = cluster(&[(1, 1)]);
+    let mut s = elastic(&[(1, 1)]);
     let n = 200_000;
     let mut tasks = vec![root("c0")];
     let names = names("c", n);
@@ -37,6 +37,17 @@ fn a_long_lineage_goes_when_its_output_is_released() {
     s.run_all(d, 8);
     assert_eq!(s.core.tasks.len(), n, "the lineage is on record");
     assert_eq!(s.core.mem_bytes, 8, "one block held: the output's");
+    s.release(&out);
+    assert!(s.core.tasks.is_empty());
+}
+
+#[test]
+fn without_elastic_workers_no_lineage_is_kept() {
+    // Under MPI a lost rank ends the job: records go once computed and unneeded.
+    let mut s = cluster(&[(1, 1)]);
+    let (out, d) = s.submit(vec![root("a"), node("b", &["a"])], &["b"]);
+    s.run_all(d, 8);
+    assert!(!s.has("a"));
     s.release(&out);
     assert!(s.core.tasks.is_empty());
 }
