@@ -28,6 +28,18 @@ const EPS: f64 = f64::EPSILON;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Why namespaces cannot be made here, if they cannot.
+fn can_make_hosts() -> Result<(), &'static str> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("test hosts are network namespaces, which need root");
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("test hosts need the `ip` command (iproute2), which is not installed");
+    }
+    Ok(())
+}
+
 /// The test hosts of one test: namespaces that are removed, with whatever
 /// still runs on them, when this is dropped (a failed test included).
 struct Hosts {
@@ -38,13 +50,8 @@ struct Hosts {
 impl Hosts {
     /// `None` (after saying why) where namespaces cannot be made: not root, or no `ip`.
     fn up(name: &str) -> Option<Hosts> {
-        // SAFETY: geteuid(2) has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: test hosts are network namespaces, which need root");
-            return None;
-        }
-        if Command::new("ip").arg("-V").output().is_err() {
-            eprintln!("skipped: test hosts need the `ip` command (iproute2), which is not installed");
+        if let Err(why) = can_make_hosts() {
+            eprintln!("skipped: {why}");
             return None;
         }
         let prefix = format!("tsh{}-{name}", std::process::id());
@@ -393,8 +400,7 @@ fn the_script_refuses_bad_input_naming_it() {
     assert_eq!(code, Some(2));
     assert!(err.contains("usage:") && err.contains("up N"), "{err}");
     assert_eq!(script(&["addr", "3"], "tsh"), (Some(0), String::new()));
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if can_make_hosts().is_ok() {
         let (code, err) = script(&["up", "0"], "tsh-bad");
         assert_eq!(code, Some(2));
         assert!(err.contains("`0` is not a number of hosts"), "{err}");
