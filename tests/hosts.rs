@@ -324,6 +324,7 @@ fn computations_across_hosts_equal_the_local_ones() {
     let want = local(&cluster.hosts, &args);
     assert_same_singular_values(&got, &want, SVD[0], SVD[1]);
     assert_eq!(got["s"].as_array().unwrap().len(), 10);
+    assert_eq!((got["workers_lost"].as_u64(), got["recomputed"].as_u64()), (Some(0), Some(0)), "{got}");
 
     // The clients came from their own host too.
     let log = cluster.hosts.read("scheduler.log");
@@ -379,6 +380,9 @@ fn a_worker_cut_off_mid_computation_loses_nothing() {
     let got = cluster.finish("svd", &mut client, Duration::from_secs(2 * HEARTBEAT + 20), 2);
     let want = local(&cluster.hosts, &all[2..]);
     assert_same_singular_values(&got, &want, SVD[0], SVD[1]);
+    // What the cut-off worker held was computed again.
+    assert_eq!(got["workers_lost"].as_u64(), Some(1), "{got}");
+    assert!(got["recomputed"].as_u64().is_some_and(|n| n > 0), "{got}");
     let survivors: Vec<String> = cluster.workers().into_iter().map(|w| w.0).collect();
     assert_eq!(survivors, ["h1", "h3"], "the cut-off worker is no longer a member");
 }
