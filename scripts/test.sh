@@ -22,6 +22,10 @@
 # for and cancels real jobs, MPI jobs included, and scales elastic workers
 # (`tessera jobqueue scale`, `adapt`). Without root (or with
 # TESSERA_NO_BATCH=1) those cases print why they skip.
+#
+# As root, tests/hosts.rs (in both builds' `cargo test`) also runs elastic
+# clusters across test hosts, network namespaces it makes and removes itself
+# with scripts/test-hosts.sh; without root it prints why it skips.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -113,8 +113,10 @@ pub(crate) fn connect(args: &ClusterArgs) -> anyhow::Result<elastic::RemoteClien
     Ok(elastic::connect(&addr, args.tcp_options(Secret::load(&secret_path)?))?)
 }
 
-pub(crate) fn worker_json(w: &tessera::WorkerInfo) -> serde_json::Value {
-    json!({"rank": w.rank, "name": w.name, "host": w.host, "threads": w.threads, "gpu": w.gpu})
+/// One worker of `tessera workers --json`; `address` is where it listens
+/// for its peers (null if the scheduler has not announced it).
+fn worker_json(w: &tessera::WorkerInfo, address: Option<String>) -> serde_json::Value {
+    json!({"rank": w.rank, "name": w.name, "host": w.host, "address": address, "threads": w.threads, "gpu": w.gpu})
 }
 
 /// `tessera workers`: the workers that take tasks now.
@@ -122,13 +124,15 @@ pub(crate) fn list_workers(args: &ClusterArgs, json: bool) -> anyhow::Result<()>
     let client = connect(args)?;
     let workers = client.try_workers()?;
     if json {
-        println!("{}", json!({"workers": workers.iter().map(worker_json).collect::<Vec<_>>()}));
+        let list: Vec<_> = workers.iter().map(|w| worker_json(w, client.worker_address(w.rank))).collect();
+        println!("{}", json!({ "workers": list }));
         return Ok(());
     }
     println!("{} workers", workers.len());
     for w in &workers {
         let gpu = if w.gpu.is_empty() { String::new() } else { format!(", {}", w.gpu) };
-        println!("  rank {:>4}  {:<16} {} threads on {}{gpu}", w.rank, w.name, w.threads, w.host);
+        let at = client.worker_address(w.rank).map(|a| format!(" at {a}")).unwrap_or_default();
+        println!("  rank {:>4}  {:<16} {} threads on {}{at}{gpu}", w.rank, w.name, w.threads, w.host);
     }
     Ok(())
 }

@@ -367,6 +367,7 @@ pub fn run_worker(opts: WorkerOptions) -> Result<WorkerReport> {
 pub struct RemoteClient {
     client: Client,
     rank: u32,
+    transport: Arc<TcpTransport>,
 }
 
 impl RemoteClient {
@@ -377,6 +378,13 @@ impl RemoteClient {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The address worker `rank` listens on for its peers (`IP:PORT`): where
+    /// the other workers and this client fetch its blocks. `None` for a rank
+    /// the scheduler has not announced (or has announced gone).
+    pub fn worker_address(&self, rank: u32) -> Option<String> {
+        self.transport.peer_address(rank)
     }
 }
 
@@ -400,7 +408,8 @@ pub fn connect(addr: &str, tcp: TcpOptions) -> Result<RemoteClient> {
     transport.learn(peers, ucx);
     transport.adopt(addr.to_owned(), stream, keys);
     tracing::info!(rank, scheduler = addr, "connected as a client");
-    Ok(RemoteClient { client: Client::remote(transport, inbox, me, router), rank })
+    let client = Client::remote(Arc::clone(&transport) as Arc<dyn Transport>, inbox, me, router);
+    Ok(RemoteClient { client, rank, transport })
 }
 
 #[cfg(test)]

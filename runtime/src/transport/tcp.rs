@@ -609,6 +609,12 @@ impl TcpTransport {
         self.shared.listen
     }
 
+    /// The address rank `rank` listens on for its peers (`IP:PORT`), as the
+    /// scheduler announced it; `None` for a rank this process has not heard of.
+    pub fn peer_address(&self, rank: u32) -> Option<String> {
+        self.shared.book.lock().get(&rank).cloned()
+    }
+
     /// Starts reading and writing on an authenticated `stream` to the
     /// scheduler (rank 0), which this process connected to.
     pub(crate) fn adopt(&self, addr: String, stream: TcpStream, keys: FrameKeys) {
