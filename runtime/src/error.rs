@@ -120,6 +120,11 @@ pub enum Error {
     #[error("{reason}")]
     SchedulerLost { reason: String },
 
+    /// The scheduler's own thread ended without being told to (a panic:
+    /// a bug), in the process that hosts it.
+    #[error("the scheduler stopped unexpectedly: {why}")]
+    SchedulerStopped { why: String },
+
     /// A worker rank that the cluster does not have (or that has left).
     #[error("rank {rank} runs no worker of this cluster")]
     UnknownWorker { rank: u32 },

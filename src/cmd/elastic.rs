@@ -29,7 +29,7 @@ pub(crate) fn scheduler(
         allowed_failures,
         ..elastic::SchedulerOptions::new(args.tcp_options(secret))
     };
-    let server = elastic::Scheduler::start(opts)?;
+    let mut server = elastic::Scheduler::start(opts)?;
     let addr = server.address().to_owned();
     SchedulerFile::new(&addr, &secret_path).write(&file_path)?;
     if json {
@@ -49,6 +49,10 @@ pub(crate) fn scheduler(
     let _ = std::io::stdout().flush();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = server.check() {
+            SchedulerFile::remove_if_mine(&file_path);
+            return Err(e.into());
+        }
     }
     tracing::info!("stopping: telling the workers to stop");
     server.shutdown();

@@ -163,6 +163,22 @@ impl Scheduler {
         &self.client
     }
 
+    /// `Ok` while the scheduler runs; the error if its thread ended
+    /// without being told to (a bug: the process should then exit, which
+    /// closes every connection, so that workers and clients notice).
+    pub fn check(&mut self) -> Result<()> {
+        if !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            return Ok(());
+        }
+        let t = self.thread.take().expect("checked above");
+        let why = match t.join() {
+            Ok(exit) => format!("its loop ended ({exit:?})"),
+            Err(panic) => format!("it panicked: {}", crate::panic::message(&*panic)),
+        };
+        self.transport.close();
+        Err(Error::SchedulerStopped { why })
+    }
+
     /// Tells every worker to stop, waits for them (up to 30 s), closes.
     pub fn shutdown(mut self) {
         self.stop();
