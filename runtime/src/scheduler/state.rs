@@ -526,7 +526,7 @@ impl Core {
     /// inputs that nothing needs or names any more are forgotten in turn
     /// (a worklist: lineages can be long).
     pub(super) fn remove_record(&mut self, id: TaskId) {
-        let mut gone = vec![id];
+        let mut gone: SmallVec<[TaskId; 8]> = smallvec::smallvec![id];
         while let Some(id) = gone.pop() {
             let Some(rec) = self.tasks.remove(&id) else { continue };
             if rec.keyed {
