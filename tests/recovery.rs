@@ -333,10 +333,6 @@ impl Cluster {
         let json = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
         Run { json, stderr, kill }
     }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path(name)
-    }
 }
 
 impl Drop for Cluster {
@@ -475,7 +471,7 @@ fn matmul_args(out: Option<&str>) -> Vec<&str> {
 /// With HDF5, C is written and compared whole.
 #[cfg(feature = "hdf5")]
 fn output(c: &Cluster, name: &str) -> Option<String> {
-    Some(format!("{}:/C", c.path(name)))
+    Some(format!("{}:/C", c.dir.path(name)))
 }
 
 /// Without HDF5, the command reports C's norm, which is compared.
@@ -596,14 +592,14 @@ mod tsqr {
     fn tsqr_svd_written_to_hdf5_survives_a_worker_killed_in_the_leaves_the_tree_and_the_writes() {
         let _turn = turn();
         let mut c = Cluster::start("tsqr");
-        let out = c.path("base.h5");
+        let out = c.dir.path("base.h5");
         let base = c.run(&args(&out).iter().map(String::as_str).collect::<Vec<_>>(), None);
         assert_nothing_lost(&base);
         let want = read(&out);
         assert_same_factors("without a kill", &want, &want);
         assert_same_values("S in the file and in --json", &want.s, &floats(&base.json["s"]), M);
         for (i, phase) in [&WRITES, &TREE, &LEAVES].into_iter().enumerate() {
-            let out = c.path(&format!("kill{i}.h5"));
+            let out = c.dir.path(&format!("kill{i}.h5"));
             let r = c.run(&args(&out).iter().map(String::as_str).collect::<Vec<_>>(), Some(phase));
             assert_same_factors(phase.name, &read(&out), &want);
             assert_recovered(&r);
