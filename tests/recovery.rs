@@ -225,8 +225,18 @@ impl Cluster {
     fn wait_workers(&self, n: usize) {
         let start = Instant::now();
         loop {
-            let o = self.tessera().args(["workers", "--json"]).output().unwrap();
-            let listed = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            // Bounded: a scheduler that stopped serving must fail the test, not hang it.
+            let mut cmd = self.tessera();
+            cmd.args(["workers", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null());
+            let mut child = Guard(cmd.spawn().unwrap());
+            let mut out = child.0.stdout.take().unwrap();
+            let out = std::thread::spawn(move || std::io::read_to_string(&mut out).unwrap_or_default());
+            let asked = Instant::now();
+            while child.0.try_wait().unwrap().is_none() {
+                assert!(asked.elapsed() < Duration::from_secs(20), "`tessera workers` got no answer in 20 s");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let listed = serde_json::from_str::<serde_json::Value>(&out.join().unwrap())
                 .ok()
                 .and_then(|j| j["workers"].as_array().map(Vec::len));
             if listed == Some(n) {
