@@ -38,7 +38,8 @@ trap cleanup EXIT
 # The command line of every process; started in the background without a
 # function or subshell in between, so that $! is the tessera process itself.
 tessera=("$bin" -q --heartbeat-timeout 2 --scheduler-file "$dir/scheduler.json" --secret-file "$dir/secret")
-t() { "${tessera[@]}" "$@"; }
+# A computation that does not end within this many seconds counts as failed.
+limit=120
 field() { python3 -c "import json,sys; v=json.loads(sys.stdin.read().strip().splitlines()[-1]).get(sys.argv[1]); print('-' if v is None else v)" "$1"; }
 median() { python3 -c "import sys,statistics; v=[float(x) for x in sys.argv[1:] if x != '-']; print(f'{statistics.median(v):.2f}' if v else '-')" "$@"; }
 now() { date +%s.%N; }
@@ -53,7 +54,9 @@ start_worker() {
 }
 wait_workers() {
   for _ in $(seq 600); do
-    [[ $(t workers --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)['workers']))") == "$1" ]] && return
+    n=$(timeout 20 "${tessera[@]}" workers --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)['workers']))") ||
+      { echo "the scheduler does not answer (see its log)" >&2; tail -20 "$dir/scheduler.log" >&2; exit 1; }
+    [[ $n == "$1" ]] && return
     sleep 0.1
   done
   echo "the cluster did not reach $1 workers" >&2
@@ -75,16 +78,20 @@ rows=()
 victim=0
 for c in 0 1 2; do
   case $c in 0) args=("${rsvd[@]}") ;; 1) args=("${tsqr[@]}") ;; 2) args=("${matmul[@]}") ;; esac
-  t "${args[@]}" >/dev/null 2>&1 # warm-up: page cache, first allocations
+  timeout $limit "${tessera[@]}" "${args[@]}" >/dev/null 2>&1 || true # warm-up: page cache, first allocations
   clean=() killed=() recomputed=() lost=() failed=0 err=
   for r in $(seq "$runs"); do
     t0=$(now)
-    t "${args[@]}" >"$dir/out.json" 2>"$dir/err.txt" || { cat "$dir/err.txt" >&2; exit 1; }
+    timeout $limit "${tessera[@]}" "${args[@]}" >"$dir/out.json" 2>"$dir/err.txt" || {
+      echo "a run without a kill failed:" >&2
+      tail -3 "$dir/err.txt" >&2
+      exit 1
+    }
     clean+=("$(echo "$(now) - $t0" | bc)")
     # The kill: one worker, half-way through the median time so far.
     delay=$(median "${clean[@]}" | awk '{print $1 / 2}')
     t0=$(now)
-    "${tessera[@]}" "${args[@]}" >"$dir/out.json" 2>"$dir/err.txt" &
+    timeout $limit "${tessera[@]}" "${args[@]}" >"$dir/out.json" 2>"$dir/err.txt" &
     cmd=$!
     sleep "$delay"
     kill -9 "${live[$victim]}" 2>/dev/null || true
@@ -94,7 +101,7 @@ for c in 0 1 2; do
       lost+=("$(field workers_lost <"$dir/out.json")")
     else
       failed=$((failed + 1))
-      [[ -n $err ]] || err=$(grep -m1 -i 'error' "$dir/err.txt" || head -1 "$dir/err.txt")
+      [[ -n $err ]] || err=$(grep -m1 -i 'error' "$dir/err.txt" || echo "no error message (timed out after $limit s?)")
     fi
     start_worker
     live[$victim]=${pids[-1]}
