@@ -381,6 +381,13 @@ impl Worker {
             return;
         };
         let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1, gpu: self.gpu.as_ref() };
+        // With "ran" below, a worker's debug log names the task it was in when it died.
+        tracing::debug!(
+            rank = self.rank,
+            task = %task.key,
+            kernel = self.registry.name(task.kernel).map_or("?", |n| &**n),
+            "running"
+        );
         let start = Instant::now();
         self.memory.running(true);
         let result = catch_unwind(AssertUnwindSafe(|| crate::panic::in_kernel(|| kernel(&ctx, &task.params, &inputs))));
