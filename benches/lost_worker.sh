@@ -85,6 +85,10 @@ for c in 0 1 2; do
     timeout $limit "${tessera[@]}" "${args[@]}" >"$dir/out.json" 2>"$dir/err.txt" || {
       echo "a run without a kill failed:" >&2
       tail -3 "$dir/err.txt" >&2
+      echo "-- the scheduler's log:" >&2
+      tail -20 "$dir/scheduler.log" >&2
+      echo "-- the workers' log:" >&2
+      tail -20 "$dir/workers.log" >&2
       exit 1
     }
     clean+=("$(echo "$(now) - $t0" | bc)")
