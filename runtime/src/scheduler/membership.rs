@@ -30,6 +30,17 @@ impl Core {
                     self.handed_off(id);
                 }
             }
+            // Lost with its worker after this copy was fetched, and being
+            // computed again: the copy is valid and a task there may be
+            // about to use it. Kept, and released with the block.
+            Some(rec)
+                if matches!(rec.state, State::Waiting | State::Queued(_) | State::Running(_))
+                    && !self.workers[w].gone =>
+            {
+                if !rec.who_has.contains(&w) {
+                    rec.who_has.push(w);
+                }
+            }
             // Released meanwhile: the copy is garbage.
             _ => self.release_on(w, id),
         }

@@ -381,7 +381,8 @@ impl Core {
                 if self.workers[w].in_flight >= self.workers[w].limit + AHEAD {
                     return;
                 }
-                let rec = &self.tasks[&d];
+                // Dependents released meanwhile are gone.
+                let Some(rec) = self.tasks.get(&d) else { continue };
                 if !matches!(rec.state, State::Waiting) || rec.pin.is_some_and(|p| p != w) {
                     continue;
                 }

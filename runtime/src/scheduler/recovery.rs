@@ -195,6 +195,10 @@ impl Core {
                 }
                 _ => {}
             }
+            // A copy fetched before its block was lost, kept while it is recomputed.
+            if !matches!(rec.state, State::Memory) {
+                rec.who_has.retain(|x| *x != w);
+            }
             if rec.pin == Some(w) && !rec.state.computed() && !matches!(rec.state, State::Erred(_)) {
                 orphaned.push(id);
             }

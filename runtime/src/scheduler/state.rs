@@ -364,7 +364,9 @@ impl Core {
         let finished = &mut self.finished[rec.kernel as usize];
         *finished = finished.saturating_add(1);
         rec.state = State::Memory;
-        rec.who_has.push(w);
+        if !rec.who_has.contains(&w) {
+            rec.who_has.push(w);
+        }
         rec.nbytes = nbytes;
         let waiters = std::mem::take(&mut rec.waiters);
         // Inputs and dependents stay on record: a block lost with its
@@ -418,6 +420,12 @@ impl Core {
     /// its inputs lose a dependent, a draining `w` may be done.
     pub(super) fn drop_cancelled(&mut self, id: TaskId, w: usize) {
         self.unload(w);
+        // Copies fetched while it was being recomputed.
+        for h in std::mem::take(&mut self.tasks.get_mut(&id).expect("cancelled tasks are on record").who_has) {
+            if h != w {
+                self.release_on(h, id);
+            }
+        }
         self.remove_record(id);
         if self.workers[w].draining {
             self.check_drain(w);
@@ -485,14 +493,13 @@ impl Core {
                 let entry = (rec.prio, id);
                 self.unqueue(bound, entry);
             }
-            State::Memory => {
-                self.mem_bytes -= rec.nbytes;
-                let holders = std::mem::take(&mut rec.who_has);
-                for w in holders {
-                    self.release_on(w, id);
-                }
-            }
+            State::Memory => self.mem_bytes -= rec.nbytes,
             State::Waiting | State::Released | State::Erred(_) => {}
+        }
+        // Copies: a computed block's, or ones kept while it was recomputed.
+        let holders = std::mem::take(&mut self.tasks.get_mut(&id).expect("present").who_has);
+        for w in holders {
+            self.release_on(w, id);
         }
         self.unkey(id);
         let rec = self.tasks.get_mut(&id).expect("present");

@@ -303,3 +303,29 @@ fn a_done_counts_as_a_sign_of_life() {
     s.at(15);
     assert!(s.step(Event::Tick).is_empty());
 }
+
+#[test]
+fn a_copy_fetched_before_its_block_was_lost_is_kept_while_it_is_recomputed() {
+    // `b` on one rank fetched `a` from the other, which dies before the
+    // scheduler hears of the copy: the copy must not be released under `b`.
+    let mut s = elastic(&[(1, 1), (2, 1)]);
+    let (a, d) = s.submit(vec![root("a")], &["a"]);
+    let (held, _) = all_runs(&d)[0];
+    let other = 3 - held;
+    s.done(a[0], 8);
+    let (b, d) = s.submit(vec![node("b", &["a"]).on_rank(other)], &["b"]);
+    assert_eq!(runs(&d, other), b);
+    s.step(Event::PeerLost { rank: held, reason: "killed".into() });
+    assert!(!matches!(s.core.tasks[&a[0]].state, State::Memory | State::Erred(_)), "a is being recomputed");
+    let d = s.step(Event::Replica { rank: other, id: a[0] });
+    assert!(released(&d, other).is_empty(), "the copy b uses is kept: {d:?}");
+    // Nothing needs `a` any more: its copy goes with it.
+    s.release(&b);
+    s.done(b[0], 8); // cancelled meanwhile: it lets go of `a`, which then runs
+    let mut d = s.release(&a);
+    if s.core.tasks.contains_key(&a[0]) {
+        d.extend(s.done(a[0], 8)); // cancelled while running
+    }
+    assert_eq!(released(&d, other), a);
+    assert!(s.core.tasks.is_empty());
+}
