@@ -176,7 +176,11 @@ impl Cluster {
     fn start(tag: &str) -> Cluster {
         let dir = TempDir::new(&format!("recovery-{tag}"));
         let mut cmd = bare(&dir);
-        cmd.args(["scheduler", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null());
+        // Its decisions, kept for the report of a run that does not finish.
+        let log = std::fs::File::create(dir.0.join("scheduler.log")).expect("create scheduler.log");
+        cmd.args(["--log", "info,tessera_runtime::scheduler=debug", "scheduler", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(log);
         let mut scheduler = cmd.spawn().expect("start tessera scheduler");
         let mut out = BufReader::new(scheduler.stdout.take().unwrap());
         let mut first = String::new();
@@ -327,8 +331,9 @@ impl Cluster {
         }
         let Some(status) = status else {
             panic!(
-                "tessera {args:?} did not finish within {LIMIT:?} (kill: {kill:?}); tasks ended: {}\n{stderr}",
-                history.summary()
+                "tessera {args:?} did not finish within {LIMIT:?} (kill: {kill:?}); tasks ended: {}\n{stderr}\n{}",
+                history.summary(),
+                self.logs()
             )
         };
         if let Some(p) = phase {
@@ -338,10 +343,31 @@ impl Cluster {
             assert!(!p.inside || k.inside, "{}: the victim was not inside the task it started: {k:?}", p.name);
         }
         eprintln!("tessera {}: {seconds:.2} s, {}", args.join(" "), if status.success() { "ok" } else { "failed" });
-        assert!(status.success(), "tessera {args:?} failed ({status}); kill: {kill:?}\n{stderr}");
+        assert!(status.success(), "tessera {args:?} failed ({status}); kill: {kill:?}\n{stderr}\n{}", self.logs());
         let last = stdout.lines().last().unwrap_or_default();
         let json = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
         Run { json, stderr, kill }
+    }
+}
+
+impl Cluster {
+    /// The end of the scheduler's log and of each worker's, for a failure report.
+    fn logs(&self) -> String {
+        fn tail(lines: &[String], n: usize) -> String {
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        let sched = std::fs::read_to_string(self.dir.0.join("scheduler.log")).unwrap_or_default();
+        let sched: Vec<String> = sched.lines().map(str::to_owned).collect();
+        let mut out = format!("---- scheduler (last 200 lines)\n{}\n", tail(&sched, 200));
+        for (i, w) in self.workers.iter().enumerate() {
+            let log = w.log.lock().unwrap_or_else(|e| e.into_inner());
+            out += &format!(
+                "---- worker w{i}{} (last 40 lines)\n{}\n",
+                if w.killed { ", killed" } else { "" },
+                tail(&log, 40)
+            );
+        }
+        out
     }
 }
 
@@ -616,8 +642,12 @@ mod tsqr {
             c.replace_lost();
         }
         // Only the finished files: no temporary file left by a lost writer.
-        let files: Vec<String> =
-            c.dir.files().into_iter().filter(|f| !["secret", "scheduler.json"].contains(&f.as_str())).collect();
+        let files: Vec<String> = c
+            .dir
+            .files()
+            .into_iter()
+            .filter(|f| !["secret", "scheduler.json", "scheduler.log"].contains(&f.as_str()))
+            .collect();
         assert_eq!(files, ["base.h5", "kill0.h5", "kill1.h5", "kill2.h5"]);
     }
 }

@@ -205,7 +205,12 @@ impl Hdf5Writer {
             };
             h5err(&path, None, why)
         })?;
-        Ok(Hdf5Writer { path, tmp, committed: false })
+        // The writers' lock lives as long as the unfinished file: a write
+        // run again after the file was published (a recomputed block's)
+        // finds neither and fails, leaving nothing behind.
+        let w = Hdf5Writer { path, tmp, committed: false };
+        File::create(lock_path(&w.tmp)).map_err(|e| h5err(&w.path, None, format!("cannot write there ({e})")))?;
+        Ok(w)
     }
 
     /// Where the file will appear.
@@ -369,7 +374,13 @@ fn read<T: Element + hdf5::H5Type>(p: &ReadParams) -> Result<Block, KernelError>
 fn write<T: Element + hdf5::H5Type>(p: &WriteParams, x: &Block) -> Result<Block, KernelError> {
     let data = T::slice(x).ok_or_else(|| unsupported("h5_write", x.dtype()))?;
     // Serial HDF5: one writer at a time, across processes and threads.
-    let lock = File::create(lock_path(&p.file)).map_err(|e| kerr(&p.file, &p.dataset, "cannot create the lock", e))?;
+    let lock = File::open(lock_path(&p.file)).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "the file is no longer being written (finished or abandoned)".to_owned(),
+            _ => format!("cannot open the writers' lock ({e})"),
+        };
+        KernelError::msg(format!("{}:{}: {why}", p.file.display(), p.dataset))
+    })?;
     // Released when `lock` is closed at the end of this function.
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| kerr(&p.file, &p.dataset, "cannot lock", std::io::Error::from(e)))?;

@@ -198,14 +198,16 @@ impl Core {
         let rec = &mut self.workers[w];
         rec.flush_mark = false;
         let rank = rec.rank;
+        // Cancels first: a task taken back and sent again (placed anew)
+        // must find the worker rid of the old one.
+        if !rec.cancels.is_empty() {
+            self.decisions.push(Decision::Cancel { rank, ids: std::mem::take(&mut rec.cancels) });
+        }
         if !rec.outbox.is_empty() {
             self.decisions.push(Decision::Run { rank, tasks: std::mem::take(&mut rec.outbox) });
         }
         if !rec.releases.is_empty() {
             self.decisions.push(Decision::Release { rank, ids: std::mem::take(&mut rec.releases) });
-        }
-        if !rec.cancels.is_empty() {
-            self.decisions.push(Decision::Cancel { rank, ids: std::mem::take(&mut rec.cancels) });
         }
     }
 

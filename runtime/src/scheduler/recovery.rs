@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
+use smallvec::SmallVec;
 
 use super::state::{Failure, State, WorkerRec};
 use super::{Core, Decision};
@@ -37,8 +38,49 @@ impl Core {
             }
             _ => return None,
         };
+        if self.tasks[&id].waiting > 0 {
+            // Sent ahead, and given up before its last input came.
+            let worker = &mut self.workers[w];
+            worker.blocked = worker.blocked.saturating_sub(1);
+        }
         self.unload(w);
         Some(w)
+    }
+
+    /// Task `id`, sent to worker `w`, is placed again: the tasks sent ahead
+    /// to `w` to wait there for its block (and for theirs, down a chain)
+    /// would wait forever, so they are taken back to wait here (or dropped,
+    /// if nobody needs them any more).
+    fn recall_ahead(&mut self, w: usize, id: TaskId) {
+        // (task, whether it was cancelled), ancestors first.
+        let mut recalled: SmallVec<[(TaskId, bool); 8]> = SmallVec::new();
+        let mut todo: SmallVec<[TaskId; 8]> = smallvec::smallvec![id];
+        while let Some(t) = todo.pop() {
+            let Some(rec) = self.tasks.get(&t) else { continue };
+            for d in &rec.dependents {
+                let Some(dr) = self.tasks.get(d) else { continue };
+                let cancelled = match dr.state {
+                    State::Running(x) if x == w && dr.waiting > 0 => false,
+                    State::Cancelled(x) if x == w && dr.waiting > 0 => true,
+                    _ => continue,
+                };
+                if !recalled.iter().any(|(r, _)| r == d) {
+                    recalled.push((*d, cancelled));
+                    todo.push(*d);
+                }
+            }
+        }
+        for (d, cancelled) in recalled {
+            let worker = &mut self.workers[w];
+            worker.blocked = worker.blocked.saturating_sub(1);
+            self.cancel_on(w, d);
+            if cancelled {
+                self.drop_cancelled(d, w);
+            } else {
+                self.unload(w);
+                self.tasks.get_mut(&d).expect("recalled tasks are on record").state = State::Waiting;
+            }
+        }
     }
 
     /// Why task `id` failed, on worker rank `rank`.
@@ -379,7 +421,11 @@ impl Core {
         } else {
             tracing::debug!(task = %rec.key, %input, from = rank, "input unreachable; placing the task again");
             rec.state = State::Waiting;
-            self.replace(id);
+            self.recall_ahead(w, id);
+            // (Unless only a cancelled task recalled just now needed it.)
+            if self.tasks.contains_key(&id) {
+                self.replace(id);
+            }
         }
         if self.workers[w].draining {
             self.check_drain(w);

@@ -321,7 +321,14 @@ impl Core {
         self.mark_flush(w);
     }
 
+    /// Worker `w` drops task `id` unrun, without a word back (a task not
+    /// sent yet is simply not sent).
     pub(super) fn cancel_on(&mut self, w: usize, id: TaskId) {
+        let outbox = &mut self.workers[w].outbox;
+        if let Some(i) = outbox.iter().position(|t| t.id == id) {
+            outbox.remove(i);
+            return;
+        }
         self.workers[w].cancels.push(id);
         self.mark_flush(w);
     }

@@ -106,6 +106,24 @@ struct Table {
     fetching: FxHashMap<TaskId, (u64, u32)>,
 }
 
+impl Table {
+    /// Takes waiting task `id` back (the scheduler placed it elsewhere or
+    /// cancelled it): it no longer counts on any of its inputs, so that
+    /// the same task sent here again waits for each input once.
+    fn withdraw(&mut self, id: TaskId) -> Option<RunTask> {
+        let (task, _) = self.pending.remove(&id)?;
+        for input in &task.inputs {
+            if let Some(w) = self.waiting.get_mut(&input.id) {
+                w.retain(|t| *t != id);
+                if w.is_empty() {
+                    self.waiting.remove(&input.id);
+                }
+            }
+        }
+        Some(task)
+    }
+}
+
 struct Worker {
     rank: u32,
     gpu: Option<Arc<crate::gpu::Gpu>>,
@@ -280,7 +298,7 @@ impl Worker {
                 let mut table = self.table.lock();
                 table.fetching.remove(&id);
                 for t in table.waiting.remove(&id).unwrap_or_default() {
-                    if let Some((task, _)) = table.pending.remove(&t) {
+                    if let Some(task) = table.withdraw(t) {
                         tracing::debug!(rank = self.rank, task = %task.id, input = %id, holder, "input unreachable");
                         self.transport
                             .send(Endpoint::SCHEDULER, Msg::InputLost { id: task.id, input: id, rank: holder });
@@ -310,7 +328,7 @@ impl Worker {
             Msg::Cancel(ids) => {
                 let mut table = self.table.lock();
                 for id in ids {
-                    table.pending.remove(&id);
+                    table.withdraw(id);
                 }
             }
             other => tracing::warn!(rank = self.rank, msg = ?other, "worker got an unexpected message"),

@@ -66,6 +66,34 @@ fn input_lost_places_the_task_again_then_fails_it() {
 }
 
 #[test]
+fn input_lost_takes_back_the_chain_sent_ahead_behind_the_task() {
+    // b could not fetch a; c and e were sent ahead to wait on rank 2 for b
+    // and c. Placed again, b may run elsewhere: the worker must drop its
+    // c and e (they would wait there for ever) before they are sent anew.
+    let mut s = cluster(&[(1, 1), (2, 1)]);
+    let (a, _) = s.submit(vec![root("a").on_rank(1)], &["a"]);
+    s.done(a[0], 8);
+    let (e, d) = s.submit(vec![node("b", &["a"]).on_rank(2), node("c", &["b"]), node("e", &["c"])], &["e"]);
+    let (b, c) = (s.id("b"), s.id("c"));
+    assert_eq!(runs(&d, 2), vec![b, c, e[0]]);
+    let (to, _) = s.wait(&e);
+    let d = s.step(Event::InputLost { id: b, input: a[0], from: 1 });
+    assert_eq!(sorted(cancelled(&d, 2)), sorted(vec![c, e[0]]));
+    assert_eq!(runs(&d, 2), vec![b, c, e[0]], "pinned b goes back to rank 2, its chain with it");
+    let at = |want: fn(&Decision) -> bool| d.iter().position(want).expect("decided");
+    assert!(
+        at(|x| matches!(x, Decision::Cancel { rank: 2, .. })) < at(|x| matches!(x, Decision::Run { rank: 2, .. })),
+        "the worker drops the old c and e before it gets the new ones: {d:?}"
+    );
+    assert_eq!((s.core.workers[1].in_flight, s.core.workers[1].blocked), (3, 2));
+    s.done(b, 8);
+    s.done(c, 8);
+    let d = s.done(e[0], 8);
+    assert_eq!(wait_reply(&d, to).unwrap().as_ref().unwrap(), &vec![vec![2]]);
+    assert_eq!((s.core.workers[1].in_flight, s.core.workers[1].blocked), (0, 0));
+}
+
+#[test]
 fn a_lost_workers_running_tasks_are_placed_again() {
     let mut s = Setup::new(&[(1, 1), (2, 2)]).elastic().build();
     let (ids, d) = s.submit(vec![root("r0"), root("r1")], &["r0", "r1"]);
