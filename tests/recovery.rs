@@ -153,6 +153,8 @@ struct Cluster {
     workers: Vec<Worker>,
     tx: Sender<TaskLine>,
     rx: Receiver<TaskLine>,
+    /// Given to each `tessera worker` (e.g. its transport).
+    worker_args: Vec<String>,
 }
 
 /// A command's child, killed if the test fails while it runs.
@@ -174,6 +176,10 @@ struct Run {
 
 impl Cluster {
     fn start(tag: &str) -> Cluster {
+        Cluster::start_with(tag, &[])
+    }
+
+    fn start_with(tag: &str, worker_args: &[&str]) -> Cluster {
         let dir = TempDir::new(&format!("recovery-{tag}"));
         let mut cmd = bare(&dir);
         // Its decisions, kept for the report of a run that does not finish.
@@ -189,7 +195,8 @@ impl Cluster {
         // The rest of what it prints, read so that it never writes to a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let (tx, rx) = mpsc::channel();
-        let mut c = Cluster { dir, scheduler, workers: Vec::new(), tx, rx };
+        let worker_args = worker_args.iter().map(|a| a.to_string()).collect();
+        let mut c = Cluster { dir, scheduler, workers: Vec::new(), tx, rx, worker_args };
         for _ in 0..WORKERS {
             c.add_worker();
         }
@@ -207,6 +214,7 @@ impl Cluster {
             .tessera()
             .args(["--log", "warn,tessera_runtime::worker=debug", "worker", "--threads", "1"])
             .args(["--name", &format!("w{i}")])
+            .args(&self.worker_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -469,6 +477,24 @@ fn randomized_svd_survives_a_worker_killed_in_the_sketch_and_in_a_power_iteratio
         assert_recovered(&r);
         c.replace_lost();
     }
+}
+
+/// The same over UCX: blocks move on the UCP plane, which must report the
+/// dead peer's blocks missing as the TCP plane does.
+#[cfg(feature = "ucx")]
+#[test]
+fn randomized_svd_over_ucx_survives_a_worker_killed_in_a_power_iteration() {
+    let _turn = turn();
+    let mut c = Cluster::start_with("rsvd-ucx", &["--transport", "ucx"]);
+    let log = std::fs::read_to_string(c.dir.0.join("scheduler.log")).unwrap();
+    let joined: Vec<&str> = log.lines().filter(|l| l.contains("a worker joined")).collect();
+    assert_eq!(joined.len(), WORKERS, "{log}");
+    assert!(joined.iter().all(|l| l.contains("ucx=true")), "every worker joins with its UCX address: {log}");
+    let base = c.run(RSVD, None);
+    assert_nothing_lost(&base);
+    let r = c.run(RSVD, Some(&POWER));
+    assert_same_values(POWER.name, &floats(&r.json["s"]), &floats(&base.json["s"]), RSVD_M);
+    assert_recovered(&r);
 }
 
 // ---- matmul -----------------------------------------------------------------
