@@ -268,6 +268,25 @@ impl Cluster {
         self.wait_workers(WORKERS);
     }
 
+    /// The end of the scheduler's log and of each worker's, for a failure report.
+    fn logs(&self) -> String {
+        fn tail(lines: &[String], n: usize) -> String {
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        let sched = std::fs::read_to_string(self.dir.0.join("scheduler.log")).unwrap_or_default();
+        let sched: Vec<String> = sched.lines().map(str::to_owned).collect();
+        let mut out = format!("---- scheduler (last 200 lines)\n{}\n", tail(&sched, 200));
+        for (i, w) in self.workers.iter().enumerate() {
+            let log = w.log.lock().unwrap_or_else(|e| e.into_inner());
+            out += &format!(
+                "---- worker w{i}{} (last 40 lines)\n{}\n",
+                if w.killed { ", killed" } else { "" },
+                tail(&log, 40)
+            );
+        }
+        out
+    }
+
     fn kill_worker(&mut self, i: usize) {
         // SAFETY: signalling a child process of ours.
         unsafe { libc::kill(self.workers[i].child.id() as i32, libc::SIGKILL) };
@@ -355,27 +374,6 @@ impl Cluster {
         let last = stdout.lines().last().unwrap_or_default();
         let json = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
         Run { json, stderr, kill }
-    }
-}
-
-impl Cluster {
-    /// The end of the scheduler's log and of each worker's, for a failure report.
-    fn logs(&self) -> String {
-        fn tail(lines: &[String], n: usize) -> String {
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        }
-        let sched = std::fs::read_to_string(self.dir.0.join("scheduler.log")).unwrap_or_default();
-        let sched: Vec<String> = sched.lines().map(str::to_owned).collect();
-        let mut out = format!("---- scheduler (last 200 lines)\n{}\n", tail(&sched, 200));
-        for (i, w) in self.workers.iter().enumerate() {
-            let log = w.log.lock().unwrap_or_else(|e| e.into_inner());
-            out += &format!(
-                "---- worker w{i}{} (last 40 lines)\n{}\n",
-                if w.killed { ", killed" } else { "" },
-                tail(&log, 40)
-            );
-        }
-        out
     }
 }
 

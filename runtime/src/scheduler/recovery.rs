@@ -38,12 +38,7 @@ impl Core {
             }
             _ => return None,
         };
-        if self.tasks[&id].waiting > 0 {
-            // Sent ahead, and given up before its last input came.
-            let worker = &mut self.workers[w];
-            worker.blocked = worker.blocked.saturating_sub(1);
-        }
-        self.unload(w);
+        self.unload_task(w, id);
         Some(w)
     }
 
@@ -71,13 +66,11 @@ impl Core {
             }
         }
         for (d, cancelled) in recalled {
-            let worker = &mut self.workers[w];
-            worker.blocked = worker.blocked.saturating_sub(1);
             self.cancel_on(w, d);
             if cancelled {
                 self.drop_cancelled(d, w);
             } else {
-                self.unload(w);
+                self.unload_task(w, d);
                 self.tasks.get_mut(&d).expect("recalled tasks are on record").state = State::Waiting;
             }
         }
@@ -120,11 +113,7 @@ impl Core {
                 State::Memory | State::Released if t != id => continue,
                 // Assigned ahead, waiting on the worker for the failed input.
                 State::Running(x) | State::Cancelled(x) if t != id => {
-                    if rec.waiting > 0 {
-                        let worker = &mut self.workers[x];
-                        worker.blocked = worker.blocked.saturating_sub(1);
-                    }
-                    self.unload(x);
+                    self.unload_task(x, t);
                     self.cancel_on(x, t);
                 }
                 State::Queued(bound) => {

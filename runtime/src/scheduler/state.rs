@@ -339,6 +339,17 @@ impl Core {
         self.mark_fill(w);
     }
 
+    /// Task `id`, sent to worker `w`, leaves it unfinished (given up, taken
+    /// back or cancelled): [`Core::unload`], and one task fewer blocked
+    /// there if it was sent ahead and still waits for an input.
+    pub(super) fn unload_task(&mut self, w: usize, id: TaskId) {
+        if self.tasks[&id].waiting > 0 {
+            let worker = &mut self.workers[w];
+            worker.blocked = worker.blocked.saturating_sub(1);
+        }
+        self.unload(w);
+    }
+
     pub(super) fn reply(&mut self, to: ReplyTo, answer: WireReply) {
         self.decisions.push(Decision::Reply { to, answer });
     }
@@ -426,7 +437,7 @@ impl Core {
     /// Cancelled task `id` reported back from worker `w`: its slot frees,
     /// its inputs lose a dependent, a draining `w` may be done.
     pub(super) fn drop_cancelled(&mut self, id: TaskId, w: usize) {
-        self.unload(w);
+        self.unload_task(w, id);
         // Copies fetched while it was being recomputed.
         for h in std::mem::take(&mut self.tasks.get_mut(&id).expect("cancelled tasks are on record").who_has) {
             if h != w {
