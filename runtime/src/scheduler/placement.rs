@@ -356,6 +356,7 @@ impl Core {
                     }
                     _ => r.who_has.iter().map(|&h| self.workers[h].rank).collect(),
                 };
+                debug_assert!(!holders.is_empty(), "{} sent with input {} in state {:?}", rec.key, r.key, r.state);
                 InputLoc { id: *i, holders, nbytes: r.nbytes }
             })
             .collect();

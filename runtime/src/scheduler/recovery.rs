@@ -71,7 +71,12 @@ impl Core {
                 self.drop_cancelled(d, w);
             } else {
                 self.unload_task(w, d);
-                self.tasks.get_mut(&d).expect("recalled tasks are on record").state = State::Waiting;
+                let waiting = self.unmet_inputs(d);
+                let rec = self.tasks.get_mut(&d).expect("recalled tasks are on record");
+                rec.state = State::Waiting;
+                // Its count may be stale: an input it had fetched may have
+                // been lost since (that does not count for a running task).
+                rec.waiting = waiting;
             }
         }
     }
@@ -307,7 +312,12 @@ impl Core {
     /// before dependents); it fails naming the worker if some of that
     /// lineage cannot run (pinned to a worker that left, or failed).
     fn recompute(&mut self, id: TaskId, rank: u32, reason: &str) {
-        let nbytes = self.tasks[&id].nbytes;
+        // An earlier lost block's failure may have released this one.
+        let Some(rec) = self.tasks.get(&id) else { return };
+        if !matches!(rec.state, State::Memory) || !rec.who_has.is_empty() {
+            return;
+        }
+        let nbytes = rec.nbytes;
         self.mem_bytes = self.mem_bytes.saturating_sub(nbytes);
         // Dependents that counted on the block wait for it again.
         let dependents = self.tasks[&id].dependents.clone();
@@ -386,16 +396,17 @@ impl Core {
     /// Task `id` (state `Waiting`) runs again: counts the inputs it waits
     /// for and becomes ready if none.
     fn replace(&mut self, id: TaskId) {
-        let inputs = std::mem::take(&mut self.tasks.get_mut(&id).expect("present").inputs);
-        let waiting =
-            inputs.iter().filter(|i| !self.tasks.get(i).is_some_and(|r| matches!(r.state, State::Memory))).count()
-                as u32;
-        let rec = self.tasks.get_mut(&id).expect("present");
-        rec.inputs = inputs;
-        rec.waiting = waiting;
+        let waiting = self.unmet_inputs(id);
+        self.tasks.get_mut(&id).expect("present").waiting = waiting;
         if waiting == 0 {
             self.make_ready(id);
         }
+    }
+
+    /// How many inputs of task `id` are not in memory.
+    fn unmet_inputs(&self, id: TaskId) -> u32 {
+        let inputs = &self.tasks[&id].inputs;
+        inputs.iter().filter(|i| !self.tasks.get(i).is_some_and(|r| matches!(r.state, State::Memory))).count() as u32
     }
 
     /// A worker could not fetch `input` of task `id` from `rank`.

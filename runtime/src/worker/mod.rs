@@ -338,6 +338,12 @@ impl Worker {
     /// Queues `task` to run, or records what it waits for (fetching inputs
     /// held elsewhere, awaiting inputs this worker is computing).
     fn admit(&self, table: &mut Table, task: RunTask) {
+        // Nowhere to fetch it from: the scheduler places the task again.
+        if let Some(input) = task.inputs.iter().find(|i| i.holders.is_empty() && !self.store.contains(i.id)) {
+            tracing::error!(rank = self.rank, task = %task.id, input = %input.id, "input without holders");
+            self.transport.send(Endpoint::SCHEDULER, Msg::InputLost { id: task.id, input: input.id, rank: self.rank });
+            return;
+        }
         let mut missing = 0;
         for input in &task.inputs {
             if self.store.contains(input.id) {
@@ -348,10 +354,7 @@ impl Worker {
             let first = waiters.is_empty();
             waiters.push(task.id);
             if first && !input.holders.contains(&self.rank) {
-                let Some(&holder) = input.holders.get(self.rank as usize % input.holders.len().max(1)) else {
-                    tracing::error!(rank = self.rank, input = %input.id, "input without holders");
-                    continue;
-                };
+                let holder = input.holders[self.rank as usize % input.holders.len()];
                 tracing::trace!(rank = self.rank, input = %input.id, from = holder, "fetch");
                 self.fetching(table, input.id, holder);
                 let me = Endpoint::worker(self.rank);

@@ -1,6 +1,7 @@
 //! Failure and recovery: cascades, lost workers, recomputation, liveness.
 
 use super::*;
+use crate::protocol::RunTask;
 
 #[test]
 fn a_failure_fails_dependents_and_no_further() {
@@ -356,4 +357,92 @@ fn a_copy_fetched_before_its_block_was_lost_is_kept_while_it_is_recomputed() {
     }
     assert_eq!(released(&d, other), a);
     assert!(s.core.tasks.is_empty());
+}
+
+#[test]
+fn a_task_taken_back_after_a_lost_worker_waits_for_its_lost_input_too() {
+    // d was sent ahead to rank p to wait for t there, with its other
+    // input l held on rank w. Rank w is lost (l is computed again), then t
+    // cannot fetch x from it and is placed again, taking d back. d must
+    // wait for l as well as t: sent when t is done but l is not, it would
+    // reach its worker with no holder for l.
+    let mut s = elastic(&[(1, 2), (2, 2), (3, 2)]);
+    let warm = names("w", 8);
+    let (_, d) = s.submit(warm.iter().map(|w| root(w)).collect(), &strs(&warm));
+    s.run_all(d, 1000);
+    // x and l are made where seed is (locality), t on another rank.
+    let (seed, d) = s.submit(vec![root("seed")], &["seed"]);
+    let w = all_runs(&d)[0].0;
+    let p = if w == 1 { 2 } else { 1 };
+    s.done(seed[0], 8);
+    let tasks = vec![node("x", &["seed"]), node("l", &["seed"]), node("t", &["x"]).on_rank(p), node("d", &["t", "l"])];
+    let (out, d) = s.submit(tasks, &["d"]);
+    let (x, l, t, dd) = (s.id("x"), s.id("l"), s.id("t"), out[0]);
+    assert_eq!(sorted(runs(&d, w)), sorted(vec![x, l]));
+    assert_eq!(runs(&s.done(x, 8), p), vec![t]);
+    assert_eq!(runs(&s.done(l, 8), p), vec![dd], "d goes ahead to where t is made");
+    let lost = s.step(Event::PeerLost { rank: w, reason: "reset".into() });
+    let d = s.step(Event::InputLost { id: t, input: x, from: w });
+    assert_eq!(cancelled(&d, p), vec![dd]);
+    assert_eq!(s.core.tasks[&dd].waiting, 2, "d waits for t and for l");
+    // Everything sent is done, l last. Each task sent names a holder (or
+    // the worker computing it) for every input.
+    let mut sent: Vec<RunTask> = Vec::new();
+    let took = |d: Vec<Decision>, sent: &mut Vec<RunTask>| {
+        for x in d {
+            if let Decision::Run { tasks, .. } = x {
+                for run in tasks {
+                    assert!(run.inputs.iter().all(|i| !i.holders.is_empty()), "an input without holders: {run:?}");
+                    sent.push(run);
+                }
+            }
+        }
+    };
+    took(lost, &mut sent);
+    took(d, &mut sent);
+    // Tasks run when their inputs are stored, l only when nothing else can.
+    let mut ran = 0;
+    loop {
+        let stored = |s: &Sim, r: &RunTask| {
+            r.inputs.iter().all(|i| matches!(s.core.tasks.get(&i.id).map(|x| &x.state), Some(State::Memory)))
+        };
+        let ready = |s: &Sim, r: &RunTask| stored(s, r) && matches!(s.core.tasks[&r.id].state, State::Running(_));
+        let next = sent[ran..]
+            .iter()
+            .position(|r| r.id != l && ready(&s, r))
+            .or_else(|| sent[ran..].iter().position(|r| ready(&s, r)));
+        let Some(j) = next else { break };
+        let run = sent.remove(ran + j);
+        let d = s.done(run.id, 8);
+        sent.insert(ran, run);
+        ran += 1;
+        took(d, &mut sent);
+    }
+    assert_eq!(sent.iter().filter(|r| r.id == dd).count(), 1, "d ran once more");
+    let (to, d) = s.wait(&out);
+    assert!(wait_reply(&d, to).unwrap().is_ok());
+    assert!(s.core.workers.iter().all(|w| w.blocked == 0 && w.in_flight == 0));
+}
+
+#[test]
+fn a_lost_block_released_by_another_lost_blocks_failure_is_skipped() {
+    // x and l, pinned to rank 3, are lost with it; x cannot be recomputed,
+    // which fails t and d and so releases l, the other lost block.
+    let mut s = elastic(&[(1, 1), (2, 1), (3, 1)]);
+    let tasks = vec![root("x").on_rank(3), root("l").on_rank(3), node("t", &["x"]).on_rank(1), node("d", &["t", "l"])];
+    let (out, _) = s.submit(tasks, &["d"]);
+    let (x, l, t) = (s.id("x"), s.id("l"), s.id("t"));
+    s.done(x, 8);
+    s.done(l, 8);
+    assert!(matches!(s.core.tasks[&t].state, State::Running(0)));
+    let (to, _) = s.wait(&out);
+    let d = s.step(Event::PeerLost { rank: 3, reason: "reset".into() });
+    match wait_reply(&d, to) {
+        Some(Err(Error::TaskFailed { cause, .. })) => {
+            assert!(cause.contains("pinned to worker rank 3"), "{cause}");
+        }
+        other => panic!("d fails, naming the pin: {other:?}"),
+    }
+    assert!(!s.has("l"), "nothing holds l any more");
+    assert_eq!(cancelled(&d, 1), vec![t]);
 }
