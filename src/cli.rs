@@ -140,7 +140,7 @@ pub(crate) struct ClusterArgs {
     /// How GPU workers multiply f32 matrices: `exact` (IEEE f32, as on the CPU) or
     /// `tf32` (tensor cores with 10-bit-mantissa inputs: several times faster,
     /// relative error about 1e-3 instead of 1e-7). f64 is always exact.
-    #[arg(help_heading = CLUSTER, long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH")]
+    #[arg(help_heading = CLUSTER, long, global = true, default_value = "exact", env = "TESSERA_GPU_MATH", value_parser = values::parser::<values::GpuMathArg, GpuMath>())]
     pub(crate) gpu_math: GpuMath,
 
     /// Memory each worker process may use: bytes with a unit (`8GiB`), a fraction of
@@ -440,13 +440,13 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value = "wide", value_parser = values::parser::<values::SimShapeArg, sim::Shape>())]
         shape: sim::Shape,
         /// Mean task duration in microseconds (each task: 0.5 to 1.5 times it, from the seed).
-        #[arg(long, default_value_t = 1000.0, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 1000.0, allow_hyphen_values = true, value_parser = non_negative)]
         task_us: f64,
         /// Bytes per second between two workers (10GB, 1GiB, ...).
         #[arg(long, default_value = "10GB", value_parser = parse_size)]
         bandwidth: usize,
         /// One-way message latency in microseconds.
-        #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 10.0, allow_hyphen_values = true, value_parser = non_negative)]
         latency: f64,
         /// Bytes of each block (1MiB, 64KiB, ...).
         #[arg(long, default_value = "1MiB", value_parser = parse_size)]
@@ -459,7 +459,7 @@ pub(crate) enum BenchCommand {
         seed: u64,
         /// Runs of the same graph in one process; the core's cost reported
         /// is the lowest (the first also faults in fresh memory).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         runs: usize,
         /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
@@ -484,11 +484,29 @@ pub(crate) enum BenchCommand {
     },
 }
 
-/// Seconds, 0 or more: the one parser of every seconds flag but the heartbeat's.
+/// Seconds, 0 or more: the parser of every seconds flag but the heartbeat's
+/// and those of an interval between polls ([`parse_interval`]).
 pub(crate) fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(format!("`{s}` is not a number of seconds >= 0")),
+    }
+}
+
+/// Seconds between two looks at something (a job, a backlog): more than 0,
+/// where 0 would mean asking the batch system or the scheduler without pause.
+pub(crate) fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number of seconds > 0")),
+    }
+}
+
+/// A number, 0 or more, of a unit the flag names (microseconds in `bench simulate`).
+pub(crate) fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number >= 0")),
     }
 }
 

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::ValueEnum;
 use tessera::jobqueue::System;
+use tessera::runtime::gpu::GpuMath;
 use tessera::runtime::host::topology::Bind;
 use tessera::runtime::scheduler::sim;
 use tessera::{Launch, SchedulerWorks, TransportKind};
@@ -136,6 +137,16 @@ choices! {
 }
 
 choices! {
+    /// `--gpu-math`.
+    GpuMathArg => GpuMath {
+        /// IEEE f32, as on the CPU
+        Exact => GpuMath::Exact,
+        /// Tensor cores with 10-bit-mantissa inputs (relative error about 1e-3)
+        Tf32 => GpuMath::Tf32,
+    }
+}
+
+choices! {
     /// `bench simulate --shape`.
     SimShapeArg => sim::Shape {
         /// Independent tasks
@@ -196,6 +207,9 @@ mod tests {
         }
         for c in TransportArg::value_variants() {
             assert_eq!(TransportKind::from(*c), name(c).parse::<TransportKind>().unwrap());
+        }
+        for c in GpuMathArg::value_variants() {
+            assert_eq!(GpuMath::from(*c), name(c).parse::<GpuMath>().unwrap());
         }
         for c in SimShapeArg::value_variants() {
             assert_eq!(sim::Shape::from(*c), name(c).parse::<sim::Shape>().unwrap());

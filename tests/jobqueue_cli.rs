@@ -36,6 +36,17 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// A usage error (exit 2, clap's message naming `flag`), no panic, saying all of `says`.
+fn usage_error(o: &Output, flag: &str, says: &[&str]) {
+    let e = err(o);
+    assert_eq!(o.status.code(), Some(2), "stdout: {} stderr: {e}", out(o));
+    assert!(e.contains(&format!("for '{flag} <")), "the error names {flag}: {e}");
+    assert!(!e.contains("panicked") && !e.contains("unexpected argument"), "{e}");
+    for s in says {
+        assert!(e.contains(s), "expected `{s}` in: {e}");
+    }
+}
+
 /// Fails with exit 1, no panic, and says all of `says`.
 fn refused(o: &Output, says: &[&str]) {
     let e = err(o);
@@ -133,7 +144,11 @@ fn bad_flag_values_are_usage_errors_naming_the_flag() {
         assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", err(&o));
         assert!(err(&o).contains(flag) && err(&o).contains(says), "{flags:?}: {}", err(&o));
     }
-    for args in [&["jobqueue", "wait", "1", "--poll", "-1"][..], &["jobqueue", "scale", "2", "--wait-ready", "-3"]] {
+    for args in [
+        &["jobqueue", "wait", "1", "--poll", "-1"][..],
+        &["jobqueue", "wait", "1", "--poll", "0"],
+        &["jobqueue", "scale", "2", "--wait-ready", "-3"],
+    ] {
         let o = tessera(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
         assert!(err(&o).contains("is not a number of seconds"), "{args:?}: {}", err(&o));
@@ -165,8 +180,14 @@ fn walltimes_as_slurm_takes_them_and_with_units() {
     }
     for bad in ["1x", "2-24", "1m1h", "0h"] {
         let o = tessera(&["jobqueue", "script", "--system", "slurm", "--walltime", bad, "--", "tessera", "demo"]);
-        refused(&o, &["walltime (from flag --walltime)", &format!("`{bad}`")]);
+        usage_error(&o, "--walltime", &[&format!("`{bad}`")]);
     }
+    // From the environment (or a profile) it is no usage error: exit 1, the source named.
+    let o = tessera_env(
+        &["jobqueue", "script", "--system", "slurm", "--", "tessera", "demo"],
+        &[("TESSERA_JOBQUEUE_WALLTIME", "1x")],
+    );
+    refused(&o, &["walltime (from environment TESSERA_JOBQUEUE_WALLTIME)", "`1x`"]);
 }
 
 #[test]
@@ -177,12 +198,15 @@ fn malformed_walltime_and_memory_units() {
         a.extend(["--", "tessera", "demo"]);
         tessera(&a)
     };
-    refused(&script(&["--walltime", "90"]), &["walltime (from flag --walltime)", "HH:MM:SS", "`90`"]);
-    refused(&script(&["--walltime", "00:61:00"]), &["walltime", "below 60"]);
-    refused(&script(&["--memory", "4G"]), &["memory (from flag --memory)", "ambiguous", "4GiB", "4GB"]);
-    refused(&script(&["--memory", "4"]), &["memory", "unit is required"]);
-    refused(&script(&["--memory", "4 gigabytes"]), &["memory", "unknown unit"]);
-    refused(&script(&["--array", "1-"]), &["array", "START-END"]);
+    // Malformed values are usage errors, as any flag's (exit 2), in the
+    // words of the parser a profile's value goes through.
+    usage_error(&script(&["--walltime", "90"]), "--walltime", &["HH:MM:SS", "`90`"]);
+    usage_error(&script(&["--walltime", "00:61:00"]), "--walltime", &["below 60"]);
+    usage_error(&script(&["--memory", "4G"]), "--memory", &["ambiguous", "4GiB", "4GB"]);
+    usage_error(&script(&["--memory", "4"]), "--memory", &["unit is required"]);
+    usage_error(&script(&["--memory", "4 gigabytes"]), "--memory", &["unknown unit"]);
+    usage_error(&script(&["--array", "1-"]), "--array", &["START-END"]);
+    usage_error(&script(&["--env", "X"]), "--env", &["NAME=VALUE"]);
 }
 
 #[test]
@@ -205,6 +229,64 @@ fn values_that_would_inject_a_directive_are_refused() {
     assert!(out(&o).contains("\necho '$(id)' 'a b'\n"), "{}", out(&o));
     let o = tessera(&["jobqueue", "script", "--system", "slurm", "--", "echo", "x\ny"]);
     refused(&o, &["command argument 2", "line break"]);
+}
+
+/// `--json` of the commands that ask the batch system: stdout is one JSON
+/// document and nothing else, the exit code as without it. Slurm's commands
+/// are stand-ins on PATH replaying captured output (jobqueue/tests/data);
+/// tests/batch.rs runs the real ones.
+#[test]
+fn status_wait_and_list_print_only_json() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = scratch("fake-slurm");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobqueue/tests/data/slurm");
+    // A capture's stdout: from its second line to the `--- stderr ---` marker.
+    let replay = |file: &str| format!("sed -n '2,/^--- stderr ---$/p' '{}' | sed '$d'", data.join(file).display());
+    // slurmctld knows jobs 9 (completed) and 10 (failed, exit 3); accounting
+    // knows no other; the queue lists one job of Tessera's and one not.
+    for (program, body) in [
+        (
+            "scontrol",
+            format!(
+                "case \"$4\" in\n9) {};;\n10) {};;\n*) echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1;;\nesac\n",
+                replay("status-completed-scontrol.txt"),
+                replay("status-failed-scontrol.txt")
+            ),
+        ),
+        ("sacct", "exit 0\n".to_owned()),
+        ("squeue", "printf '9|COMPLETED|None|tessera-demo\\n11|RUNNING|None|other\\n'\n".to_owned()),
+    ] {
+        let path = bin.join(program);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let run = |args: &[&str]| {
+        let o = tessera_env(&[&["jobqueue", "--json"][..], args, &["--system", "slurm"]].concat(), &[("PATH", &path)]);
+        let text = out(&o);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{args:?}: stdout is not one JSON document ({e}):\n{text}\nstderr: {}", err(&o))
+        });
+        (o.status.code(), value)
+    };
+    let (code, j) = run(&["status", "9", "10"]);
+    assert_eq!(code, Some(0), "{j}");
+    let states: Vec<(&str, &str)> =
+        j.as_array().unwrap().iter().map(|s| (s["job_id"].as_str().unwrap(), s["state"].as_str().unwrap())).collect();
+    assert_eq!(states, [("9", "completed"), ("10", "failed")], "{j}");
+    assert_eq!(j[1]["exit_code"], 3, "{j}");
+    // A job that fails the command: its error in the array, exit 1.
+    let (code, j) = run(&["status", "9", "404"]);
+    assert_eq!(code, Some(1), "{j}");
+    assert!(j[1]["error"].as_str().is_some_and(|e| e.contains("404")), "{j}");
+    assert_eq!(j[0]["state"], "completed", "the other ids are still answered: {j}");
+    // wait exits with the job's exit code.
+    let (code, j) = run(&["wait", "10"]);
+    assert_eq!((code, j["status"]["state"].as_str(), j["wait_exit_code"].as_i64()), (Some(3), Some("failed"), Some(3)));
+    let (code, j) = run(&["list"]);
+    assert_eq!(code, Some(0), "{j}");
+    assert_eq!(j.as_array().unwrap().len(), 1, "only jobs named tessera*: {j}");
+    assert_eq!((j[0]["job_id"].as_str(), j[0]["name"].as_str()), (Some("9"), Some("tessera-demo")), "{j}");
 }
 
 #[test]
@@ -419,23 +501,29 @@ fn scale_and_adapt_refuse_bad_input_before_submitting_anything() {
     // Bounds and timings.
     for (args, says) in [
         (vec!["adapt", "--min", "3", "--max", "2"], "min: must not exceed --max 2"),
-        (vec!["adapt", "--min", "0", "--max", "0"], "max: must be at least 1"),
         (
             vec!["adapt", "--min", "0", "--max", "3", "--nodes", "2", "--tasks-per-node", "2"],
             "each job starts 4 workers",
         ),
-        (vec!["adapt", "--min", "0", "--max", "2", "--interval", "0"], "--interval 0: must be more than 0"),
-        (vec!["adapt", "--min", "0", "--max", "2", "--tasks-per-worker", "0"], "tasks_per_worker: must be at least 1"),
         (vec!["scale", "2", "--array", "1-4"], "--array"),
         (vec!["scale", "2", "--walltime", "00:01:00", "--drain-before", "60"], "drain_before:"),
-        (vec!["scale", "2", "--walltime", "90"], "walltime"),
     ] {
         let o = tessera(&[&["--scheduler-file", stale.to_str().unwrap(), "jobqueue"][..], &args, &common].concat());
         refused(&o, &[says]);
     }
-    let o = tessera(&[&["jobqueue", "adapt", "--min", "0", "--max", "2", "--interval", "x"][..], &common].concat());
-    assert_eq!(o.status.code(), Some(2));
-    assert!(err(&o).contains("--interval") && err(&o).contains("not a number of seconds"), "{}", err(&o));
+    // Values that mean nothing are usage errors.
+    for (flags, flag, says) in [
+        (&["--max", "0"][..], "--max", "0 is not in 1.."),
+        (&["--max", "2", "--interval", "0"], "--interval", "`0` is not a number of seconds > 0"),
+        (&["--max", "2", "--interval", "x"], "--interval", "not a number of seconds"),
+        (&["--max", "2", "--tasks-per-worker", "0"], "--tasks-per-worker", "0 is not in 1.."),
+        (&["--max", "2", "--walltime", "90"], "--walltime", "`90`"),
+    ] {
+        let o = tessera(&[&["jobqueue", "adapt", "--min", "0"][..], flags, &common].concat());
+        usage_error(&o, flag, &[says]);
+    }
+    let o = tessera(&[&["jobqueue", "scale", "2", "--walltime", "90"][..], &common].concat());
+    usage_error(&o, "--walltime", &["`90`"]);
     // No batch system: which one was expected and how to choose.
     let o = tessera_env(
         &["--scheduler-file", stale.to_str().unwrap(), "jobqueue", "scale", "2", "--log-dir", logs],

@@ -23,7 +23,7 @@ pub struct InputArgs {
     pub input: Option<String>,
 
     /// A seeded random input of M x N instead of a file (uniform on [0, 1)).
-    #[arg(long, value_name = "MxN", value_parser = parse_dims::<2>)]
+    #[arg(long, value_name = "MxN", value_parser = parse_shape::<2>)]
     pub random: Option<[usize; 2]>,
 
     /// Seed of the random input and of the randomized SVD's test matrix.
@@ -85,7 +85,7 @@ pub struct SvdArgs {
     #[command(flatten)]
     pub input: InputArgs,
     /// Singular triplets to keep [default: all, the exact thin SVD].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::at_least_one)]
     pub k: Option<usize>,
     /// Exact or randomized SVD.
     #[arg(long, value_enum, default_value = "auto")]
@@ -123,7 +123,7 @@ pub struct MatmulArgs {
     #[arg(value_name = "B.h5:/B", required_unless_present = "random")]
     pub b: Option<String>,
     /// Seeded random operands of M x K and K x N instead of files.
-    #[arg(long, value_name = "MxKxN", value_parser = parse_dims::<3>)]
+    #[arg(long, value_name = "MxKxN", value_parser = parse_shape::<3>)]
     pub random: Option<[usize; 3]>,
     /// Seed of the random operands (B's is the next one).
     #[arg(long, default_value_t = 0)]
@@ -146,7 +146,7 @@ pub struct MatmulArgs {
 
 fn parse_dims<const N: usize>(s: &str) -> Result<[usize; N], String> {
     let parts: Vec<&str> = s.split(['x', 'X']).collect();
-    let bad = || format!("`{s}` is not {} positive integers joined by x (for example {})", N, ["1000"; N].join("x"));
+    let bad = || format!("`{s}` is not {} whole numbers joined by x (for example {})", N, ["1000"; N].join("x"));
     if parts.len() != N {
         return Err(bad());
     }
@@ -155,6 +155,15 @@ fn parse_dims<const N: usize>(s: &str) -> Result<[usize; N], String> {
         *o = p.trim().parse().map_err(|_| bad())?;
     }
     Ok(out)
+}
+
+/// An array's shape, `MxN` (or `MxKxN`): every dimension at least 1.
+fn parse_shape<const N: usize>(s: &str) -> Result<[usize; N], String> {
+    let dims = parse_dims::<N>(s)?;
+    if dims.contains(&0) {
+        return Err(format!("`{s}`: every dimension must be at least 1"));
+    }
+    Ok(dims)
 }
 
 fn parse_chunks(s: &str) -> Result<[usize; 2], String> {
@@ -197,9 +206,6 @@ fn block_sizes(a: &InputArgs, shape: [usize; 2], one_axis: bool) -> Option<[usiz
 /// always come that way.
 fn input_array(a: &InputArgs, one_axis: bool) -> anyhow::Result<(DArray, String)> {
     if let Some(shape) = a.random {
-        if shape[0] == 0 || shape[1] == 0 {
-            bail!("--random {}x{}: both dimensions must be positive", shape[0], shape[1]);
-        }
         let sizes = block_sizes(a, shape, true).expect("one axis always gives sizes");
         let dist = Distribution::Uniform { low: 0.0, high: 1.0 };
         let arr = DArray::random(&shape, &sizes, dist, a.seed, a.dtype.dtype())?;
@@ -539,9 +545,6 @@ pub fn matmul(config: Config, observe: &Observe, args: MatmulArgs) -> anyhow::Re
         let losses = Losses::now(client);
         let (a, b, from) = match args.random {
             Some([m, k, n]) => {
-                if m == 0 || k == 0 || n == 0 {
-                    bail!("--random {m}x{k}x{n}: every dimension must be positive");
-                }
                 let [r, c] = args.chunks.unwrap_or([m.div_ceil(4).max(1), k]);
                 let dist = Distribution::Uniform { low: 0.0, high: 1.0 };
                 let dt = args.dtype.dtype();

@@ -13,9 +13,12 @@ use tessera::elastic::ClientLink;
 use tessera::jobqueue::config::{ConfigOptions, Settings, Source, Value};
 use tessera::jobqueue::pool::{adapt, Event, Pool, SchedulerLink};
 use tessera::jobqueue::scale::{plan, AdaptPolicy, Adapter};
-use tessera::jobqueue::{self as jq, BatchSystem, JobSpec, JobStatus, Payload, SchedulerRef, System, WorkerOptions};
+use tessera::jobqueue::{
+    self as jq, BatchSystem, JobArray, JobSpec, JobStatus, Memory, Payload, SchedulerRef, System, Walltime,
+    WorkerOptions,
+};
 
-use crate::cli::{parse_duration, ClusterArgs};
+use crate::cli::{parse_duration, parse_interval, ClusterArgs};
 use crate::values::{self, LauncherArg, SystemArg};
 
 #[derive(Args, Debug)]
@@ -72,7 +75,7 @@ enum JqCommand {
         #[arg(value_name = "ID")]
         id: String,
         /// Seconds between polls.
-        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = parse_duration, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = parse_interval, allow_negative_numbers = true)]
         poll: f64,
         /// Give up after this many seconds (exit 1) [default: never].
         #[arg(long, value_name = "SECONDS", value_parser = parse_duration, allow_negative_numbers = true)]
@@ -110,13 +113,13 @@ enum JqCommand {
         #[arg(long, value_name = "N")]
         min: u32,
         /// Most workers.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max: u32,
         /// Seconds between looks at the backlog.
-        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_duration, allow_negative_numbers = true)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_interval, allow_negative_numbers = true)]
         interval: f64,
         /// Backlog tasks per worker: the target is ceil(backlog / this) workers [default: 2 per worker thread].
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         tasks_per_worker: Option<u32>,
         /// Seconds a lower target must hold before jobs are removed.
         #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_duration, allow_negative_numbers = true)]
@@ -163,13 +166,13 @@ struct SpecFlags {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     cores_per_task: Option<u32>,
     /// Memory per node with its unit: 4GiB (2^30 bytes) or 4GB (10^9 bytes).
-    #[arg(long)]
+    #[arg(long, value_parser = checked::<Memory>)]
     memory: Option<String>,
     /// GPUs per node [default: none].
     #[arg(long)]
     gpus_per_node: Option<u32>,
     /// Wall-clock limit: HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or 90m, 1h, 2d, 1h30m.
-    #[arg(long)]
+    #[arg(long, value_parser = checked::<Walltime>)]
     walltime: Option<String>,
     /// Partition (Slurm) or queue.
     #[arg(long)]
@@ -184,7 +187,7 @@ struct SpecFlags {
     #[arg(long)]
     workdir: Option<String>,
     /// NAME=VALUE exported in the job (repeatable).
-    #[arg(long = "env", value_name = "NAME=VALUE")]
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = name_value)]
     env: Vec<String>,
     /// Extra directive in the system's syntax, without the prefix (repeatable): --directive=--constraint=haswell.
     #[arg(long = "directive", allow_hyphen_values = true)]
@@ -199,7 +202,7 @@ struct SpecFlags {
     #[arg(long, allow_hyphen_values = true)]
     epilogue: Vec<String>,
     /// Job array: 1-10, 1-10:2, 1-10%4.
-    #[arg(long)]
+    #[arg(long, value_parser = checked::<JobArray>)]
     array: Option<String>,
     /// SGE parallel environment [default: mpi].
     #[arg(long)]
@@ -250,6 +253,22 @@ struct PoolFlags {
     /// Seconds a job whose workers were asked to leave may take to end before it is cancelled.
     #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = parse_duration, allow_negative_numbers = true)]
     retire_timeout: f64,
+}
+
+/// A flag's value checked by the job description's own parser, so that a
+/// malformed one is a usage error like any other; kept as written, since
+/// the settings merge it with the profile's and the environment's and parse
+/// whichever wins (with the same parser).
+fn checked<T: std::str::FromStr<Err = jq::Error>>(s: &str) -> Result<String, String> {
+    s.parse::<T>().map(|_| s.to_owned()).map_err(|e| e.to_string())
+}
+
+/// `--env NAME=VALUE`.
+fn name_value(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((name, _)) if !name.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!("`{s}` is not NAME=VALUE")),
+    }
 }
 
 impl SpecFlags {
@@ -398,9 +417,6 @@ fn run(args: JobqueueArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
                 wait_ready: Duration::from_secs_f64(wait_ready),
                 ..AdaptPolicy::default()
             };
-            if interval <= 0.0 {
-                bail!("--interval {interval}: must be more than 0 seconds");
-            }
             adapt(
                 &common,
                 cluster,
