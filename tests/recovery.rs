@@ -254,7 +254,11 @@ impl Cluster {
             if listed == Some(n) {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "{listed:?} workers listed, waiting for {n}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{listed:?} workers listed, waiting for {n}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
