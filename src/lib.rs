@@ -46,6 +46,9 @@ pub use tessera_linalg as linalg;
 #[cfg(feature = "mpi")]
 pub use tessera_runtime::launch::mpi;
 
+#[cfg(feature = "mpi")]
+pub mod spmd;
+
 // The command line's own modules (feature `cli`); public for its tests.
 #[cfg(feature = "cli")]
 #[doc(hidden)]

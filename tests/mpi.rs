@@ -7,6 +7,8 @@
 //! that scenario.
 
 mod common;
+#[path = "mpi/spmd.rs"]
+mod spmd;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -91,6 +93,7 @@ fn child(name: &str) -> i32 {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }),
+        "spmd" => spmd::scenario(),
         "registry_mismatch" => {
             let mut config = config();
             let last = std::env::var("OMPI_COMM_WORLD_SIZE").or_else(|_| std::env::var("PMI_SIZE")).unwrap();
@@ -197,6 +200,25 @@ fn parent() -> i32 {
         true,
         &["world: sum 1..=100 = 5050", "rank 3: MPI still usable"],
     ));
+    // Rank-local data: every rank hands in its part (tests/mpi/spmd.rs).
+    for n in 1..=4 {
+        let mut c = scen("spmd", n, true, &["spmd ok on rank 0", "svd, qr, randomized svd and f32 ok", "matmul"]);
+        c.name = format!("spmd -n {n}");
+        c.limit = Duration::from_secs(180);
+        cases.push(c);
+        let rows = format!(
+            "SVD of {} x 32 held on {n} ranks",
+            (0..n).map(|r| if n >= 4 && r == n - 1 { 0 } else { 3000 + 37 * r }).sum::<u32>()
+        );
+        cases.push(case(
+            &format!("example spmd_svd -n {n}"),
+            n,
+            &example("spmd_svd"),
+            &["3000", "32"],
+            true,
+            &[&rows, "rows of U checked"],
+        ));
+    }
     cases.push(case("tessera info -n 2", 2, tessera, &["info", "--json"], true, &["\"world_size\":2"]));
     cases.push(case(
         "tessera bench overhead -n 3",

@@ -133,6 +133,30 @@ impl DArray {
         DArray { shape, chunks, dtype, keys: keys.into(), layer: Arc::new(layer) }
     }
 
+    /// An array whose blocks your own tasks compute: `tasks[i]` makes the
+    /// `i`-th block in row-major order over the block grid of `chunks`
+    /// (its key is the block's key), and may read the blocks of `reads`,
+    /// whose graphs join this one. Tasks may be pinned
+    /// ([`Task::on_rank`]): the way to start an array from data that
+    /// already lies on the workers (see `tessera::spmd`).
+    pub fn from_block_tasks(
+        shape: &[usize],
+        chunks: impl IntoChunks,
+        dtype: DType,
+        tasks: Vec<Task>,
+        reads: &[&DArray],
+    ) -> Result<DArray> {
+        let chunks = chunks.into_chunks(shape)?;
+        if tasks.len() != chunks.nblocks() {
+            return Err(LinalgError::Parameter {
+                name: "tasks",
+                reason: format!("{} tasks for the {} blocks of chunks {chunks}", tasks.len(), chunks.nblocks()),
+            });
+        }
+        let keys = tasks.iter().map(|t| t.key.clone()).collect();
+        Ok(DArray::from_tasks(shape.to_vec(), chunks, dtype, keys, tasks, reads))
+    }
+
     /// An array over blocks that other arrays' graphs compute (no tasks of
     /// its own): a selection of blocks, a reinterpretation of keys.
     pub(crate) fn view(&self, shape: Vec<usize>, chunks: Chunks, keys: Vec<Key>) -> DArray {

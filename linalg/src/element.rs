@@ -13,6 +13,8 @@ pub trait Element: RealField + Copy + Default + Send + Sync + std::fmt::Debug + 
     const EPSILON: Self;
     fn slice(block: &Block) -> Option<&[Self]>;
     fn buffer(v: Vec<Self>) -> Buffer;
+    /// The elements of a buffer of this type (the buffer back otherwise).
+    fn from_buffer(b: Buffer) -> Result<Vec<Self>, Buffer>;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
 }
@@ -25,6 +27,12 @@ impl Element for f64 {
     }
     fn buffer(v: Vec<f64>) -> Buffer {
         Buffer::F64(v)
+    }
+    fn from_buffer(b: Buffer) -> Result<Vec<f64>, Buffer> {
+        match b {
+            Buffer::F64(v) => Ok(v),
+            other => Err(other),
+        }
     }
     fn from_f64(x: f64) -> f64 {
         x
@@ -42,6 +50,12 @@ impl Element for f32 {
     }
     fn buffer(v: Vec<f32>) -> Buffer {
         Buffer::F32(v)
+    }
+    fn from_buffer(b: Buffer) -> Result<Vec<f32>, Buffer> {
+        match b {
+            Buffer::F32(v) => Ok(v),
+            other => Err(other),
+        }
     }
     fn from_f64(x: f64) -> f32 {
         x as f32

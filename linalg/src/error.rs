@@ -55,6 +55,11 @@ pub enum LinalgError {
     #[error("block {key} came back as {got}, expected {expected}")]
     BadBlock { key: String, got: String, expected: String },
 
+    /// One rank's part of a distributed input does not fit the others'
+    /// (`tessera::spmd`): every rank gets this error, naming the same rank.
+    #[error("rank {rank}: {reason}")]
+    Part { rank: usize, reason: String },
+
     /// The runtime failed: a task, a worker, or the cluster.
     #[error(transparent)]
     Runtime(#[from] tessera_runtime::Error),

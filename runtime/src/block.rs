@@ -430,6 +430,18 @@ impl Block {
         Block(Arc::new(Inner { shape, dtype, host: OnceLock::new(), device: Mutex::new(Some(copy)), received: false }))
     }
 
+    /// The elements of a block nobody else holds, without a copy; the
+    /// block back if it is shared or its elements are on a device only.
+    pub fn into_buffer(self) -> Result<Buffer, Block> {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => match inner.host.take() {
+                Some(buffer) => Ok(buffer),
+                None => Err(Block(Arc::new(inner))),
+            },
+            Err(shared) => Err(Block(shared)),
+        }
+    }
+
     /// A block holding one f64.
     pub fn scalar(x: f64) -> Block {
         Block::new(Vec::new(), Buffer::F64(vec![x]))
@@ -605,6 +617,20 @@ impl fmt::Debug for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_nobody_else_holds_gives_up_its_buffer_without_a_copy() {
+        let v = vec![1.0, 2.0, 3.0];
+        let at = v.as_ptr();
+        let b = Block::new(vec![3], Buffer::F64(v));
+        let shared = b.clone();
+        let b = b.into_buffer().expect_err("shared");
+        drop(shared);
+        match b.into_buffer() {
+            Ok(Buffer::F64(v)) => assert_eq!((v.as_ptr(), v), (at, vec![1.0, 2.0, 3.0])),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn bytes_round_trip_through_a_receive_buffer() {

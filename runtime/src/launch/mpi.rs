@@ -123,8 +123,9 @@ pub fn info() -> Option<MpiInfo> {
     })
 }
 
-/// Every rank's `value`, by rank (collective over `comm`).
-fn all_gather_json<C, T>(comm: &C, value: &T) -> Vec<T>
+/// Every rank's `value`, by rank (collective over `comm`): for small
+/// metadata that every rank must agree on or check (JSON on the wire).
+pub fn all_gather_json<C, T>(comm: &C, value: &T) -> Vec<T>
 where
     C: Communicator,
     T: serde::Serialize + serde::de::DeserializeOwned,
