@@ -37,9 +37,12 @@ pub enum Error {
     UnknownOutput { key: Key },
 
     /// A kernel returned an error or panicked. `key` is the task that failed,
-    /// which may be an ancestor of the output that was asked for.
+    /// which may be an ancestor of the output that was asked for; `cause` is
+    /// its text, and `numerical` the failure itself when it was a numerical
+    /// one (no convergence, a NaN or infinity in the input), for a program
+    /// that handles those apart from bugs and broken nodes.
     #[error("task {key} (kernel `{kernel}`) failed on rank {rank}: {cause}")]
-    TaskFailed { key: Key, kernel: String, rank: u32, cause: String },
+    TaskFailed { key: Key, kernel: String, rank: u32, cause: String, numerical: Option<Box<NumericalError>> },
 
     /// The handle was released or its result was lost.
     #[error("no result for {key}: {reason}")]
@@ -165,7 +168,7 @@ pub enum KernelError {
 }
 
 /// A numerical failure of a kernel.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum NumericalError {
     /// An iterative algorithm (an SVD, an eigensolver) did not converge.

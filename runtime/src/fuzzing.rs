@@ -223,7 +223,7 @@ mod tests {
             },
             Msg::Run(vec![task]),
             Msg::Done { id: TaskId(r.int()), nbytes: r.int(), micros: r.int() },
-            Msg::Failed { id: TaskId(r.int()), error: r.text() },
+            Msg::Failed { id: TaskId(r.int()), error: r.text(), numerical: None },
             Msg::Replica { id: TaskId(r.int()), rank: r.u32() },
             Msg::Release(r.ids()),
             Msg::Cancel(r.ids()),

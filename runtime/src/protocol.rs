@@ -185,8 +185,8 @@ pub enum Msg {
     Run(Vec<RunTask>),
     /// Worker -> scheduler: a task finished in `micros` and its block is stored.
     Done { id: TaskId, nbytes: u64, micros: u64 },
-    /// Worker -> scheduler: a task's kernel failed (error or panic).
-    Failed { id: TaskId, error: String },
+    /// Worker -> scheduler: a task's kernel failed (error or panic); `numerical`: how, if it was a numerical failure.
+    Failed { id: TaskId, error: String, numerical: Option<crate::error::NumericalError> },
     /// Worker -> scheduler: the worker now holds a copy of a block it fetched.
     Replica { id: TaskId, rank: u32 },
     /// Scheduler -> worker: forget these blocks.

@@ -155,7 +155,7 @@ pub fn failures(client: &Client) {
         g.push(Task::new(k("boom", 3), kernel).param(&cause.to_string()).inputs([k("in", 0)]));
         g.push(Task::new(k("after", 0), "sum").param(&0.0f64).inputs([k("boom", 3)]));
         match client.compute(g, &[k("after", 0)]) {
-            Err(Error::TaskFailed { key, kernel: kn, rank, cause: c }) => {
+            Err(Error::TaskFailed { key, kernel: kn, rank, cause: c, .. }) => {
                 assert_eq!(key, k("boom", 3));
                 assert_eq!(kn, kernel);
                 assert!(c.contains(cause), "cause {c:?}");

@@ -176,7 +176,7 @@ impl Scheduler {
     fn handle(&mut self, now: Time, msg: Msg, inbox: &Receiver<Msg>) -> Option<Exit> {
         let event = match msg {
             Msg::Done { id, nbytes, micros } => Event::Done { id, nbytes, micros },
-            Msg::Failed { id, error } => Event::Failed { id, error },
+            Msg::Failed { id, error, numerical } => Event::Failed { id, error, numerical },
             Msg::Replica { id, rank } => Event::Replica { rank, id },
             Msg::Heartbeat { rank } => Event::Heartbeat { rank },
             Msg::Memory { rank, memory, spilled, paused } => Event::Memory { rank, memory, spilled, paused },

@@ -150,7 +150,7 @@ impl Core {
         self.now = now;
         match event {
             Event::Done { id, nbytes, micros } => self.on_done(id, nbytes, micros),
-            Event::Failed { id, error, .. } => self.on_failed(id, error),
+            Event::Failed { id, error, numerical } => self.on_failed(id, error, numerical),
             Event::Replica { rank, id } => {
                 self.seen(rank);
                 self.on_replica(rank, id);

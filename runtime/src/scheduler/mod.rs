@@ -146,8 +146,8 @@ pub enum Event {
     /// Task `id` finished in `micros` on the worker it was sent to: its block
     /// of `nbytes` is stored there.
     Done { id: TaskId, nbytes: u64, micros: u64 },
-    /// Task `id`'s kernel failed.
-    Failed { id: TaskId, error: String },
+    /// Task `id`'s kernel failed (`numerical`: how, if it was a numerical failure).
+    Failed { id: TaskId, error: String, numerical: Option<crate::error::NumericalError> },
     /// Worker `rank` now holds a copy of block `id`.
     Replica { rank: u32, id: TaskId },
     /// Task `id` could not fetch `input` from `from`.

@@ -19,6 +19,7 @@ use smallvec::SmallVec;
 
 use super::state::{Failure, State, WorkerRec};
 use super::{Core, Decision};
+use crate::error::NumericalError;
 use crate::graph::TaskId;
 use crate::protocol::WireReply;
 
@@ -89,12 +90,14 @@ impl Core {
             kernel: self.registry.name(rec.kernel).map(|n| n.to_string()).unwrap_or_default(),
             rank,
             cause,
+            numerical: None,
         })
     }
 
-    pub(super) fn on_failed(&mut self, id: TaskId, error: String) {
+    pub(super) fn on_failed(&mut self, id: TaskId, error: String, numerical: Option<NumericalError>) {
         let Some(w) = self.unfinished(id) else { return };
-        let failure = self.failure(id, self.workers[w].rank, error);
+        let mut failure = self.failure(id, self.workers[w].rank, error);
+        Arc::get_mut(&mut failure).expect("just made").numerical = numerical;
         tracing::debug!(task = %failure.key, cause = %failure.cause, "task failed");
         self.fail(id, failure);
         if self.workers[w].draining {

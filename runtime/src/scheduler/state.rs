@@ -34,6 +34,7 @@ pub(super) struct Failure {
     pub kernel: String,
     pub rank: u32,
     pub cause: String,
+    pub numerical: Option<crate::error::NumericalError>,
 }
 
 impl Failure {
@@ -43,6 +44,7 @@ impl Failure {
             kernel: self.kernel.clone(),
             rank: self.rank,
             cause: self.cause.clone(),
+            numerical: self.numerical.clone().map(Box::new),
         }
     }
 }

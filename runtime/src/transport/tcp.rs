@@ -973,7 +973,7 @@ impl Shared {
             Msg::Run(tasks) if self.scheduler => {
                 for t in tasks {
                     let error = format!("the task's message to worker rank {} cannot be sent: {error}", to.rank);
-                    self.send(Endpoint::SCHEDULER, Msg::Failed { id: t.id, error });
+                    self.send(Endpoint::SCHEDULER, Msg::Failed { id: t.id, error, numerical: None });
                 }
             }
             _ => {}

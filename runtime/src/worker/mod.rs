@@ -392,13 +392,13 @@ impl Worker {
             Ok(b) => b,
             Err(id) => {
                 let error = format!("input {id} vanished from rank {}", self.rank);
-                self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
+                self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error, numerical: None });
                 return;
             }
         };
         let Some(kernel) = self.registry.get(task.kernel) else {
             let error = format!("kernel #{} is not registered on rank {}", task.kernel, self.rank);
-            self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error });
+            self.transport.send(Endpoint::SCHEDULER, Msg::Failed { id: task.id, error, numerical: None });
             return;
         };
         let ctx = KernelCtx { key: &task.key, rank: self.rank, threads: 1, gpu: self.gpu.as_ref() };
@@ -438,9 +438,10 @@ impl Worker {
                 drop(table);
                 (Msg::Done { id: task.id, nbytes, micros }, nbytes)
             }
-            Ok(Err(e)) => (Msg::Failed { id: task.id, error: e.to_string() }, 0),
+            Ok(Err(e)) => (Msg::Failed { id: task.id, error: e.to_string(), numerical: e.numerical().cloned() }, 0),
             Err(panic) => {
-                (Msg::Failed { id: task.id, error: format!("panicked: {}", crate::panic::message(&*panic)) }, 0)
+                let error = format!("panicked: {}", crate::panic::message(&*panic));
+                (Msg::Failed { id: task.id, error, numerical: None }, 0)
             }
         };
         if let Msg::Failed { error, .. } = &msg {

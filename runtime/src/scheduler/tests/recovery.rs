@@ -13,9 +13,9 @@ fn a_failure_fails_dependents_and_no_further() {
     assert_eq!(runs(&d, 2), vec![c, ids[1]]);
     let (wb, _) = s.wait(&[ids[0]]);
     let (wd, _) = s.wait(&[ids[1]]);
-    let d = s.step(Event::Failed { id: a, error: "boom".into() });
+    let d = s.step(Event::Failed { id: a, error: "boom".into(), numerical: None });
     match wait_reply(&d, wb) {
-        Some(Err(Error::TaskFailed { key, kernel, rank, cause })) => {
+        Some(Err(Error::TaskFailed { key, kernel, rank, cause, numerical: None })) => {
             assert_eq!((key, kernel.as_str(), *rank, cause.as_str()), (&k("a"), "sum", 1, "boom"));
         }
         other => panic!("b's waiter gets a's failure: {other:?}"),
@@ -36,7 +36,7 @@ fn a_dependent_sent_ahead_of_a_failed_input_is_cancelled() {
     let (ids, d) = s.submit(vec![root("a"), node("b", &["a"]), node("c", &["b"])], &["c"]);
     let (a, b) = (s.id("a"), s.id("b"));
     assert_eq!(runs(&d, 1), vec![a, b, ids[0]]);
-    let d = s.step(Event::Failed { id: a, error: "boom".into() });
+    let d = s.step(Event::Failed { id: a, error: "boom".into(), numerical: None });
     assert_eq!(sorted(cancelled(&d, 1)), sorted(vec![b, ids[0]]));
     assert_eq!(s.core.workers[0].in_flight, 0);
     assert!(matches!(&s.core.tasks[&ids[0]].state, State::Erred(f) if f.key == k("a")));
