@@ -461,6 +461,11 @@ pub(crate) enum BenchCommand {
         /// is the lowest (the first also faults in fresh memory).
         #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         runs: usize,
+        /// Workers that die during the run (an elastic cluster losing nodes):
+        /// one each time another share of the tasks has finished; what they
+        /// held is recomputed.
+        #[arg(long, default_value_t = 0)]
+        kills: usize,
         /// Print one JSON object on stdout (the text goes to stderr).
         #[arg(long)]
         json: bool,
@@ -547,6 +552,16 @@ pub(crate) fn parse() -> Cli {
             cli.log_dir = Some(dir.clone());
         }
         m = sub;
+    }
+    if let Command::Bench(BenchCommand::Simulate { workers, kills, .. }) = &cli.command {
+        if kills >= workers {
+            let mut cmd = command();
+            cmd.build();
+            let sub = cmd.find_subcommand_mut("bench").and_then(|b| b.find_subcommand_mut("simulate"));
+            let msg =
+                format!("--kills {kills} leaves none of the {workers} workers alive (give fewer kills than --workers)");
+            sub.expect("bench simulate").error(clap::error::ErrorKind::ValueValidation, msg).exit();
+        }
     }
     let (name, input) = match &cli.command {
         Command::Svd(a) => ("svd", &a.input),

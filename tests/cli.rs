@@ -95,8 +95,9 @@ fn bench_simulate_reports_every_shape_and_repeats_its_schedule() {
 
 #[test]
 fn bench_simulate_refuses_bad_settings_naming_the_flag() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--workers", "0"], "--workers"),
+        (&["--workers", "3", "--kills", "3"], "--kills"),
         (&["--runs", "0"], "--runs"),
         (&["--threads", "0"], "--threads"),
         (&["--tasks", "0"], "--tasks"),

@@ -49,6 +49,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             queue_extra,
             seed,
             runs,
+            kills,
             json,
         }) => {
             let cfg = sim::SimConfig {
@@ -63,6 +64,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                 queue_extra,
                 seed,
                 runs,
+                kills,
             };
             return bench::simulate_bench(&cfg, json);
         }

@@ -119,8 +119,9 @@ impl Core {
             match rec.state {
                 // Computed from an earlier copy of the failed block: valid.
                 State::Memory | State::Released if t != id => continue,
-                // Assigned ahead, waiting on the worker for the failed input.
-                State::Running(x) | State::Cancelled(x) if t != id => {
+                // Assigned ahead, waiting on the worker for the failed input
+                // (unless that worker has left: nothing to take back there).
+                State::Running(x) | State::Cancelled(x) if t != id && !self.workers[x].gone => {
                     self.unload_task(x, t);
                     self.cancel_on(x, t);
                 }
@@ -342,7 +343,7 @@ impl Core {
             let cause =
                 format!("its block was lost with worker rank {rank} ({reason}) and cannot be recomputed: {why}");
             let failure = self.failure(id, rank, cause);
-            tracing::warn!(task = %failure.key, rank, "block lost and not recomputable");
+            tracing::warn!(task = %failure.key, rank, cause = %failure.cause, "block lost and not recomputable");
             self.fail(id, failure);
             return;
         }

@@ -17,6 +17,12 @@
 //! level bounds), and
 //! the heap the core's records hold per task. Same seed, same schedule.
 //!
+//! With [`SimConfig::kills`], workers die during the run (an elastic
+//! cluster losing nodes): a dead worker's tasks and blocks are gone, the
+//! core hears of it a latency later, and a peer that fetches from it gets
+//! nothing and reports the input lost, as real workers do. The run must
+//! still compute every output; the recovery tests drive every shape so.
+//!
 //! ```
 //! use tessera_runtime::scheduler::sim::{simulate, Shape, SimConfig};
 //! let cfg = SimConfig { workers: 4, threads: 2, tasks: 200, shape: Shape::Tree, ..SimConfig::default() };
@@ -108,6 +114,10 @@ pub struct SimConfig {
     /// lowest (the first run also faults in the memory its tables grow
     /// into, which later runs find mapped, as a long-lived scheduler does).
     pub runs: usize,
+    /// Workers that die during the run (the cluster is then elastic): the
+    /// worker finishing a task dies with it, about every `tasks / (kills +
+    /// 1)` finished tasks.
+    pub kills: usize,
 }
 
 impl Default for SimConfig {
@@ -124,6 +134,7 @@ impl Default for SimConfig {
             queue_extra: 4,
             seed: 0,
             runs: 1,
+            kills: 0,
         }
     }
 }
@@ -158,6 +169,9 @@ impl SimConfig {
         }
         if self.runs == 0 {
             return bad("--runs", "must be at least 1");
+        }
+        if self.kills >= self.workers {
+            return bad("--kills", "must leave at least one worker alive (fewer kills than --workers)");
         }
         if self.workers > 1 << 20 {
             return bad("--workers", "at most 1048576");
@@ -230,8 +244,9 @@ enum Happening {
     ToWorker(usize, Decision),
     /// Worker `w` finished task `id`.
     Finished { w: usize, id: TaskId, n: usize, micros: u64 },
-    /// Block `id` fetched from a peer reached worker `w`'s store.
-    Fetched { w: usize, id: TaskId },
+    /// Block `id` fetched from peer `from` reached worker `w`'s store
+    /// (unless `from` died meanwhile).
+    Fetched { w: usize, id: TaskId, from: usize },
     /// A worker's message reaches the core.
     ToCore(Event),
 }
@@ -243,6 +258,7 @@ struct SimWorker {
     store: FxHashSet<TaskId>,
     /// Blocks being fetched from peers.
     incoming: FxHashSet<TaskId>,
+    dead: bool,
 }
 
 struct Sim<'a> {
@@ -292,29 +308,72 @@ impl Sim<'_> {
 
     /// Starts fetching the inputs of worker `w`'s pending tasks that a
     /// peer holds and `w` neither holds nor is fetching (from `from` on in
-    /// `pending`: the tasks that just arrived).
+    /// `pending`: the tasks that just arrived). A task whose input only
+    /// dead peers held is given back: the core hears that the input was
+    /// lost, as it would from a real worker whose fetch failed.
     fn fetch_inputs(&mut self, w: usize, now: u64, from: usize) {
-        for t in from..self.workers[w].pending.len() {
+        let mut t = from;
+        while t < self.workers[w].pending.len() {
+            let mut lost = None;
             for k in 0..self.workers[w].pending[t].inputs.len() {
                 let worker = &self.workers[w];
                 let input = &worker.pending[t].inputs[k];
                 let (id, nbytes) = (input.id, input.nbytes);
-                if worker.store.contains(&id) || worker.incoming.contains(&id) {
-                    continue;
+                if worker.store.contains(&id) || worker.incoming.contains(&id) || input.holders.contains(&Sim::rank(w))
+                {
+                    continue; // here, on its way, or computed here
                 }
-                let at_peer = input.holders.iter().any(|&r| {
-                    r != Sim::rank(w)
-                        && self.workers.get((r as usize).wrapping_sub(1)).is_some_and(|h| h.store.contains(&id))
-                });
-                if !at_peer {
-                    continue; // computed here, or not yet anywhere
-                }
+                let peer = |r: &u32| self.workers.get((*r as usize).wrapping_sub(1));
+                let Some(holder) =
+                    input.holders.iter().find(|r| peer(r).is_some_and(|h| !h.dead && h.store.contains(&id)))
+                else {
+                    if let Some(&dead) = input.holders.iter().find(|r| peer(r).is_some_and(|h| h.dead)) {
+                        lost = Some((id, dead));
+                        break;
+                    }
+                    continue; // not yet anywhere
+                };
+                let holder = *holder as usize - 1;
                 self.workers[w].incoming.insert(id);
                 self.transfers += 1;
                 self.moved_bytes += nbytes;
                 let ns = self.latency_ns + (nbytes as f64 / self.cfg.bandwidth * 1e9) as u64;
-                self.at(now + ns, Happening::Fetched { w, id });
+                self.at(now + ns, Happening::Fetched { w, id, from: holder });
             }
+            match lost {
+                Some((input, from)) => {
+                    let task = self.workers[w].pending.remove(t);
+                    let event = Event::InputLost { id: task.id, input, from };
+                    self.at(now + self.latency_ns, Happening::ToCore(event));
+                }
+                None => t += 1,
+            }
+        }
+    }
+
+    /// Worker `w` dies at `now`: its tasks and blocks are gone; the core
+    /// hears of it a latency later (after what it sent before).
+    fn kill(&mut self, w: usize, now: u64) {
+        let worker = &mut self.workers[w];
+        worker.dead = true;
+        worker.pending.clear();
+        worker.store.clear();
+        worker.incoming.clear();
+        let event = Event::PeerLost { rank: Sim::rank(w), reason: "killed by the simulation".into() };
+        self.at(now + self.latency_ns, Happening::ToCore(event));
+    }
+
+    /// A fetch of `id` by worker `w` from a peer that died: every pending
+    /// task of `w` that needs it is given back to the core.
+    fn fetch_failed(&mut self, w: usize, id: TaskId, from: usize, now: u64) {
+        self.workers[w].incoming.remove(&id);
+        let pending = std::mem::take(&mut self.workers[w].pending);
+        let (lost, kept): (Vec<RunTask>, Vec<RunTask>) =
+            pending.into_iter().partition(|t| t.inputs.iter().any(|i| i.id == id));
+        self.workers[w].pending = kept;
+        for task in lost {
+            let event = Event::InputLost { id: task.id, input: id, from: Sim::rank(from) };
+            self.at(now + self.latency_ns, Happening::ToCore(event));
         }
     }
 
@@ -427,7 +486,7 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
         worker_ranks: (1..=cfg.workers as u32).collect(),
         queue_extra: cfg.queue_extra,
         heartbeat_timeout: None,
-        elastic: false,
+        elastic: cfg.kills > 0,
         allowed_failures: SchedulerConfig::ALLOWED_FAILURES,
     };
     let mut core = Core::new(Arc::clone(&registry), config);
@@ -453,6 +512,7 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
                 pending: Vec::new(),
                 store: FxHashSet::default(),
                 incoming: FxHashSet::default(),
+                dead: false,
             })
             .collect(),
         queue: BinaryHeap::new(),
@@ -488,6 +548,8 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
     let mut touched = false;
     let mut now = 0;
     let mut events = 2u64; // the submission and the wait
+    let kill_every = (g.tasks.len() / (cfg.kills + 1)).max(1);
+    let (mut finished, mut killed) = (0, 0);
     while done.is_none() {
         let Some((at, what)) = sim.next() else {
             return Err(SimError::Stalled { at_s: now as f64 / 1e9, records: core.task_count() });
@@ -501,6 +563,7 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
                 core_ns += t.elapsed().as_nanos();
                 touched = true;
             }
+            Happening::ToWorker(w, _) if sim.workers[w].dead => {}
             Happening::ToWorker(w, d) => match d {
                 Decision::Run { tasks, .. } => {
                     let from = sim.workers[w].pending.len();
@@ -516,19 +579,33 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
                 Decision::Cancel { ids, .. } => sim.workers[w].pending.retain(|t| !ids.contains(&t.id)),
                 _ => {}
             },
-            Happening::Fetched { w, id } => {
+            Happening::Fetched { w, .. } if sim.workers[w].dead => {}
+            Happening::Fetched { w, id, from } if sim.workers[from].dead => {
+                sim.fetch_failed(w, id, from, now);
+            }
+            Happening::Fetched { w, id, .. } => {
                 sim.workers[w].incoming.remove(&id);
                 sim.workers[w].store.insert(id);
                 sim.at(now + sim.latency_ns, Happening::ToCore(Event::Replica { rank: Sim::rank(w), id }));
                 sim.start(w, now);
             }
+            Happening::Finished { w, .. } if sim.workers[w].dead => {}
             Happening::Finished { w, id, n, micros } => {
-                let arrive = now + sim.latency_ns;
-                sim.workers[w].store.insert(id);
-                sim.workers[w].free += 1;
-                sim.at(arrive, Happening::ToCore(Event::Done { id, nbytes: g.out_bytes[n], micros }));
-                // Ahead-assigned dependents may start now.
-                sim.start(w, now);
+                finished += 1;
+                // Off the round numbers: a chain recomputed from its start
+                // would otherwise lose the same task at every kill.
+                if killed < cfg.kills && finished == kill_every * (killed + 1) + 17 * killed + 1 {
+                    // Dies as it finishes: the block is lost with it.
+                    killed += 1;
+                    sim.kill(w, now);
+                } else {
+                    let arrive = now + sim.latency_ns;
+                    sim.workers[w].store.insert(id);
+                    sim.workers[w].free += 1;
+                    sim.at(arrive, Happening::ToCore(Event::Done { id, nbytes: g.out_bytes[n], micros }));
+                    // Ahead-assigned dependents may start now.
+                    sim.start(w, now);
+                }
             }
         }
         // The core flushes once per instant, as the event loop does per turn.
@@ -551,4 +628,32 @@ fn run(cfg: &SimConfig, g: &SimGraph) -> Result<Run, SimError> {
         messages: sim.messages,
         events,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shape computes all its outputs while workers die, whatever the
+    /// seed (the core's debug checks run too: every task sent names where
+    /// each of its inputs is).
+    #[test]
+    fn every_shape_survives_workers_dying_midway() {
+        for shape in [Shape::Wide, Shape::Chain, Shape::Tree, Shape::Tsqr, Shape::Matmul] {
+            for seed in 0..12 {
+                for kills in 1..=3 {
+                    let cfg =
+                        SimConfig { workers: 6, threads: 2, tasks: 600, shape, seed, kills, ..SimConfig::default() };
+                    let r = simulate(&cfg).unwrap_or_else(|e| panic!("{shape} seed {seed}, {kills} killed: {e}"));
+                    assert!(r.makespan_s >= r.lower_bound_s, "{shape} seed {seed}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn killing_every_worker_is_refused() {
+        let cfg = SimConfig { workers: 2, kills: 2, ..SimConfig::default() };
+        assert!(matches!(simulate(&cfg), Err(SimError::Flag { flag: "--kills", .. })));
+    }
 }
