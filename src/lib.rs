@@ -31,7 +31,7 @@
 
 pub use tessera_runtime::{
     builtin, run, Block, BlockHeader, Buffer, Client, ClusterState, Config, ConfigBuilder, DType, Error, Graph,
-    KernelCtx, KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, MemoryLimit, MemorySettings,
+    IoError, KernelCtx, KernelError, Key, Launch, LocalCluster, LocalClusterBuilder, MemoryLimit, MemorySettings,
     NumericalError, Persisted, Progress, Registry, Result, SchedulerWorks, Task, TaskId, TransportKind, WorkerInfo,
     WorkerSettings, HAS_CUDA, HAS_MPI, HAS_UCX,
 };

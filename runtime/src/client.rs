@@ -92,7 +92,7 @@ impl Inner {
 }
 
 fn unexpected(reply: WireReply) -> Error {
-    Error::Connect { addr: "the scheduler".into(), reason: format!("it answered with {reply:?}") }
+    Error::Connect { addr: "the scheduler".into(), reason: format!("it answered with {reply:?}"), source: None }
 }
 
 /// Submits work to the cluster. Cheap to clone; all clones talk to one scheduler.

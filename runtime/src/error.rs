@@ -1,6 +1,7 @@
 //! The runtime's error type.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,13 +109,15 @@ pub enum Error {
         source: crate::codec::CodecError,
     },
 
-    /// A secret file is missing, unreadable, malformed or too widely readable.
+    /// A secret file is missing, unreadable, malformed or too widely
+    /// readable; `source`: the I/O error, when one was the cause.
     #[error("secret file {}: {reason}", path.display())]
-    SecretFile { path: PathBuf, reason: String },
+    SecretFile { path: PathBuf, reason: String, source: Option<IoError> },
 
-    /// A TCP connection could not be made or was refused.
+    /// A TCP connection could not be made or was refused; `source`: the
+    /// I/O error, when one was the cause.
     #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect { addr: String, reason: String, source: Option<IoError> },
 
     /// The scheduler went away after this process joined it (it was
     /// killed, its host or the link to it failed): `reason` names its
@@ -132,9 +135,69 @@ pub enum Error {
     #[error("rank {rank} runs no worker of this cluster")]
     UnknownWorker { rank: u32 },
 
-    /// An output file (report, trace) could not be written; nothing was left at `path`.
+    /// An output file (report, trace) could not be written; nothing was
+    /// left at `path`. `source`: the I/O error, when one was the cause.
     #[error("cannot write {}: {reason}", path.display())]
-    Write { path: PathBuf, reason: String },
+    Write { path: PathBuf, reason: String, source: Option<IoError> },
+}
+
+/// `e` and its sources, joined by `: ` (what `{:#}` prints with anyhow), for
+/// a log line or a message that must say everything.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// An I/O error kept as the source of an [`Error`]: what failed is in the
+/// error's text, the operating system's reason in this source (print the
+/// chain, `{:#}` with anyhow, to see both). It crosses the wire to a remote
+/// client as its OS error code, or its text when it has none, and comes
+/// back as an `io::Error` of that code or text.
+#[derive(Debug, Clone)]
+pub struct IoError(Arc<std::io::Error>);
+
+impl IoError {
+    /// The I/O error itself (its `kind()`: `NotFound`, `PermissionDenied`...).
+    pub fn io(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl From<std::io::Error> for IoError {
+    fn from(e: std::io::Error) -> IoError {
+        IoError(Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl Serialize for IoError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        (self.0.raw_os_error(), self.0.to_string()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for IoError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<IoError, D::Error> {
+        let (code, text) = <(Option<i32>, String)>::deserialize(d)?;
+        Ok(IoError::from(code.map_or_else(|| std::io::Error::other(text), std::io::Error::from_raw_os_error)))
+    }
 }
 
 /// `Result` with the runtime's [`Error`].
@@ -240,6 +303,25 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for KernelError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_stays_the_source_across_the_wire() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let text = io.to_string();
+        let e = Error::SecretFile { path: "/x".into(), reason: "cannot read it".into(), source: Some(io.into()) };
+        let bytes = crate::codec::encode(&e, 1024).unwrap();
+        let back: Error = crate::codec::decode(&bytes, 1024).unwrap();
+        assert_eq!(back.to_string(), "secret file /x: cannot read it");
+        let Error::SecretFile { source: Some(io), .. } = &back else { panic!("{back:?}") };
+        assert_eq!(io.io().kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(std::error::Error::source(&back).map(|s| s.to_string()), Some(text));
+        // Without an OS code, the text travels.
+        let e =
+            Error::Write { path: "/y".into(), reason: "r".into(), source: Some(std::io::Error::other("odd").into()) };
+        let back: Error = crate::codec::decode(&crate::codec::encode(&e, 1024).unwrap(), 1024).unwrap();
+        assert_eq!(std::error::Error::source(&back).map(|s| s.to_string()).as_deref(), Some("odd"));
+        assert_eq!(report(&back), "cannot write /y: r: odd");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

@@ -60,7 +60,7 @@ mod worker;
 pub use block::{Block, BlockHeader, Buffer, DType, DeviceCopy, SizeError, WeakBlock, MAX_BLOCK};
 pub use client::{Client, Persisted};
 pub use codec::CodecError;
-pub use error::{Error, KernelError, NumericalError, Result};
+pub use error::{report, Error, IoError, KernelError, NumericalError, Result};
 pub use graph::{Graph, Key, Params, Task, TaskId};
 pub use host::memory::MemoryLimit;
 pub use kernel::{builtin, KernelCtx, KernelFn, KernelSet, Registry, KERNEL_SETS};

@@ -337,7 +337,7 @@ pub fn write_chrome_trace(log: &EventLog, info: &RunInfo, path: &Path) -> Result
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |reason: String| Error::Write { path: path.to_owned(), reason };
+    let fail = |reason: String| Error::Write { path: path.to_owned(), reason, source: None };
     let name = path.file_name().ok_or_else(|| fail("not a file name".into()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -347,10 +347,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(fail(format!("directory {} does not exist", dir.display())));
     }
     let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
+    let result = std::fs::write(&tmp, bytes)
+        .map_err(|e| ("writing a temporary file beside it", e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ("renaming it into place", e)));
+    if let Err((what, e)) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e.to_string()));
+        return Err(Error::Write { path: path.to_owned(), reason: what.into(), source: Some(e.into()) });
     }
     Ok(())
 }

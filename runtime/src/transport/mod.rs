@@ -131,7 +131,9 @@ impl ReplyRouter {
     pub fn lost(&self) -> Error {
         match self.state.lock().closed.clone() {
             Some(reason) => Error::SchedulerLost { reason },
-            None => Error::Connect { addr: "the scheduler".into(), reason: "it stopped answering".into() },
+            None => {
+                Error::Connect { addr: "the scheduler".into(), reason: "it stopped answering".into(), source: None }
+            }
         }
     }
 }

@@ -65,8 +65,8 @@ impl Secret {
 
     /// Reads a secret file, refusing one that group or others may read.
     pub fn load(path: &Path) -> Result<Secret> {
-        let bad = |reason: String| Error::SecretFile { path: path.to_path_buf(), reason };
-        let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let bad = |reason: String| Error::SecretFile { path: path.to_path_buf(), reason, source: None };
+        let meta = std::fs::metadata(path).map_err(|e| io_error(path, "cannot read it", e))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(bad(format!(
@@ -74,7 +74,7 @@ impl Secret {
                 path.display()
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| io_error(path, "cannot read it", e))?;
         let key = hex::decode(text.trim()).map_err(|e| bad(format!("it does not hold a hex-encoded secret ({e})")))?;
         Secret::from_bytes(&key).map_err(|e| bad(e.to_string()))
     }
@@ -85,14 +85,14 @@ impl Secret {
         if path.exists() {
             return Secret::load(path);
         }
-        let bad = |reason: String| Error::SecretFile { path: path.to_path_buf(), reason };
+        let bad = |what: &str, e: std::io::Error| io_error(path, what, e);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
                     .create(dir)
-                    .map_err(|e| bad(format!("cannot create its directory: {e}")))?;
+                    .map_err(|e| bad("cannot create its directory", e))?;
             }
         }
         let secret = Secret::generate()?;
@@ -101,8 +101,8 @@ impl Secret {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| bad(format!("cannot create it: {e}")))?;
-        writeln!(f, "{}", hex::encode(&secret.key)).map_err(|e| bad(format!("cannot write it: {e}")))?;
+            .map_err(|e| bad("cannot create it", e))?;
+        writeln!(f, "{}", hex::encode(&secret.key)).map_err(|e| bad("cannot write it", e))?;
         tracing::info!(path = %path.display(), "created a new cluster secret (mode 0600)");
         Ok(secret)
     }
@@ -130,6 +130,11 @@ impl Secret {
         }
         m.verify_slice(tag).is_ok()
     }
+}
+
+/// Secret file `path` could not be `what` (read, created...) for I/O error `e`.
+fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::SecretFile { path: path.to_path_buf(), reason: what.to_owned(), source: Some(e.into()) }
 }
 
 /// The MAC of one direction of a connection: HMAC-SHA256 under a key

@@ -293,10 +293,15 @@ pub(crate) fn connect(
     opts: &TcpOptions,
     intro: impl FnOnce(SocketAddr) -> Result<Intro>,
 ) -> Result<(TcpStream, Welcome, FrameKeys)> {
-    let fail = |reason: String| Error::Connect { addr: addr.to_owned(), reason };
+    let fail = |reason: String| Error::Connect { addr: addr.to_owned(), reason, source: None };
+    let fail_io = |reason: &str, e: io::Error| Error::Connect {
+        addr: addr.to_owned(),
+        reason: reason.to_owned(),
+        source: Some(e.into()),
+    };
     let targets: Vec<SocketAddr> =
-        addr.to_socket_addrs().map_err(|e| fail(format!("not an address (HOST:PORT): {e}")))?.collect();
-    let mut last = String::from("no address");
+        addr.to_socket_addrs().map_err(|e| fail_io("not an address (HOST:PORT)", e))?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
     let mut stream = None;
     for t in &targets {
         match TcpStream::connect_timeout(t, opts.connect_timeout) {
@@ -304,11 +309,11 @@ pub(crate) fn connect(
                 stream = Some(s);
                 break;
             }
-            Err(e) => last = e.to_string(),
+            Err(e) => last = e,
         }
     }
-    let stream =
-        stream.ok_or_else(|| fail(format!("{last} (is a scheduler listening there, and reachable from here?)")))?;
+    let stream = stream
+        .ok_or_else(|| fail_io("no connection (is a scheduler listening there, and reachable from here?)", last))?;
     let io = |e: io::Error| fail(format!("handshake failed: {}", describe(&e, opts.handshake_timeout)));
     stream.set_nodelay(true).map_err(io)?;
     let local = stream.local_addr().map_err(io)?;
@@ -473,7 +478,7 @@ pub(crate) fn fuzz_accept(data: &[u8], secret: &Secret) {
 pub(crate) fn fuzz_connect(data: &[u8], secret: &Secret) {
     let opts = TcpOptions::new(secret.clone());
     let local = SocketAddr::from(([127, 0, 0, 1], 1));
-    let fail = |reason: String| Error::Connect { addr: "fuzz".into(), reason };
+    let fail = |reason: String| Error::Connect { addr: "fuzz".into(), reason, source: None };
     let _ = connect_steps(&mut crate::fuzzing::Scripted { input: data }, &opts, local, |_| Ok(Intro::Client), fail);
 }
 
@@ -846,8 +851,9 @@ impl Shared {
             None => match connect(&conn.addr, &self.opts, |_| Ok(Intro::Peer { rank: self.rank })) {
                 Ok((s, _, keys)) => (s, keys),
                 Err(e) => {
+                    let e = crate::error::report(&e);
                     tracing::warn!(rank = self.rank, peer = conn.peer, error = %e, "cannot reach a peer");
-                    return self.retire_conn(&conn, &rx, e.to_string());
+                    return self.retire_conn(&conn, &rx, e);
                 }
             },
         };
