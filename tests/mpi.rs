@@ -130,6 +130,8 @@ struct Case {
     env: Vec<(String, String)>,
     /// Checks what the run left behind (files), after it succeeded.
     post: Option<Box<dyn Fn() -> Result<(), String>>>,
+    /// `--json`: every line on stdout is a JSON value, and there is one.
+    json: bool,
 }
 
 fn case(name: &str, ranks: u32, program: &str, args: &[&str], ok: bool, contains: &[&str]) -> Case {
@@ -143,6 +145,7 @@ fn case(name: &str, ranks: u32, program: &str, args: &[&str], ok: bool, contains
         limit: Duration::from_secs(90),
         env: Vec::new(),
         post: None,
+        json: args.contains(&"--json"),
     }
 }
 
@@ -221,6 +224,14 @@ fn parent() -> i32 {
     }
     cases.push(case("tessera info -n 2", 2, tessera, &["info", "--json"], true, &["\"world_size\":2"]));
     cases.push(case(
+        "tessera bench mpi-hello -n 2",
+        2,
+        tessera,
+        &["bench", "mpi-hello", "--json"],
+        true,
+        &["\"ranks\":2"],
+    ));
+    cases.push(case(
         "tessera bench overhead -n 3",
         3,
         tessera,
@@ -233,9 +244,9 @@ fn parent() -> i32 {
         "tessera bench transfer -n 3",
         3,
         tessera,
-        &["bench", "transfer", "--mib", "8", "--repeat", "2"],
+        &["bench", "transfer", "--mib", "8", "--repeat", "2", "--json"],
         true,
-        &["ratio"],
+        &["\"ratio\"", "\"transport\":\"mpi\""],
     ));
 
     // Distributed arrays: the shared bodies on 1 and 2 worker ranks.
@@ -602,7 +613,8 @@ fn run_case(c: &Case) -> Result<f64, String> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let secs = start.elapsed().as_secs_f64();
-    let text = format!("{}{}", t_out.join().unwrap(), t_err.join().unwrap());
+    let stdout = t_out.join().unwrap();
+    let text = format!("{stdout}{}", t_err.join().unwrap());
     let Some(status) = status else {
         return Err(format!("hung: killed after {:?}\n{text}", c.limit));
     };
@@ -622,6 +634,12 @@ fn run_case(c: &Case) -> Result<f64, String> {
     }
     if text.contains("RUST_BACKTRACE") && c.name != "driver_panic" {
         return Err(format!("a panic escaped\n{text}"));
+    }
+    if c.json && c.ok {
+        let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.is_empty() || lines.iter().any(|l| serde_json::from_str::<serde_json::Value>(l).is_err()) {
+            return Err(format!("--json: stdout is not JSON lines alone\n{stdout}"));
+        }
     }
     Ok(secs)
 }
