@@ -40,13 +40,16 @@
 //! move. Each rank's share of the result is handed to it by the worker
 //! that holds it; the small factors are broadcast from rank 0 at the end.
 //!
-//! **Copies.** A part given as an owned array in standard (row-major)
-//! layout is moved into the worker's store without a copy; a view, or a
-//! column-major array, is copied once into row-major order. A
-//! block-cyclic block is copied out of the local array (its rows are
-//! strided there). A rank's rows of a result become the array returned
-//! without a copy; a block-cyclic result's blocks are copied into the
-//! local array.
+//! **Copies and memory.** A part given as an owned array in standard
+//! (row-major) layout is moved in without a copy; a view, or a
+//! column-major array, is copied once into row-major order. The rows
+//! layout cuts a part into blocks of about 64 MiB ([`Spmd::chunk_rows`]),
+//! each copied out of it once as its TSQR leaf starts, and lets the part go
+//! when the last is taken: a part of one block is handed to its leaf as
+//! it is. A block-cyclic block is copied out of the local array (its rows
+//! are strided there). A rank's rows of a result are gathered into the
+//! returned array, each block let go as it is copied; a block-cyclic
+//! result's blocks are copied into the local array.
 //!
 //! Each call starts and stops its cluster (a few milliseconds on one
 //! host); MPI stays usable between and after calls, on any communicator
@@ -271,7 +274,12 @@ pub struct LocalMatmul<T> {
 pub struct Spmd<'c, C: Communicator> {
     comm: &'c C,
     config: Config,
+    chunk_rows: Option<usize>,
 }
+
+/// Bytes of the blocks a rank's rows are cut into, unless
+/// [`Spmd::chunk_rows`] says otherwise.
+const PIECE_BYTES: usize = 64 << 20;
 
 impl<'c, C: Communicator> Spmd<'c, C> {
     /// On `comm`, with the default configuration.
@@ -283,7 +291,16 @@ impl<'c, C: Communicator> Spmd<'c, C> {
     /// always works, as it holds data too.
     pub fn with_config(comm: &'c C, mut config: Config) -> Self {
         config.scheduler_works = SchedulerWorks::Yes;
-        Spmd { comm, config }
+        Spmd { comm, config, chunk_rows: None }
+    }
+
+    /// Rows per block a rank's part is cut into for the rows layout
+    /// (default: blocks of about 64 MiB). Each block is one TSQR leaf: a
+    /// rank with several threads works on several at once, and each is
+    /// copied out of the part once, the part being let go when all are.
+    pub fn chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = Some(rows.max(1));
+        self
     }
 
     /// Exact thin SVD of the matrix whose rows the ranks hold (through TSQR):
@@ -378,7 +395,16 @@ impl<'c, C: Communicator> Spmd<'c, C> {
             grid: la.grid,
             source: (la.source.0, lb.source.1),
         };
-        let inputs = vec![a.local.into_block(), b.local.into_block()];
+        // How many blocks of each this rank holds (each is taken once).
+        let owned = |l: &Layout| {
+            let chunks = Chunks::regular(&[l.shape.0, l.shape.1], &[l.block.0, l.block.1]).expect("checked layout");
+            let g = chunks.grid();
+            (0..g[0])
+                .flat_map(|bi| (0..g[1]).map(move |bj| (bi, bj)))
+                .filter(|&(bi, bj)| l.owner(bi, bj).0 as usize == rank)
+                .count()
+        };
+        let inputs = vec![(a.local.into_block(), owned(&la)), (b.local.into_block(), owned(&lb))];
         let (given, small) = self.run(&comm, inputs, move |_client| {
             let am = block_cyclic_array::<T>(0, &la)?;
             let bm = block_cyclic_array::<T>(1, &lb)?;
@@ -425,17 +451,23 @@ impl<'c, C: Communicator> Spmd<'c, C> {
                 reason: format!("{op}: the ranks hold an empty matrix ({m} rows, {n} columns)"),
             });
         }
-        let (given, small) = self.run(&comm, vec![part.into_block()], |_client| {
-            // One block per rank that holds rows, pinned to it.
-            let holders: Vec<(u32, usize)> =
-                rows.iter().enumerate().filter(|(_, &r)| r > 0).map(|(rank, &r)| (rank as u32, r)).collect();
-            let chunks = Chunks::explicit(&[m, n], vec![holders.iter().map(|h| h.1).collect(), vec![n]])?;
-            let name = fresh("spmd.rows");
-            let tasks = holders
+        // Every rank cuts every rank's rows alike: pieces of `per` rows.
+        let per = self.chunk_rows.unwrap_or((PIECE_BYTES / (n * T::DTYPE.size())).max(1));
+        let pieces = |r: usize| (0..r.div_ceil(per)).map(move |i| (i * per, per.min(r - i * per)));
+        let (given, small) = self.run(&comm, vec![(part.into_block(), pieces(rows[rank]).count())], |_client| {
+            // (owner, first row in its part, rows) of each block, pinned to its owner.
+            let blocks: Vec<(u32, usize, usize)> = rows
                 .iter()
                 .enumerate()
-                .map(|(i, &(owner, r))| {
-                    take_task(&name, [i as u32, 0], owner, Take { slot: 0, row0: 0, rows: r, col0: 0, cols: n })
+                .flat_map(|(owner, &r)| pieces(r).map(move |(row0, len)| (owner as u32, row0, len)))
+                .collect();
+            let chunks = Chunks::explicit(&[m, n], vec![blocks.iter().map(|b| b.2).collect(), vec![n]])?;
+            let name = fresh("spmd.rows");
+            let tasks = blocks
+                .iter()
+                .enumerate()
+                .map(|(i, &(owner, row0, rows))| {
+                    take_task(&name, [i as u32, 0], owner, Take { slot: 0, row0, rows, col0: 0, cols: n })
                 })
                 .collect();
             let a = DArray::from_block_tasks(&[m, n], chunks, T::DTYPE, tasks, &[])?;
@@ -450,7 +482,7 @@ impl<'c, C: Communicator> Spmd<'c, C> {
                     ),
                 });
             }
-            let gives = holders.iter().map(|&(owner, _)| (owner, Give { row0: 0, col0: 0 })).collect();
+            let gives = blocks.iter().map(|&(owner, row0, _)| (owner, Give { row0, col0: 0 })).collect();
             Ok((dist, gives, small))
         })?;
         let cols = small.dist_cols;
@@ -463,11 +495,17 @@ impl<'c, C: Communicator> Spmd<'c, C> {
     /// its blocks goes, the small results), the blocks are handed to their
     /// ranks and the small results broadcast. Every rank returns the same
     /// success or an error.
-    fn run<B>(&self, comm: &SimpleCommunicator, inputs: Vec<Block>, build: B) -> Result<(Vec<(Give, Block)>, Outcome)>
+    fn run<B>(
+        &self,
+        comm: &SimpleCommunicator,
+        inputs: Vec<(Block, usize)>,
+        build: B,
+    ) -> Result<(Vec<(Give, Block)>, Outcome)>
     where
         B: FnOnce(&Client) -> Result<(DArray, Vec<(u32, Give)>, Vec<DArray>)> + Send,
     {
-        let local = Arc::new(Mutex::new(Local { inputs, given: Vec::new() }));
+        let (inputs, takes_left) = inputs.into_iter().map(|(b, n)| (Some(b), n)).unzip();
+        let local = Arc::new(Mutex::new(Local { inputs, takes_left, given: Vec::new() }));
         let mut config = self.config.clone();
         register(&mut config.registry, &local);
         let events = config.worker.events;
@@ -586,7 +624,10 @@ struct Give {
 
 /// One rank's inputs, and the result blocks handed to it.
 struct Local {
-    inputs: Vec<Block>,
+    /// Each input, until all its blocks were taken (then the store holds
+    /// what is still needed, and the part's memory goes with the last).
+    inputs: Vec<Option<Block>>,
+    takes_left: Vec<usize>,
     given: Vec<(Give, Block)>,
 }
 
@@ -596,9 +637,11 @@ struct Local {
 fn register(registry: &mut tessera_runtime::Registry, local: &Arc<Mutex<Local>>) {
     let mine = Arc::clone(local);
     registry.register("spmd.take", move |_, t: Take, _| {
-        let local = mine.lock().map_err(|_| KernelError::msg("spmd.take: a kernel panicked"))?;
-        let src =
-            local.inputs.get(t.slot).ok_or_else(|| KernelError::msg(format!("spmd.take: no input {}", t.slot)))?;
+        let mut local = mine.lock().map_err(|_| KernelError::msg("spmd.take: a kernel panicked"))?;
+        let Some(Some(src)) = local.inputs.get(t.slot) else {
+            return Err(KernelError::msg(format!("spmd.take: input {} of this rank was handed over already", t.slot)));
+        };
+        let src = src.clone();
         let (rows, cols) = (src.shape()[0], src.shape()[1]);
         if t.row0 + t.rows > rows || t.col0 + t.cols > cols {
             return Err(KernelError::msg(format!(
@@ -609,15 +652,21 @@ fn register(registry: &mut tessera_runtime::Registry, local: &Arc<Mutex<Local>>)
                 t.col0 + t.cols
             )));
         }
-        if t.rows == rows && t.cols == cols {
-            return Ok(src.clone());
-        }
-        let buffer = match src.buffer() {
-            Buffer::F64(v) => Buffer::F64(rectangle(v, cols, t)),
-            Buffer::F32(v) => Buffer::F32(rectangle(v, cols, t)),
-            _ => return Err(KernelError::msg("spmd.take: parts are f64 or f32")),
+        let block = if t.rows == rows && t.cols == cols {
+            src
+        } else {
+            let buffer = match src.buffer() {
+                Buffer::F64(v) => Buffer::F64(rectangle(v, cols, t)),
+                Buffer::F32(v) => Buffer::F32(rectangle(v, cols, t)),
+                _ => return Err(KernelError::msg("spmd.take: parts are f64 or f32")),
+            };
+            Block::new(vec![t.rows, t.cols], buffer)
         };
-        Ok(Block::new(vec![t.rows, t.cols], buffer))
+        local.takes_left[t.slot] = local.takes_left[t.slot].saturating_sub(1);
+        if local.takes_left[t.slot] == 0 {
+            local.inputs[t.slot] = None;
+        }
+        Ok(block)
     });
     let mine = Arc::clone(local);
     registry.register("spmd.give", move |_, g: Give, inputs| {
@@ -669,6 +718,23 @@ fn assemble<T: Element>(given: Vec<(Give, Block)>, shape: (usize, usize)) -> Arr
             Err(b) => T::slice(&b).expect("results have the inputs' element type").to_vec(),
         };
         return Array2::from_shape_vec(shape, v).expect("shape checked");
+    }
+    // Whole rows, one below the other (the rows layout): appended in order,
+    // each block let go as soon as it is copied.
+    let mut given = given;
+    given.sort_by_key(|(g, _)| (g.row0, g.col0));
+    let mut at = 0;
+    if given.iter().all(|(g, b)| {
+        let fits = g.col0 == 0 && g.row0 == at && b.shape().get(1) == Some(&shape.1);
+        at += b.shape()[0];
+        fits
+    }) && at == shape.0
+    {
+        let mut v = Vec::with_capacity(shape.0 * shape.1);
+        for (_, b) in given {
+            v.extend_from_slice(T::slice(&b).expect("results have the inputs' element type"));
+        }
+        return Array2::from_shape_vec(shape, v).expect("rows add up");
     }
     let mut out = Array2::<T>::zeros(shape);
     for (g, b) in given {
