@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --features mpi --example spmd_svd
-//! mpirun -n 4 target/release/examples/spmd_svd [ROWS_PER_RANK [COLUMNS]]
+//! mpirun -n 4 target/release/examples/spmd_svd [ROWS_PER_RANK [COLUMNS [CHUNK_ROWS]]]
 //! ```
 //!
 //! Each rank makes its own slab of a global matrix (rank r holds
@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let per_rank = args.next().transpose()?.unwrap_or(20_000);
     let n = args.next().transpose()?.unwrap_or(32);
+    let chunk_rows = args.next().transpose()?;
 
     // The simulation's own layout: rank r owns rows first..first + rows.
     let rows_of = |r: usize| if size >= 4 && r == size - 1 { 0 } else { per_rank + 37 * r };
@@ -50,7 +51,12 @@ fn main() -> anyhow::Result<()> {
 
     // Handed over owned: the slab moves into this rank's worker, no copy.
     let t = std::time::Instant::now();
-    let f = Spmd::new(&world).svd(slab)?;
+    let spmd = Spmd::new(&world);
+    let spmd = match chunk_rows {
+        Some(r) => spmd.chunk_rows(r),
+        None => spmd,
+    };
+    let f = spmd.svd(slab)?;
     let secs = t.elapsed().as_secs_f64();
 
     // My rows, made again one at a time: A_r = U_r diag(S) Vt, to rounding.

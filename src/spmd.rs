@@ -43,10 +43,10 @@
 //! **Copies and memory.** A part given as an owned array in standard
 //! (row-major) layout is moved in without a copy; a view, or a
 //! column-major array, is copied once into row-major order. The rows
-//! layout cuts a part into blocks of about 64 MiB ([`Spmd::chunk_rows`]),
-//! each copied out of it once as its TSQR leaf starts, and lets the part go
-//! when the last is taken: a part of one block is handed to its leaf as
-//! it is. A block-cyclic block is copied out of the local array (its rows
+//! layout cuts a part into one block per thread of the rank's worker
+//! ([`Spmd::chunk_rows`]), each copied out of it once as its TSQR leaf
+//! starts, and lets the part go when the last is taken: a part of one
+//! block is handed to its leaf as it is. A block-cyclic block is copied out of the local array (its rows
 //! are strided there). A rank's rows of a result are gathered into the
 //! returned array, each block let go as it is copied; a block-cyclic
 //! result's blocks are copied into the local array.
@@ -62,7 +62,7 @@ use mpi::traits::{Communicator, Root};
 use serde::{Deserialize, Serialize};
 use tessera_linalg::ndarray::{self, Array1, Array2, ArrayView2};
 use tessera_linalg::{self as linalg, Chunks, DArray, Element, LinalgError, RandomizedSvd, Result};
-use tessera_runtime::launch::mpi::{all_gather_json, run_on};
+use tessera_runtime::launch::mpi::{all_gather_json, core_share, run_on};
 use tessera_runtime::{Block, Buffer, Client, Config, DType, Error, KernelError, Key, SchedulerWorks, Task};
 
 /// One rank's part of a matrix: owned (moved in, no copy when row-major)
@@ -225,6 +225,8 @@ struct Meta {
     dims: Vec<(usize, usize)>,
     /// Block-cyclic inputs: their layouts.
     layouts: Vec<Layout>,
+    /// Threads of the rank's worker (rows are cut into as many blocks).
+    threads: usize,
 }
 
 /// Bytes that moved between workers during a call, from the workers'
@@ -277,10 +279,6 @@ pub struct Spmd<'c, C: Communicator> {
     chunk_rows: Option<usize>,
 }
 
-/// Bytes of the blocks a rank's rows are cut into, unless
-/// [`Spmd::chunk_rows`] says otherwise.
-const PIECE_BYTES: usize = 64 << 20;
-
 impl<'c, C: Communicator> Spmd<'c, C> {
     /// On `comm`, with the default configuration.
     pub fn new(comm: &'c C) -> Self {
@@ -295,9 +293,10 @@ impl<'c, C: Communicator> Spmd<'c, C> {
     }
 
     /// Rows per block a rank's part is cut into for the rows layout
-    /// (default: blocks of about 64 MiB). Each block is one TSQR leaf: a
-    /// rank with several threads works on several at once, and each is
-    /// copied out of the part once, the part being let go when all are.
+    /// (default: one block per worker thread of the rank, so one block
+    /// when it has one thread). Each block is one TSQR leaf, copied out of
+    /// the part once (a part of one block is used as it is); the part is
+    /// let go when its last block is taken.
     pub fn chunk_rows(mut self, rows: usize) -> Self {
         self.chunk_rows = Some(rows.max(1));
         self
@@ -360,7 +359,8 @@ impl<'c, C: Communicator> Spmd<'c, C> {
         let comm = self.comm.duplicate();
         let (rank, size) = (comm.rank() as usize, comm.size() as usize);
         let (la, lb) = (Layout::of(&a), Layout::of(&b));
-        let meta = Meta { dtype: T::DTYPE, dims: vec![a.local.dim(), b.local.dim()], layouts: vec![la, lb] };
+        let meta =
+            Meta { dtype: T::DTYPE, dims: vec![a.local.dim(), b.local.dim()], layouts: vec![la, lb], threads: 0 };
         let metas: Vec<Meta> = all_gather_json(&comm, &meta);
         check_agreement("matmul", &metas)?;
         la.check("matmul: A", size)?;
@@ -439,7 +439,9 @@ impl<'c, C: Communicator> Spmd<'c, C> {
     {
         let comm = self.comm.duplicate();
         let rank = comm.rank() as usize;
-        let meta = Meta { dtype: T::DTYPE, dims: vec![part.dim()], layouts: Vec::new() };
+        let local_size = comm.split_shared(rank as i32).size() as usize;
+        let threads = self.config.worker.threads.unwrap_or_else(|| core_share(local_size));
+        let meta = Meta { dtype: T::DTYPE, dims: vec![part.dim()], layouts: Vec::new(), threads };
         let metas: Vec<Meta> = all_gather_json(&comm, &meta);
         check_agreement(op, &metas)?;
         let rows: Vec<usize> = metas.iter().map(|m| m.dims[0].0).collect();
@@ -451,16 +453,18 @@ impl<'c, C: Communicator> Spmd<'c, C> {
                 reason: format!("{op}: the ranks hold an empty matrix ({m} rows, {n} columns)"),
             });
         }
-        // Every rank cuts every rank's rows alike: pieces of `per` rows.
-        let per = self.chunk_rows.unwrap_or((PIECE_BYTES / (n * T::DTYPE.size())).max(1));
-        let pieces = |r: usize| (0..r.div_ceil(per)).map(move |i| (i * per, per.min(r - i * per)));
-        let (given, small) = self.run(&comm, vec![(part.into_block(), pieces(rows[rank]).count())], |_client| {
-            // (owner, first row in its part, rows) of each block, pinned to its owner.
-            let blocks: Vec<(u32, usize, usize)> = rows
-                .iter()
-                .enumerate()
-                .flat_map(|(owner, &r)| pieces(r).map(move |(row0, len)| (owner as u32, row0, len)))
-                .collect();
+        // Every rank cuts every rank's rows alike: (owner, first row in its
+        // part, rows) of each block, in order.
+        let blocks: Vec<(u32, usize, usize)> = (0..rows.len())
+            .flat_map(|r| {
+                let per = self.chunk_rows.unwrap_or_else(|| rows[r].div_ceil(metas[r].threads.max(1))).max(1);
+                let rows = rows[r];
+                (0..rows.div_ceil(per)).map(move |i| (r as u32, i * per, per.min(rows - i * per)))
+            })
+            .collect();
+        let mine = blocks.iter().filter(|b| b.0 as usize == rank).count();
+        let (given, small) = self.run(&comm, vec![(part.into_block(), mine)], |_client| {
+            // Each block pinned to its owner.
             let chunks = Chunks::explicit(&[m, n], vec![blocks.iter().map(|b| b.2).collect(), vec![n]])?;
             let name = fresh("spmd.rows");
             let tasks = blocks
@@ -858,7 +862,7 @@ mod tests {
 
     #[test]
     fn the_odd_rank_out_is_named() {
-        let meta = |dtype, cols| Meta { dtype, dims: vec![(10, cols)], layouts: Vec::new() };
+        let meta = |dtype, cols| Meta { dtype, dims: vec![(10, cols)], layouts: Vec::new(), threads: 1 };
         let metas = vec![meta(DType::F64, 8), meta(DType::F64, 8), meta(DType::F64, 7)];
         match check_agreement("svd", &metas) {
             Err(LinalgError::Part { rank: 2, reason }) => assert!(reason.contains("7 columns, the other ranks' 8")),

@@ -201,6 +201,19 @@ fn mpi_plane(
     Ok(Some(plane))
 }
 
+/// Cores this rank may use when `local_size` ranks share its host: what a
+/// launcher bound it to, or else the host's cores shared out evenly.
+pub fn core_share(local_size: usize) -> usize {
+    let usable = crate::host::sys::usable_cores();
+    let host = crate::host::sys::host_cores();
+    // A launcher that bound us to a subset already gave us our share.
+    if usable < host {
+        usable
+    } else {
+        (host / local_size.max(1)).max(1)
+    }
+}
+
 /// Decides threads and whether rank 0 works from the ranks sharing this host.
 struct Placement {
     threads: usize,
@@ -219,10 +232,7 @@ fn placement(world: &SimpleCommunicator, config: &Config) -> Result<Placement, E
     let size = world.size();
     let local = world.split_shared(rank);
     let local_size = local.size() as usize;
-    let usable = crate::host::sys::usable_cores();
-    let host = crate::host::sys::host_cores();
-    // A launcher that bound us to a subset already gave us our share.
-    let share = if usable < host { usable } else { (host / local_size).max(1) };
+    let share = core_share(local_size);
     let rank0_works = match config.scheduler_works {
         SchedulerWorks::Yes => true,
         SchedulerWorks::No if size == 1 => {
