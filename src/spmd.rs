@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use tessera_linalg::ndarray::{self, Array1, Array2, ArrayView2};
 use tessera_linalg::{self as linalg, Chunks, DArray, Element, LinalgError, RandomizedSvd, Result};
 use tessera_runtime::launch::mpi::{all_gather_json, core_share, run_on};
-use tessera_runtime::{Block, Buffer, Client, Config, DType, Error, KernelError, Key, SchedulerWorks, Task};
+use tessera_runtime::{codec, Block, Buffer, Client, Config, DType, Error, KernelError, Key, SchedulerWorks, Task};
 
 /// One rank's part of a matrix: owned (moved in, no copy when row-major)
 /// or borrowed (copied once).
@@ -325,8 +325,8 @@ impl<'c, C: Communicator> Spmd<'c, C> {
             let f = linalg::randomized_svd(a, &p)?;
             Ok((f.u, vec![f.s, f.vt]))
         })?;
-        let vt = take2(small.pop());
-        let s = take1(small.pop());
+        let vt = take2(small.pop())?;
+        let s = take1(small.pop())?;
         Ok(LocalSvd { u, s, vt, moved })
     }
 
@@ -336,7 +336,7 @@ impl<'c, C: Communicator> Spmd<'c, C> {
             let f = linalg::tsqr(a)?;
             Ok((f.q, vec![f.r]))
         })?;
-        Ok(LocalQr { q, r: take2(small.pop()), moved })
+        Ok(LocalQr { q, r: take2(small.pop())?, moved })
     }
 
     fn svd_with<T: Element>(&self, op: &'static str, part: Part<'_, T>, k: Option<usize>) -> Result<LocalSvd<T>> {
@@ -347,8 +347,8 @@ impl<'c, C: Communicator> Spmd<'c, C> {
             };
             Ok((f.u, vec![f.s, f.vt]))
         })?;
-        let vt = take2(small.pop());
-        let s = take1(small.pop());
+        let vt = take2(small.pop())?;
+        let s = take1(small.pop())?;
         Ok(LocalSvd { u, s, vt, moved })
     }
 
@@ -397,10 +397,9 @@ impl<'c, C: Communicator> Spmd<'c, C> {
         };
         // How many blocks of each this rank holds (each is taken once).
         let owned = |l: &Layout| {
-            let chunks = Chunks::regular(&[l.shape.0, l.shape.1], &[l.block.0, l.block.1]).expect("checked layout");
-            let g = chunks.grid();
-            (0..g[0])
-                .flat_map(|bi| (0..g[1]).map(move |bj| (bi, bj)))
+            let (rows, cols) = (l.shape.0.div_ceil(l.block.0), l.shape.1.div_ceil(l.block.1));
+            (0..rows)
+                .flat_map(|bi| (0..cols).map(move |bj| (bi, bj)))
                 .filter(|&(bi, bj)| l.owner(bi, bj).0 as usize == rank)
                 .count()
         };
@@ -419,7 +418,7 @@ impl<'c, C: Communicator> Spmd<'c, C> {
                 .collect();
             Ok((c, gives, Vec::new()))
         })?;
-        let c = assemble::<T>(given, lc.local_shape(rank));
+        let c = assemble::<T>(given, lc.local_shape(rank))?;
         Ok(LocalMatmul { c, moved: small.moved })
     }
 
@@ -466,7 +465,7 @@ impl<'c, C: Communicator> Spmd<'c, C> {
         let (given, small) = self.run(&comm, vec![(part.into_block(), mine)], |_client| {
             // Each block pinned to its owner.
             let chunks = Chunks::explicit(&[m, n], vec![blocks.iter().map(|b| b.2).collect(), vec![n]])?;
-            let name = fresh("spmd.rows");
+            let name = linalg::fresh_name("spmd.rows");
             let tasks = blocks
                 .iter()
                 .enumerate()
@@ -490,7 +489,7 @@ impl<'c, C: Communicator> Spmd<'c, C> {
             Ok((dist, gives, small))
         })?;
         let cols = small.dist_cols;
-        let mine = assemble::<T>(given, (rows[rank], cols));
+        let mine = assemble::<T>(given, (rows[rank], cols))?;
         Ok((mine, small.arrays, small.moved))
     }
 
@@ -516,14 +515,14 @@ impl<'c, C: Communicator> Spmd<'c, C> {
         let outcome = run_on(comm, config, |client| -> Result<Outcome> {
             let (dist, gives, small) = build(client)?;
             let dist_cols = dist.shape()[1];
-            let name = fresh("spmd.give");
+            let name = linalg::fresh_name("spmd.give");
             let grid = dist.chunks().grid();
             let tasks: Vec<Task> = gives
                 .iter()
                 .enumerate()
                 .map(|(i, &(owner, give))| {
                     let (bi, bj) = (i / grid[1], i % grid[1]);
-                    Task::new(Key::new(name.as_str(), [i as u32]), "spmd.give")
+                    Task::new(Key::with_shared_name(&name, [i as u32]), "spmd.give")
                         .param(&give)
                         .inputs([dist.key(&[bi, bj]).clone()])
                         .on_rank(owner)
@@ -566,7 +565,7 @@ impl<'c, C: Communicator> Spmd<'c, C> {
             return Err(LinalgError::Runtime(Error::DriverFailed { reason: format!("rank {r}: {why}") }));
         }
         let small = broadcast(comm, outcome)?;
-        let given = std::mem::take(&mut local.lock().expect("no kernel panicked holding it").given);
+        let given = std::mem::take(&mut local.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).given);
         Ok((given, small))
     }
 }
@@ -590,8 +589,10 @@ struct Outcome {
 /// Rank 0's `outcome` on every rank (collective).
 fn broadcast<D: Communicator>(comm: &D, outcome: Option<Outcome>) -> Result<Outcome> {
     let root = comm.process_at_rank(0);
+    // The runtime's codec: exact floats (NaN included), sizes checked on decoding.
+    const LIMIT: u64 = 1 << 40;
     let mut bytes = match &outcome {
-        Some(o) => serde_json::to_vec(o).expect("plain data serialises"),
+        Some(o) => codec::encode(o, LIMIT).map_err(|e| Error::Mpi { rank: 0, message: format!("{e}") })?,
         None => Vec::new(),
     };
     let mut len = bytes.len() as u64;
@@ -600,7 +601,7 @@ fn broadcast<D: Communicator>(comm: &D, outcome: Option<Outcome>) -> Result<Outc
     root.broadcast_into(&mut bytes[..]);
     match outcome {
         Some(o) => Ok(o),
-        None => serde_json::from_slice(&bytes).map_err(|e| {
+        None => codec::decode(&bytes, LIMIT).map_err(|e| {
             LinalgError::Runtime(Error::Mpi {
                 rank: comm.rank() as u32,
                 message: format!("bad broadcast of the results: {e}"),
@@ -690,8 +691,8 @@ fn rectangle<T: Copy>(v: &[T], cols: usize, t: Take) -> Vec<T> {
     out
 }
 
-fn take_task(name: &str, idx: [u32; 2], owner: u32, take: Take) -> Task {
-    Task::new(Key::new(name, idx), "spmd.take").param(&take).on_rank(owner)
+fn take_task(name: &Arc<str>, idx: [u32; 2], owner: u32, take: Take) -> Task {
+    Task::new(Key::with_shared_name(name, idx), "spmd.take").param(&take).on_rank(owner)
 }
 
 /// The block-cyclic input `slot` as an array of its global blocks, each
@@ -699,7 +700,7 @@ fn take_task(name: &str, idx: [u32; 2], owner: u32, take: Take) -> Task {
 fn block_cyclic_array<T: Element>(slot: usize, l: &Layout) -> Result<DArray> {
     let chunks = Chunks::regular(&[l.shape.0, l.shape.1], &[l.block.0, l.block.1])?;
     let grid = chunks.grid();
-    let name = fresh("spmd.block");
+    let name = linalg::fresh_name("spmd.block");
     let mut tasks = Vec::with_capacity(chunks.nblocks());
     for bi in 0..grid[0] {
         for bj in 0..grid[1] {
@@ -711,43 +712,54 @@ fn block_cyclic_array<T: Element>(slot: usize, l: &Layout) -> Result<DArray> {
     DArray::from_block_tasks(&[l.shape.0, l.shape.1], chunks, T::DTYPE, tasks, &[])
 }
 
-/// This rank's local array from the blocks handed to it.
-fn assemble<T: Element>(given: Vec<(Give, Block)>, shape: (usize, usize)) -> Array2<T> {
-    // One block that is the whole array (the rows layout): its elements,
-    // taken without a copy once the cluster has let go of them.
-    if given.len() == 1 && given[0].0.row0 == 0 && given[0].0.col0 == 0 && given[0].1.shape() == [shape.0, shape.1] {
-        let (_, b) = given.into_iter().next().expect("one block");
-        let v = match b.into_buffer() {
-            Ok(buffer) => T::from_buffer(buffer).expect("results have the inputs' element type"),
-            Err(b) => T::slice(&b).expect("results have the inputs' element type").to_vec(),
-        };
-        return Array2::from_shape_vec(shape, v).expect("shape checked");
-    }
-    // Whole rows, one below the other (the rows layout): appended in order,
-    // each block let go as soon as it is copied.
-    let mut given = given;
+/// This rank's local array from the blocks handed to it: rows one below
+/// the other (the rows layout) are appended in order, each block let go as
+/// soon as it is copied (a single one is taken without a copy when the
+/// cluster has let go of it); block-cyclic blocks are copied into place.
+fn assemble<T: Element>(mut given: Vec<(Give, Block)>, shape: (usize, usize)) -> Result<Array2<T>> {
+    let bad = |b: &Block, why: &str| LinalgError::BadBlock {
+        key: "a result block handed to this rank".into(),
+        got: format!("{} {:?}", b.dtype(), b.shape()),
+        expected: format!("{} {why}", T::DTYPE),
+    };
+    let dims = |b: &Block| match b.shape() {
+        &[r, c] if b.dtype() == T::DTYPE => Ok((r, c)),
+        _ => Err(bad(b, "2-D")),
+    };
     given.sort_by_key(|(g, _)| (g.row0, g.col0));
     let mut at = 0;
-    if given.iter().all(|(g, b)| {
-        let fits = g.col0 == 0 && g.row0 == at && b.shape().get(1) == Some(&shape.1);
-        at += b.shape()[0];
-        fits
-    }) && at == shape.0
-    {
+    for (g, b) in &given {
+        let (r, c) = dims(b)?;
+        if g.row0 + r > shape.0 || g.col0 + c > shape.1 {
+            return Err(bad(b, &format!("at ({}, {}) within {shape:?}", g.row0, g.col0)));
+        }
+        if g.col0 == 0 && g.row0 == at && c == shape.1 {
+            at += r;
+        }
+    }
+    if at == shape.0 {
+        if given.len() == 1 {
+            let (_, b) = given.pop().expect("one block");
+            match b.into_buffer().map(T::from_buffer) {
+                Ok(Ok(v)) => return Ok(Array2::from_shape_vec(shape, v).expect("checked: the rows add up")),
+                Ok(Err(_)) => unreachable!("checked: a block of T"),
+                Err(shared) => given.push((Give { row0: 0, col0: 0 }, shared)),
+            }
+        }
         let mut v = Vec::with_capacity(shape.0 * shape.1);
         for (_, b) in given {
-            v.extend_from_slice(T::slice(&b).expect("results have the inputs' element type"));
+            v.extend_from_slice(T::slice(&b).expect("checked: a block of T"));
         }
-        return Array2::from_shape_vec(shape, v).expect("rows add up");
+        return Ok(Array2::from_shape_vec(shape, v).expect("checked: the rows add up"));
     }
     let mut out = Array2::<T>::zeros(shape);
     for (g, b) in given {
-        let (r, c) = (b.shape()[0], b.shape()[1]);
-        let v = T::slice(&b).expect("results have the inputs' element type");
-        let src = ArrayView2::from_shape((r, c), v).expect("a block holds its shape");
+        let (r, c) = dims(&b)?;
+        let src = ArrayView2::from_shape((r, c), T::slice(&b).expect("checked: a block of T"))
+            .expect("a block holds its shape");
         out.slice_mut(ndarray::s![g.row0..g.row0 + r, g.col0..g.col0 + c]).assign(&src);
     }
-    out
+    Ok(out)
 }
 
 /// Every rank gives the same element type and (rows layout) column count,
@@ -788,37 +800,31 @@ fn check_agreement(op: &str, metas: &[Meta]) -> Result<()> {
 /// Bytes moved between workers, from the recorded events.
 fn moved(client: &Client) -> Result<Moved> {
     let log = client.events()?;
-    let mut m = Moved::default();
-    for w in &log.workers {
-        for t in &w.transfers {
-            m.bytes += t.bytes;
-            if w.rank == 0 || t.from == 0 {
-                m.rank0_bytes += t.bytes;
-            }
-        }
-    }
-    Ok(m)
+    let to_or_from_0 = log.workers.iter().flat_map(|w| w.transfers.iter().filter(move |t| w.rank == 0 || t.from == 0));
+    Ok(Moved { bytes: log.moved().0, rank0_bytes: to_or_from_0.map(|t| t.bytes).sum() })
 }
 
 fn param(reason: String) -> LinalgError {
     LinalgError::Parameter { name: "matmul", reason }
 }
 
-/// A key name unique in this process.
-fn fresh(op: &str) -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!("{op}-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+/// The next small result, as a 1-D array.
+fn take1<T: Element>(s: Option<Small>) -> Result<Array1<T>> {
+    Ok(take2::<T>(s)?.into_iter().collect())
 }
 
-fn take1<T: Element>(s: Option<Small>) -> Array1<T> {
-    let s = s.expect("a small result per factor");
-    s.values.into_iter().map(T::from_f64).collect()
-}
-
-fn take2<T: Element>(s: Option<Small>) -> Array2<T> {
-    let s = s.expect("a small result per factor");
-    let v = s.values.into_iter().map(T::from_f64).collect();
-    Array2::from_shape_vec((s.shape[0], s.shape[1]), v).expect("broadcast shape matches")
+/// The next small result, as a 2-D array (a 1-D one as a row).
+fn take2<T: Element>(s: Option<Small>) -> Result<Array2<T>> {
+    let bad =
+        |got: String| LinalgError::BadBlock { key: "a broadcast factor".into(), got, expected: "a factor".into() };
+    let s = s.ok_or_else(|| bad("nothing".into()))?;
+    let dims = match s.shape[..] {
+        [n] => (1, n),
+        [r, c] => (r, c),
+        _ => return Err(bad(format!("shape {:?}", s.shape))),
+    };
+    let got = format!("shape {:?} with {} values", s.shape, s.values.len());
+    Array2::from_shape_vec(dims, s.values.into_iter().map(T::from_f64).collect()).map_err(|_| bad(got))
 }
 
 #[cfg(test)]
@@ -858,6 +864,26 @@ mod tests {
             }
             assert_eq!(covered[size - 1].dim(), (0, 0));
         }
+    }
+
+    #[test]
+    fn a_ranks_result_is_assembled_from_its_blocks() {
+        let block = |r: usize, v: f64| Block::new(vec![r, 2], Buffer::F64(vec![v; r * 2]));
+        let at = |row0, col0| Give { row0, col0 };
+        // Rows in two blocks, handed over in any order.
+        let a = assemble::<f64>(vec![(at(2, 0), block(1, 2.0)), (at(0, 0), block(2, 1.0))], (3, 2)).unwrap();
+        assert_eq!(a.column(0).to_vec(), vec![1.0, 1.0, 2.0]);
+        // One block still held elsewhere: copied, not taken.
+        let shared = block(3, 5.0);
+        let a = assemble::<f64>(vec![(at(0, 0), shared.clone())], (3, 2)).unwrap();
+        assert_eq!((a.sum(), shared.as_f64().map(|v| v.len())), (30.0, Some(6)));
+        // Block-cyclic blocks, copied into place.
+        let a = assemble::<f64>(vec![(at(0, 2), block(2, 3.0)), (at(0, 0), block(2, 4.0))], (2, 4)).unwrap();
+        assert_eq!(a.row(1).to_vec(), vec![4.0, 4.0, 3.0, 3.0]);
+        // Another element type, or a block outside the array: an error, not a panic.
+        let f32s = Block::new(vec![3, 2], Buffer::F32(vec![0.0; 6]));
+        assert!(matches!(assemble::<f64>(vec![(at(0, 0), f32s)], (3, 2)), Err(LinalgError::BadBlock { .. })));
+        assert!(matches!(assemble::<f64>(vec![(at(2, 0), block(2, 1.0))], (3, 2)), Err(LinalgError::BadBlock { .. })));
     }
 
     #[test]

@@ -59,8 +59,9 @@ pub struct DArray {
 
 static NAMES: AtomicU64 = AtomicU64::new(0);
 
-/// A key name no other array of this process uses: `op-N`.
-pub(crate) fn fresh_name(op: &str) -> Arc<str> {
+/// A key name no other array of this process uses: `op-N` (for the keys of
+/// tasks made outside this crate, as `DArray::from_block_tasks` takes them).
+pub fn fresh_name(op: &str) -> Arc<str> {
     let n = NAMES.fetch_add(1, Ordering::Relaxed);
     Arc::from(format!("{op}-{n}"))
 }

@@ -51,7 +51,7 @@ mod ops;
 mod svd;
 mod tsqr;
 
-pub use array::{compute, DArray, Gathered, IntoChunks};
+pub use array::{compute, fresh_name, DArray, Gathered, IntoChunks};
 pub use chunks::Chunks;
 pub use element::Element;
 pub use error::{LinalgError, Result};

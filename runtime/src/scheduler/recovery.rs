@@ -83,21 +83,20 @@ impl Core {
     }
 
     /// Why task `id` failed, on worker rank `rank`.
-    pub(super) fn failure(&self, id: TaskId, rank: u32, cause: String) -> Arc<Failure> {
+    pub(super) fn failure(&self, id: TaskId, rank: u32, cause: String) -> Failure {
         let rec = &self.tasks[&id];
-        Arc::new(Failure {
+        Failure {
             key: rec.key.clone(),
             kernel: self.registry.name(rec.kernel).map(|n| n.to_string()).unwrap_or_default(),
             rank,
             cause,
             numerical: None,
-        })
+        }
     }
 
     pub(super) fn on_failed(&mut self, id: TaskId, error: String, numerical: Option<NumericalError>) {
         let Some(w) = self.unfinished(id) else { return };
-        let mut failure = self.failure(id, self.workers[w].rank, error);
-        Arc::get_mut(&mut failure).expect("just made").numerical = numerical;
+        let failure = Failure { numerical, ..self.failure(id, self.workers[w].rank, error) };
         tracing::debug!(task = %failure.key, cause = %failure.cause, "task failed");
         self.fail(id, failure);
         if self.workers[w].draining {
@@ -107,7 +106,8 @@ impl Core {
 
     /// Fails `id` and everything downstream of it not computed yet with
     /// `failure`.
-    pub(super) fn fail(&mut self, id: TaskId, failure: Arc<Failure>) {
+    pub(super) fn fail(&mut self, id: TaskId, failure: impl Into<Arc<Failure>>) {
+        let failure: Arc<Failure> = failure.into();
         // (task, whether it held references on its inputs)
         let mut erred: Vec<(TaskId, bool)> = Vec::new();
         let mut todo = vec![id];

@@ -354,7 +354,9 @@ impl Worker {
             let first = waiters.is_empty();
             waiters.push(task.id);
             if first && !input.holders.contains(&self.rank) {
-                let holder = input.holders[self.rank as usize % input.holders.len()];
+                // Never empty here: checked above.
+                let spread = self.rank as usize % input.holders.len().max(1);
+                let Some(&holder) = input.holders.get(spread) else { continue };
                 tracing::trace!(rank = self.rank, input = %input.id, from = holder, "fetch");
                 self.fetching(table, input.id, holder);
                 let me = Endpoint::worker(self.rank);
